@@ -1,0 +1,1 @@
+"""Leaderboard: a pure function of run folders -> tidy CSV tables, plots and a static HTML page."""

@@ -1,0 +1,58 @@
+"""Test-time adapters, one file each, registered by name.
+
+Library use::
+
+    from methods import Tent
+    adapted = Tent(model, lr=1e-3)      # a drop-in model: adapts on every forward
+    logits = adapted(x)
+
+    import methods
+    adapted = methods.create("tent", model, lr=1e-3)
+    methods.names()                     # every registered adapter
+
+Adding an adapter: a new file `methods/<name>.py` with a subclass of `methods.base.Adapter` decorated
+with `@register("<name>")`, and one import line below.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn as nn
+
+from methods.base import Adapter
+from tta_bench.registry import Registry
+
+METHODS = Registry("method", "python -m tta_bench list methods")
+
+
+def register(name: str):
+    """Class decorator: register an Adapter subclass under `name` (and set `cls.name`)."""
+
+    def deco(cls: type[Adapter]) -> type[Adapter]:
+        cls.name = name
+        METHODS.add(name, cls)
+        return cls
+
+    return deco
+
+
+def create(name: str, model: nn.Module, **hparams: Any) -> Adapter:
+    """Wrap `model` in the adapter registered as `name`, with hyper-parameter overrides."""
+    return METHODS.get(name).factory(model, **hparams)
+
+
+def names() -> list[str]:
+    return METHODS.names()
+
+
+def get(name: str) -> type[Adapter]:
+    return METHODS.get(name).factory
+
+
+# Registration happens on import; keep one line per adapter file.
+from methods.norm import Norm  # noqa: E402
+from methods.source import Source  # noqa: E402
+from methods.tent import Tent  # noqa: E402
+
+__all__ = ["Adapter", "METHODS", "create", "get", "names", "register", "Source", "Norm", "Tent"]

@@ -1,0 +1,186 @@
+"""The Adapter contract and the pieces adapters share (entropy, BN helpers, EMA, optimizers).
+
+An `Adapter` wraps a model. `forward(x)` returns predictions (logits `(N,C)`, or dense logits
+`(N,C,H,W)` for segmentation) **and adapts as a side effect**, Tent-style, so an adapter is a drop-in
+model in anyone's loop. It owns `reset()` (restore the exact source state), declares its
+hyper-parameters with defaults in the class attribute `defaults`, and says which parameters it trains
+(`trainable_parameters()`). No adapter reads a global config, a dataset name or a file path.
+
+Optional stage: `prepare(source)` (a warm-up / finetuning on clean source data before the stream);
+adapters that need it set `needs_source = True`. Prediction without adaptation (used by the harness to
+measure forgetting on clean data) is `predict(x)`; subclasses customise it through `infer(x)`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Iterator
+from types import SimpleNamespace
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tta_bench.config import check_options
+
+BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+NORM_TYPES = BN_TYPES + (nn.LayerNorm, nn.GroupNorm)
+
+
+class Adapter(nn.Module):
+    """Base class: subclasses set `defaults`, override `configure()` and `adapt(x)`."""
+
+    name: ClassVar[str] = ""  # registry name, set by methods.register
+    defaults: ClassVar[dict[str, Any]] = {}
+    needs_source: ClassVar[bool] = False  # prepare(source) must run before the stream
+    episodic: ClassVar[bool] = False  # reset before every batch (Tent's episodic flag)
+
+    def __init__(self, model: nn.Module, **hparams: Any) -> None:
+        super().__init__()
+        self.hp = SimpleNamespace(**check_options("method", self.name or type(self).__name__, hparams, self.defaults))
+        self.model = model
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.configure()
+        self._snapshot()
+
+    # --- to override -------------------------------------------------------------------------------
+    def configure(self) -> None:
+        """Put the model in its adaptation mode and create `self.optimizer` (if any)."""
+
+    def adapt(self, x: torch.Tensor) -> torch.Tensor:
+        """One adaptation step on batch `x`; returns the predictions for `x`."""
+        return self.model(x)
+
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        """Predictions of the current state, without adapting (called under no_grad)."""
+        return self.model(x)
+
+    def prepare(self, source: Iterable) -> None:
+        """Optional stage before the stream (warm-up on source batches `(x, y)`); default: nothing."""
+
+    def reset_state(self) -> None:
+        """Reset non-tensor state (queues, memory banks, counters) — called by reset()."""
+
+    # --- the contract --------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.episodic:
+            self.reset()
+        with torch.enable_grad():  # adapt even when the caller runs under torch.no_grad()
+            return self.adapt(x)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Predictions without any side effect: buffers (e.g. BN running stats) are restored afterwards."""
+        saved = [(b, b.clone()) for b in self.buffers()]
+        out = self.infer(x)
+        for b, v in saved:
+            b.copy_(v)
+        return out
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters this adapter updates (those with requires_grad)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def reset(self) -> None:
+        """Restore the exact state after construction (or after `prepare`): tensors, optimizer, queues."""
+        with torch.no_grad():
+            for k, t in self.state_dict(keep_vars=True).items():
+                t.copy_(self._source[k])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(copy.deepcopy(self._optim_source))
+        self.reset_state()
+
+    def _snapshot(self) -> None:
+        """Remember the current state as the one reset() returns to (call again after prepare())."""
+        self._source = {k: v.detach().clone() for k, v in self.state_dict().items()}
+        self._optim_source = copy.deepcopy(self.optimizer.state_dict()) if self.optimizer else None
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in vars(self.hp).items())
+
+
+# --- shared helpers ------------------------------------------------------------------------------------
+def entropy(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Shannon entropy (nats) of softmax(logits) along `dim`; computed in float32. Shape: logits without `dim`."""
+    logits = logits.float()
+    return -(logits.softmax(dim) * logits.log_softmax(dim)).sum(dim)
+
+
+def softmax_entropy_mean(logits: torch.Tensor) -> torch.Tensor:
+    """Mean entropy over samples (and pixels, for dense `(N,C,H,W)` logits)."""
+    return entropy(logits, 1).mean()
+
+
+def bn_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    return ((n, m) for n, m in model.named_modules() if isinstance(m, BN_TYPES))
+
+
+def use_batch_stats(model: nn.Module) -> None:
+    """Normalise every BN layer with the current batch's statistics only (Tent / BN-adapt).
+
+    Running statistics are dropped (track_running_stats=False, buffers None) so that train-mode BN
+    neither reads nor writes them; the rest of the model stays in eval mode (dropout off).
+    """
+    model.eval()
+    for _, m in bn_layers(model):
+        m.train()
+        m.track_running_stats = False
+        m.running_mean = None
+        m.running_var = None
+
+
+def norm_affine_params(model: nn.Module, types: tuple = NORM_TYPES) -> list[nn.Parameter]:
+    """Affine weights and biases of normalisation layers (Tent's `collect_params`), model order."""
+    out = []
+    for _, m in model.named_modules():
+        if isinstance(m, types):
+            out += [p for p in (m.weight, m.bias) if p is not None]
+    return out
+
+
+def train_only(model: nn.Module, params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
+    """Freeze every parameter of `model` except `params` (returned as a list)."""
+    params = list(params)
+    keep = {id(p) for p in params}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
+    return params
+
+
+def make_optimizer(params: list[nn.Parameter], hp: SimpleNamespace) -> torch.optim.Optimizer:
+    """Adam or SGD from the adapter's hyper-parameters (`optimizer`, `lr`, `momentum`, `betas`, `wd`)."""
+    kind = getattr(hp, "optimizer", "adam")
+    if kind == "adam":
+        return torch.optim.Adam(
+            params, lr=hp.lr, betas=tuple(getattr(hp, "betas", (0.9, 0.999))), weight_decay=getattr(hp, "wd", 0.0)
+        )
+    if kind == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=hp.lr,
+            momentum=getattr(hp, "momentum", 0.9),
+            weight_decay=getattr(hp, "wd", 0.0),
+            nesterov=getattr(hp, "nesterov", False),
+        )
+    raise ValueError(f"optimizer must be 'adam' or 'sgd', got {kind!r} (--set method.optimizer=adam).")
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """teacher = momentum * teacher + (1 - momentum) * student, for parameters (buffers untouched)."""
+    for pt, ps in zip(teacher.parameters(), student.parameters()):
+        pt.mul_(momentum).add_(ps.detach(), alpha=1 - momentum)
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A deep copy with gradients off (teachers, anchors)."""
+    clone = copy.deepcopy(model)
+    for p in clone.parameters():
+        p.requires_grad_(False)
+    return clone
+
+
+def cross_entropy_soft(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
+    """Per-sample cross-entropy -sum(p_target * log_softmax(logits)) along dim 1."""
+    return -(target_probs * F.log_softmax(logits.float(), 1)).sum(1)

@@ -1,0 +1,23 @@
+"""`source`: the unadapted source model (the baseline every table starts from)."""
+
+from __future__ import annotations
+
+import torch
+
+from methods import register
+from methods.base import Adapter
+
+
+@register("source")
+class Source(Adapter):
+    """No adaptation: the source model in eval mode."""
+
+    defaults = {}
+
+    def configure(self) -> None:
+        self.model.eval()
+        self.model.requires_grad_(False)
+
+    def adapt(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model(x)

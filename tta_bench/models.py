@@ -1,0 +1,160 @@
+"""Model zoo: registry, input normalisation, checksummed weights, cached source-model training.
+
+A model factory is registered with `@MODELS.register(name)` and called as
+`factory(spec, ctx, **opts)`; its keyword-only parameters with defaults are the options a user can
+`--set model.<opt>=...`. It returns an `nn.Module` that takes inputs in [0, 1] (normalisation belongs to
+the model, not the stream) and may describe itself with `describe(model, weights=..., sha256=...)`
+(recorded in config.json). Architectures live in `tta_bench/zoo/`, one family per file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from tta_bench.errors import UserError
+from tta_bench.registry import Registry, declared_options
+
+MODELS = Registry("model", "python -m tta_bench list models")
+
+
+@dataclass(frozen=True)
+class ModelContext:
+    """Where a factory may read/write: weights (downloads, user-placed files) and the cache (trained models)."""
+
+    weights_dir: Path
+    cache_dir: Path
+    device: torch.device
+    seed: int = 0
+
+
+class Normalized(nn.Module):
+    """`model((x - mean) / std)` for x in [0, 1]; mean/std per channel (buffers, so they follow .to())."""
+
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean) / self.std)
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def describe(model: nn.Module, **info: Any) -> nn.Module:
+    """Attach provenance (weights path, sha256, recipe) recorded in the run's config.json."""
+    model.tta_info = {**getattr(model, "tta_info", {}), **info}  # type: ignore[attr-defined]
+    return model
+
+
+def model_info(model: nn.Module) -> dict[str, Any]:
+    return dict(getattr(model, "tta_info", {}))
+
+
+def model_options(name: str) -> dict[str, Any]:
+    return declared_options(MODELS.get(name).factory)
+
+
+def build_model(name: str, spec: Any, ctx: ModelContext, opts: dict[str, Any]) -> nn.Module:
+    """Create registered model `name` for stream `spec`, on ctx.device, in eval mode."""
+    model = MODELS.get(name).factory(spec, ctx, **opts)
+    return model.to(ctx.device).eval()
+
+
+# --- weights -----------------------------------------------------------------------------------------
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fetch(url: str, dest: Path, sha256: str | None = None, what: str = "file") -> Path:
+    """Return `dest`, downloading `url` there first if missing; verify the checksum (prefix allowed).
+
+    Offline or on a failed download: a UserError naming the file to place at `dest` by hand.
+    """
+    dest = Path(dest)
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with (
+                urllib.request.urlopen(url, timeout=30) as r,
+                tempfile.NamedTemporaryFile(dir=dest.parent, delete=False, suffix=".part") as tmp,
+            ):
+                while block := r.read(1 << 20):
+                    tmp.write(block)
+            os.replace(tmp.name, dest)
+        except (urllib.error.URLError, OSError, TimeoutError) as e:
+            raise UserError(
+                f"Could not download the {what} from {url} ({e}). If this machine is offline, download it "
+                f"elsewhere and place it at {dest} (set $TTA_BENCH_WEIGHTS to change the weights folder)."
+            ) from None
+    if sha256:
+        got = sha256_file(dest)
+        if not got.startswith(sha256):
+            raise UserError(
+                f"Checksum mismatch for {dest}: sha256 {got[:16]}..., expected {sha256[:16]}.... The file is "
+                f"corrupt or a different release; delete it and download again from {url}."
+            )
+    return dest
+
+
+# --- trained-on-first-use source models -----------------------------------------------------------------
+def recipe_hash(recipe: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def cached_training(
+    build: Callable[[], nn.Module],
+    train: Callable[[nn.Module], None],
+    recipe: dict[str, Any],
+    cache_dir: Path,
+    tag: str,
+) -> nn.Module:
+    """A model trained once and cached at `cache_dir/models/<tag>-<recipe hash>.pt`.
+
+    `build()` makes the untrained architecture, `train(model)` trains it in place (seeded by the recipe).
+    The cache key is a hash of `recipe`, so changing any ingredient retrains. Writes are atomic.
+    """
+    path = Path(cache_dir) / "models" / f"{tag}-{recipe_hash(recipe)}.pt"
+    model = build()
+    if path.exists():
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    else:
+        train(model)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, path)
+    return describe(model.eval(), weights=str(path), sha256=sha256_file(path), recipe=recipe)
+
+
+def load_zoo() -> None:
+    """Import every module of tta_bench.zoo and tta_bench.data (registration happens on import)."""
+    import importlib
+    import pkgutil
+
+    import tta_bench.data
+    import tta_bench.zoo
+
+    for pkg in (tta_bench.zoo, tta_bench.data):
+        for m in pkgutil.iter_modules(pkg.__path__):
+            if not m.name.startswith("_"):
+                importlib.import_module(f"{pkg.__name__}.{m.name}")

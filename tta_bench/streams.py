@@ -1,0 +1,232 @@
+"""Streams: the shifted data an adapter sees, and the TTA settings as functions over domain lists.
+
+A registered stream factory returns a `StreamSpec` (domains, how to load each, source/clean data, task).
+A setting turns the spec's domain list into a list of `Segment`s (which data, in which order, whether
+the adapter is reset first); `batches()` yields the `Batch`es of one segment.
+Settings never live inside methods: an adapter only sees `forward(x)` and `reset()`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from tta_bench.registry import Registry, declared_options
+
+STREAMS = Registry("stream", "python -m tta_bench list streams")
+GRADUAL_SEVERITIES = (1, 2, 3, 4, 5, 4, 3, 2, 1)  # CoTTA's gradual schedule, per corruption
+# Options every stream accepts (--set stream.<key>=...), handled by the harness, not the factory.
+COMMON_OPTIONS: dict[str, Any] = {"gamma": 0.1}  # Dirichlet concentration of the non-iid setting
+
+
+@dataclass
+class Batch:
+    """One step of the stream. `x` (N,C,H,W) float in [0,1]; `y` (N,) class ids or (N,H,W) label maps."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    domain: str
+    severity: int | None
+    domain_ids: torch.Tensor  # (N,) index into StreamSpec.domain_names, per sample
+
+
+@dataclass
+class StreamSpec:
+    """What a stream factory returns.
+
+    `load(domain, severity, limit)` returns a Dataset of `(x, y)` for that domain (its first `limit`
+    samples when `limit` is set, as RobustBench does). `source` is clean source-domain training data
+    (for source models, warm-ups and prepare stages); `clean` a fixed held-out clean sample used to
+    measure forgetting. `severities` is None for natural shifts that have no severity levels.
+    """
+
+    name: str
+    domain_names: list[str]
+    load: Callable[[str, int | None, int | None], Dataset]
+    num_classes: int
+    default_model: str
+    task: str = "classification"
+    source: Dataset | None = None
+    clean: Dataset | None = None
+    severities: tuple[int, ...] | None = (1, 2, 3, 4, 5)
+    class_names: list[str] | None = None
+    ignore_index: int = 255
+    info: dict[str, Any] = field(default_factory=dict)  # recorded in config.json
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of the stream adapted without interruption (one domain in the continual setting)."""
+
+    domain: str  # reported name: the domain, or "mixed"
+    severity: int | None
+    round: int
+    reset: bool  # reset the adapter to its source state before this segment
+    parts: tuple[tuple[str, int | None], ...]  # (domain, severity) datasets concatenated
+    order: str = "sequential"  # sequential | shuffle | dirichlet
+
+    @property
+    def key(self) -> str:
+        return self.domain
+
+
+def schedule(setting: str, spec: StreamSpec, severity: int, rounds: int = 1) -> list[Segment]:
+    """The segments of a setting over `spec`'s domains, repeated `rounds` times."""
+    sev = severity if spec.severities is not None else None
+    out: list[Segment] = []
+    for r in range(rounds):
+        out += SETTING_FNS[setting](spec.domain_names, sev, r, spec.severities is not None)
+    return out
+
+
+def continual(domains: Sequence[str], sev: int | None, r: int, graded: bool) -> list[Segment]:
+    """Domains one after another, never reset (the standard continual TTA protocol)."""
+    return [Segment(d, sev, r, False, ((d, sev),)) for d in domains]
+
+
+def episodic(domains: Sequence[str], sev: int | None, r: int, graded: bool) -> list[Segment]:
+    """Like continual, but the adapter is reset to the source state at every domain."""
+    return [Segment(d, sev, r, True, ((d, sev),)) for d in domains]
+
+
+def gradual(domains: Sequence[str], sev: int | None, r: int, graded: bool) -> list[Segment]:
+    """Severity 1→5→1 within each corruption (CoTTA's gradual setting); continual otherwise."""
+    if not graded:
+        return continual(domains, sev, r, graded)
+    return [Segment(f"{d}-{s}", s, r, False, ((d, s),)) for d in domains for s in GRADUAL_SEVERITIES]
+
+
+def mixed(domains: Sequence[str], sev: int | None, r: int, graded: bool) -> list[Segment]:
+    """All domains shuffled together into one segment (per-domain errors still reported)."""
+    return [Segment("mixed", sev, r, False, tuple((d, sev) for d in domains), "shuffle")]
+
+
+def non_iid(domains: Sequence[str], sev: int | None, r: int, graded: bool) -> list[Segment]:
+    """Continual, with a label-correlated order inside each domain (Dirichlet, `stream.gamma`)."""
+    return [Segment(d, sev, r, False, ((d, sev),), "dirichlet") for d in domains]
+
+
+SETTING_FNS: dict[str, Callable[..., list[Segment]]] = {
+    "continual": continual,
+    "episodic": episodic,
+    "gradual": gradual,
+    "mixed": mixed,
+    "non-iid": non_iid,
+}
+
+
+def dirichlet_order(labels: np.ndarray, gamma: float, rng: np.random.Generator, slots: int | None = None) -> np.ndarray:
+    """A label-correlated permutation of range(len(labels)) (the non-i.i.d. protocol of NOTE/RoTTA).
+
+    The stream is cut into `slots` consecutive time slots (default: one per class). Each class spreads its
+    samples over the slots with proportions drawn from Dirichlet(gamma); slots are then visited in order,
+    shuffled within. Small gamma concentrates each class in few slots (strong label correlation); large
+    gamma approaches an i.i.d. shuffle.
+    """
+    classes = np.unique(labels)
+    slots = slots or len(classes)
+    bins: list[list[int]] = [[] for _ in range(slots)]
+    for c in classes:
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        p = rng.dirichlet(np.full(slots, gamma))
+        cuts = (np.cumsum(p)[:-1] * len(idx)).astype(int)
+        for s, part in enumerate(np.split(idx, cuts)):
+            bins[s] += part.tolist()
+    return np.concatenate([rng.permutation(np.asarray(b, dtype=np.int64)) for b in bins])
+
+
+class _Tagged(Dataset):
+    """Concatenation of datasets, each item tagged with its domain index: (x, y, domain_id)."""
+
+    def __init__(self, parts: list[tuple[Dataset, int]]) -> None:
+        self.parts = parts
+        self.offsets = np.cumsum([0] + [len(d) for d, _ in parts])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, i: int):
+        k = int(np.searchsorted(self.offsets, i, side="right") - 1)
+        ds, dom = self.parts[k]
+        x, y = ds[i - int(self.offsets[k])]
+        return x, y, dom
+
+    def labels(self) -> np.ndarray:
+        """Class labels of every item (for label-dependent orders); uses `ds.targets` when present."""
+        out = []
+        for ds, _ in self.parts:
+            t = getattr(ds, "targets", None)
+            out.append(np.asarray(t) if t is not None else np.asarray([int(ds[j][1]) for j in range(len(ds))]))
+        return np.concatenate(out)
+
+
+def segment_seed(seed: int, *parts: object) -> int:
+    """A stable 63-bit seed derived from the run seed and names (independent of iteration order)."""
+    h = hashlib.sha256(repr((seed,) + parts).encode()).digest()
+    return int.from_bytes(h[:8], "little") >> 1
+
+
+def segment_dataset(spec: StreamSpec, seg: Segment, limit: int | None) -> _Tagged:
+    return _Tagged([(spec.load(d, s, limit), spec.domain_names.index(d)) for d, s in seg.parts])
+
+
+def batches(
+    ds: _Tagged,
+    seg: Segment,
+    batch_size: int,
+    seed: int = 0,
+    gamma: float = 0.1,
+    workers: int = 0,
+    pin_memory: bool = False,
+) -> Iterator[Batch]:
+    """Yield the Batches of one segment's dataset (on the CPU; the runner moves them to the device)."""
+    rng = np.random.default_rng(segment_seed(seed, seg.domain, seg.severity, seg.round))
+    if seg.order == "shuffle":
+        order = rng.permutation(len(ds))
+    elif seg.order == "dirichlet":
+        order = dirichlet_order(ds.labels(), gamma, rng)
+    else:
+        order = np.arange(len(ds))
+    loader = DataLoader(
+        ds,
+        batch_size=batch_size,
+        sampler=order.tolist(),
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+    )
+    for x, y, dom in loader:
+        yield Batch(x, y, seg.domain, seg.severity, dom)
+
+
+def register(name: str, default_model: str, description: str | None = None) -> Callable[[Callable], Callable]:
+    """Decorator for stream factories `fn(*, data_dir, seed, **options) -> StreamSpec`.
+
+    `default_model` is the model used when `--model` is not given (known before any data is read).
+    """
+
+    def deco(fn: Callable) -> Callable:
+        fn.default_model = default_model
+        STREAMS.add(name, fn, description)
+        return fn
+
+    return deco
+
+
+def stream_options(name: str) -> dict[str, Any]:
+    """Declared options of stream `name` (its keyword-only defaults) plus the common ones."""
+    own = declared_options(STREAMS.get(name).factory)
+    own.pop("data_dir", None), own.pop("seed", None)  # passed by the harness, not user options
+    return {**COMMON_OPTIONS, **own}
+
+
+def build_stream(name: str, data_dir: Any, seed: int, opts: dict[str, Any]) -> StreamSpec:
+    """Create the registered stream `name`; `opts` are its resolved options (common ones dropped)."""
+    own = {k: v for k, v in opts.items() if k not in COMMON_OPTIONS}
+    return STREAMS.get(name).factory(data_dir=data_dir, seed=seed, **own)

@@ -1,0 +1,1 @@
+"""Model architectures, one family per file; each file registers its models in `tta_bench.models.MODELS`."""
