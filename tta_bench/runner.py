@@ -263,6 +263,16 @@ def clean_error(adapter, spec, cfg: RunConfig, device: torch.device) -> float | 
     return meter.summary()["error"]
 
 
+def class_mask(spec, seg, device: torch.device) -> torch.Tensor | None:
+    """(C,) or (1,C,1,1)-broadcastable bool mask of the classes `seg`'s domain is scored over, or None."""
+    subset = spec.class_subsets.get(seg.parts[0][0]) if len(seg.parts) == 1 else None
+    if subset is None:
+        return None
+    mask = torch.zeros(spec.num_classes, dtype=torch.bool, device=device)
+    mask[torch.as_tensor(list(subset), device=device)] = True
+    return mask.view(1, -1, 1, 1) if spec.task == "segmentation" else mask
+
+
 def _autocast(cfg: RunConfig, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "amp")
 
@@ -284,6 +294,7 @@ def _stream(adapter, spec, cfg, segments, datasets, device, folder: Path, quiet:
         if seg.reset:
             adapter.reset()
         meter = METERS[spec.task](len(spec.domain_names), device)
+        mask = class_mask(spec, seg, device)
         bar.set_description(f"r{seg.round} {seg.domain}")
         t0 = t_prev = time.perf_counter()
         times = []
@@ -296,6 +307,8 @@ def _stream(adapter, spec, cfg, segments, datasets, device, folder: Path, quiet:
                 x = x.contiguous(memory_format=torch.channels_last)
             with _autocast(cfg, device):
                 out = adapter(x)
+            if mask is not None:
+                out = out.masked_fill(~mask, float("-inf"))
             meter.update(out, y, dom)
             overall.update(out, y, dom)
             now = time.perf_counter()
@@ -372,4 +385,6 @@ def _stream(adapter, spec, cfg, segments, datasets, device, folder: Path, quiet:
         "images_per_s": tot["n"] / max(stream_s, 1e-9),
         "stream_seconds": stream_s,
     }
+    if spec.summarize is not None:
+        summary.update(spec.summarize(domain_errors))
     return summary, dom_rows

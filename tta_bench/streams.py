@@ -58,6 +58,11 @@ class StreamSpec:
     class_names: list[str] | None = None
     ignore_index: int = 255
     info: dict[str, Any] = field(default_factory=dict)  # recorded in config.json
+    # Domain -> class ids the domain is scored over (e.g. ImageNet-R's 200 classes, base/new splits):
+    # logits of other classes are masked out for the metrics (labels stay in the model's class space).
+    class_subsets: dict[str, Sequence[int]] = field(default_factory=dict)
+    # Extra summary.json keys computed from {domain: error %} (e.g. base/new harmonic mean).
+    summarize: Callable[[dict[str, float]], dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
