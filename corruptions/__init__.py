@@ -1,0 +1,91 @@
+"""Torch ports of the ImageNet-C / CIFAR-C corruptions (Hendrycks & Dietterich, ICLR 2019).
+
+Batched, on the input's device (CPU or CUDA), seeded through a ``torch.Generator``::
+
+    import corruptions
+    x_c = corruptions.corrupt(x, "fog", severity=3, generator=torch.Generator().manual_seed(0))
+
+* ``x``: float tensor ``(N, 3, H, W)`` in [0, 1]; returns the same shape, dtype and device, in
+  [0, 1]. A 1-channel batch ``(N, 1, H, W)`` is accepted: it is replicated to RGB, corrupted and
+  averaged back to one channel (for gray input every corruption keeps R == G == B except the
+  colour ones -- frost, spatter's tint, saturate -- whose tint is averaged away).
+* ``generator=None`` uses torch's global RNG; a generator gives reproducible output on a device.
+* Severity tables: :mod:`corruptions.tables` (ImageNet 224 px and CIFAR 32 px tables from the
+  reference generators, plus the rule for other sizes: nearest family, pixel parameters scaled).
+* Modules: :mod:`.noise`, :mod:`.blur`, :mod:`.weather`, :mod:`.digital`; ``make_c`` writes
+  ImageNet-C / CIFAR-C style datasets (``python -m tta_bench make-c``).
+
+Adding corruptions (e.g. MedMNIST-C: gamma, stain, bubble, black_corner, characters)
+-------------------------------------------------------------------------------------
+Write a module ``corruptions/medmnist.py`` with functions ``fn(x, severity, generator) -> x'``
+(``x`` float ``(N, 3, H, W)``; draw all randomness from ``generator`` on ``x.device``; keep
+parameter tables as module constants citing their source) and decorate each with
+``@register("name", "one-line description")`` from :mod:`corruptions._registry`. Then import the
+module at the bottom of this file (next to the others) and, if they form a named set, add a tuple
+like :data:`EXTRA`. ``names()``, ``describe()``, ``corrupt()`` and the test parametrisation over
+``names()`` pick them up automatically.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import torch
+
+from . import blur, digital, noise, weather  # noqa: F401  (import registers the corruptions)
+from ._registry import REGISTRY, register
+
+__all__ = ["BENCHMARK", "EXTRA", "corrupt", "describe", "names", "register"]
+
+BENCHMARK: tuple[str, ...] = (
+    "gaussian_noise", "shot_noise", "impulse_noise",
+    "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
+    "snow", "frost", "fog",
+    "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression",
+)  # fmt: skip
+EXTRA: tuple[str, ...] = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
+
+
+def names() -> list[str]:
+    """All registered corruption names: the benchmark 15 in order, the extras, then the rest."""
+    rest = sorted(n for n in REGISTRY if n not in BENCHMARK + EXTRA)
+    return [n for n in BENCHMARK + EXTRA if n in REGISTRY] + rest
+
+
+def _check_name(name: str) -> None:
+    if name not in REGISTRY:
+        close = difflib.get_close_matches(str(name), list(REGISTRY), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown corruption {name!r}{hint} (known: {', '.join(names())})")
+
+
+def describe(name: str) -> str:
+    """One-line description of a corruption."""
+    _check_name(name)
+    return REGISTRY[name].description
+
+
+def corrupt(x: torch.Tensor, name: str, severity: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Apply corruption ``name`` at ``severity`` (1..5) to a float batch in [0, 1].
+
+    ``x``: ``(N, 3, H, W)`` or ``(N, 1, H, W)``, any float dtype, any device. ``generator``: a
+    ``torch.Generator`` on ``x.device`` or ``None`` (global RNG). Returns a tensor with the shape,
+    dtype and device of ``x``, clamped to [0, 1].
+    """
+    _check_name(name)
+    if isinstance(severity, bool) or not isinstance(severity, int) or not 1 <= severity <= 5:
+        raise ValueError(f"severity must be an int in 1..5, got {severity!r}")
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"x must be a tensor (N, 3, H, W) or (N, 1, H, W), got {getattr(x, 'shape', type(x))}")
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a float tensor in [0, 1], got dtype {x.dtype}")
+    if x.shape[0] == 0:
+        return x.clone()
+    work = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    gray = work.shape[1] == 1
+    if gray:
+        work = work.expand(-1, 3, -1, -1)
+    out = REGISTRY[name].fn(work.contiguous(), severity, generator).clamp(0, 1)
+    if gray:
+        out = out.mean(1, keepdim=True)
+    return out.to(x.dtype)

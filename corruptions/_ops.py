@@ -1,0 +1,201 @@
+"""Batched filtering and resampling helpers shared by the corruptions.
+
+Separable linear operators (Gaussian blurs, zooms, PIL-style box resizes) are built once as dense
+``(n_out, n_in)`` matrices with the reference's boundary handling folded in, so that applying them
+to a batch is two matmuls: ``M_h @ x @ M_w.T`` -- exact for any kernel radius (even larger than the
+image, as some elastic-transform sigmas are) and fast on CPU and GPU. Non-separable kernels (disk,
+motion line) are applied by FFT. Matrices are built in float64 numpy and cached per device/dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+_DEVICE_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def to_device(key: tuple, array: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    """``array`` as a tensor with ``like``'s device and dtype, cached under ``key``."""
+    k = (key, like.device, like.dtype)
+    t = _DEVICE_CACHE.get(k)
+    if t is None:
+        if len(_DEVICE_CACHE) > 512:
+            _DEVICE_CACHE.clear()
+        t = torch.as_tensor(array, dtype=like.dtype).to(like.device)
+        _DEVICE_CACHE[k] = t
+    return t
+
+
+def pad_indices(n: int, lo: int, hi: int, mode: str) -> np.ndarray:
+    """Source indices of an axis of length ``n`` padded by ``lo``/``hi`` samples.
+
+    ``mode``: ``"edge"`` (scipy 'nearest', cv2 BORDER_REPLICATE), ``"reflect101"`` (cv2 default
+    BORDER_REFLECT_101, scipy 'mirror': d c b | a b c d) or ``"symmetric"`` (scipy 'reflect',
+    cv2 BORDER_REFLECT: b a | a b c d). Any pad length is allowed (repeated reflections).
+    """
+    i = np.arange(-lo, n + hi)
+    if mode == "edge":
+        return np.clip(i, 0, n - 1)
+    if mode == "symmetric":
+        i = np.mod(i, 2 * n)
+        return np.where(i < n, i, 2 * n - 1 - i)
+    if mode == "reflect101":
+        if n == 1:
+            return np.zeros_like(i)
+        i = np.mod(i, 2 * n - 2)
+        return np.where(i < n, i, 2 * n - 2 - i)
+    raise ValueError(f"unknown padding mode {mode!r}")
+
+
+def correlation_matrix(n: int, kernel: np.ndarray, mode: str) -> np.ndarray:
+    """``(n, n)`` matrix of a centred 1-D correlation with ``kernel`` (odd length) and padding."""
+    r = len(kernel) // 2
+    src = pad_indices(n, r, r, mode)
+    m = np.zeros((n, n))
+    rows = np.repeat(np.arange(n), len(kernel))
+    cols = src[np.arange(n)[:, None] + np.arange(len(kernel))[None, :]].ravel()
+    np.add.at(m, (rows, cols), np.tile(kernel, n))
+    return m
+
+
+def gaussian_kernel(sigma: float, truncate: float = 4.0) -> np.ndarray:
+    """scipy.ndimage's sampled Gaussian: radius ``int(truncate * sigma + 0.5)``, sums to 1."""
+    if sigma <= 0:
+        return np.ones(1)
+    r = int(truncate * sigma + 0.5)
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    return k / k.sum()
+
+
+@lru_cache(maxsize=256)
+def gaussian_matrix(n: int, sigma: float, truncate: float, mode: str) -> np.ndarray:
+    """``(n, n)`` matrix of skimage.filters.gaussian along one axis (``mode`` as in pad_indices)."""
+    return correlation_matrix(n, gaussian_kernel(sigma, truncate), mode)
+
+
+def apply_separable(x: torch.Tensor, mh: torch.Tensor, mw: torch.Tensor) -> torch.Tensor:
+    """``mh @ x @ mw.T`` over the last two axes: ``(..., H, W) -> (..., H', W')``."""
+    return torch.matmul(torch.matmul(mh, x), mw.transpose(0, 1))
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float, truncate: float = 4.0, mode: str = "edge") -> torch.Tensor:
+    """skimage.filters.gaussian(x, sigma, mode, truncate) per channel: ``(..., H, W)`` -> same.
+
+    skimage's default mode 'nearest' is ``"edge"``; its 'reflect' is ``"symmetric"``.
+    """
+    if sigma <= 0:
+        return x
+    h, w = x.shape[-2:]
+    mh = to_device(("g", h, sigma, truncate, mode), gaussian_matrix(h, float(sigma), truncate, mode), x)
+    mw = to_device(("g", w, sigma, truncate, mode), gaussian_matrix(w, float(sigma), truncate, mode), x)
+    return apply_separable(x, mh, mw)
+
+
+@lru_cache(maxsize=256)
+def zoom_positions(n: int, zoom: float) -> np.ndarray:
+    """Source coordinates (length ``n``) of the reference's ``clipped_zoom`` along one axis.
+
+    Crop the centred ``ch = ceil(n / zoom)`` samples, upsample them with scipy.ndimage.zoom
+    (order 1, corner-aligned: output ``o`` samples input ``o * (ch - 1) / (out - 1)``, with
+    ``out = round(ch * zoom)``), then trim the centre ``n`` samples (make_imagenet_c.py's version).
+    Output ``i`` linearly interpolates the input at the returned (fractional) coordinate.
+    """
+    ch = int(math.ceil(n / zoom))
+    top = (n - ch) // 2
+    out = int(round(ch * zoom))
+    trim = (out - n) // 2
+    o = np.arange(trim, trim + n)
+    pos = o * (ch - 1) / (out - 1) if out > 1 else np.zeros(n)
+    return top + pos
+
+
+def clipped_zoom(x: torch.Tensor, zoom: float) -> torch.Tensor:
+    """The reference's ``clipped_zoom`` (bilinear) of ``(N, C, H, W)`` images, on their device."""
+    n, _, h, w = x.shape
+    gy = zoom_positions(h, float(zoom)) * 2 / max(h - 1, 1) - 1
+    gx = zoom_positions(w, float(zoom)) * 2 / max(w - 1, 1) - 1
+    grid = np.stack(np.broadcast_arrays(gx[None, :], gy[:, None]), -1)[None]
+    g = to_device(("zoom", h, w, float(zoom)), grid, x).expand(n, -1, -1, -1)
+    return torch.nn.functional.grid_sample(x, g, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+@lru_cache(maxsize=256)
+def box_resize_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """``(n_out, n_in)`` matrix of Pillow's ``Image.BOX`` resampling along one axis.
+
+    Pillow's coefficients: ``scale = n_in / n_out``, ``fs = max(scale, 1)``, support ``0.5 * fs``;
+    output ``o`` has centre ``(o + 0.5) * scale`` and weights ``box((j - centre + 0.5) / fs)``
+    over ``j`` in ``[int(centre - support + 0.5), int(centre + support + 0.5))``, normalised, with
+    ``box(t) = 1 if -0.5 < t <= 0.5``.
+    """
+    scale = n_in / n_out
+    fs = max(scale, 1.0)
+    support = 0.5 * fs
+    m = np.zeros((n_out, n_in))
+    for o in range(n_out):
+        centre = (o + 0.5) * scale
+        lo = max(int(centre - support + 0.5), 0)
+        hi = min(int(centre + support + 0.5), n_in)
+        j = np.arange(lo, hi)
+        t = (j - centre + 0.5) / fs
+        w = ((t > -0.5) & (t <= 0.5)).astype(float)
+        if w.sum() > 0:
+            m[o, lo:hi] = w / w.sum()
+    return m
+
+
+def fast_len(n: int) -> int:
+    """Smallest integer >= n whose prime factors are 2, 3 and 5 (a fast FFT length)."""
+    while True:
+        m = n
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        if m == 1:
+            return n
+        n += 1
+
+
+def fft_correlate(xpad: torch.Tensor, kernel: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
+    """'Valid' 2-D correlation of padded images with kernels, by FFT.
+
+    ``xpad``: ``(B, C, H + kh - 1, W + kw - 1)`` already padded; ``kernel``: ``(B or 1, 1, kh, kw)``
+    (one kernel per image, shared by its channels). Returns ``(B, C, H, W)`` with
+    ``out[i, j] = sum_{a, b} kernel[a, b] * xpad[i + a, j + b]``.
+    """
+    kh, kw = kernel.shape[-2:]
+    ph, pw = fast_len(xpad.shape[-2]), fast_len(xpad.shape[-1])
+    flipped = torch.flip(kernel, dims=(-2, -1))
+    xf = torch.fft.rfft2(xpad, s=(ph, pw))
+    kf = torch.fft.rfft2(flipped, s=(ph, pw))
+    y = torch.fft.irfft2(xf * kf, s=(ph, pw))
+    h, w = out_hw
+    return y[..., kh - 1 : kh - 1 + h, kw - 1 : kw - 1 + w]
+
+
+def pad2d(x: torch.Tensor, top: int, bottom: int, left: int, right: int, mode: str) -> torch.Tensor:
+    """Pad the last two axes of ``x`` by index gathering (any pad length, modes of pad_indices)."""
+    h, w = x.shape[-2:]
+    ih = to_device(("pad", h, top, bottom, mode), pad_indices(h, top, bottom, mode), x.new_empty(0, dtype=torch.long))
+    iw = to_device(("pad", w, left, right, mode), pad_indices(w, left, right, mode), x.new_empty(0, dtype=torch.long))
+    return x.index_select(-2, ih).index_select(-1, iw)
+
+
+def filter2d(x: torch.Tensor, kernel: np.ndarray, mode: str = "reflect101") -> torch.Tensor:
+    """cv2.filter2D(x, -1, kernel) per channel (correlation, odd ``kernel``): ``(N, C, H, W)``.
+
+    Small kernels use ``conv2d``; large ones use FFT (same result up to float rounding).
+    """
+    kh, kw = kernel.shape
+    rh, rw = kh // 2, kw // 2
+    xp = pad2d(x, rh, rh, rw, rw, mode)
+    k = torch.as_tensor(kernel, dtype=x.dtype, device=x.device)
+    n, c, h, w = x.shape
+    if kh * kw <= 49:
+        out = torch.nn.functional.conv2d(xp.reshape(n * c, 1, *xp.shape[-2:]), k[None, None])
+        return out.reshape(n, c, h, w)
+    return fft_correlate(xp, k[None, None], (h, w))

@@ -1,0 +1,40 @@
+"""The one registry of corruptions: name -> (function, one-line description).
+
+A corruption function has the signature ``fn(x, severity, generator) -> Tensor`` where ``x`` is a
+float batch ``(N, 3, H, W)`` in [0, 1] (already validated and converted to float32/float64 by
+:func:`corruptions.corrupt`), ``severity`` an int in 1..5 and ``generator`` a ``torch.Generator`` on
+``x.device`` or ``None`` (torch's global RNG). It returns a tensor of the same shape in [0, 1]
+(clamping is re-applied by :func:`corruptions.corrupt`, so a function may skip it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+CorruptionFn = Callable[[torch.Tensor, int, "torch.Generator | None"], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A registered corruption."""
+
+    fn: CorruptionFn
+    description: str
+
+
+REGISTRY: dict[str, Entry] = {}
+
+
+def register(name: str, description: str) -> Callable[[CorruptionFn], CorruptionFn]:
+    """Decorator: register ``fn`` under ``name`` (duplicates are an error, not a silent override)."""
+
+    def deco(fn: CorruptionFn) -> CorruptionFn:
+        if name in REGISTRY:
+            raise ValueError(f"corruption {name!r} is already registered")
+        REGISTRY[name] = Entry(fn, description)
+        return fn
+
+    return deco

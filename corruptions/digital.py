@@ -1,0 +1,150 @@
+"""Digital corruptions: brightness, contrast, saturate, elastic transform, pixelate, JPEG.
+
+Algorithms and tables: Hendrycks & Dietterich, make_imagenet_c.py / make_cifar_c.py (see tables.py).
+"""
+
+from __future__ import annotations
+
+import io
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import _ops
+from ._color import hsv2rgb, rgb2hsv
+from ._registry import register
+from .tables import params
+
+
+@register("brightness", "HSV value + c (skimage rgb2hsv / hsv2rgb)")
+def brightness(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
+    c = params("brightness", severity, *x.shape[-2:])
+    hsv = rgb2hsv(x)
+    hsv = torch.cat((hsv[:, :2], (hsv[:, 2:] + c).clamp(0, 1)), 1)
+    return hsv2rgb(hsv)
+
+
+@register("saturate", "HSV saturation * a + b (skimage rgb2hsv / hsv2rgb)")
+def saturate(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
+    a, b = params("saturate", severity, *x.shape[-2:])
+    hsv = rgb2hsv(x)
+    hsv = torch.cat((hsv[:, :1], (hsv[:, 1:2] * a + b).clamp(0, 1), hsv[:, 2:]), 1)
+    return hsv2rgb(hsv)
+
+
+@register("contrast", "shrink each channel towards its image mean by a factor c")
+def contrast(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
+    c = params("contrast", severity, *x.shape[-2:])
+    means = x.mean((2, 3), keepdim=True)
+    return (x - means) * c + means
+
+
+@register("pixelate", "Pillow BOX downsampling by a fraction c, then BOX upsampling back")
+def pixelate(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
+    c = params("pixelate", severity, *x.shape[-2:])
+    h, w = x.shape[-2:]
+    sh, sw = int(h * c), int(w * c)
+    mh = _ops.box_resize_matrix(h, sh)
+    mw = _ops.box_resize_matrix(w, sw)
+    down_h, down_w = _ops.to_device(("box", h, sh), mh, x), _ops.to_device(("box", w, sw), mw, x)
+    up_h = _ops.to_device(("box", sh, h), _ops.box_resize_matrix(sh, h), x)
+    up_w = _ops.to_device(("box", sw, w), _ops.box_resize_matrix(sw, w), x)
+    return _ops.apply_separable(_ops.apply_separable(x, down_h, down_w), up_h, up_w)
+
+
+def _affine_sources(pts_jitter: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Source pixel coordinates ``(N, H, W, 2)`` (x, y) of the reference's random affine warp.
+
+    ``cv2.getAffineTransform(pts1, pts1 + jitter)`` with ``pts1`` the corners of a square of half
+    side ``min(H, W) // 3`` around the centre; ``cv2.warpAffine`` samples ``dst(p) = src(M^-1 p)``.
+    """
+    cx, cy, s = float(w // 2), float(h // 2), float(min(h, w) // 3)
+    pts1 = torch.tensor([[cx + s, cy + s], [cx + s, cy - s], [cx - s, cy - s]], dtype=torch.float64,
+                        device=pts_jitter.device)
+    pts2 = pts1[None] + pts_jitter  # (N, 3, 2)
+    p = torch.cat((pts1, torch.ones(3, 1, dtype=torch.float64, device=pts1.device)), 1)
+    mt = torch.linalg.solve(p[None], pts2)  # (N, 3, 2): [x y 1] @ mt = mapped point
+    a = torch.zeros(pts2.shape[0], 3, 3, dtype=torch.float64, device=pts1.device)
+    a[:, :, :2] = mt
+    a[:, 2, 2] = 1
+    inv = torch.linalg.inv(a)  # row-vector convention: [x y 1] @ inv = source point
+    ys, xs = torch.meshgrid(torch.arange(h, device=p.device, dtype=torch.float64),
+                            torch.arange(w, device=p.device, dtype=torch.float64), indexing="ij")
+    grid = torch.stack((xs, ys, torch.ones_like(xs)), -1)  # (H, W, 3)
+    return torch.einsum("hwk,nkj->nhwj", grid, inv[:, :, :2])
+
+
+def elastic_warp(x: torch.Tensor, pts_jitter: torch.Tensor, noise: torch.Tensor, alpha: float,
+                 sigma: float) -> torch.Tensor:
+    """Deterministic part of the reference's elastic transform on ``(N, C, H, W)``.
+
+    ``pts_jitter`` ``(N, 3, 2)``: affine point jitter in pixels; ``noise`` ``(N, 2, H, W)``: the
+    U(-1, 1) fields (dx, dy). Step 1: bilinear affine warp with BORDER_REFLECT_101
+    (``grid_sample`` reflection, corner-aligned). Step 2: displacement ``alpha *
+    gaussian(noise, sigma, mode='reflect', truncate=3)`` sampled with
+    ``map_coordinates(order=1, mode='reflect')`` (``grid_sample`` reflection, edge-aligned).
+    """
+    n, _, h, w = x.shape
+    src = _affine_sources(pts_jitter, h, w)
+    norm = torch.tensor([2 / max(w - 1, 1), 2 / max(h - 1, 1)], dtype=torch.float64, device=x.device)
+    grid = (src * norm - 1).to(x.dtype)
+    x = torch.nn.functional.grid_sample(x, grid, "bilinear", "reflection", align_corners=True)
+    disp = _ops.gaussian_blur(noise, sigma, truncate=3.0, mode="symmetric") * alpha  # (N, 2, H, W)
+    ys, xs = torch.meshgrid(torch.arange(h, device=x.device, dtype=x.dtype),
+                            torch.arange(w, device=x.device, dtype=x.dtype), indexing="ij")
+    gx = (2 * (xs + disp[:, 0]) + 1) / w - 1
+    gy = (2 * (ys + disp[:, 1]) + 1) / h - 1
+    grid = torch.stack((gx, gy), -1)
+    return torch.nn.functional.grid_sample(x, grid, "bilinear", "reflection", align_corners=False)
+
+
+@register("elastic_transform", "random affine warp + Gaussian-smoothed random displacement field")
+def elastic_transform(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
+    n, _, h, w = x.shape
+    alpha, sigma, jitter = params("elastic_transform", severity, h, w)
+    pts = (torch.rand((n, 3, 2), generator=gen, device=x.device, dtype=torch.float64) * 2 - 1) * jitter
+    pts = pts.float().double()  # the reference draws the jitter as float32
+    noise = torch.rand((n, 2, h, w), generator=gen, device=x.device, dtype=x.dtype) * 2 - 1
+    return elastic_warp(x, pts, noise, alpha, sigma)
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _jpeg_roundtrip(img: np.ndarray, quality: int) -> np.ndarray:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "JPEG", quality=quality)
+    buf.seek(0)
+    return np.asarray(Image.open(buf).convert("RGB"))
+
+
+def _jpeg_cuda(u8: torch.Tensor, quality: int) -> torch.Tensor | None:
+    """nvJPEG round trip through torchvision on CUDA; ``None`` when unavailable."""
+    try:
+        from torchvision.io import decode_jpeg, encode_jpeg
+
+        data = encode_jpeg(list(u8), quality=quality)
+        return torch.stack(decode_jpeg(data, device=u8.device))
+    except Exception:  # noqa: BLE001 - any failure means: use the exact CPU path
+        return None
+
+
+@register("jpeg_compression", "real JPEG encode/decode at the table's quality (Pillow / libjpeg)")
+def jpeg_compression(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
+    """JPEG round trip of each image (uint8, rounded). CPU: Pillow, as the reference, on a small
+    thread pool (libjpeg releases the GIL). CUDA: torchvision's nvJPEG encode/decode when it
+    works, else the CPU path."""
+    global _POOL
+    quality = int(params("jpeg_compression", severity, *x.shape[-2:]))
+    u8 = torch.round(x.clamp(0, 1) * 255).to(torch.uint8)
+    if x.is_cuda:
+        out = _jpeg_cuda(u8, quality)
+        if out is not None:
+            return out.to(x.dtype) / 255
+    arr = u8.permute(0, 2, 3, 1).cpu().numpy()
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=max(1, min(4, torch.get_num_threads())))
+    out = np.stack(list(_POOL.map(lambda im: _jpeg_roundtrip(im, quality), arr)))
+    return torch.from_numpy(out).to(x.device).permute(0, 3, 1, 2).to(x.dtype) / 255
