@@ -148,7 +148,128 @@ class BinaryClassificationMeter(ClassificationMeter):
         return {**out, "balanced_error": bal, "auc": self._auc(None)}
 
 
-METERS: dict[str, type] = {"classification": ClassificationMeter, "binary": BinaryClassificationMeter}
+def miou_from_confusion(conf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class IoU (C,) and mean IoU from a (C,C) confusion matrix (rows: ground truth, cols: prediction).
+
+    IoU_c = TP_c / (TP_c + FP_c + FN_c). A class absent from both the ground truth and the predictions
+    (union 0) has IoU NaN and is excluded from the mean (as in mmseg's nanmean); the mean of no class is NaN.
+    """
+    conf = conf.double()
+    tp = conf.diagonal()
+    union = conf.sum(0) + conf.sum(1) - tp
+    iou = torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, float("nan")))
+    return iou, iou.nanmean()
+
+
+class SegmentationMeter:
+    """mIoU, pixel accuracy and per-pixel ECE from confusion matrices accumulated on the device.
+
+    `update(logits (N,C,H,W), y (N,H,W) long with `ignore_index`, domain_ids (N,))`: the valid pixels
+    (label != ignore, label < C) are counted with one bincount of `domain * C*C + C*y + pred`, so each
+    domain (and each batch) has its own (C,C) confusion matrix, without a host sync. C is taken from the
+    logits at the first update. "error" is 100 - mIoU (%), so mean errors and leaderboards work unchanged;
+    per-class IoUs are reported as `iou_<class name>` (%).
+    """
+
+    def __init__(
+        self,
+        num_domains: int,
+        device: torch.device | str,
+        num_classes: int | None = None,
+        ignore_index: int = 255,
+        class_names: list[str] | None = None,
+        n_bins: int = 15,
+    ) -> None:
+        self.num_domains, self.device, self.ignore_index, self.n_bins = num_domains, device, ignore_index, n_bins
+        self.class_names = class_names
+        self.num_classes = num_classes
+        self.conf: torch.Tensor | None = None  # (D,C,C) int64
+        z = lambda: torch.zeros(n_bins, device=device, dtype=torch.float64)  # noqa: E731
+        self.conf_sum, self.acc_sum, self.bin_count = z(), z(), z()
+        self.dom_images = torch.zeros(num_domains, device=device, dtype=torch.float64)
+        self.batch_conf: list[torch.Tensor] = []
+        self.batch_count: list[int] = []  # images per batch
+
+    @classmethod
+    def for_spec(cls, spec: Any, num_domains: int, device: torch.device | str) -> SegmentationMeter:
+        return cls(num_domains, device, spec.num_classes, spec.ignore_index, spec.class_names)
+
+    def update(self, logits: torch.Tensor, y: torch.Tensor, domain_ids: torch.Tensor) -> None:
+        n, c = logits.shape[:2]
+        if self.conf is None:
+            self.num_classes = self.num_classes or c
+            self.conf = torch.zeros(self.num_domains, c, c, dtype=torch.long, device=logits.device)
+        probs = logits.detach().float().softmax(1)
+        conf, pred = probs.max(1)
+        valid = (y != self.ignore_index) & (y >= 0) & (y < c)
+        dom = domain_ids.view(n, *([1] * (y.dim() - 1))).expand_as(y)
+        idx = (dom * (c * c) + y * c + pred)[valid]
+        counts = torch.bincount(idx, minlength=self.num_domains * c * c).view(self.num_domains, c, c)
+        self.conf += counts
+        self.batch_conf.append(counts.sum(0))
+        self.batch_count.append(int(n))
+        self.dom_images.index_add_(0, domain_ids, torch.ones(n, device=domain_ids.device, dtype=torch.float64))
+        conf_v, correct = conf[valid].double(), (pred == y)[valid].double()
+        bins = (conf_v * self.n_bins).long().clamp_(0, self.n_bins - 1)
+        self.conf_sum.index_add_(0, bins, conf_v)
+        self.acc_sum.index_add_(0, bins, correct)
+        self.bin_count.index_add_(0, bins, torch.ones_like(correct))
+
+    def _names(self) -> list[str]:
+        c = self.conf.shape[-1] if self.conf is not None else (self.num_classes or 0)
+        names = self.class_names if self.class_names and len(self.class_names) == c else [str(i) for i in range(c)]
+        return [str(n).replace(" ", "_") for n in names]
+
+    def _results(self, conf: torch.Tensor) -> dict[str, Any]:
+        iou, miou = miou_from_confusion(conf.cpu())
+        total = float(conf.sum())
+        out = {
+            "error": 100.0 - 100.0 * float(miou),
+            "miou": 100.0 * float(miou),
+            "pixel_acc": 100.0 * float(conf.diagonal().sum()) / total if total else float("nan"),
+            "n_pixels": int(total),
+        }
+        out.update({f"iou_{k}": 100.0 * float(v) for k, v in zip(self._names(), iou.tolist())})
+        return out
+
+    def batch_errors(self) -> list[float]:
+        """100 - mIoU (%) of every batch so far (one host sync)."""
+        if not self.batch_conf:
+            return []
+        confs = torch.stack(self.batch_conf).cpu().double()
+        return [100.0 - 100.0 * float(miou_from_confusion(cm)[1]) for cm in confs]
+
+    def running_error(self) -> float:
+        return self._results(self.conf.sum(0))["error"] if self.conf is not None else float("nan")
+
+    def confusion(self, domain: int | None = None) -> torch.Tensor:
+        """(C,C) confusion matrix (rows: ground truth) of one domain id, or of all when None."""
+        assert self.conf is not None, "no batch seen yet"
+        return self.conf.sum(0) if domain is None else self.conf[domain]
+
+    def domain_results(self) -> dict[int, dict[str, Any]]:
+        """{domain_id: {"error", "miou", "pixel_acc", "iou_<class>", "n" images}} for the domains seen."""
+        if self.conf is None:
+            return {}
+        images = self.dom_images.cpu().tolist()
+        return {d: {**self._results(self.conf[d]), "n": int(images[d])} for d in range(self.num_domains) if images[d]}
+
+    def summary(self) -> dict[str, Any]:
+        res = self._results(self.conf.sum(0)) if self.conf is not None else {"error": float("nan")}
+        return {**res, "ece": ece_from_bins(self.conf_sum, self.acc_sum, self.bin_count), "n": sum(self.batch_count)}
+
+
+METERS: dict[str, type] = {
+    "classification": ClassificationMeter,
+    "binary": BinaryClassificationMeter,
+    "segmentation": SegmentationMeter,
+}
+
+
+def make_meter(spec: Any, num_domains: int, device: torch.device | str):
+    """The meter of `spec.task`, told the stream's classes/ignore index when it accepts them (`for_spec`)."""
+    cls = METERS[spec.task]
+    return cls.for_spec(spec, num_domains, device) if hasattr(cls, "for_spec") else cls(num_domains, device)
 
 
 def forgetting(clean_error_before: float | None, clean_error_after: float | None) -> float | None:

@@ -30,7 +30,7 @@ from tta_bench import streams as st
 from tta_bench.config import RunConfig, cache_dir_default, check_options, weights_dir_default
 from tta_bench.errors import UserError
 from tta_bench.memory import measure
-from tta_bench.metrics import METERS, forgetting
+from tta_bench.metrics import forgetting, make_meter
 from tta_bench.models import ModelContext, build_model, model_info, model_options, recipe_hash
 
 RUN_FILES = ("config.json", "batches.csv", "domains.csv", "summary.json", "done")
@@ -254,7 +254,7 @@ def clean_error(adapter, spec, cfg: RunConfig, device: torch.device) -> float | 
     """Error (%) of the adapter's current state on the held-out clean sample, without adapting on it."""
     if spec.clean is None or cfg.clean_eval == "off":
         return None
-    meter = METERS[spec.task](1, device)
+    meter = make_meter(spec, 1, device)
     for x, y in _loader(spec.clean, cfg.batch_size, device, 0):
         x, y = x.to(device), y.to(device)
         with _autocast(cfg, device):
@@ -286,14 +286,14 @@ def _stream(adapter, spec, cfg, segments, datasets, device, folder: Path, quiet:
     before = clean_error(adapter, spec, cfg, device)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    overall = METERS[spec.task](len(spec.domain_names), device)
+    overall = make_meter(spec, len(spec.domain_names), device)
     batch_rows, dom_rows, stream_s = [], [], 0.0
     bar = tqdm(total=total, unit="batch", disable=None if not quiet else True, dynamic_ncols=True)
     after = before
     for seg, ds in zip(segments, datasets):
         if seg.reset:
             adapter.reset()
-        meter = METERS[spec.task](len(spec.domain_names), device)
+        meter = make_meter(spec, len(spec.domain_names), device)
         mask = class_mask(spec, seg, device)
         bar.set_description(f"r{seg.round} {seg.domain}")
         t0 = t_prev = time.perf_counter()
