@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 
 from tta_bench.errors import UserError
 from tta_bench.models import MODELS, ModelContext, describe, sha256_file
+from tta_bench.zoo.segmentation_zoo import DenseInference
 
 # Cityscapes statistics published with the checkpoint (VisualizeResults.py), BGR order, 0..255 pixels.
 CITYSCAPES_MEAN_BGR = (72.3923111, 82.90893555, 73.15840149)
@@ -203,7 +205,17 @@ def load_espnet(path: Path, classes: int, skip_image: bool, p: int = 2, q: int =
 
 
 def _espnet_factory(file: str, classes: int, skip_image: bool, default_stats: str):
-    def factory(spec, ctx: ModelContext, *, weights: str | None = None, stats: str = default_stats) -> nn.Module:
+    def factory(
+        spec,
+        ctx: ModelContext,
+        *,
+        weights: str | None = None,
+        stats: str = default_stats,
+        inference: str = "whole",
+        size: Any = None,
+        crop: Any = None,
+        stride: Any = None,
+    ) -> nn.Module:
         path = Path(weights) if weights else Path(ctx.weights_dir) / "espnet" / file
         if not path.is_file():
             raise UserError(
@@ -215,11 +227,23 @@ def _espnet_factory(file: str, classes: int, skip_image: bool, default_stats: st
             raise UserError(f"model option stats must be one of {sorted(STATS)} (input mean/std), got {stats!r}.")
         if spec is not None and getattr(spec, "num_classes", classes) != classes:
             raise UserError(f"This ESPNet predicts {classes} classes but the stream has {spec.num_classes}.")
-        model = ESPNetInput(load_espnet(path, classes, skip_image), *STATS[stats])
-        return describe(model.eval(), weights=str(path), sha256=sha256_file(path), input_stats=stats)
+        model = DenseInference(
+            ESPNetInput(load_espnet(path, classes, skip_image), *STATS[stats]), inference, size, crop, stride
+        )
+        return describe(
+            model.eval(), weights=str(path), sha256=sha256_file(path), input_stats=stats, inference=inference
+        )
 
     return factory
 
 
-MODELS.register("espnet-camvid", "ESPNet p=2 q=8, CamVid (11 classes), released weights")(_espnet_factory("espnet_p_2_q_8_camvid.pth", 11, True, "camvid"))
-MODELS.register("espnet-cityscapes", "ESPNet p=2 q=8, Cityscapes (19 classes), released weights")(_espnet_factory("espnet_p_2_q_8.pth", 19, False, "cityscapes"))
+MODELS.add(
+    "espnet-camvid",
+    _espnet_factory("espnet_p_2_q_8_camvid.pth", 11, True, "camvid"),
+    "ESPNet p=2 q=8 trained on CamVid (11 classes), released weights",
+)
+MODELS.add(
+    "espnet-cityscapes",
+    _espnet_factory("espnet_p_2_q_8.pth", 19, False, "cityscapes"),
+    "ESPNet p=2 q=8 trained on Cityscapes (19 classes), released weights",
+)
