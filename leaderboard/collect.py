@@ -1,0 +1,161 @@
+"""Read run folders into tidy tables.
+
+A run folder is complete when it holds `done` (written last by the runner); anything else under the runs
+directory that looks like a run folder (holds any of the runner's files, or is an empty hash-named folder)
+is counted as incomplete and ignored.
+
+Tables (pandas DataFrames, one row per ...):
+- `runs`: completed run — identity columns, headline metrics, `err:<domain>` per-domain errors (%, mean over
+  rounds), plus `table` (the protocol group it is compared within) and `entry` (method label in that table).
+- `domains`: (run, round, domain) — the run's domains.csv with identity columns (for paired tests, heatmaps).
+- `batches`: (run, batch) — the run's batches.csv with identity columns (for curves over the stream).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tta_bench.runner import RUN_FILES, is_complete
+
+# Protocol fields: runs are only compared (same table) when all of these agree.
+PROTOCOL = ("stream", "setting", "severity", "batch_size", "limit", "rounds", "precision", "clean_eval", "stream_opts")
+IDENTITY = ("run_id", "table", "stream", "setting", "model", "method", "entry", "seed")
+METRICS = (
+    "mean_error",
+    "ece",
+    "clean_error_before",
+    "clean_error_after",
+    "forgetting",
+    "adapt_mb",
+    "peak_device_mb",
+    "images_per_s",
+)
+
+
+@dataclass
+class Collection:
+    """Everything the leaderboard reads from a runs directory."""
+
+    runs: pd.DataFrame
+    domains: pd.DataFrame
+    batches: pd.DataFrame
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # run_id -> config.json
+    folders: dict[str, Path] = field(default_factory=dict)  # run_id -> run folder
+    incomplete: list[Path] = field(default_factory=list)
+
+
+def find_run_folders(root: Path, exclude: Path | None = None) -> tuple[list[Path], list[Path]]:
+    """(complete, incomplete) run folders under `root`, searched recursively, sorted by path.
+
+    A directory is a run folder when it directly holds one of the runner's files; an empty directory
+    counts as an incomplete run (the runner creates the folder before writing anything). Other
+    directories are searched further (so `runs/<sweep>/<hash>/` layouts work). `exclude` (e.g. the
+    site being written inside the runs folder) is skipped.
+    """
+    complete: list[Path] = []
+    incomplete: list[Path] = []
+    excluded = exclude.resolve() if exclude is not None else None
+
+    def visit(d: Path) -> None:
+        if excluded is not None and d.resolve() == excluded:
+            return
+        children = sorted(d.iterdir())
+        if is_complete(d):
+            complete.append(d)
+        elif any((d / f).exists() for f in RUN_FILES) or not children:
+            incomplete.append(d)
+        else:
+            for c in children:
+                if c.is_dir() and not c.name.startswith("."):
+                    visit(c)
+
+    if root.is_dir():
+        for c in sorted(root.iterdir()):
+            if c.is_dir() and not c.name.startswith("."):
+                visit(c)
+    return complete, incomplete
+
+
+def table_key(cfg: dict[str, Any]) -> str:
+    """Readable, unique name of a protocol group, e.g. `digits-c/continual/sev5/bs32/n64/r1/fp32/end`."""
+    c = cfg["config"]
+    parts = [
+        c["stream"],
+        c["setting"],
+        f"sev{c['severity']}",
+        f"bs{c['batch_size']}",
+        f"n{c['limit'] if c['limit'] is not None else 'all'}",
+        f"r{c['rounds']}",
+        c["precision"],
+        f"clean-{c['clean_eval']}",
+    ]
+    opts = ",".join(f"{k}={v}" for k, v in sorted(c.get("stream_opts", {}).items()))
+    return "/".join(parts) + (f"/{opts}" if opts else "")
+
+
+def load_run(folder: Path) -> tuple[dict[str, Any], dict[str, Any], pd.DataFrame, pd.DataFrame]:
+    """(config.json, summary.json, domains.csv, batches.csv) of one completed run folder."""
+    cfg = json.loads((folder / "config.json").read_text())
+    summary = json.loads((folder / "summary.json").read_text())
+    return cfg, summary, pd.read_csv(folder / "domains.csv"), pd.read_csv(folder / "batches.csv")
+
+
+def entry_labels(runs: pd.DataFrame, opts: dict[str, dict[str, Any]]) -> pd.Series:
+    """Method label per run: the method name, plus the hyper-parameters that vary among that method's
+    runs in the same table and model (e.g. `tent[lr=0.0001]`), so hyper-parameter variants stay apart."""
+    labels = runs["method"].copy()
+    for _, g in runs.groupby(["table", "model", "method"]):
+        keys = sorted({k for rid in g["run_id"] for k in opts[rid]})
+        varying = [k for k in keys if len({json.dumps(opts[rid].get(k), default=str) for rid in g["run_id"]}) > 1]
+        for idx, rid in zip(g.index, g["run_id"]):
+            if varying:
+                hp = ",".join(f"{k}={opts[rid].get(k)}" for k in varying)
+                labels[idx] = f"{runs.at[idx, 'method']}[{hp}]"
+    return labels
+
+
+def collect(root: Path, exclude: Path | None = None) -> Collection:
+    """Read every completed run folder under `root` into a `Collection` (incomplete ones listed, not read)."""
+    complete, incomplete = find_run_folders(Path(root), exclude)
+    rows, dom_frames, batch_frames = [], [], []
+    configs, folders, method_opts = {}, {}, {}
+    for folder in complete:
+        cfg, s, dom, bat = load_run(folder)
+        rid = cfg["run_id"]
+        if rid in configs:  # the same run copied twice: count it once
+            continue
+        configs[rid], folders[rid] = cfg, folder
+        method_opts[rid] = cfg["config"].get("method_opts", {})
+        row = {"run_id": rid, "table": table_key(cfg)}
+        row.update({k: cfg["config"][k] for k in ("stream", "setting", "model", "method", "seed")})
+        row.update({k: cfg["config"][k] for k in ("severity", "batch_size", "limit", "rounds")})
+        row.update({k: _num(s.get(k)) for k in METRICS})
+        row["n_samples"] = s.get("n_samples")
+        row["device"] = cfg.get("execution", {}).get("device")
+        row.update({f"err:{d}": _num(e) for d, e in s.get("domain_errors", {}).items()})
+        rows.append(row)
+        dom_frames.append(dom.assign(run_id=rid))
+        batch_frames.append(bat.assign(run_id=rid))
+    runs = pd.DataFrame(rows)
+    if runs.empty:
+        empty = pd.DataFrame(columns=list(IDENTITY))
+        return Collection(empty, empty.copy(), empty.copy(), configs, folders, incomplete)
+    runs.insert(runs.columns.get_loc("method") + 1, "entry", entry_labels(runs, method_opts))
+    runs = runs.sort_values(["table", "model", "entry", "seed"], kind="stable").reset_index(drop=True)
+    ident = runs[list(IDENTITY)]
+    domains = pd.concat(dom_frames, ignore_index=True).merge(ident, on="run_id")
+    batches = pd.concat(batch_frames, ignore_index=True).merge(ident, on="run_id")
+    front = list(IDENTITY)
+    domains = domains[front + [c for c in domains.columns if c not in front]]
+    batches = batches[front + [c for c in batches.columns if c not in front]]
+    return Collection(runs, domains, batches, configs, folders, incomplete)
+
+
+def _num(v: Any) -> float:
+    """A metric as float (None -> NaN), so columns stay numeric."""
+    return float("nan") if v is None else float(v)

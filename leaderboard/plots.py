@@ -1,0 +1,134 @@
+"""Leaderboard plots (matplotlib, Agg canvas via `Figure`, no pyplot state), each saved as PNG and SVG.
+
+Per table: error over the stream (continual curves, domain and round boundaries marked), a per-domain
+error heatmap (entries × domains), adapted-memory vs error scatter (the EcoTTA trade-off), forgetting per
+entry. Every function returns the written file stem (without suffix), or None when there is nothing to plot.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+SUFFIXES = (".png", ".svg")
+
+
+def save(fig: Figure, stem: Path) -> Path:
+    """Write `stem`.png (110 dpi) and `stem`.svg; no timestamps, so unchanged data gives unchanged files."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(f"{stem}.png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(f"{stem}.svg", bbox_inches="tight", metadata={"Date": None})
+    return stem
+
+
+def _label(model: str, entry: str, models: int) -> str:
+    return entry if models == 1 else f"{entry} ({model})"
+
+
+def curves(batches: pd.DataFrame, stem: Path, smooth: int | None = None) -> Path | None:
+    """Batch error (%) over the stream, mean over seeds, running mean over `smooth` batches (default:
+    ~1/40 of the stream); thin lines at domain changes, dashed lines at round boundaries."""
+    if batches.empty:
+        return None
+    fig = Figure(figsize=(10, 4.2))
+    ax = fig.add_subplot()
+    models = batches["model"].nunique()
+    n_batches = int(batches["batch"].max()) + 1
+    w = smooth or max(1, round(n_batches / 40))
+    for (model, entry), g in batches.groupby(["model", "entry"], sort=False):
+        per_batch = g.groupby("batch")["error"].mean()
+        y = per_batch.rolling(w, min_periods=1).mean()
+        ax.plot(y.index, y.to_numpy(), lw=1.4, label=_label(model, entry, models))
+    ref = batches[batches["run_id"] == batches["run_id"].iat[0]].sort_values("batch")
+    seg_start = ref[(ref["segment"] != ref["segment"].shift()) | (ref["round"] != ref["round"].shift())]
+    for b in seg_start["batch"].iloc[1:]:
+        ax.axvline(b - 0.5, color="0.85", lw=0.6, zorder=0)
+    for b, r in ref[ref["round"] != ref["round"].shift()][["batch", "round"]].itertuples(index=False):
+        if b > 0:
+            ax.axvline(b - 0.5, color="crimson", ls="--", lw=1.2)
+        ax.text(b, 1.0, f" round {r}", transform=ax.get_xaxis_transform(), va="bottom", fontsize=8, color="crimson")
+    if len(seg_start) <= 60:
+        ax.set_xticks(seg_start["batch"].to_numpy() - 0.5)
+        ax.set_xticklabels(seg_start["segment"].tolist(), rotation=90, fontsize=7)
+    ax.set_xlim(-0.5, n_batches - 0.5)
+    ax.set_ylabel(f"batch error % (running mean of {w})")
+    ax.set_xlabel("batches (ticks: domain starts)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return save(fig, stem)
+
+
+def heatmap(summary: pd.DataFrame, stem: Path) -> Path | None:
+    """Mean error (%) over seeds per entry (rows) and domain (columns), annotated."""
+    cols = [c for c in summary.columns if c.startswith("err:") and summary[c].notna().any()]
+    if summary.empty or not cols:
+        return None
+    data = summary[cols].to_numpy(dtype=float)
+    models = summary["model"].nunique()
+    rows = [_label(m, e, models) for m, e in zip(summary["model"], summary["entry"])]
+    fig = Figure(figsize=(max(5.0, 0.55 * len(cols) + 2.5), max(2.2, 0.42 * len(rows) + 1.6)))
+    ax = fig.add_subplot()
+    im = ax.imshow(data, cmap="viridis_r", aspect="auto")
+    ax.set_xticks(range(len(cols)), [c[4:] for c in cols], rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    if data.size <= 600:
+        mid = np.nanmean(data)
+        for (i, j), v in np.ndenumerate(data):
+            if not math.isnan(v):
+                ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="white" if v > mid else "black")
+    fig.colorbar(im, ax=ax, label="error %", fraction=0.04)
+    ax.set_title("error per domain (mean over seeds)", fontsize=10)
+    return save(fig, stem)
+
+
+def memory_scatter(summary: pd.DataFrame, stem: Path) -> Path | None:
+    """Adapted memory (`adapt_mb`, MB) vs mean error (%), error bars = std over seeds."""
+    s = summary[summary["adapt_mb_mean"].notna() & summary["mean_error_mean"].notna()]
+    if s.empty:
+        return None
+    fig = Figure(figsize=(6, 4.2))
+    ax = fig.add_subplot()
+    models = s["model"].nunique()
+    for _, r in s.iterrows():
+        yerr = None if math.isnan(r["mean_error_std"]) else r["mean_error_std"]
+        ax.errorbar(r["adapt_mb_mean"], r["mean_error_mean"], yerr=yerr, fmt="o", capsize=3)
+        ax.annotate(
+            _label(r["model"], r["entry"], models),
+            (r["adapt_mb_mean"], r["mean_error_mean"]),
+            textcoords="offset points",
+            xytext=(5, 4),
+            fontsize=8,
+        )
+    pos = s["adapt_mb_mean"][s["adapt_mb_mean"] > 0]
+    if len(pos) and pos.max() / pos.min() > 20:
+        ax.set_xscale("log")
+    ax.set_xlabel("adapt_mb (params + grads + optimizer + copies + saved activations, MB)")
+    ax.set_ylabel("mean error %")
+    ax.grid(alpha=0.3)
+    ax.set_title("memory vs error", fontsize=10)
+    return save(fig, stem)
+
+
+def forgetting_bars(summary: pd.DataFrame, stem: Path) -> Path | None:
+    """Forgetting (clean error after − before, percentage points) per entry, error bars = std over seeds."""
+    s = summary[summary["forgetting_mean"].notna()]
+    if s.empty:
+        return None
+    models = s["model"].nunique()
+    labels = [_label(m, e, models) for m, e in zip(s["model"], s["entry"])]
+    fig = Figure(figsize=(max(4.5, 0.7 * len(s) + 2), 3.6))
+    ax = fig.add_subplot()
+    yerr = s["forgetting_std"].fillna(0.0).to_numpy()
+    colors = ["tab:red" if v > 0 else "tab:blue" for v in s["forgetting_mean"]]
+    ax.bar(range(len(s)), s["forgetting_mean"].to_numpy(), yerr=yerr, capsize=3, color=colors)
+    ax.set_xticks(range(len(s)), labels, rotation=30, ha="right", fontsize=8)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xlim(-1, len(s))
+    ax.set_ylabel("forgetting (pp of clean error)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title("forgetting: clean error after − before", fontsize=10)
+    return save(fig, stem)
