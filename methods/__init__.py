@@ -51,8 +51,29 @@ def get(name: str) -> type[Adapter]:
 
 
 # Registration happens on import; keep one line per adapter file.
+from methods.cotta import CoTTA  # noqa: E402
+from methods.eata import EATA, ETA  # noqa: E402
+from methods.lame import LAME  # noqa: E402
 from methods.norm import Norm  # noqa: E402
+from methods.rotta import RoTTA  # noqa: E402
+from methods.sar import SAR  # noqa: E402
 from methods.source import Source  # noqa: E402
 from methods.tent import Tent  # noqa: E402
 
-__all__ = ["Adapter", "METHODS", "create", "get", "names", "register", "Source", "Norm", "Tent"]
+__all__ = [
+    "Adapter",
+    "METHODS",
+    "create",
+    "get",
+    "names",
+    "register",
+    "Source",
+    "Norm",
+    "Tent",
+    "EATA",
+    "ETA",
+    "SAR",
+    "CoTTA",
+    "RoTTA",
+    "LAME",
+]

@@ -1,0 +1,91 @@
+"""`cotta`: continual test-time adaptation (Wang et al., CVPR 2022).
+
+Matches qinenergy/cotta `cifar/cotta.py` (`CoTTA.forward_and_adapt`, `configure_model`,
+`collect_params`, `copy_model_and_optimizer`, `update_ema_variables`) and `cifar/cfgs/cifar10/cotta.yaml`,
+step for step:
+- the whole model in train mode, BatchNorm on test-batch statistics; every parameter named `weight` or
+  `bias` is trained (Adam, lr 1e-3, betas (0.9, 0.999), wd 0); the EMA teacher and the anchor are copies
+  of the configured source model (registered submodules `teacher`, `anchor`: counted as extra copies);
+- per batch: student logits; anchor confidence = mean over the batch of max softmax(anchor(x)); teacher
+  logits; `n_aug` (32) teacher forwards on random augmentations (`methods._augment.tta_augment`), always
+  computed as in the official CIFAR code; pseudo-label = their mean if the anchor confidence < `ap`
+  (0.92), else the plain teacher logits; loss = mean soft cross-entropy of the student against
+  softmax(pseudo-label); one optimiser step; teacher <- mt · teacher + (1 - mt) · student (mt 0.999);
+  stochastic restore: each element of each trained weight/bias goes back to its source value with
+  probability `rst` (0.01), masks drawn with `torch.rand(shape)` on the CPU in module order.
+- the returned logits are the pseudo-label logits (teacher, augmentation-averaged when used), computed
+  before the update, as in the official code. `predict` returns the teacher's logits.
+The augmentation RNG is torch's global RNG in the official draw order; exactness is tested on the
+deterministic path (anchor confidence above `ap`) and the augmentation against torchvision's transforms.
+ImageNet values (`imagenet/cotta.py`, `imagenet/cfgs/10orders/cotta`): SGD lr 0.01 (momentum 0.9),
+batch 64, restore p 0.001, augmentation only when the anchor confidence < 0.1, symmetric cross-entropy
+(not implemented here: the CIFAR variant is the default of this suite). CIFAR-10-C official batch: 200.
+Batch size 1 works for BatchNorm over spatial positions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from methods import register
+from methods._augment import tta_augment
+from methods.base import Adapter, cross_entropy_soft, ema_update, frozen_copy, make_optimizer, use_batch_stats
+
+
+def weights_and_biases(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """(name, param) of every `weight`/`bias` parameter, in named_modules order (official collect_params)."""
+    out = []
+    for nm, m in model.named_modules():
+        for n, p in m.named_parameters(recurse=False):
+            if n in ("weight", "bias") and p.requires_grad:
+                out.append((f"{nm}.{n}" if nm else n, p))
+    return out
+
+
+@register("cotta")
+class CoTTA(Adapter):
+    """EMA teacher with augmentation-averaged pseudo-labels, student update and stochastic restore."""
+
+    defaults = {"optimizer": "adam", "lr": 1e-3, "betas": (0.9, 0.999), "momentum": 0.9, "wd": 0.0, "steps": 1,
+                "mt": 0.999, "rst": 0.01, "ap": 0.92, "n_aug": 32}
+
+    def configure(self) -> None:
+        use_batch_stats(self.model)
+        self.model.train()
+        self.model.requires_grad_(True)
+        self.named = weights_and_biases(self.model)
+        self.optimizer = make_optimizer([p for _, p in self.named], self.hp)
+        self.teacher = frozen_copy(self.model)
+        self.anchor = frozen_copy(self.model)
+
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        return self.teacher(x)
+
+    def adapt(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(self.hp.steps):
+            outputs_ema = self.step(x)
+        return outputs_ema
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        outputs = self.model(x)
+        with torch.no_grad():
+            anchor_prob = self.anchor(x).softmax(1).max(1)[0]
+            standard_ema = self.teacher(x)
+            outputs_emas = [self.teacher(tta_augment(x)) for _ in range(self.hp.n_aug)]
+        use_aug = bool(anchor_prob.mean(0) < self.hp.ap)
+        outputs_ema = torch.stack(outputs_emas).mean(0) if use_aug else standard_ema
+        loss = cross_entropy_soft(outputs, outputs_ema.softmax(1)).mean(0)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        ema_update(self.teacher, self.model, self.hp.mt)
+        self.restore()
+        return outputs_ema
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Stochastic restore: each trained element back to its source value with probability `rst`."""
+        for name, p in self.named:
+            mask = (torch.rand(p.shape) < self.hp.rst).float().to(p.device)
+            p.copy_(self._source[f"model.{name}"] * mask + p * (1.0 - mask))

@@ -1,0 +1,130 @@
+"""One contract test over every registered adapter (`methods.names()`; adapters added later are covered).
+
+On a tiny BatchNorm CNN (CLIP prompt learners, `requires = "clip"`, get the tiny random CLIP): output
+shape (N,C); `predict` has no side effect; adapting under the caller's `torch.no_grad()` does exactly what
+it does with gradients enabled; `reset()` restores every parameter and buffer bit-identically (and the
+non-tensor state: the same seeded batch gives the same output again); batch size 1 either works or raises
+an error with a message. Adapters with `needs_source` get `prepare()` on a small loader first.
+Batch size 1 is supported by eata, eta, sar, cotta, rotta, lame, tent, norm, source on BatchNorm models
+whose BN layers see more than one value per channel (spatial positions); see BS1_WORKS.
+"""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+import torch.nn as nn
+
+import methods
+from tta_bench.zoo.small_cnn import SmallCNN
+
+# Hyper-parameters that keep the test fast (applied only where the adapter declares them).
+FAST = {"n_aug": 2, "update_frequency": 8, "memory_size": 16, "fisher_size": 16, "epochs": 1, "e_margin_frac": 1.0,
+        "margin_e0_frac": 1.0}
+BS1_WORKS = {"eata", "eta", "sar", "cotta", "rotta", "lame", "tent", "norm", "source"}
+N_CLASSES = 5
+
+
+def tiny_cnn() -> nn.Module:
+    """The suite's small BN CNN (4 conv stages in `features`, linear head) at width 4, random source state."""
+    torch.manual_seed(0)
+    model = SmallCNN(N_CLASSES, 3, width=4)
+    with torch.no_grad():  # non-trivial source statistics and affine parameters
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.8, 1.2)
+                m.bias.uniform_(-0.1, 0.1)
+    return model.eval()
+
+
+def build_model(cls) -> nn.Module:
+    if getattr(cls, "requires", None) == "clip":
+        pytest.importorskip("open_clip")
+        from tta_bench.models import MODELS, load_zoo
+
+        load_zoo()
+        spec = types.SimpleNamespace(class_names=[f"class {i}" for i in range(N_CLASSES)], num_classes=N_CLASSES,
+                                     name="contract")
+        return MODELS.get("clip-tiny").factory(spec, None)
+    return tiny_cnn()
+
+
+def batches(n: int = 3, bs: int = 8) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return [torch.rand(bs, 3, 32, 32, generator=g) for _ in range(n)]
+
+
+def state(adapter: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in adapter.state_dict().items()}
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+def make(name: str) -> nn.Module:
+    cls = methods.get(name)
+    adapter = methods.create(name, build_model(cls), **{k: v for k, v in FAST.items() if k in cls.defaults})
+    if cls.needs_source:
+        g = torch.Generator().manual_seed(2)
+        loader = [(torch.rand(8, 3, 32, 32, generator=g), torch.arange(8) % N_CLASSES) for _ in range(2)]
+        adapter.prepare(loader)
+        adapter._snapshot()
+    return adapter
+
+
+def run(adapter: nn.Module, xs: list[torch.Tensor], grad: bool) -> list[torch.Tensor]:
+    torch.manual_seed(3)
+    outs = []
+    for x in xs:
+        if grad:
+            outs.append(adapter(x).detach())
+        else:
+            with torch.no_grad():
+                outs.append(adapter(x))
+    return outs
+
+
+@pytest.mark.parametrize("name", methods.names())
+def test_adapter_contract(name: str) -> None:
+    adapter = make(name)
+    source = state(adapter)
+    xs = batches()
+
+    # predict(x): predictions of the current state, no side effect (deterministic, state unchanged)
+    p1 = adapter.predict(xs[0])
+    assert p1.shape == (8, N_CLASSES)
+    assert_same_state(state(adapter), source)
+    assert torch.equal(adapter.predict(xs[0]), p1)
+
+    # adapting with gradients enabled, then from the reset state under the caller's no_grad: identical
+    outs = run(adapter, xs, grad=True)
+    assert all(o.shape == (8, N_CLASSES) and not o.isnan().any() for o in outs)
+    adapted = state(adapter)
+    adapter.reset()
+    assert_same_state(state(adapter), source)
+    outs_ng = run(adapter, xs, grad=False)
+    for o, o2 in zip(outs, outs_ng):
+        assert torch.equal(o, o2)
+    assert_same_state(state(adapter), adapted)
+    trainable = {k for k, p in adapter.named_parameters() if p.requires_grad}
+    if name in ("eata", "eta", "sar", "cotta", "rotta"):  # these train on the stream
+        assert any(not torch.equal(adapted[k], source[k]) for k in trainable)
+
+    adapter.reset()
+    assert_same_state(state(adapter), source)
+
+    # batch size 1: works, or fails with an explanatory error
+    try:
+        out1 = adapter(xs[0][:1])
+    except Exception as e:  # noqa: BLE001 - any documented failure is acceptable if it explains itself
+        assert name not in BS1_WORKS, f"{name} should support batch size 1: {e}"
+        assert str(e).strip()
+    else:
+        assert out1.shape == (1, N_CLASSES)
