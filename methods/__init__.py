@@ -59,6 +59,8 @@ from methods.rotta import RoTTA  # noqa: E402
 from methods.sar import SAR  # noqa: E402
 from methods.source import Source  # noqa: E402
 from methods.tent import Tent  # noqa: E402
+from methods.coop import CoOp  # noqa: E402
+from methods.ogen import OGEN  # noqa: E402
 
 __all__ = [
     "Adapter",

@@ -1,0 +1,206 @@
+"""Shared pieces of CLIP prompt learners (CoOp, OGEN): the learned context and the few-shot prepare loop.
+
+`PromptLearner` is CoOp's unified context (Zhou et al., IJCV 2022): M context vectors shared by all
+classes, initialised from the embedding of "a photo of a", so that the prompt of class c is
+`[SOS] ctx_1 .. ctx_M name_c . [EOS]`; the CLIP text tower maps it to the class weight w_c.
+
+`PromptAdapter` is the adapter skeleton: it needs a `CLIPClassifier` (tta_bench/zoo/clip_zoo.py;
+`requires = "clip"`), freezes both encoders, learns in `prepare(source)` and is frozen on the stream
+(`adapt(x)` is inference over all classes). The known classes are the labels the source data contains;
+every other class of the model is unknown to training (its name is still available).
+Schedule (CoOp/OGEN trainer configs `vit_b16_ep10_ctxv1`): SGD, lr 0.002, momentum 0.9, weight decay 5e-4
+(dassl's defaults), cosine over the epochs after one warm-up epoch at constant lr 1e-5. The batch size is
+the harness's (`--batch-size`; the configs use 32). Deviation: no random-resized-crop/flip augmentation,
+so the frozen image features of the few shots are computed once and the epochs run on features.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+
+from methods.base import Adapter
+
+PROMPT_DEFAULTS: dict[str, Any] = {
+    "ctx_init": "a photo of a",
+    "epochs": 10,
+    "lr": 0.002,
+    "momentum": 0.9,
+    "wd": 5e-4,
+    "warmup_epochs": 1,
+    "warmup_lr": 1e-5,
+}
+
+
+def require_clip(model: nn.Module, method: str) -> None:
+    if not getattr(model, "is_clip", False):
+        raise TypeError(
+            f"'{method}' learns CLIP prompts and needs a CLIP model (tta_bench.zoo.clip_zoo.CLIPClassifier, e.g. "
+            f"--model clip-vit-b16 or clip-tiny), got {type(model).__name__}."
+        )
+
+
+class PromptLearner(nn.Module):
+    """Learned context `ctx` (M,W) shared by all classes; `forward(clip, classes)` -> (len(classes), D) w_c."""
+
+    def __init__(self, clip: nn.Module, ctx_init: str) -> None:
+        super().__init__()
+        n_ctx = len(ctx_init.split())
+        with torch.no_grad():
+            init = clip.token_embedding(clip.tokenize([ctx_init]))[0, 1 : 1 + n_ctx]
+            tokens = clip.tokenize([f"{ctx_init} {name}." for name in clip.class_names])
+            emb = clip.token_embedding(tokens)
+        self.ctx = nn.Parameter(init.clone())
+        # Fixed token embeddings around the context (derived from the class names: not saved).
+        self.register_buffer("prefix", emb[:, :1].clone(), persistent=False)  # SOS
+        self.register_buffer("suffix", emb[:, 1 + n_ctx :].clone(), persistent=False)  # name . EOS pad
+        self.register_buffer("tokens", tokens, persistent=False)
+
+    def forward(
+        self, clip: nn.Module, classes: torch.Tensor | None = None, ctx: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Text features (C',D) of `classes` (default all), with `ctx` (default the learned one)."""
+        pre, suf, tok = self.prefix, self.suffix, self.tokens
+        if classes is not None:
+            pre, suf, tok = pre[classes], suf[classes], tok[classes]
+        ctx = (self.ctx if ctx is None else ctx).unsqueeze(0).expand(len(tok), -1, -1)
+        return clip.encode_prompts(torch.cat([pre, ctx, suf], dim=1), tok)
+
+
+def lr_at(epoch: int, hp: Any) -> float:
+    """Constant warm-up lr for `warmup_epochs`, then cosine from `lr` over all `epochs` (dassl's schedule)."""
+    if epoch < hp.warmup_epochs:
+        return hp.warmup_lr
+    return 0.5 * hp.lr * (1 + math.cos(math.pi * epoch / hp.epochs))
+
+
+class PromptAdapter(Adapter):
+    """Base of CLIP prompt learners: frozen encoders, prepare() learns, the stream is pure inference."""
+
+    requires: ClassVar[str] = "clip"
+    needs_source = True
+    defaults = PROMPT_DEFAULTS
+
+    def __init__(self, model: nn.Module, **hparams: Any) -> None:
+        require_clip(model, self.name or type(self).__name__)
+        super().__init__(model, **hparams)
+
+    def configure(self) -> None:
+        self.model.eval().requires_grad_(False)
+        self.prompt = PromptLearner(self.model, self.hp.ctx_init)
+        n = len(self.model.class_names)
+        self.register_buffer("known_mask", torch.zeros(n, dtype=torch.bool))  # classes seen in prepare
+        self._cache: tuple[tuple, torch.Tensor] | None = None
+
+    # --- to override ---------------------------------------------------------------------------------
+    def learned_parameters(self) -> list[nn.Parameter]:
+        """What prepare() trains (the stream trains nothing)."""
+        return [self.prompt.ctx]
+
+    def fit_statistics(self, feats: torch.Tensor, labels: torch.Tensor) -> None:
+        """Called once with all source features (N,D) and labels (N,) before training."""
+
+    def step_loss(self, feats: torch.Tensor, labels: torch.Tensor, epoch: int) -> torch.Tensor:
+        """CoOp: cross-entropy over the known classes' prompts."""
+        known = self.known_classes()
+        logits = self.model.logits(feats, self.prompt(self.model, known))
+        return nn.functional.cross_entropy(logits, self.local(labels))
+
+    def end_epoch(self, epoch: int) -> None:
+        """Called after each prepare epoch (0-based)."""
+
+    # --- the contract ----------------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return []  # frozen on the stream; see learned_parameters() for the prepare stage
+
+    def known_classes(self) -> torch.Tensor:
+        return self.known_mask.nonzero().flatten()
+
+    def local(self, labels: torch.Tensor) -> torch.Tensor:
+        """Global class ids -> index among the known classes."""
+        return torch.cumsum(self.known_mask.long(), 0)[labels] - 1
+
+    def class_text(self) -> torch.Tensor:
+        """(C,D) text features of all classes with the learned context, cached while it is unchanged."""
+        key = tuple((p.data_ptr(), p._version) for p in self.learned_parameters())
+        if self._cache is None or self._cache[0] != key:
+            with torch.no_grad():
+                self._cache = (key, self.prompt(self.model))
+        return self._cache[1]
+
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.logits(self.model.encode_image(x), self.class_text())
+
+    def adapt(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():  # frozen at stream time: no online updates
+            return self.infer(x)
+
+    @torch.no_grad()
+    def encode_source(self, source: Iterable) -> tuple[torch.Tensor, torch.Tensor, int]:
+        feats, labels, bs = [], [], 1
+        dev = self.known_mask.device
+        for x, y in source:
+            feats.append(self.model.encode_image(x.to(dev)))
+            labels.append(y.to(dev).long())
+            bs = max(bs, len(y))
+        return torch.cat(feats), torch.cat(labels), bs
+
+    def prepare(self, source: Iterable) -> None:
+        feats, labels, bs = self.encode_source(source)
+        self.known_mask.zero_()
+        self.known_mask[labels.unique()] = True
+        self.fit_statistics(feats, labels)
+        params = self.learned_parameters()
+        opt = torch.optim.SGD(params, lr=self.hp.lr, momentum=self.hp.momentum, weight_decay=self.hp.wd)
+        self.train()
+        self.model.eval()
+        for epoch in range(self.hp.epochs):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(epoch, self.hp)
+            for idx in torch.randperm(len(labels)).split(bs):
+                idx = idx.to(labels.device)
+                loss = self.step_loss(feats[idx], labels[idx], epoch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            self.end_epoch(epoch)
+        self.eval()
+        self._cache = None
+
+    def prepare_memory(self, x: torch.Tensor) -> float:
+        """adapt_mb of one prepare step (features, loss, backward, SGD step) on batch `x`, on a copy."""
+        from tta_bench.memory import measure
+
+        return measure(_PrepareStep(self), x)["adapt_mb"]
+
+
+class _PrepareStep(nn.Module):
+    """One prepare step as a module, for tta_bench.memory.measure (labels: the classes cycled)."""
+
+    def __init__(self, adapter: PromptAdapter) -> None:
+        super().__init__()
+        self.adapter = adapter
+        self.model = adapter.model
+        self.optimizer = torch.optim.SGD(adapter.learned_parameters(), lr=1e-9, momentum=adapter.hp.momentum)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return self.adapter.learned_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.adapter
+        with torch.no_grad():
+            feats = a.model.encode_image(x)
+        n = len(a.known_mask)
+        labels = torch.arange(len(x), device=x.device) % max(1, n // 2)
+        if not a.known_mask.any():
+            a.known_mask[: max(1, n // 2)] = True
+            a.fit_statistics(feats, labels)
+        with torch.enable_grad():
+            loss = a.step_loss(feats, labels, a.hp.epochs - 1)
+            loss.backward()
+        self.optimizer.step()
+        return loss.detach()

@@ -1,0 +1,87 @@
+"""CoOp (methods/coop.py) and the CLIP zoo on the tiny random CLIP: prompts, frozen encoders, prepare."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+pytest.importorskip("open_clip")
+
+import methods  # noqa: E402
+from methods import CoOp  # noqa: E402
+from tta_bench.models import ModelContext  # noqa: E402
+from tta_bench.zoo.clip_zoo import clip_tiny  # noqa: E402
+
+NAMES = ["cat", "dog", "car", "tree", "boat", "house"]
+
+
+@pytest.fixture(scope="module")
+def tiny() -> nn.Module:
+    ctx = ModelContext(Path("/nonexistent"), Path("/nonexistent"), torch.device("cpu"))
+    return clip_tiny(SimpleNamespace(name="t", class_names=NAMES), ctx)
+
+
+def source(n_per: int = 8, classes=(0, 1, 2), seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of (x, y): images of class c have a class-specific colour, so they are separable."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.tensor([c for c in classes for _ in range(n_per)])
+    x = torch.rand(len(y), 3, 32, 32, generator=g) * 0.3
+    x[:, 0] += y.view(-1, 1, 1).float() / 4
+    return [(x[i : i + 8], y[i : i + 8]) for i in range(0, len(y), 8)]
+
+
+def test_clip_tiny_classifier(tiny):
+    x = torch.rand(5, 3, 32, 32)
+    out = tiny(x)
+    assert out.shape == (5, len(NAMES))
+    assert torch.allclose(tiny(F.interpolate(x, size=64)).softmax(1).sum(1), torch.ones(5))  # resized inside
+    tok = tiny.tokenize(["a photo of a dog."])
+    a = tiny.encode_prompts(tiny.token_embedding(tok), tok)
+    assert torch.allclose(a, F.normalize(tiny.clip.encode_text(tok), dim=-1), atol=1e-6)
+    assert tiny.tta_info["weights"].startswith("random-init")
+
+
+def test_requires_clip():
+    assert CoOp.requires == "clip"
+    with pytest.raises(TypeError, match="CLIP model"):
+        methods.create("coop", nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10)))
+
+
+def test_context_initialised_from_a_photo_of_a(tiny):
+    a = CoOp(tiny)
+    emb = tiny.token_embedding(tiny.tokenize(["a photo of a"]))[0, 1:5]
+    assert torch.equal(a.prompt.ctx.data, emb)
+    # Initial prompts are exactly the zero-shot template "a photo of a {}." of every class.
+    assert torch.allclose(a.class_text(), tiny.text_features, atol=1e-5)
+    x = torch.rand(4, 3, 32, 32)
+    assert torch.allclose(a(x), tiny(x), atol=1e-4)
+
+
+def test_prepare_learns_prompt_only(tiny):
+    a = CoOp(tiny, epochs=15, lr=0.05, warmup_epochs=0)
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    ctx0 = a.prompt.ctx.detach().clone()
+    data = source()
+    feats = torch.cat([tiny.encode_image(x) for x, _ in data])
+    labels = torch.cat([y for _, y in data])
+    a.known_mask[:3] = True
+    loss0 = a.step_loss(feats, labels, 0).detach().item()
+    a.prepare(data)
+    assert a.known_mask.tolist() == [True, True, True, False, False, False]
+    assert a.step_loss(feats, labels, 0).detach().item() < loss0 - 1e-3
+    assert not torch.equal(a.prompt.ctx.data, ctx0)
+    for k, v in tiny.state_dict().items():  # both encoders (and the zero-shot classifier) bit-identical
+        assert torch.equal(v, before[k]), k
+    # Stream time is inference: no parameter moves, outputs are repeatable, nothing is trained.
+    x = torch.rand(6, 3, 32, 32)
+    state = {k: v.clone() for k, v in a.state_dict().items()}
+    assert torch.equal(a(x), a(x))
+    assert all(torch.equal(v, state[k]) for k, v in a.state_dict().items())
+    assert a.trainable_parameters() == []
+    assert a(x).shape == (6, len(NAMES))
+    assert a.prepare_memory(x) > 0

@@ -1,0 +1,305 @@
+"""Base-to-new and domain-shift streams for CLIP prompt learners (CoCoOp / OGEN protocols).
+
+Base-to-new (`<dataset>-b2n`): the classes are split in half by index (CoOp's `subsample_classes`: the first
+ceil(C/2) are *base*, the rest *new*). `source` holds `shots` (16) training images per base class, drawn
+with the run seed (the prepare stage's few-shot data); the stream has two domains, `base` and `new`, the
+test images of those classes, each scored over its own classes only (`class_subsets`). summary.json gets
+`base_acc`, `new_acc` and their `harmonic_mean` (%). The models see all class names.
+
+- `digits-b2n`: the embedded sklearn digits (tta_bench/data/digits.py; names "zero".."nine"): shots from
+  its source split, test images from its target split. No download.
+- `cifar100-b2n`: `<data_dir>/cifar-100-python/{train,test,meta}` (torchvision's pickles; class names from
+  `meta`).
+- `imagenet-b2n`: `<data_dir>/imagenet/{train,val}/<wnid>/*.JPEG` (ImageFolder by wnid; names: CLIP's
+  ImageNet class names when there are 1,000 wnids, else the folder names).
+- `folder-b2n`: any ImageFolder dataset, `--set stream.root=PATH` with `PATH/train/<class>/` and
+  `PATH/test/<class>/` (or `val/`); class names are the folder names (underscores read as spaces).
+
+Domain shift (`imagenet-ds`): prepare on 16 shots per class of ImageNet train (all 1,000 classes), then
+stream ImageNet val and the natural shifts in their published layouts under `<data_dir>`:
+`imagenetv2-matched-frequency-format-val/<0..999>/`, `imagenet-sketch/sketch/<wnid>/` (or
+`imagenet-sketch/<wnid>/`), `imagenet-a/<wnid>/`, `imagenet-r/<wnid>/` (200 classes each, scored over
+their own classes). Summary: `source_acc` and `target_acc` (mean over the four shifts).
+Images from files are resized (shorter side) and centre-cropped to `image_size`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import pickle
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from tta_bench.data.digits import CLASS_NAMES as DIGIT_NAMES
+from tta_bench.data.digits import digits_32, split
+from tta_bench.errors import UserError
+from tta_bench.streams import StreamSpec, register
+
+IMG_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+SHIFTS = {  # domain -> (folder candidates under data_dir, labels by wnid?)
+    "imagenet-v2": (("imagenetv2-matched-frequency-format-val",), False),
+    "imagenet-sketch": (("imagenet-sketch/sketch", "imagenet-sketch"), True),
+    "imagenet-a": (("imagenet-a",), True),
+    "imagenet-r": (("imagenet-r",), True),
+}
+
+
+# --- bookkeeping -----------------------------------------------------------------------------------------
+def base_new(num_classes: int) -> tuple[list[int], list[int]]:
+    """Base = the first ceil(C/2) class ids, new = the rest."""
+    m = math.ceil(num_classes / 2)
+    return list(range(m)), list(range(m, num_classes))
+
+
+def few_shot(labels: np.ndarray, classes: Sequence[int], shots: int, seed: int) -> np.ndarray:
+    """`shots` indices per class of `classes` (all when a class has fewer), drawn with `seed`; sorted."""
+    rng = np.random.default_rng(seed)
+    out = [
+        rng.choice(np.flatnonzero(labels == c), min(shots, int((labels == c).sum())), replace=False) for c in classes
+    ]
+    return np.sort(np.concatenate(out)) if out else np.zeros(0, dtype=np.int64)
+
+
+def b2n_summary(errors: dict[str, float]) -> dict[str, float]:
+    """Base / new accuracy (%) and their harmonic mean from the domain errors."""
+    b, n = 100.0 - errors["base"], 100.0 - errors["new"]
+    return {"base_acc": b, "new_acc": n, "harmonic_mean": 2 * b * n / (b + n) if b + n > 0 else 0.0}
+
+
+def ds_summary(errors: dict[str, float]) -> dict[str, float]:
+    shifted = [100.0 - e for d, e in errors.items() if d != "imagenet"]
+    out = {"target_acc": float(np.mean(shifted))} if shifted else {}
+    return {**({"source_acc": 100.0 - errors["imagenet"]} if "imagenet" in errors else {}), **out}
+
+
+# --- datasets --------------------------------------------------------------------------------------------
+class Images(Dataset):
+    """(x, y) from uint8 (N,H,W,3) arrays or image files (resized shorter side + centre crop to `size`)."""
+
+    def __init__(self, items: np.ndarray | list[Path], labels: np.ndarray, size: int | None = None) -> None:
+        self.items, self.targets, self.size = items, np.asarray(labels, dtype=np.int64), size
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def subset(self, idx: np.ndarray) -> Images:
+        items = self.items[idx] if isinstance(self.items, np.ndarray) else [self.items[i] for i in idx]
+        return Images(items, self.targets[idx], self.size)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        item = self.items[i]
+        if isinstance(item, np.ndarray):
+            a = item
+        else:
+            with Image.open(item) as im:
+                im = im.convert("RGB")
+                if self.size:
+                    s = self.size / min(im.size)
+                    w, h = max(self.size, round(im.size[0] * s)), max(self.size, round(im.size[1] * s))
+                    im = im.resize((w, h), Image.BICUBIC)
+                    left, top = (w - self.size) // 2, (h - self.size) // 2
+                    im = im.crop((left, top, left + self.size, top + self.size))
+                a = np.asarray(im, dtype=np.uint8)
+        return torch.from_numpy(a.copy()).permute(2, 0, 1).float().div_(255.0), int(self.targets[i])
+
+
+def image_folder(root: Path, label_of: Callable[[str], int | None] | None = None) -> tuple[list[Path], np.ndarray]:
+    """Files and labels of `root/<class>/<image>`; labels = sorted folder position, or `label_of(folder)`."""
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    files, labels = [], []
+    for i, c in enumerate(classes):
+        y = i if label_of is None else label_of(c)
+        if y is None:
+            continue
+        imgs = sorted(f for f in (root / c).iterdir() if f.suffix.lower() in IMG_EXTS)
+        files += imgs
+        labels += [y] * len(imgs)
+    return files, np.asarray(labels, dtype=np.int64)
+
+
+def need(path: Path, what: str, layout: str, where: str) -> Path:
+    if not path.exists():
+        raise UserError(
+            f"{what} not found at {path}. Expected layout: {layout}. Get it from {where} and put it there, or "
+            f"point at it with --set stream.root=PATH (or --data-dir)."
+        )
+    return path
+
+
+# --- the streams -----------------------------------------------------------------------------------------
+def b2n_spec(name: str, train: Images, test: Images, names: list[str], seed: int, shots: int, info: dict) -> StreamSpec:
+    """A base-to-new StreamSpec from full train/test sets over all classes."""
+    base, new = base_new(len(names))
+    src = few_shot(train.targets, base, shots, seed)
+    rng = np.random.default_rng(0)  # a fixed (seed-free) order, so the first `limit` images mix the classes
+    parts = {d: rng.permutation(np.flatnonzero(np.isin(test.targets, c))) for d, c in (("base", base), ("new", new))}
+
+    def load(domain: str, severity: int | None, limit: int | None) -> Images:
+        return test.subset(parts[domain][:limit])
+
+    fp = hashlib.sha256(repr((info.get("source_fingerprint"), src.tolist())).encode()).hexdigest()[:12]
+    return StreamSpec(
+        name=name,
+        domain_names=["base", "new"],
+        load=load,
+        num_classes=len(names),
+        default_model="clip-vit-b16",
+        source=train.subset(src),
+        severities=None,
+        class_names=names,
+        info={
+            **info,
+            "source_fingerprint": f"{name}-{fp}",
+            "base": base,
+            "new": new,
+            "shots": shots,
+            "n_source": len(src),
+            "n_test": {k: len(v) for k, v in parts.items()},
+        },
+        class_subsets={"base": base, "new": new},
+        summarize=b2n_summary,
+    )
+
+
+@register("digits-b2n", default_model="clip-tiny")
+def digits_b2n(*, data_dir=None, seed: int = 0, shots: int = 16) -> StreamSpec:
+    """Embedded digits, base (zero..four) to new (five..nine); shots from the source split. No download."""
+    x, y = digits_32()
+    parts = split()
+    u8 = (x.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+    train = Images(u8[parts["source"]], y[parts["source"]].numpy())
+    test = Images(u8[parts["target"]], y[parts["target"]].numpy())
+    spec = b2n_spec("digits-b2n", train, test, list(DIGIT_NAMES), seed, shots, {"source": "generated"})
+    spec.default_model = "clip-tiny"
+    return spec
+
+
+@register("cifar100-b2n", default_model="clip-vit-b16")
+def cifar100_b2n(*, data_dir=None, seed: int = 0, shots: int = 16, root: str | None = None) -> StreamSpec:
+    """CIFAR-100 base (50) to new (50) classes, torchvision's cifar-100-python pickles."""
+    d = need(
+        Path(root) if root else Path(data_dir) / "cifar-100-python",
+        "CIFAR-100",
+        "cifar-100-python/{train,test,meta} (python pickles)",
+        "https://www.cs.toronto.edu/~kriz/cifar.html",
+    )
+    sets = {}
+    for part in ("train", "test"):
+        with open(need(d / part, "CIFAR-100", "cifar-100-python/{train,test,meta}", "the CIFAR site"), "rb") as f:
+            raw = pickle.load(f, encoding="bytes")
+        sets[part] = Images(raw[b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), np.asarray(raw[b"fine_labels"]))
+    with open(d / "meta", "rb") as f:
+        names = [n.decode().replace("_", " ") for n in pickle.load(f, encoding="bytes")[b"fine_label_names"]]
+    return b2n_spec(
+        "cifar100-b2n", sets["train"], sets["test"], names, seed, shots, {"source": "files", "root": str(d)}
+    )
+
+
+def _folder_b2n(name: str, root: Path, seed: int, shots: int, size: int, names: list[str] | None) -> StreamSpec:
+    need(root / "train", name, "ROOT/train/<class>/*.jpg and ROOT/test/<class>/*.jpg (or val/)", "the dataset's site")
+    test_dir = root / "test" if (root / "test").is_dir() else root / "val"
+    need(test_dir, name, "ROOT/train/<class>/ and ROOT/test/<class>/ (or val/)", "the dataset's site")
+    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    index = {c: i for i, c in enumerate(classes)}
+    names = names if names and len(names) == len(classes) else [c.replace("_", " ") for c in classes]
+    train, test = (Images(*image_folder(r, index.get), size) for r in (root / "train", test_dir))
+    return b2n_spec(name, train, test, names, seed, shots, {"source": "files", "root": str(root)})
+
+
+@register("folder-b2n", default_model="clip-vit-b16")
+def folder_b2n(*, data_dir=None, seed: int = 0, shots: int = 16, root: str | None = None, image_size: int = 224):
+    """Any ImageFolder dataset (stream.root=PATH with train/ and test/ or val/), base to new classes."""
+    if not root:
+        raise UserError("folder-b2n needs --set stream.root=PATH (PATH/train/<class>/, PATH/test/<class>/).")
+    return _folder_b2n("folder-b2n", Path(root), seed, shots, image_size, None)
+
+
+def imagenet_names() -> list[str]:
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+    return list(IMAGENET_CLASSNAMES)
+
+
+@register("imagenet-b2n", default_model="clip-vit-b16")
+def imagenet_b2n(*, data_dir=None, seed: int = 0, shots: int = 16, root: str | None = None, image_size: int = 224):
+    """ImageNet base (500) to new (500) classes; <data_dir>/imagenet/{train,val}/<wnid>/."""
+    r = Path(root) if root else Path(data_dir) / "imagenet"
+    return _folder_b2n("imagenet-b2n", r, seed, shots, image_size, imagenet_names())
+
+
+@register("imagenet-ds", default_model="clip-vit-b16")
+def imagenet_ds(
+    *,
+    data_dir=None,
+    seed: int = 0,
+    shots: int = 16,
+    root: str | None = None,
+    image_size: int = 224,
+    domains: str = "imagenet,imagenet-v2,imagenet-sketch,imagenet-a,imagenet-r",
+) -> StreamSpec:
+    """Domain shift: prepare on 16-shot ImageNet, stream ImageNet val, -V2, -Sketch, -A, -R."""
+    base = Path(root) if root else Path(data_dir)
+    inet = need(base / "imagenet" / "train", "ImageNet", "imagenet/{train,val}/<wnid>/*.JPEG", "image-net.org")
+    wnids = sorted(p.name for p in inet.iterdir() if p.is_dir())
+    index = {w: i for i, w in enumerate(wnids)}
+    train = Images(*image_folder(inet, index.get), image_size)
+    src = few_shot(train.targets, range(len(wnids)), shots, seed)
+    sets, subsets = {}, {}
+    for d in domains.split(","):
+        if d == "imagenet":
+            folder, by_wnid = (
+                need(base / "imagenet" / "val", "ImageNet val", "imagenet/val/<wnid>/", "image-net.org"),
+                True,
+            )
+        elif d in SHIFTS:
+            cands, by_wnid = SHIFTS[d]
+            hits = [base / c for c in cands if (base / c).is_dir()]
+            folder = (
+                hits[0]
+                if hits
+                else need(
+                    base / cands[0],
+                    d,
+                    f"{cands[0]}/<{'wnid' if by_wnid else '0..999'}>/",
+                    "the dataset authors' release",
+                )
+            )
+        else:
+            raise UserError(
+                f"imagenet-ds: unknown domain '{d}' in stream.domains; choose from imagenet, {', '.join(SHIFTS)}."
+            )
+        files, labels = image_folder(folder, index.get if by_wnid else (lambda c: int(c) if c.isdigit() else None))
+        sets[d] = Images(files, labels, image_size)
+        if len(np.unique(labels)) < len(wnids):
+            subsets[d] = sorted(np.unique(labels).tolist())
+    names = imagenet_names() if len(wnids) == 1000 else wnids
+    order = {d: np.random.default_rng(0).permutation(len(s)) for d, s in sets.items()}  # mix classes, seed-free
+
+    def load(domain: str, severity: int | None, limit: int | None) -> Images:
+        return sets[domain].subset(order[domain][:limit])
+
+    return StreamSpec(
+        name="imagenet-ds",
+        domain_names=list(sets),
+        load=load,
+        num_classes=len(wnids),
+        default_model="clip-vit-b16",
+        source=train.subset(src),
+        severities=None,
+        class_names=names,
+        class_subsets=subsets,
+        summarize=ds_summary,
+        info={
+            "source": "files",
+            "root": str(base),
+            "shots": shots,
+            "n_source": len(src),
+            "source_fingerprint": "imagenet-ds-" + hashlib.sha256(src.tobytes()).hexdigest()[:12],
+        },
+    )
