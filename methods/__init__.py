@@ -78,4 +78,6 @@ __all__ = [
     "CoTTA",
     "RoTTA",
     "LAME",
+    "CoOp",
+    "OGEN",
 ]
