@@ -55,6 +55,7 @@ def names() -> list[str]:
 def _check_name(name: str) -> None:
     if name not in REGISTRY:
         close = difflib.get_close_matches(str(name), list(REGISTRY), n=3, cutoff=0.5)
+        close += [n for n in names() if str(name).lower() in n and n not in close][: 3 - len(close)]
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown corruption {name!r}{hint} (known: {', '.join(names())})")
 

@@ -1,0 +1,156 @@
+"""corruptions: contract (shape, dtype, range, device, seeding, errors) and severity ordering.
+
+Severity ordering is measured on real photos (scikit-image's bundled astronaut, chelsea, coffee)
+at 224 px (ImageNet table) and 32 px (CIFAR table), with common random numbers (the same seed at
+every severity) so that the comparison sees the table, not the draw.
+"""
+
+from __future__ import annotations
+
+import pytest
+import skimage.data
+import torch
+import torch.nn.functional as F
+
+import corruptions
+
+ALL = corruptions.names()  # every registered corruption (incl. modules added later)
+OURS = corruptions.BENCHMARK + corruptions.EXTRA  # the ImageNet-C / CIFAR-C set with its tables
+SEVERITIES = (1, 2, 3, 4, 5)
+
+
+def photos(size: int, copies: int = 1) -> torch.Tensor:
+    """The three sample photos, short side resized (area) to ``size`` (224: to 256 then centre-crop
+    224, as ImageNet-C), 8-bit quantised, ``(3 * copies, 3, size, size)`` in [0, 1]."""
+    out = []
+    for name in ("astronaut", "chelsea", "coffee"):
+        t = torch.from_numpy(getattr(skimage.data, name)()).permute(2, 0, 1)[None].float() / 255
+        h, w = t.shape[-2:]
+        short = 256 if size == 224 else size
+        t = F.interpolate(t, size=(round(h * short / min(h, w)), round(w * short / min(h, w))), mode="area")
+        h, w = t.shape[-2:]
+        top, left = (h - size) // 2, (w - size) // 2
+        out.append(t[..., top : top + size, left : left + size])
+    return torch.cat(out).clamp(0, 1).mul(255).round().div(255).repeat(copies, 1, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def small() -> torch.Tensor:
+    return photos(32)[:2]
+
+
+def test_registry_lists():
+    assert len(corruptions.BENCHMARK) == 15 and len(corruptions.EXTRA) == 4
+    assert list(corruptions.BENCHMARK) + list(corruptions.EXTRA) == ALL[:19]
+    for name in ALL:
+        assert isinstance(corruptions.describe(name), str) and corruptions.describe(name)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_contract_and_seeding(name: str, small: torch.Tensor):
+    for severity in SEVERITIES:
+        a = corruptions.corrupt(small, name, severity, torch.Generator().manual_seed(7))
+        b = corruptions.corrupt(small, name, severity, torch.Generator().manual_seed(7))
+        assert a.shape == small.shape and a.dtype == small.dtype and a.device == small.device
+        assert torch.isfinite(a).all() and a.min() >= 0 and a.max() <= 1
+        assert torch.equal(a, b), f"{name} s{severity}: same seed, different output"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_global_rng_and_other_dtypes(name: str, small: torch.Tensor):
+    torch.manual_seed(3)
+    a = corruptions.corrupt(small, name, 3)
+    torch.manual_seed(3)
+    assert torch.equal(a, corruptions.corrupt(small, name, 3))
+    for dtype in (torch.float64, torch.float16):
+        y = corruptions.corrupt(small.to(dtype), name, 2, torch.Generator().manual_seed(0))
+        assert y.dtype == dtype and y.shape == small.shape
+    gray = corruptions.corrupt(small[:, :1], name, 5, torch.Generator().manual_seed(0))
+    assert gray.shape == (2, 1, 32, 32) and 0 <= gray.min() and gray.max() <= 1
+
+
+STOCHASTIC = {"gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "glass_blur", "motion_blur",
+              "snow", "frost", "fog", "elastic_transform", "spatter"}
+
+
+@pytest.mark.parametrize("name", sorted(STOCHASTIC))
+def test_different_seeds_differ(name: str, small: torch.Tensor):
+    a = corruptions.corrupt(small, name, 5, torch.Generator().manual_seed(0))
+    b = corruptions.corrupt(small, name, 5, torch.Generator().manual_seed(1))
+    assert not torch.equal(a, b)
+
+
+def test_deterministic_ones_ignore_rng(small: torch.Tensor):
+    for name in set(OURS) - STOCHASTIC:
+        a = corruptions.corrupt(small, name, 4, torch.Generator().manual_seed(0))
+        b = corruptions.corrupt(small, name, 4, torch.Generator().manual_seed(1))
+        assert torch.equal(a, b), name
+
+
+def test_errors(small: torch.Tensor):
+    with pytest.raises(ValueError, match="gaussian_noise"):
+        corruptions.corrupt(small, "gaussian_nosie", 1)
+    with pytest.raises(ValueError, match="did you mean"):
+        corruptions.describe("jpeg")
+    for bad in (0, 6, 2.0, True, "3"):
+        with pytest.raises(ValueError, match="severity"):
+            corruptions.corrupt(small, "fog", bad)
+    with pytest.raises(ValueError):
+        corruptions.corrupt(small[0], "fog", 1)
+    with pytest.raises(ValueError):
+        corruptions.corrupt((small * 255).to(torch.uint8), "fog", 1)
+
+
+def test_other_sizes_and_rectangles():
+    x = photos(64)[:2]
+    for h, w in ((28, 28), (48, 40), (128, 128)):
+        xi = F.interpolate(x, size=(h, w), mode="area")
+        for name in ALL:
+            y = corruptions.corrupt(xi, name, 5, torch.Generator().manual_seed(0))
+            assert y.shape == xi.shape and torch.isfinite(y).all(), (name, h, w)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ALL)
+def test_cuda(name: str, small: torch.Tensor):
+    x = small.cuda()
+    a = corruptions.corrupt(x, name, 5, torch.Generator(device="cuda").manual_seed(0))
+    b = corruptions.corrupt(x, name, 5, torch.Generator(device="cuda").manual_seed(0))
+    assert a.device == x.device and a.shape == x.shape and torch.equal(a, b)
+    cpu = corruptions.corrupt(small, name, 5, torch.Generator().manual_seed(0))
+    assert abs((a.cpu() - small).abs().mean() - (cpu - small).abs().mean()) < 0.03
+
+
+# Steps s -> s + 1 at which the reference's own table does not increase the mean |x' - x|
+# (so neither may ours): (name, size) -> severities s whose successor may be closer to clean.
+NOT_MONOTONE = {
+    # image weight falls while the frost weight stays: brighter/darker cancel in |x' - x|
+    ("frost", 224): {3},
+    ("frost", 32): {3, 4},
+    # ImageNet severities 1-2 are large smooth warps (sigma 0.7 / 0.08 * 244), 3-5 small local ones
+    ("elastic_transform", 224): {2},
+    # CIFAR: the affine jitter (the dominant term) shrinks from 2.56 px to 0.96 px with severity
+    ("elastic_transform", 32): {1, 2, 3, 4},
+    # severities 1-2 desaturate, 3-5 oversaturate
+    ("saturate", 224): {2},
+    ("saturate", 32): {2},
+    # CIFAR: 1-3 liquid, 4-5 mud (different kind)
+    ("spatter", 32): {3},
+    # CIFAR: more blur (sigma 0.05 -> 0.4) smooths the 1-pixel shuffling away; 4-5 shuffle twice
+    ("glass_blur", 32): {1, 2, 4},
+}
+REL_TOL = 0.02  # equal-strength neighbours (e.g. CIFAR motion blur 3 -> 4) may tie within 2 %
+
+
+@pytest.mark.parametrize("size", [224, 32])
+def test_severity_increases_distance(size: int):
+    x = photos(size, copies=1 if size == 224 else 4)
+    failures = []
+    for name in OURS:
+        d = [(corruptions.corrupt(x, name, s, torch.Generator().manual_seed(0)) - x).abs().mean().item()
+             for s in SEVERITIES]
+        allowed = NOT_MONOTONE.get((name, size), set())
+        for s in (1, 2, 3, 4):
+            if s not in allowed and d[s] < d[s - 1] * (1 - REL_TOL):
+                failures.append(f"{name}@{size}: s{s}={d[s - 1]:.4f} > s{s + 1}={d[s]:.4f}")
+    assert not failures, "\n".join(failures)
