@@ -1,0 +1,177 @@
+"""`python -m tta_bench sweep`: run a grid of configs (locally or as Ray tasks), then regenerate the leaderboard.
+
+The grid is streams × models × methods × seeds, each with the shared run options. Every config is
+resolved first (names and options checked before anything runs), and its run folder is named by the hash
+of the resolved config (`RunConfig.folder()`), so completed runs are skipped and an interrupted sweep
+resumes where it stopped (DomainBed's sweep style). Executors:
+
+- `local` (default): one run after another in this process, or `--processes N` worker processes;
+- `ray`: one Ray task per run on a local Ray instance, or an existing cluster (`--ray-address`), with
+  `num_gpus=--gpus-per-run` when the cluster has GPUs and the run's device is not `cpu`. Ray is optional:
+  `pip install "tta_bench[distributed]"`. On a multi-machine cluster `--out` must be a shared folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tta_bench.config import RunConfig
+from tta_bench.errors import UserError
+
+ENV_VARS = ("TTA_BENCH_DATA", "TTA_BENCH_WEIGHTS", "TTA_BENCH_CACHE")  # forwarded to worker processes / tasks
+
+
+def _names(values: Iterable[str]) -> list[str]:
+    """`["a,b", "c"]` -> `["a", "b", "c"]`: lists may be given space- or comma-separated."""
+    return [v.strip() for item in values for v in str(item).split(",") if v.strip()]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from tta_bench.__main__ import add_run_arguments
+
+    p.add_argument("--methods", nargs="+", required=True, help="adapter names (space- or comma-separated)")
+    p.add_argument("--streams", nargs="+", required=True, help="stream names")
+    p.add_argument("--models", nargs="+", default=None, help="model names (default: each stream's default model)")
+    p.add_argument("--seeds", nargs="+", default=["0"], help="random seeds (default 0)")
+    add_run_arguments(p, many=True)
+    p.add_argument("--executor", default="local", choices=["local", "ray"], help="local (default) or ray")
+    p.add_argument("--processes", type=int, default=1, help="local executor: parallel worker processes (default 1)")
+    p.add_argument("--ray-address", default=None, help="existing Ray cluster address (default: start a local one)")
+    p.add_argument("--gpus-per-run", type=float, default=1.0, help="Ray: GPUs per run when GPUs exist (default 1)")
+    p.add_argument("--site", default="leaderboard_site", help="leaderboard site folder (default leaderboard_site/)")
+    p.add_argument("--no-leaderboard", action="store_true", help="do not regenerate the leaderboard at the end")
+
+
+def expand(args: argparse.Namespace) -> list[RunConfig]:
+    """The grid as resolved RunConfigs (every default filled in, so `folder()` is the runner's folder)."""
+    from tta_bench.__main__ import config_kwargs
+    from tta_bench.runner import resolve
+
+    try:
+        seeds = [int(s) for s in _names(args.seeds)]
+    except ValueError as e:
+        raise UserError(f"--seeds takes integers, e.g. --seeds 0 1 2 ({e}).") from None
+    kwargs = config_kwargs(args)
+    kwargs["out"] = str(Path(kwargs["out"]).resolve())  # workers may run elsewhere: no relative paths
+    if kwargs["data_dir"]:
+        kwargs["data_dir"] = str(Path(kwargs["data_dir"]).resolve())
+    models = _names(args.models) if args.models else [None]
+    grid = itertools.product(_names(args.streams), models, _names(args.methods), seeds)
+    configs = [resolve(RunConfig(method=m, stream=s, model=mo, seed=sd, **kwargs)) for s, mo, m, sd in grid]
+    return list({c.run_id(): c for c in configs}.values())  # the same run listed twice runs once
+
+
+@dataclass
+class Outcome:
+    """What one run returned to the sweep."""
+
+    run_id: str
+    label: str
+    folder: str
+    mean_error: float | None = None
+    seconds: float = 0.0
+    error: str | None = None
+
+
+def label(cfg: RunConfig) -> str:
+    return f"{cfg.method} on {cfg.stream} ({cfg.model}, {cfg.setting}, seed {cfg.seed})"
+
+
+def run_one(cfg_dict: dict[str, Any], env: dict[str, str], force: bool = False) -> dict[str, Any]:
+    """Run one config (in whatever process or Ray worker calls this); never raises, reports the error."""
+    os.environ.update(env)
+    from tta_bench.runner import run
+
+    cfg = RunConfig(**cfg_dict)
+    t0 = time.perf_counter()
+    out = Outcome(cfg.run_id(), label(cfg), str(cfg.folder()))
+    try:
+        out.mean_error = run(cfg, force=force, quiet=True).summary["mean_error"]
+    except Exception as e:  # noqa: BLE001 - one failed run must not lose the others
+        out.error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"
+    out.seconds = time.perf_counter() - t0
+    return asdict(out)
+
+
+def run_local(todo: list[RunConfig], env: dict[str, str], processes: int, force: bool, report: Callable) -> None:
+    if processes <= 1:
+        for cfg in todo:
+            report(run_one(asdict(cfg), env, force))
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # spawn: fresh interpreters (no forked torch/CUDA state)
+    with ProcessPoolExecutor(processes, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(run_one, asdict(cfg), env, force) for cfg in todo]
+        for f in as_completed(futures):
+            report(f.result())
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError as e:
+        raise UserError(
+            f"--executor ray needs Ray, which is not installed ({e}). Install the optional extra: "
+            'pip install "tta_bench[distributed]" (or use --executor local).'
+        ) from None
+    return ray
+
+
+def run_ray(todo: list[RunConfig], env: dict[str, str], args: argparse.Namespace, force: bool, report) -> None:
+    """One Ray task per run; uses the already initialised Ray, else starts/joins one (`--ray-address`)."""
+    ray = import_ray()
+    if not ray.is_initialized():
+        ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=False)
+    has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+    task = ray.remote(run_one)
+    pending = []
+    for cfg in todo:
+        gpus = args.gpus_per_run if has_gpus and cfg.device != "cpu" else 0
+        pending.append(task.options(num_cpus=1, num_gpus=gpus).remote(asdict(cfg), env, force))
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        report(ray.get(ready[0]))
+
+
+def main(args: argparse.Namespace) -> int:
+    configs = expand(args)
+    from tta_bench.runner import is_complete
+
+    todo = [c for c in configs if args.force or not is_complete(c.folder())]
+    print(f"sweep: {len(configs)} run(s) in the grid, {len(configs) - len(todo)} already complete, {len(todo)} to run")
+    if todo and args.executor == "ray":
+        import_ray()  # fail before anything runs
+    env = {k: os.environ[k] for k in ENV_VARS if k in os.environ}
+    done: list[dict[str, Any]] = []
+
+    def report(o: dict[str, Any]) -> None:
+        done.append(o)
+        status = f"FAILED {o['error'].splitlines()[0]}" if o["error"] else f"{o['mean_error']:.2f} % error"
+        print(f"[{len(done)}/{len(todo)}] {o['label']}: {status} ({o['seconds']:.1f} s) -> {o['folder']}", flush=True)
+
+    if todo and args.executor == "ray":
+        run_ray(todo, env, args, args.force, report)
+    elif todo:
+        run_local(todo, env, args.processes, args.force, report)
+    failed = [o for o in done if o["error"]]
+    for o in failed:
+        print(f"\nrun failed: {o['label']} ({o['folder']})\n{o['error']}")
+    if not args.no_leaderboard:
+        from leaderboard.cli import report as lb_report
+        from leaderboard.site import build
+
+        print(lb_report(build(Path(configs[0].out), Path(args.site))))
+    if failed:
+        print(f"sweep: {len(failed)} of {len(todo)} run(s) failed (see above); re-run the sweep to retry them")
+        return 1
+    return 0
