@@ -127,6 +127,8 @@ NOT_MONOTONE = {
     # image weight falls while the frost weight stays: brighter/darker cancel in |x' - x|
     ("frost", 224): {3},
     ("frost", 32): {3, 4},
+    # severities 2 and 3 whiten with the same blend (0.7); 3 has fewer, larger flakes
+    ("snow", 224): {2},
     # ImageNet severities 1-2 are large smooth warps (sigma 0.7 / 0.08 * 244), 3-5 small local ones
     ("elastic_transform", 224): {2},
     # CIFAR: the affine jitter (the dominant term) shrinks from 2.56 px to 0.96 px with severity
