@@ -1,0 +1,345 @@
+"""`cifar10-c`, `cifar100-c`: CIFAR-10/100-C (Hendrycks & Dietterich, ICLR 2019) from the published
+`.npy` files, or generated on the fly from a clean CIFAR test set with `corruptions/`.
+
+Published layout (Zenodo records 2535967 and 3555552): `CIFAR-10-C/<corruption>.npy`, uint8
+(50000,32,32,3) = the 10,000 test images at severities 1..5 concatenated, and `labels.npy` (50000,).
+Severity s is rows [(s-1)·10000, s·10000); a stream shows the first N of them (as RobustBench does).
+
+Clean test sets: torchvision's `cifar-10-batches-py/test_batch` / `cifar-100-python/test` pickles
+(original test order), or an ImageFolder of test images (`<dir>[/test]/<class>/<img>`, class folders
+in label order, i.e. sorted names; shown in a fixed seed-independent shuffled order so the first N mix
+the classes). Source split: the last `holdout` test images (in stream order) are never streamed; they
+are `spec.source` (unless the training batches are present: then the training set is) and their first
+`clean_size` are `spec.clean` (forgetting).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+import corruptions
+from tta_bench.data.folders import ImageFiles, fixed_order, is_image_folder, list_image_folder, require
+from tta_bench.errors import UserError
+from tta_bench.streams import StreamSpec, register, segment_seed
+
+N_TEST = 10_000
+CHUNK = 1000  # images corrupted per call (bounded memory; fixed, so results do not depend on it)
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str  # stream name
+    folder: str  # CIFAR-C folder name
+    pickles: str  # torchvision folder name
+    test_file: str
+    train_files: tuple[str, ...]
+    label_key: bytes
+    names_file: str
+    names_key: bytes
+    num_classes: int
+    url: str
+    md5: str  # of the .tar, as published on Zenodo
+
+
+VARIANTS = {
+    "cifar10-c": Variant(
+        "cifar10-c", "CIFAR-10-C", "cifar-10-batches-py", "test_batch",
+        tuple(f"data_batch_{i}" for i in range(1, 6)), b"labels", "batches.meta", b"label_names", 10,
+        "https://zenodo.org/records/2535967/files/CIFAR-10-C.tar?download=1", "56bf5dcef84df0e2308c6dcbcbbd8499",
+    ),
+    "cifar100-c": Variant(
+        "cifar100-c", "CIFAR-100-C", "cifar-100-python", "test", ("train",), b"fine_labels", "meta",
+        b"fine_label_names", 100,
+        "https://zenodo.org/records/3555552/files/CIFAR-100-C.tar?download=1", "11f0ed0f1191edbf9fa23466ae6021d3",
+    ),
+}  # fmt: skip
+
+
+class U8Images(Dataset):
+    """(N,3,H,W) uint8 images + labels -> `(x float [0,1], y int)`; `targets` for label-aware orders."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    @property
+    def targets(self) -> np.ndarray:
+        return self.y.numpy()
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.x[i].float().div(255.0), int(self.y[i])
+
+
+class LazyCorrupted(U8Images):
+    """Clean uint8 images corrupted on first access (whole set, seeded), stored back as uint8 like the files."""
+
+    def __init__(self, clean: torch.Tensor, y: torch.Tensor, name: str, severity: int, seed: int) -> None:
+        super().__init__(clean, y)
+        self.name, self.severity, self.seed, self.done = name, severity, seed, False
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        if not self.done:
+            g = torch.Generator().manual_seed(self.seed)
+            parts = [
+                corruptions.corrupt(c.float().div(255.0), self.name, self.severity, generator=g)
+                for c in self.x.split(CHUNK)
+            ]
+            self.x = torch.cat(parts).mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+            self.done = True
+        return super().__getitem__(i)
+
+
+# --- clean test / train sets ------------------------------------------------------------------------------
+@dataclass
+class CleanSet:
+    x: torch.Tensor  # (N,3,32,32) uint8, in stream order
+    y: torch.Tensor  # (N,) int64
+    layout: str  # "pickles" | "folder"
+    path: Path
+    train: U8Images | None = None  # the training set, when the pickles include it
+
+
+def _unpickle(path: Path) -> dict:
+    with open(path, "rb") as f:
+        return pickle.load(f, encoding="bytes")
+
+
+def _pickle_images(path: Path, v: Variant) -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        d = _unpickle(path)
+        x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        y = np.asarray(d[v.label_key], dtype=np.int64)
+    except (KeyError, ValueError, pickle.UnpicklingError, EOFError) as e:
+        raise UserError(
+            f"{path} is not a torchvision CIFAR pickle ({e!r}); expected a dict with b'data' (N,3072) uint8 and "
+            f"{v.label_key!r}. Re-extract cifar-10-python.tar.gz / cifar-100-python.tar.gz."
+        ) from None
+    if len(x) != len(y):
+        raise UserError(f"{path}: {len(x)} images but {len(y)} labels; the file is truncated, re-extract it.")
+    return torch.from_numpy(x.copy()), torch.from_numpy(y)
+
+
+@lru_cache(maxsize=2)
+def _folder_images(root: Path, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    files, labels, classes = list_image_folder(root, what="CIFAR test ImageFolder")
+    if len(classes) != n_classes:
+        raise UserError(f"{root} has {len(classes)} class folders; a CIFAR test ImageFolder needs {n_classes}.")
+    order = fixed_order(len(files), f"cifar-folder-{len(files)}")
+    try:
+        x = ImageFiles(files, labels, resize=None, crop=None).uint8(order)
+    except ValueError:  # np.stack of differently sized images
+        raise UserError(f"{root}: images of different sizes; CIFAR test images are all 32×32.") from None
+    if x.shape[-2:] != (32, 32):
+        raise UserError(f"{root}: images are {tuple(x.shape[-2:])}, CIFAR test images are 32×32.")
+    return x, torch.from_numpy(labels[order])
+
+
+def find_clean(v: Variant, candidates: list[Path]) -> CleanSet | None:
+    """The first clean test set found at/under `candidates`: torchvision pickles or an ImageFolder."""
+    for c in candidates:
+        for d in (c / v.pickles, c):
+            if (d / v.test_file).is_file():
+                x, y = _pickle_images(d / v.test_file, v)
+                train = None
+                if all((d / t).is_file() for t in v.train_files):
+                    parts = [_pickle_images(d / t, v) for t in v.train_files]
+                    train = U8Images(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+                return CleanSet(x, y, "pickles", d, train)
+        for d in (c / "test", c):
+            if is_image_folder(d):
+                x, y = _folder_images(d.resolve(), v.num_classes)
+                return CleanSet(x, y, "folder", d)
+    return None
+
+
+# --- published files ----------------------------------------------------------------------------------------
+def check_files(root: Path, v: Variant, domains: list[str]) -> np.ndarray:
+    """Validate `<root>/{labels,<corruption>}.npy`; return the labels (50000,)."""
+    lab = root / "labels.npy"
+    if not lab.is_file():
+        raise UserError(f"{root} has no labels.npy; the {v.folder} layout is {v.folder}/labels.npy + <corruption>.npy.")
+    labels = np.load(lab, mmap_mode="r")
+    if labels.shape != (5 * N_TEST,):
+        raise UserError(f"{lab} has shape {labels.shape}; {v.folder}'s labels.npy is (50000,) (5 severities × 10,000).")
+    for d in domains:
+        f = root / f"{d}.npy"
+        if not f.is_file():
+            raise UserError(f"{v.folder} is incomplete: {f} is missing. Re-download {v.url} (or delete the folder).")
+        a = np.load(f, mmap_mode="r")
+        if a.shape != (5 * N_TEST, 32, 32, 3) or a.dtype != np.uint8:
+            raise UserError(
+                f"{f} has shape {a.shape} dtype {a.dtype}; {v.folder} files are uint8 (50000, 32, 32, 3) (NHWC, "
+                "severities 1..5 concatenated)."
+            )
+    return np.asarray(labels)
+
+
+def md5_file(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download(v: Variant, dest: Path) -> Path:
+    """Download `v`'s tar into `dest`, check its MD5 (Zenodo's), extract; return `dest/<folder>`."""
+    dest.mkdir(parents=True, exist_ok=True)
+    tar = dest / f"{v.folder}.tar"
+    if not tar.exists():
+        try:
+            with (
+                urllib.request.urlopen(v.url, timeout=30) as r,
+                tempfile.NamedTemporaryFile(dir=dest, delete=False) as t,
+            ):
+                while block := r.read(1 << 20):
+                    t.write(block)
+            Path(t.name).replace(tar)
+        except (urllib.error.URLError, OSError, TimeoutError) as e:
+            raise UserError(
+                f"{v.folder} is not at {dest / v.folder} and could not be downloaded from {v.url} ({e}). Offline: "
+                f"download {v.folder}.tar elsewhere (MD5 {v.md5}), extract it into {dest}; or point "
+                "--set stream.clean_dir=PATH at a clean CIFAR test set (cifar-10-batches-py / cifar-100-python "
+                "or an ImageFolder) to generate the corruptions on the fly."
+            ) from None
+    got = md5_file(tar)
+    if got != v.md5:
+        raise UserError(f"Checksum mismatch for {tar}: MD5 {got}, expected {v.md5}. Delete it and download again.")
+    with tarfile.open(tar) as t:
+        t.extractall(dest, filter="data")
+    return dest / v.folder
+
+
+# --- the stream ---------------------------------------------------------------------------------------------
+def build(v: Variant, data_dir, seed: int, root, clean_dir, mode: str, holdout: int, clean_size: int, dl: bool):
+    if mode not in ("auto", "files", "generated"):
+        raise UserError(f"stream.mode must be auto, files or generated; got '{mode}'.")
+    if not 0 <= holdout < N_TEST:
+        raise UserError(f"stream.holdout must be in [0, {N_TEST}), got {holdout}.")
+    data_dir = Path(data_dir)
+    domains = list(corruptions.BENCHMARK)
+    files_root = Path(root).expanduser() if root else data_dir / v.folder
+    if root and (files_root / v.folder).is_dir():
+        files_root = files_root / v.folder
+    have_files = (files_root / "labels.npy").exists()
+    clean = None
+    if clean_dir:
+        clean = find_clean(v, [Path(clean_dir).expanduser()])
+        if clean is None:
+            raise UserError(
+                f"stream.clean_dir={clean_dir}: no clean CIFAR test set there. Expected {v.pickles}/{v.test_file} "
+                f"(torchvision layout) or an ImageFolder <dir>[/test]/<class>/<image> with {v.num_classes} classes."
+            )
+    elif mode == "generated" or (mode == "auto" and not have_files):
+        clean = find_clean(v, [data_dir])
+    if mode == "files" or (mode == "auto" and clean is None):
+        if not have_files:
+            if not dl:
+                require(files_root, v.folder, f"{v.folder}/<corruption>.npy + labels.npy", v.url)
+            files_root = download(v, files_root.parent)
+        source_kind = "files"
+    elif clean is None:
+        raise UserError(
+            f"stream.mode=generated needs a clean CIFAR test set: put {v.pickles}/ under {data_dir} or point "
+            "--set stream.clean_dir=PATH at one (torchvision pickles or an ImageFolder of test images)."
+        )
+    else:
+        source_kind = "generated"
+    n_stream = N_TEST - holdout
+
+    if source_kind == "files":
+        labels = check_files(files_root, v, domains)
+        if clean is None:  # held-out clean images need a clean test set in the original order
+            clean = find_clean(v, [files_root.parent, data_dir])
+            clean = clean if clean is not None and clean.layout == "pickles" else None
+
+        def load(domain: str, severity: int | None, limit: int | None) -> U8Images:
+            s, n = int(severity or 5), n_stream if limit is None else min(limit, n_stream)
+            a = np.load(files_root / f"{domain}.npy", mmap_mode="r")[(s - 1) * N_TEST :][:n]
+            x = torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).contiguous()
+            return U8Images(x, torch.from_numpy(labels[(s - 1) * N_TEST :][:n].astype(np.int64)))
+    else:
+        cx, cy = clean.x[:n_stream], clean.y[:n_stream]
+
+        def load(domain: str, severity: int | None, limit: int | None) -> U8Images:
+            n = n_stream if limit is None else min(limit, n_stream)
+            g_seed = segment_seed(seed, v.name, domain, severity)
+            return LazyCorrupted(cx[:n], cy[:n], domain, int(severity or 5), g_seed)
+
+    src = cln = None
+    if clean is not None and holdout:
+        held = U8Images(clean.x[n_stream:], clean.y[n_stream:])
+        src, cln = held, U8Images(held.x[:clean_size], held.y[:clean_size])
+    if clean is not None and clean.train is not None:
+        src = clean.train
+    fp, split_name = None, None
+    if src is not None:
+        split_name = "train" if clean is not None and clean.train is src else "test-holdout"
+        fp = hashlib.sha256(src.x[:2000].numpy().tobytes() + src.y.numpy().tobytes()).hexdigest()[:12]
+    return StreamSpec(
+        name=v.name,
+        domain_names=domains,
+        load=load,
+        num_classes=v.num_classes,
+        default_model=DEFAULTS[v.name],
+        source=src,
+        clean=cln,
+        info={
+            "source": source_kind,
+            "files": str(files_root) if source_kind == "files" else None,
+            "clean_set": {"path": str(clean.path), "layout": clean.layout} if clean is not None else None,
+            "holdout": holdout,
+            "stream_size": n_stream,
+            "source_split": split_name,
+            "source_fingerprint": f"{v.name}-{fp}" if fp else None,
+        },
+    )
+
+
+DEFAULTS = {"cifar10-c": "wrn28-10-cifar10", "cifar100-c": "resnext29-augmix-cifar100"}
+
+
+@register("cifar10-c", default_model=DEFAULTS["cifar10-c"])
+def cifar10_c(
+    *,
+    data_dir,
+    seed: int = 0,
+    root: str | None = None,
+    clean_dir: str | None = None,
+    mode: str = "auto",
+    holdout: int = 1000,
+    clean_size: int = 500,
+    download: bool = True,
+) -> StreamSpec:
+    """CIFAR-10-C: published .npy files (downloaded, MD5-checked) or generated from a clean test set."""
+    return build(VARIANTS["cifar10-c"], data_dir, seed, root, clean_dir, mode, holdout, clean_size, download)
+
+
+@register("cifar100-c", default_model=DEFAULTS["cifar100-c"])
+def cifar100_c(
+    *,
+    data_dir,
+    seed: int = 0,
+    root: str | None = None,
+    clean_dir: str | None = None,
+    mode: str = "auto",
+    holdout: int = 1000,
+    clean_size: int = 500,
+    download: bool = True,
+) -> StreamSpec:
+    """CIFAR-100-C: published .npy files (downloaded, MD5-checked) or generated from a clean test set."""
+    return build(VARIANTS["cifar100-c"], data_dir, seed, root, clean_dir, mode, holdout, clean_size, download)

@@ -1,0 +1,143 @@
+"""Shared on-disk layout helpers: ImageFolder listings, image decoding, checks with actionable errors.
+
+An ImageFolder is `<root>/<class>/<image>` (class folders sorted by name give the labels, unless a
+`label_of(folder name)` mapping is given, e.g. ImageNet wnids -> class index). Listing order is fixed
+(sorted class folders, sorted file names); streams that show "the first N" of a class-sorted folder
+apply `fixed_order` (a permutation independent of the run seed), so the first N mix all classes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from tta_bench.errors import UserError
+
+IMG_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def require(path: Path, what: str, layout: str, where: str, option: str = "stream.root") -> Path:
+    """`path` if it exists, else a UserError stating the expected layout, where to get it, how to point at it."""
+    if not Path(path).exists():
+        raise UserError(
+            f"{what} not found at {path}. Expected layout: {layout}. Get it from {where}, then put it there "
+            f"or point at it with --set {option}=PATH (or --data-dir)."
+        )
+    return Path(path)
+
+
+def is_image_folder(root: Path) -> bool:
+    """True when `root` holds class sub-folders that contain image files."""
+    root = Path(root)
+    if not root.is_dir():
+        return False
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        if any(f.suffix.lower() in IMG_EXTS for f in d.iterdir()):
+            return True
+    return False
+
+
+def list_image_folder(
+    root: Path, label_of: Callable[[str], int | None] | None = None, what: str = "ImageFolder"
+) -> tuple[list[Path], np.ndarray, list[str]]:
+    """(files, labels, class folder names) of an ImageFolder, sorted by class folder then file name.
+
+    Without `label_of`, labels are positions of the folder names in sorted order (numeric names, e.g.
+    ImageNetV2's `0..999`, sort numerically). `label_of(name)` may return None to skip a folder.
+    """
+    root = Path(root)
+    classes = sorted((p.name for p in root.iterdir() if p.is_dir()), key=_natural) if root.is_dir() else []
+    if not classes:
+        raise UserError(f"{what}: {root} has no class sub-folders; expected {root}/<class>/<image>.jpg.")
+    files: list[Path] = []
+    labels: list[int] = []
+    for i, c in enumerate(classes):
+        y = i if label_of is None else label_of(c)
+        if y is None:
+            continue
+        imgs = sorted(f for f in (root / c).iterdir() if f.suffix.lower() in IMG_EXTS)
+        files += imgs
+        labels += [y] * len(imgs)
+    if not files:
+        raise UserError(f"{what}: no images (*.jpg, *.jpeg, *.png) in the class folders of {root}.")
+    return files, np.asarray(labels, dtype=np.int64), classes
+
+
+def _natural(name: str) -> tuple:
+    return (0, int(name), "") if name.isdigit() else (1, 0, name)
+
+
+def fixed_order(n: int, tag: str) -> np.ndarray:
+    """A permutation of range(n) fixed by `tag` (never by the run seed): the stream order of a folder."""
+    seed = int.from_bytes(hashlib.sha256(tag.encode()).digest()[:8], "little")
+    return np.random.default_rng(seed).permutation(n)
+
+
+def resize_crop(img: Image.Image, resize: int = 256, crop: int = 224) -> Image.Image:
+    """Shorter side -> `resize` (bilinear), then a centred `crop`×`crop` (the standard ImageNet eval transform)."""
+    w, h = img.size
+    s = resize / min(w, h)
+    nw, nh = max(crop, round(w * s)), max(crop, round(h * s))
+    img = img.resize((nw, nh), Image.BILINEAR)
+    left, top = (nw - crop) // 2, (nh - crop) // 2
+    return img.crop((left, top, left + crop, top + crop))
+
+
+def read_u8(path: Path, resize: int | None = None, crop: int | None = None) -> np.ndarray:
+    """Decode an image file to (H,W,3) uint8 RGB; with `crop`, resize+centre-crop unless already crop×crop."""
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if crop is not None and im.size != (crop, crop):
+            im = resize_crop(im, resize or crop, crop)
+        return np.array(im, dtype=np.uint8)  # a writable copy
+
+
+class ImageFiles(Dataset):
+    """Images from files -> `(x, y)`: x (3,H,W) float in [0,1], y int. `crop` None keeps the decoded size."""
+
+    def __init__(self, files: Sequence[Path], labels: Sequence[int], resize: int | None = 256, crop: int | None = 224):
+        self.files = list(files)
+        self.targets = np.asarray(labels, dtype=np.int64)
+        self.resize, self.crop = resize, crop
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        a = read_u8(self.files[i], self.resize, self.crop)
+        return torch.from_numpy(a).permute(2, 0, 1).float().div_(255.0), int(self.targets[i])
+
+    def uint8(self, idx: Sequence[int] | None = None) -> torch.Tensor:
+        """The images at `idx` (default all) as one (N,3,H,W) uint8 tensor (all must share one size)."""
+        idx = range(len(self)) if idx is None else idx
+        a = np.stack([read_u8(self.files[int(i)], self.resize, self.crop) for i in idx])
+        return torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()
+
+
+def robustbench_helper(name: str) -> Path:
+    """A file from robustbench's `helper_files/` folder, found without importing robustbench."""
+    spec = importlib.util.find_spec("robustbench")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"robustbench is not installed; it ships {name}. Run `pip install robustbench==1.1.1`.")
+    return Path(list(spec.submodule_search_locations)[0]) / "helper_files" / name
+
+
+@lru_cache(maxsize=1)
+def imagenet_wnids() -> tuple[str, ...]:
+    """The 1,000 ImageNet wnids in class-index order (sorted; as in robustbench's class map)."""
+    m = json.loads(robustbench_helper("imagenet_class_to_id_map.json").read_text())
+    return tuple(sorted(m, key=m.__getitem__))
+
+
+@lru_cache(maxsize=1)
+def wnid_index() -> dict[str, int]:
+    return {w: i for i, w in enumerate(imagenet_wnids())}
