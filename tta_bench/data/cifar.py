@@ -34,7 +34,7 @@ from tta_bench.data.folders import ImageFiles, fixed_order, is_image_folder, lis
 from tta_bench.errors import UserError
 from tta_bench.streams import StreamSpec, register, segment_seed
 
-N_TEST = 10_000
+N_TEST = 10_000  # test images per severity in the published files (the code reads the count from labels.npy)
 CHUNK = 1000  # images corrupted per call (bounded memory; fixed, so results do not depend on it)
 
 
@@ -173,14 +173,14 @@ def check_files(root: Path, v: Variant, domains: list[str]) -> np.ndarray:
     if not lab.is_file():
         raise UserError(f"{root} has no labels.npy; the {v.folder} layout is {v.folder}/labels.npy + <corruption>.npy.")
     labels = np.load(lab, mmap_mode="r")
-    if labels.shape != (5 * N_TEST,):
+    if labels.ndim != 1 or len(labels) % 5 or not len(labels):
         raise UserError(f"{lab} has shape {labels.shape}; {v.folder}'s labels.npy is (50000,) (5 severities × 10,000).")
     for d in domains:
         f = root / f"{d}.npy"
         if not f.is_file():
             raise UserError(f"{v.folder} is incomplete: {f} is missing. Re-download {v.url} (or delete the folder).")
         a = np.load(f, mmap_mode="r")
-        if a.shape != (5 * N_TEST, 32, 32, 3) or a.dtype != np.uint8:
+        if a.shape != (len(labels), 32, 32, 3) or a.dtype != np.uint8:
             raise UserError(
                 f"{f} has shape {a.shape} dtype {a.dtype}; {v.folder} files are uint8 (50000, 32, 32, 3) (NHWC, "
                 "severities 1..5 concatenated)."
@@ -224,12 +224,17 @@ def download(v: Variant, dest: Path) -> Path:
     return dest / v.folder
 
 
+def stream_size(n_total: int, holdout: int) -> int:
+    """Test images per domain the stream may show: all but the last `holdout` (the clean source split)."""
+    if not 0 <= holdout < n_total:
+        raise UserError(f"stream.holdout must be in [0, {n_total}) (the test images per severity), got {holdout}.")
+    return n_total - holdout
+
+
 # --- the stream ---------------------------------------------------------------------------------------------
 def build(v: Variant, data_dir, seed: int, root, clean_dir, mode: str, holdout: int, clean_size: int, dl: bool):
     if mode not in ("auto", "files", "generated"):
         raise UserError(f"stream.mode must be auto, files or generated; got '{mode}'.")
-    if not 0 <= holdout < N_TEST:
-        raise UserError(f"stream.holdout must be in [0, {N_TEST}), got {holdout}.")
     data_dir = Path(data_dir)
     domains = list(corruptions.BENCHMARK)
     files_root = Path(root).expanduser() if root else data_dir / v.folder
@@ -259,20 +264,22 @@ def build(v: Variant, data_dir, seed: int, root, clean_dir, mode: str, holdout: 
         )
     else:
         source_kind = "generated"
-    n_stream = N_TEST - holdout
-
     if source_kind == "files":
         labels = check_files(files_root, v, domains)
+        n_total = len(labels) // 5
+        n_stream = stream_size(n_total, holdout)
         if clean is None:  # held-out clean images need a clean test set in the original order
             clean = find_clean(v, [files_root.parent, data_dir])
             clean = clean if clean is not None and clean.layout == "pickles" else None
 
         def load(domain: str, severity: int | None, limit: int | None) -> U8Images:
             s, n = int(severity or 5), n_stream if limit is None else min(limit, n_stream)
-            a = np.load(files_root / f"{domain}.npy", mmap_mode="r")[(s - 1) * N_TEST :][:n]
-            x = torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).contiguous()
-            return U8Images(x, torch.from_numpy(labels[(s - 1) * N_TEST :][:n].astype(np.int64)))
+            a = np.load(files_root / f"{domain}.npy", mmap_mode="r")[(s - 1) * n_total :][:n]
+            x = torch.from_numpy(np.array(a)).permute(0, 3, 1, 2).contiguous()  # a copy (the file is mmapped)
+            return U8Images(x, torch.from_numpy(labels[(s - 1) * n_total :][:n].astype(np.int64)))
     else:
+        n_total = len(clean.y)
+        n_stream = stream_size(n_total, holdout)
         cx, cy = clean.x[:n_stream], clean.y[:n_stream]
 
         def load(domain: str, severity: int | None, limit: int | None) -> U8Images:
@@ -281,6 +288,8 @@ def build(v: Variant, data_dir, seed: int, root, clean_dir, mode: str, holdout: 
             return LazyCorrupted(cx[:n], cy[:n], domain, int(severity or 5), g_seed)
 
     src = cln = None
+    if clean is not None and holdout and len(clean.y) != n_total:
+        clean = None  # held-out images must be the same test images as the files'
     if clean is not None and holdout:
         held = U8Images(clean.x[n_stream:], clean.y[n_stream:])
         src, cln = held, U8Images(held.x[:clean_size], held.y[:clean_size])
