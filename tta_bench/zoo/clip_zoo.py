@@ -149,15 +149,18 @@ def pretrained_clip(arch: str, tag: str, weights: str | None, ctx: ModelContext)
         model = oc.create_model(name, pretrained=str(path))
         return model, {"weights": str(path), "sha256": sha256_file(path)}
     cache = ctx.weights_dir / "open_clip"
+    tags = oc.list_pretrained_tags_by_model(arch)
+    if tag not in tags:
+        raise UserError(f"open_clip has no pretrained tag '{tag}' for {arch}; tags: {', '.join(tags)}.")
+    hub = (oc.get_pretrained_cfg(arch, tag) or {}).get("hf_hub", "").strip("/")
     try:
         model = oc.create_model(arch, pretrained=tag, cache_dir=str(cache), require_pretrained=True)
-    except Exception as e:  # noqa: BLE001  (network, HF hub, unknown tag: all end in the same advice)
+    except Exception as e:  # noqa: BLE001  (network, HF hub, disk: all end in the same advice)
+        src = f"open_clip_pytorch_model.bin of huggingface.co/{hub}" if hub else f"open_clip's '{tag}' release"
         raise UserError(
-            f"Could not load open_clip '{arch}' with pretrained tag '{tag}' ({type(e).__name__}: {str(e)[:200]}). "
-            f"Offline: download the open_clip checkpoint for {arch}/{tag} elsewhere (open_clip.create_model('{arch}', "
-            f"pretrained='{tag}') caches it; for 'openai' the file is open_clip_pytorch_model.bin of the matching "
-            f"hf-hub:timm/... repo) and place it at {cache}/{arch}-{tag}.bin, or pass --set model.weights=PATH. "
-            f"Tags for {arch}: {', '.join(oc.list_pretrained_tags_by_model(arch)) or '(none)'}."
+            f"Could not load open_clip {arch} with pretrained tag '{tag}' ({type(e).__name__}: {str(e)[:160]}). "
+            f"Offline: download {src} elsewhere and place it at {cache}/{arch}-{tag}.bin (or pass --set "
+            f"model.weights=PATH); online, open_clip downloads it into {cache} on first use."
         ) from None
     tag_hash = hashlib.sha256(f"open_clip:{arch}:{tag}".encode()).hexdigest()
     return model, {"weights": f"open_clip:{arch}:{tag}", "sha256": tag_hash, "cache": str(cache)}
