@@ -155,9 +155,11 @@ def _index_files(root: Path, samples: str | None) -> tuple[list[str], np.ndarray
     if samples != "all":
         ids = subset_ids()
         return ids, np.asarray([wnid_label(i.split("/")[0]) for i in ids], dtype=np.int64)
-    ref = root / corruptions.BENCHMARK[0] / "1"
-    if not ref.is_dir():
-        raise UserError(f"{root} does not look like ImageNet-C: {ref} is missing (layout {LAYOUT}).")
+    # every <corruption>/<severity> folder holds the same 50,000 file names; index the first one present
+    refs = [p for p in [root / corruptions.BENCHMARK[0] / "1", *sorted(root.glob("*/[1-5]"))] if p.is_dir()]
+    if not refs:
+        raise UserError(f"{root} does not look like ImageNet-C: no <corruption>/<severity> folders (layout {LAYOUT}).")
+    ref = refs[0]
     files, labels, _ = list_image_folder(ref, label_of=wnid_label, what="ImageNet-C")
     order = fixed_order(len(files), f"imagenet-c-{len(files)}")
     return [f"{files[i].parent.name}/{files[i].name}" for i in order], labels[order]
