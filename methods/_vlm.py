@@ -10,18 +10,20 @@ classes, initialised from the embedding of "a photo of a", so that the prompt of
 every other class of the model is unknown to training (its name is still available).
 Schedule (CoOp/OGEN trainer configs `vit_b16_ep10_ctxv1`): SGD, lr 0.002, momentum 0.9, weight decay 5e-4
 (dassl's defaults), cosine over the epochs after one warm-up epoch at constant lr 1e-5. The batch size is
-the harness's (`--batch-size`; the configs use 32). Deviation: no random-resized-crop/flip augmentation,
-so the frozen image features of the few shots are computed once and the epochs run on features.
+the harness's (`--batch-size`; the configs use 32). Augmentation as the configs' `random_resized_crop`
+(scale 0.08-1, ratio 3/4-4/3, bicubic) + `random_flip`, so every epoch re-encodes the shots; with
+`augment=False` the frozen features are computed once and the epochs run on them (fast).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from methods.base import Adapter
 
@@ -33,6 +35,7 @@ PROMPT_DEFAULTS: dict[str, Any] = {
     "wd": 5e-4,
     "warmup_epochs": 1,
     "warmup_lr": 1e-5,
+    "augment": True,
 }
 
 
@@ -69,6 +72,19 @@ class PromptLearner(nn.Module):
             pre, suf, tok = pre[classes], suf[classes], tok[classes]
         ctx = (self.ctx if ctx is None else ctx).unsqueeze(0).expand(len(tok), -1, -1)
         return clip.encode_prompts(torch.cat([pre, ctx, suf], dim=1), tok)
+
+
+def crop_flip(x: torch.Tensor, scale: tuple = (0.08, 1.0), ratio: tuple = (3 / 4, 4 / 3)) -> torch.Tensor:
+    """Random resized crop (back to the input size, bicubic) and horizontal flip per image; (N,C,H,W) in [0,1]."""
+    from torchvision.transforms import RandomResizedCrop
+
+    h, w = x.shape[-2:]
+    out = []
+    for img in x:
+        i, j, ch, cw = RandomResizedCrop.get_params(img, list(scale), list(ratio))
+        crop = F.interpolate(img[None, :, i : i + ch, j : j + cw], size=(h, w), mode="bicubic", align_corners=False)
+        out.append(crop.flip(-1) if torch.rand(()) < 0.5 else crop)
+    return torch.cat(out).clamp(0, 1)
 
 
 def lr_at(epoch: int, hp: Any) -> float:
@@ -149,21 +165,33 @@ class PromptAdapter(Adapter):
             bs = max(bs, len(y))
         return torch.cat(feats), torch.cat(labels), bs
 
+    def epoch_batches(self, source: Iterable, feats: torch.Tensor, labels: torch.Tensor, bs: int) -> Iterator:
+        """(features, labels) batches of one epoch: re-encoded augmented shots, or the cached features shuffled."""
+        if not self.hp.augment:
+            for idx in torch.randperm(len(labels)).split(bs):
+                idx = idx.to(labels.device)
+                yield feats[idx], labels[idx]
+            return
+        for x, y in source:
+            with torch.no_grad():  # (not around the yield: the consumer's loss needs grad mode)
+                f = self.model.encode_image(crop_flip(x.to(feats.device)))
+            yield f, y.to(labels.device).long()
+
     def prepare(self, source: Iterable) -> None:
-        feats, labels, bs = self.encode_source(source)
+        feats, labels, bs = self.encode_source(source)  # un-augmented: known classes and their statistics
         self.known_mask.zero_()
         self.known_mask[labels.unique()] = True
         self.fit_statistics(feats, labels)
-        params = self.learned_parameters()
-        opt = torch.optim.SGD(params, lr=self.hp.lr, momentum=self.hp.momentum, weight_decay=self.hp.wd)
+        opt = torch.optim.SGD(
+            self.learned_parameters(), lr=self.hp.lr, momentum=self.hp.momentum, weight_decay=self.hp.wd
+        )
         self.train()
         self.model.eval()
         for epoch in range(self.hp.epochs):
             for group in opt.param_groups:
                 group["lr"] = lr_at(epoch, self.hp)
-            for idx in torch.randperm(len(labels)).split(bs):
-                idx = idx.to(labels.device)
-                loss = self.step_loss(feats[idx], labels[idx], epoch)
+            for f, y in self.epoch_batches(source, feats, labels, bs):
+                loss = self.step_loss(f, y, epoch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

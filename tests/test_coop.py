@@ -14,6 +14,7 @@ pytest.importorskip("open_clip")
 
 import methods  # noqa: E402
 from methods import CoOp  # noqa: E402
+from methods._vlm import crop_flip  # noqa: E402
 from tta_bench.models import ModelContext  # noqa: E402
 from tta_bench.zoo.clip_zoo import clip_tiny  # noqa: E402
 
@@ -46,6 +47,16 @@ def test_clip_tiny_classifier(tiny):
     assert tiny.tta_info["weights"].startswith("random-init")
 
 
+def test_crop_flip():
+    x = torch.rand(6, 3, 32, 32)
+    out = crop_flip(x)
+    assert out.shape == x.shape and 0 <= float(out.min()) and float(out.max()) <= 1
+    assert not torch.equal(out, x)
+    whole = crop_flip(x, scale=(1.0, 1.0), ratio=(1.0, 1.0))  # the whole image: identity or mirror, per image
+    for a, b in zip(whole, x):
+        assert torch.allclose(a, b, atol=1e-5) or torch.allclose(a, b.flip(-1), atol=1e-5)
+
+
 def test_requires_clip():
     assert CoOp.requires == "clip"
     with pytest.raises(TypeError, match="CLIP model"):
@@ -63,7 +74,7 @@ def test_context_initialised_from_a_photo_of_a(tiny):
 
 
 def test_prepare_learns_prompt_only(tiny):
-    a = CoOp(tiny, epochs=15, lr=0.05, warmup_epochs=0)
+    a = CoOp(tiny, epochs=15, lr=0.05, warmup_epochs=0, augment=False)
     before = {k: v.clone() for k, v in tiny.state_dict().items()}
     ctx0 = a.prompt.ctx.detach().clone()
     data = source()
