@@ -51,16 +51,19 @@ def get(name: str) -> type[Adapter]:
 
 
 # Registration happens on import; keep one line per adapter file.
+from methods.alpha_bn import AlphaBN  # noqa: E402
+from methods.coop import CoOp  # noqa: E402
+from methods.core import Core  # noqa: E402
 from methods.cotta import CoTTA  # noqa: E402
 from methods.eata import EATA, ETA  # noqa: E402
+from methods.ecotta import EcoTTA  # noqa: E402
 from methods.lame import LAME  # noqa: E402
 from methods.norm import Norm  # noqa: E402
+from methods.ogen import OGEN  # noqa: E402
 from methods.rotta import RoTTA  # noqa: E402
 from methods.sar import SAR  # noqa: E402
 from methods.source import Source  # noqa: E402
 from methods.tent import Tent  # noqa: E402
-from methods.coop import CoOp  # noqa: E402
-from methods.ogen import OGEN  # noqa: E402
 
 __all__ = [
     "Adapter",
@@ -78,6 +81,9 @@ __all__ = [
     "CoTTA",
     "RoTTA",
     "LAME",
+    "AlphaBN",
+    "Core",
+    "EcoTTA",
     "CoOp",
     "OGEN",
 ]

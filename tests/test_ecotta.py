@@ -1,0 +1,135 @@
+"""EcoTTA: only meta networks ever change; the regulariser, confidence filter, warm-up, reset and memory."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+
+import methods
+from methods.ecotta import EcoTTA, confident_entropy, partition, residual_blocks, self_distilled_loss, warm_up
+from tta_bench.memory import measure
+from tta_bench.zoo.small_cnn import SmallCNN
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared, loaded CPU, 2-thread kernels run many times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _source_model() -> nn.Module:
+    torch.manual_seed(0)
+    m = SmallCNN(10)
+    for bn in (x for x in m.modules() if isinstance(x, nn.BatchNorm2d)):
+        bn.running_mean.uniform_(-0.3, 0.3)
+        bn.running_var.uniform_(0.5, 2.0)
+    return m.eval()
+
+
+def _model_state(a: EcoTTA) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in a.model.state_dict().items()}
+
+
+def test_meta_networks_match_partitions() -> None:
+    a = EcoTTA(_source_model())
+    # small-cnn: 4 stages (3->16, 16->32 /2, 32->64 /2, 64->128 /2), one partition each (K=5 capped at 4)
+    got = [(m.conv.in_channels, m.conv.out_channels, m.conv.stride[0]) for m in a.metas]
+    assert got == [(3, 16, 1), (16, 32, 2), (32, 64, 2), (64, 128, 2)]
+    r = torchvision.models.resnet50()
+    assert len(residual_blocks(r)) == 16 and partition(16, 5) == [3, 3, 3, 3, 4]
+    assert partition(18, 5, (3, 3, 3, 3, 6)) == [3, 3, 3, 3, 6] and partition(12, 4) == [3, 3, 3, 3]
+
+
+def test_original_params_and_buffers_bit_identical_after_10_steps() -> None:
+    a = EcoTTA(_source_model(), lr=0.05)
+    orig = _model_state(a)
+    metas = {k: v.clone() for k, v in a.metas.state_dict().items()}
+    torch.manual_seed(1)
+    for _ in range(10):
+        assert a(torch.rand(16, 3, 32, 32)).shape == (16, 10)
+    assert all(torch.equal(v, orig[k]) for k, v in a.model.state_dict().items())
+    assert any(not torch.equal(v, metas[k]) for k, v in a.metas.state_dict().items())
+    assert {id(p) for p in a.trainable_parameters()} == {id(p) for p in a.metas.parameters()}
+
+
+def test_regulariser_zero_when_meta_outputs_equal_frozen_outputs() -> None:
+    y = torch.randn(4, 8, 5, 5, requires_grad=True)
+    assert self_distilled_loss([(y, y.detach().clone())]).item() == 0.0
+    loss = self_distilled_loss([(y, y.detach() - 1.0), (y, y.detach() + 0.5)])
+    assert loss.item() == pytest.approx(1.5)
+    loss.backward()
+    torch.testing.assert_close(y.grad, torch.full_like(y, 0.0))  # +1 and -1 signs cancel, per element
+    # in the network: identity meta BN and a zero conv branch make x̃_k = f_k exactly
+    a = EcoTTA(_source_model())
+    for m in a.metas:
+        m.bn = nn.Identity()
+        nn.init.zeros_(m.conv.weight)
+    a.model(torch.rand(8, 3, 32, 32))
+    pairs = a._pairs()
+    assert len(pairs) == 4 and self_distilled_loss(pairs).item() == 0.0
+
+
+def test_confidence_filter_drops_high_entropy_samples() -> None:
+    logits = torch.tensor([[9.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [2.0, 1.0, 0.0, 0.0]])
+    ent = -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
+    loss, keep = confident_entropy(logits, 0.4)
+    assert keep.tolist() == [bool(e < 0.4 * math.log(4)) for e in ent] == [True, False, False]
+    assert loss.item() == pytest.approx(ent[0].item(), rel=1e-5)
+    loss, keep = confident_entropy(torch.zeros(5, 3, 2, 2), 0.4)  # dense: per pixel; none kept -> 0
+    assert keep.shape == (5, 2, 2) and not keep.any() and loss.item() == 0.0
+
+
+def test_warm_up_changes_only_meta_params() -> None:
+    a = EcoTTA(_source_model())
+    orig = _model_state(a)
+    metas = {k: v.clone() for k, v in a.metas.state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.rand(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(3)]
+    warm_up(a, data, epochs=2, lr=0.05)
+    assert all(torch.equal(v, orig[k]) for k, v in a.model.state_dict().items())
+    assert all(not torch.equal(v, metas[k]) for k, v in a.metas.state_dict().items())
+
+
+def test_reset_restores_the_prepared_state_exactly() -> None:
+    a = EcoTTA(_source_model(), warmup_epochs=1)
+    a.prepare([(torch.rand(16, 3, 32, 32), torch.randint(0, 10, (16,)))])
+    a._snapshot()  # what the runner does after prepare
+    start = {k: v.clone() for k, v in a.state_dict().items()}
+    x = torch.rand(16, 3, 32, 32)
+    first = a(x)
+    for _ in range(3):
+        a(torch.rand(16, 3, 32, 32))
+    a.reset()
+    assert all(torch.equal(v, start[k]) for k, v in a.state_dict().items())
+    torch.testing.assert_close(a(x), first, atol=0, rtol=0)
+
+
+def test_memory_below_tent() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(32, 3, 64, 64)
+    eco = measure(methods.create("ecotta", torchvision.models.resnet18(), partitions=4), x)
+    tent = measure(methods.create("tent", torchvision.models.resnet18()), x)
+    assert eco["adapt_mb"] < tent["adapt_mb"]
+    assert eco["saved_mb"] < 0.4 * tent["saved_mb"], (eco, tent)
+
+
+def test_cli_run_on_digits(runs_dir) -> None:
+    """Through the CLI on digits-c: the runner's prepare stage warms the meta networks up on the source split."""
+    import json
+
+    from tta_bench.__main__ import main
+
+    quick = ["--limit", "64", "--clean-eval", "end", "--out", str(runs_dir)]
+    args = ["run", "--method", "ecotta", "--stream", "digits-c", *quick]
+    assert main(args + ["--set", "method.warmup_epochs=1"]) == 0
+    (folder,) = [p for p in runs_dir.iterdir() if (p / "done").exists()]
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["method"] == "ecotta" and 0 <= summary["mean_error"] <= 100
+    assert summary["prepare_s"] > 0 and summary["adapt_mb"] > 0
