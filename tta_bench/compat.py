@@ -13,6 +13,7 @@ import importlib
 import importlib.abc
 import importlib.util
 import sys
+import warnings
 from types import ModuleType
 
 from tta_bench.errors import UserError
@@ -55,7 +56,9 @@ def alias_autoattack() -> None:
 def import_robustbench() -> ModuleType:
     """`import robustbench` after installing the shims above; a UserError saying what to install otherwise."""
     try:
-        import pkg_resources  # noqa: F401  (robustbench.loaders needs it; removed in setuptools 81)
+        with warnings.catch_warnings():  # its deprecation notice is robustbench's to act on, not the user's
+            warnings.simplefilter("ignore")
+            import pkg_resources  # noqa: F401  (robustbench.loaders needs it; removed in setuptools 81)
     except ImportError as e:
         raise UserError(
             "robustbench imports `pkg_resources`, which setuptools 81+ no longer ships. Run "
@@ -63,7 +66,9 @@ def import_robustbench() -> ModuleType:
         ) from e
     alias_autoattack()
     try:
-        return importlib.import_module("robustbench")
+        with warnings.catch_warnings():  # timm's "importing from timm.models.layers is deprecated" notices
+            warnings.simplefilter("ignore", FutureWarning)
+            return importlib.import_module("robustbench")
     except ImportError as e:
         raise UserError(
             f"Could not import robustbench ({e}). Install it with `pip install robustbench==1.1.1 pyautoattack` "
