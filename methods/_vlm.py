@@ -94,6 +94,15 @@ def lr_at(epoch: int, hp: Any) -> float:
     return 0.5 * hp.lr * (1 + math.cos(math.pi * epoch / hp.epochs))
 
 
+def _drop_model_keys(module: nn.Module, state: dict, prefix: str, meta: Any) -> None:
+    for k in [k for k in state if k.startswith(prefix + "model.")]:
+        del state[k]
+
+
+def _ignore_missing_model_keys(module: nn.Module, incompatible: Any) -> None:
+    incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if not k.startswith("model.")]
+
+
 class PromptAdapter(Adapter):
     """Base of CLIP prompt learners: frozen encoders, prepare() learns, the stream is pure inference."""
 
@@ -107,6 +116,10 @@ class PromptAdapter(Adapter):
 
     def configure(self) -> None:
         self.model.eval().requires_grad_(False)
+        # The frozen CLIP is not adapter state: its weights are already in the prepare-cache key, and leaving
+        # them out of state_dict() keeps the cached prepare and the reset() snapshot to the learned parts.
+        self.register_state_dict_post_hook(_drop_model_keys)
+        self.register_load_state_dict_post_hook(_ignore_missing_model_keys)
         self.prompt = PromptLearner(self.model, self.hp.ctx_init)
         n = len(self.model.class_names)
         self.register_buffer("known_mask", torch.zeros(n, dtype=torch.bool))  # classes seen in prepare

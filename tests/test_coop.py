@@ -96,3 +96,9 @@ def test_prepare_learns_prompt_only(tiny):
     assert a.trainable_parameters() == []
     assert a(x).shape == (6, len(NAMES))
     assert a.prepare_memory(x) > 0
+    # The prepared state (what the runner caches) is the learned part only; the frozen CLIP stays out.
+    sd = a.state_dict()
+    assert "prompt.ctx" in sd and not any(k.startswith("model.") for k in sd)
+    b = CoOp(tiny)
+    b.load_state_dict(sd)
+    assert torch.equal(b(x), a(x))
