@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -21,7 +22,8 @@ def save(fig: Figure, stem: Path) -> Path:
     """Write `stem`.png (110 dpi) and `stem`.svg; no timestamps, so unchanged data gives unchanged files."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(f"{stem}.png", dpi=110, bbox_inches="tight", metadata={"Software": None})
-    fig.savefig(f"{stem}.svg", bbox_inches="tight", metadata={"Date": None})
+    with matplotlib.rc_context({"svg.hashsalt": "tta_bench"}):  # stable element ids
+        fig.savefig(f"{stem}.svg", bbox_inches="tight", metadata={"Date": None})
     return stem
 
 

@@ -1,0 +1,203 @@
+"""Leaderboard on real run folders: digits-c (32 samples per domain, batch 32), source/norm/tent × 2 seeds.
+
+The runs are made once per test session (`shared_runs`, also used by test_browser.py) and read back by
+the leaderboard; the expected numbers are recomputed here by hand from each run's summary.json/domains.csv.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from leaderboard.collect import collect, entry_labels
+from leaderboard.site import build
+from leaderboard.stats import mean_std_ci, paired_test
+from tta_bench.__main__ import main
+
+METHODS = ("source", "norm", "tent")
+SEEDS = (0, 1)
+LIMIT, BATCH = 32, 32
+_SHARED: dict[str, Path] = {}
+
+
+def shared_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 real completed runs + 2 incomplete folders (one without `done`, one empty); made once per session."""
+    if "runs" not in _SHARED:
+        from tta_bench.config import RunConfig
+        from tta_bench.runner import run
+
+        root = tmp_path_factory.mktemp("lb_runs")
+        for method in METHODS:
+            for seed in SEEDS:
+                cfg = RunConfig(
+                    method=method, stream="digits-c", seed=seed, limit=LIMIT, batch_size=BATCH, clean_eval="end",
+                    out=str(root),
+                )  # fmt: skip
+                run(cfg, quiet=True)
+        first = sorted(p for p in root.iterdir() if p.is_dir())[0]
+        shutil.copytree(first, root / "0000interrupted0")
+        (root / "0000interrupted0" / "done").unlink()  # looks like a run, but was never finished
+        (root / "0000empty0000000").mkdir()  # the runner creates the folder before any file
+        _SHARED["runs"] = root
+    return _SHARED["runs"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    return shared_runs(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def site(runs, tmp_path_factory):
+    return build(runs, tmp_path_factory.mktemp("lb_site"))
+
+
+def summaries(runs: Path) -> list[dict]:
+    """summary.json of every completed run, with its run id (the folder name)."""
+    return [
+        json.loads((p.parent / "summary.json").read_text()) | {"run_id": p.parent.name} for p in runs.glob("*/done")
+    ]
+
+
+def test_runs_csv_has_one_row_per_completed_run_with_its_numbers(site, runs):
+    df = pd.read_csv(site.out / "csv" / "runs.csv")
+    assert len(df) == len(METHODS) * len(SEEDS)
+    assert not df.duplicated(["stream", "setting", "model", "method", "seed"]).any()
+    assert set(df["method"]) == set(METHODS) and set(df["seed"]) == set(SEEDS)
+    for s in summaries(runs):
+        row = df[df["run_id"] == s["run_id"]].iloc[0]
+        assert (row["method"], row["seed"], row["model"]) == (s["method"], s["seed"], "small-cnn")
+        for k in ("mean_error", "ece", "forgetting", "clean_error_before", "adapt_mb", "images_per_s"):
+            assert row[k] == pytest.approx(s[k]), k
+        assert math.isnan(row["peak_device_mb"])  # CPU: no device peak
+        assert len(s["domain_errors"]) == 15
+        for d, e in s["domain_errors"].items():
+            assert row[f"err:{d}"] == pytest.approx(e)
+    assert (df["adapt_mb"] > 0).all()
+    tent, norm = df[df["method"] == "tent"], df[df["method"] == "norm"]
+    assert tent["adapt_mb"].min() > norm["adapt_mb"].max()  # tent keeps activations for backward
+
+
+def test_summary_mean_std_ci_over_seeds_by_hand(site, runs):
+    df = pd.read_csv(site.out / "csv" / "summary.csv")
+    assert len(df) == len(METHODS) and df["n_seeds"].tolist() == [2, 2, 2]
+    assert df["mean_error_mean"].is_monotonic_increasing  # ranked by mean error
+    by_method: dict[str, list[dict]] = {}
+    for s in summaries(runs):
+        by_method.setdefault(s["method"], []).append(s)
+    for method, ss in by_method.items():
+        row = df[df["entry"] == method].iloc[0]
+        a, b = (s["mean_error"] for s in ss)
+        mean, std = (a + b) / 2, abs(a - b) / math.sqrt(2)  # sample std (ddof=1) of two values
+        assert row["mean_error_mean"] == pytest.approx(mean)
+        assert row["mean_error_std"] == pytest.approx(std)
+        half = 12.706204736 * std / math.sqrt(2)  # t_{0.975, df=1}
+        assert row["mean_error_ci_low"] == pytest.approx(mean - half, abs=1e-6)
+        assert row["mean_error_ci_high"] == pytest.approx(mean + half, abs=1e-6)
+        f = [s["forgetting"] for s in ss]
+        assert row["forgetting_mean"] == pytest.approx(np.mean(f))
+        assert row["adapt_mb_mean"] == pytest.approx(np.mean([s["adapt_mb"] for s in ss]))
+        d0 = "gaussian_noise"
+        assert row[f"err:{d0}"] == pytest.approx(np.mean([s["domain_errors"][d0] for s in ss]))
+
+
+def test_paired_tests_against_source_and_norm(site, runs):
+    df = pd.read_csv(site.out / "csv" / "summary.csv").set_index("entry")
+    dom = pd.read_csv(site.out / "csv" / "domains.csv")
+    assert len(dom) == 6 * 15
+    piv = dom.pivot_table(index=["seed", "domain"], columns="method", values="error")
+    # by hand: mean over (seed, domain) pairs of norm − source
+    assert df.loc["norm", "delta_vs_source"] == pytest.approx((piv["norm"] - piv["source"]).mean())
+    assert df.loc["tent", "delta_vs_norm"] == pytest.approx((piv["tent"] - piv["norm"]).mean())
+    assert df.loc["norm", "n_pairs_vs_source"] == 30
+    # severity-5 corruptions: test-batch statistics beat the source model clearly, on every seed
+    assert df.loc["norm", "delta_vs_source"] < -10 and df.loc["norm", "p_vs_source"] < 0.001
+    assert bool(df.loc["norm", "sig_vs_source"]) and bool(df.loc["tent", "sig_vs_source"])
+    assert math.isnan(df.loc["source", "delta_vs_source"]) and not df.loc["source", "sig_vs_source"]
+    assert math.isnan(df.loc["norm", "p_vs_norm"])
+
+
+def test_incomplete_runs_are_ignored_and_counted(runs, tmp_path, capsys):
+    col = collect(runs)
+    assert len(col.runs) == 6
+    assert sorted(p.name for p in col.incomplete) == ["0000empty0000000", "0000interrupted0"]
+    assert main(["leaderboard", "--runs", str(runs), "--out", str(tmp_path / "site")]) == 0
+    out = capsys.readouterr().out
+    assert "6 completed run(s) in 1 table(s)" in out and "ignored 2 incomplete run folder(s)" in out
+    assert "2 incomplete run folders ignored" in (tmp_path / "site" / "index.html").read_text()
+
+
+def test_plots_are_written_and_decode(site):
+    pngs = sorted(site.out.glob("plots/*.png"))
+    svgs = sorted(site.out.glob("plots/*.svg"))
+    kinds = {p.stem.rsplit("-", 1)[1] for p in pngs}
+    assert kinds == {"curve", "heatmap", "memory", "forgetting"} and len(svgs) == len(pngs) == 4
+    for p in pngs:
+        with Image.open(p) as im:
+            im.verify()
+        with Image.open(p) as im:
+            w, h = im.size
+            assert w > 200 and h > 150
+            assert len(set(np.asarray(im.convert("L")).ravel().tolist())) > 8  # not a blank canvas
+    for p in svgs:
+        root = ET.parse(p).getroot()
+        assert root.tag.endswith("svg") and len(list(root.iter())) > 50
+    html = (site.out / "index.html").read_text()
+    for p in pngs:
+        assert f'src="plots/{p.name}"' in html
+
+
+def test_page_links_configs_and_shows_protocol(site, runs):
+    html = (site.out / "index.html").read_text()
+    assert html.count("<tr>") == 1 + len(METHODS)  # header + one row per method
+    for folder in (p.parent for p in runs.glob("*/done")):
+        copy = site.out / "configs" / f"{folder.name}.json"
+        assert f'href="configs/{folder.name}.json"' in html
+        assert copy.read_text() == (folder / "config.json").read_text()
+    assert "<dt>batch size</dt><dd>32</dd>" in html
+    assert "<dt>samples per domain</dt><dd>32</dd>" in html
+    assert "<dt>setting</dt><dd>continual</dd>" in html
+    assert "gaussian_noise@5 → shot_noise@5" in html and "torch 2." in html
+
+
+def test_rebuild_is_deterministic(site, runs, tmp_path):
+    again = build(runs, tmp_path / "again")
+    for rel in ("csv/summary.csv", "csv/runs.csv", "index.html"):
+        assert (again.out / rel).read_text() == (site.out / rel).read_text()
+    for p in site.out.glob("plots/*.svg"):
+        assert (again.out / "plots" / p.name).read_bytes() == p.read_bytes()
+
+
+def test_empty_and_missing_runs_folder(tmp_path, capsys):
+    (tmp_path / "runs").mkdir()
+    assert main(["leaderboard", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "s")]) == 0
+    assert "No completed runs found" in (tmp_path / "s" / "index.html").read_text()
+    assert main(["leaderboard", "--runs", str(tmp_path / "nope"), "--out", str(tmp_path / "s")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_mean_std_ci_and_paired_test_units():
+    mean, std, lo, hi = mean_std_ci([10.0, 12.0, 14.0])
+    assert (mean, std) == (12.0, 2.0)
+    half = 4.302652729911275 * 2.0 / math.sqrt(3)  # t_{0.975, df=2}
+    assert (lo, hi) == pytest.approx((12 - half, 12 + half))
+    assert math.isnan(mean_std_ci([5.0])[1]) and mean_std_ci([3.0, 3.0])[2:] == (3.0, 3.0)
+    assert paired_test(np.ones(5), np.ones(5)) == (0.0, 1.0, 5)
+    d, p, n = paired_test(np.arange(20.0), np.arange(20.0) + 3 + 0.1 * np.sin(np.arange(20)))
+    assert d == pytest.approx(-3 - 0.1 * np.sin(np.arange(20)).mean()) and p < 1e-4 and n == 20
+
+
+def test_hyperparameter_variants_get_their_own_entry():
+    runs = pd.DataFrame(
+        {"run_id": list("abcd"), "table": "t", "model": "m", "method": ["tent", "tent", "tent", "norm"]}
+    )
+    opts = {"a": {"lr": 1e-3, "steps": 1}, "b": {"lr": 1e-4, "steps": 1}, "c": {"lr": 1e-3, "steps": 1}, "d": {}}
+    assert entry_labels(runs, opts).tolist() == ["tent[lr=0.001]", "tent[lr=0.0001]", "tent[lr=0.001]", "norm"]
