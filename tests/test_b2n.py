@@ -90,23 +90,29 @@ def test_folder_b2n(tmp_path: Path):
 
 
 def test_imagenet_ds_layouts(tmp_path: Path):
-    wnids = ["n01", "n02", "n03", "n04"]
+    from tta_bench.data.folders import wnid_index
+
+    wnids = ["n01443537", "n01498041", "n01531178", "n01534433"]  # in ImageNet-R's 200; the last three in -A's
+    idx = [wnid_index()[w] for w in wnids]
     for i, w in enumerate(wnids):
         for j in range(3):
             _png(tmp_path / "imagenet" / "train" / w / f"{w}_{j}.JPEG", i)
         _png(tmp_path / "imagenet" / "val" / w / "v.png", i)
-        _png(tmp_path / "imagenetv2-matched-frequency-format-val" / str(i) / "a.jpeg", i)
-        _png(tmp_path / "imagenet-sketch" / "sketch" / w / "s.jpg", i)
-    for w in wnids[1:3]:  # a 200-class-style subset
+        _png(tmp_path / "imagenetv2-matched-frequency-format-val" / str(idx[i]) / "a.jpeg", i)
+        _png(tmp_path / "sketch" / w / "s.jpg", i)
+    for w in wnids[1:3]:
         _png(tmp_path / "imagenet-r" / w / "r.jpg", 0)
         _png(tmp_path / "imagenet-a" / w / "a.jpg", 0)
     spec = imagenet_ds(data_dir=tmp_path, seed=0, shots=2, image_size=8)
     assert spec.domain_names == ["imagenet", "imagenet-v2", "imagenet-sketch", "imagenet-a", "imagenet-r"]
-    assert spec.class_subsets == {"imagenet-a": [1, 2], "imagenet-r": [1, 2]}
-    assert np.bincount(spec.source.targets).tolist() == [2, 2, 2, 2]
-    assert sorted(spec.load("imagenet-v2", None, None).targets.tolist()) == [0, 1, 2, 3]
-    assert spec.summarize(
-        {"imagenet": 30.0, "imagenet-v2": 40, "imagenet-sketch": 50, "imagenet-a": 60, "imagenet-r": 70}
-    ) == {"source_acc": 70.0, "target_acc": 45.0}
+    assert spec.num_classes == 1000 and spec.class_names[idx[0]] == "goldfish"  # CLIP names in wnid order
+    assert len(spec.class_subsets["imagenet-r"]) == 200 and len(spec.class_subsets["imagenet-a"]) == 200
+    assert set(idx[1:]) <= set(spec.class_subsets["imagenet-a"])
+    assert sorted(set(spec.source.targets.tolist())) == idx and len(spec.source) == 8  # 2 shots x 4 classes
+    assert sorted(spec.load("imagenet-v2", None, None).targets.tolist()) == idx
+    assert sorted(spec.load("imagenet", None, None).targets.tolist()) == idx
+    assert len(spec.load("imagenet-r", None, 1)) == 1
+    errors = {"imagenet": 30.0, "imagenet-v2": 40, "imagenet-sketch": 50, "imagenet-a": 60, "imagenet-r": 70}
+    assert spec.summarize(errors) == {"source_acc": 70.0, "target_acc": 45.0}
     with pytest.raises(UserError, match="unknown domain"):
         imagenet_ds(data_dir=tmp_path, seed=0, domains="imagenet,imagenet-x")

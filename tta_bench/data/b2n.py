@@ -15,12 +15,13 @@ test images of those classes, each scored over its own classes only (`class_subs
 - `folder-b2n`: any ImageFolder dataset, `--set stream.root=PATH` with `PATH/train/<class>/` and
   `PATH/test/<class>/` (or `val/`); class names are the folder names (underscores read as spaces).
 
-Domain shift (`imagenet-ds`): prepare on 16 shots per class of ImageNet train (all 1,000 classes), then
-stream ImageNet val and the natural shifts in their published layouts under `<data_dir>`:
-`imagenetv2-matched-frequency-format-val/<0..999>/`, `imagenet-sketch/sketch/<wnid>/` (or
-`imagenet-sketch/<wnid>/`), `imagenet-a/<wnid>/`, `imagenet-r/<wnid>/` (200 classes each, scored over
-their own classes). Summary: `source_acc` and `target_acc` (mean over the four shifts).
-Images from files are resized (shorter side) and centre-cropped to `image_size`.
+Domain shift (`imagenet-ds`): prepare on `shots` (16) images per class of `<data_dir>/imagenet/train/<wnid>/`
+(labels in the 1,000-class ImageNet space), then stream ImageNet val (`imagenet/val/<wnid>/`) and the natural
+shifts through the `imagenet-v2`, `imagenet-sketch`, `imagenet-a`, `imagenet-r` streams' own loaders
+(tta_bench/data/natural.py: their layouts under `<data_dir>`, ImageNet-A/R scored over their 200 classes).
+Summary: `source_acc` (ImageNet) and `target_acc` (mean over the shifts). `--set stream.domains=...` picks
+a subset. Images from files are resized (shorter side, bicubic) and centre-cropped to `image_size`; the
+natural-shift loaders use their own 256/224 resize-crop.
 """
 
 from __future__ import annotations
@@ -36,18 +37,15 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from tta_bench.data import natural  # noqa: F401  (registers the natural-shift streams imagenet-ds reuses)
 from tta_bench.data.digits import CLASS_NAMES as DIGIT_NAMES
 from tta_bench.data.digits import digits_32, split
+from tta_bench.data.folders import fixed_order, wnid_index
 from tta_bench.errors import UserError
-from tta_bench.streams import StreamSpec, register
+from tta_bench.streams import STREAMS, StreamSpec, register
 
 IMG_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-SHIFTS = {  # domain -> (folder candidates under data_dir, labels by wnid?)
-    "imagenet-v2": (("imagenetv2-matched-frequency-format-val",), False),
-    "imagenet-sketch": (("imagenet-sketch/sketch", "imagenet-sketch"), True),
-    "imagenet-a": (("imagenet-a",), True),
-    "imagenet-r": (("imagenet-r",), True),
-}
+DS_DOMAINS = ("imagenet", "imagenet-v2", "imagenet-sketch", "imagenet-a", "imagenet-r")
 
 
 # --- bookkeeping -----------------------------------------------------------------------------------------
@@ -241,65 +239,45 @@ def imagenet_ds(
     shots: int = 16,
     root: str | None = None,
     image_size: int = 224,
-    domains: str = "imagenet,imagenet-v2,imagenet-sketch,imagenet-a,imagenet-r",
+    domains: str = ",".join(DS_DOMAINS),
 ) -> StreamSpec:
     """Domain shift: prepare on 16-shot ImageNet, stream ImageNet val, -V2, -Sketch, -A, -R."""
-    base = Path(root) if root else Path(data_dir)
-    inet = need(base / "imagenet" / "train", "ImageNet", "imagenet/{train,val}/<wnid>/*.JPEG", "image-net.org")
-    wnids = sorted(p.name for p in inet.iterdir() if p.is_dir())
-    index = {w: i for i, w in enumerate(wnids)}
-    train = Images(*image_folder(inet, index.get), image_size)
-    src = few_shot(train.targets, range(len(wnids)), shots, seed)
-    sets, subsets = {}, {}
+    inet = Path(root) if root else Path(data_dir) / "imagenet"
+    layout, where = "imagenet/{train,val}/<wnid>/*.JPEG", "https://image-net.org (ILSVRC2012)"
+    train = Images(*image_folder(need(inet / "train", "ImageNet train", layout, where), wnid_index().get), image_size)
+    src = few_shot(train.targets, np.unique(train.targets).tolist(), shots, seed)
+    loads: dict[str, Callable] = {}
+    subsets: dict[str, list[int]] = {}
     for d in domains.split(","):
         if d == "imagenet":
-            folder, by_wnid = (
-                need(base / "imagenet" / "val", "ImageNet val", "imagenet/val/<wnid>/", "image-net.org"),
-                True,
-            )
-        elif d in SHIFTS:
-            cands, by_wnid = SHIFTS[d]
-            hits = [base / c for c in cands if (base / c).is_dir()]
-            folder = (
-                hits[0]
-                if hits
-                else need(
-                    base / cands[0],
-                    d,
-                    f"{cands[0]}/<{'wnid' if by_wnid else '0..999'}>/",
-                    "the dataset authors' release",
-                )
-            )
+            val = Images(*image_folder(need(inet / "val", "ImageNet val", layout, where), wnid_index().get), image_size)
+            order = fixed_order(len(val), f"imagenet-ds-val-{len(val)}")
+            loads[d] = lambda dom, sev, limit, val=val, order=order: val.subset(order[:limit])
+        elif d in DS_DOMAINS:  # the natural-shift streams' own loaders (tta_bench/data/natural.py)
+            shift = STREAMS.get(d).factory(data_dir=data_dir, seed=seed)
+            loads[d] = shift.load
+            subsets.update(shift.class_subsets)
         else:
             raise UserError(
-                f"imagenet-ds: unknown domain '{d}' in stream.domains; choose from imagenet, {', '.join(SHIFTS)}."
+                f"imagenet-ds: unknown domain '{d}' in stream.domains; choose from {', '.join(DS_DOMAINS)}."
             )
-        files, labels = image_folder(folder, index.get if by_wnid else (lambda c: int(c) if c.isdigit() else None))
-        sets[d] = Images(files, labels, image_size)
-        if len(np.unique(labels)) < len(wnids):
-            subsets[d] = sorted(np.unique(labels).tolist())
-    names = imagenet_names() if len(wnids) == 1000 else wnids
-    order = {d: np.random.default_rng(0).permutation(len(s)) for d, s in sets.items()}  # mix classes, seed-free
-
-    def load(domain: str, severity: int | None, limit: int | None) -> Images:
-        return sets[domain].subset(order[domain][:limit])
-
+    fp = hashlib.sha256(np.asarray(train.targets[src]).tobytes() + repr(src.tolist()).encode()).hexdigest()[:12]
     return StreamSpec(
         name="imagenet-ds",
-        domain_names=list(sets),
-        load=load,
-        num_classes=len(wnids),
+        domain_names=list(loads),
+        load=lambda domain, severity, limit: loads[domain](domain, severity, limit),
+        num_classes=1000,
         default_model="clip-vit-b16",
         source=train.subset(src),
         severities=None,
-        class_names=names,
+        class_names=imagenet_names(),
         class_subsets=subsets,
         summarize=ds_summary,
         info={
             "source": "files",
-            "root": str(base),
+            "root": str(inet),
             "shots": shots,
             "n_source": len(src),
-            "source_fingerprint": "imagenet-ds-" + hashlib.sha256(src.tobytes()).hexdigest()[:12],
+            "source_fingerprint": f"imagenet-ds-{fp}",
         },
     )
