@@ -16,7 +16,11 @@ Matches mr-eggplant/EATA `eata.py` (`forward_and_adapt_eata`, `update_model_prob
 
 Defaults are the official ones (`main.py`, ImageNet-C; the official code has no CIFAR configuration):
 E_0 = 0.4 · ln C (`e_margin_frac`, 0.4 · ln 1000 for ImageNet), d_margin 0.05, fisher_alpha 2000,
-fisher_size 2000. `eata` declares `needs_source` (the runner calls `prepare`); used as a library without
+fisher_size 2000. With few classes d_margin 0.05 rejects nearly every sample as redundant after the first
+batch (cos(p̄, p_i) of a confident 10-class prediction is ~0.3), so EATA behaves like `norm`; the CIFAR-10-C
+setting of the common benchmark mariodoebler/test-time-adaptation (`cfgs/cifar10_c/eata.yaml`, not the
+authors' code) is `--set method.d_margin=0.4 --set method.fisher_alpha=1.0 --set method.optimizer=adam
+--set method.lr=0.001`. `eata` declares `needs_source` (the runner calls `prepare`); used as a library without
 `prepare`, it runs without the Fisher term, i.e. as `eta` (EATA without the regulariser, registered too).
 Difference: the official `reset()` keeps p̄; here `reset()` returns to the state after construction
 (p̄ cleared), as the Adapter contract requires. Batch size 1 works (BN over spatial positions).

@@ -18,7 +18,9 @@ Matches mr-eggplant/SAR `sar.py` (`forward_and_adapt_sar`, `SAR.forward`, `confi
 
 Defaults: official ImageNet-C ResNet-50-BN values (`main.py`): SGD lr 0.00025, momentum 0.9 (the official
 rule for batch sizes below 32 is lr = 0.00025 / 64 · bs · 2; ViT-B: lr = 0.001 / 64 · bs), ρ 0.05,
-E_0 0.4 · ln C, e_m threshold 0.2. The official code has no CIFAR configuration. Batch size 1 works
+E_0 0.4 · ln C, e_m threshold 0.2. The official code has no CIFAR configuration (the common benchmark
+mariodoebler/test-time-adaptation uses Adam lr 1e-3 for CIFAR-10-C: `--set method.optimizer=adam
+--set method.lr=0.001`). Batch size 1 works
 with BatchNorm over spatial positions (the paper's bs-1 experiments use GN/LN models).
 """
 
