@@ -18,7 +18,8 @@ documented choice, following the paper's adaptive local mean teacher): after epo
 learned state (context + generator) is stored; the teacher is the uniform average of the last
 m_t = floor((1 + t / T) * m0) stored states (m0 = `window`, the window grows as training matures). From
 the end of the warm-up on, KL(teacher || student) of the real features' logits over all classes (known and
-unknown names) is added with weight `distill`. The stream uses the student, frozen.
+unknown names) is added with weight `distill` (the averaged generator is kept as part of the teacher state
+but the distillation signal is the class posterior). The stream uses the student, frozen.
 """
 
 from __future__ import annotations
@@ -103,23 +104,23 @@ class OGEN(PromptAdapter):
         return self.generator(w[y].detach().unsqueeze(1), w[nb].detach(), values), nb, values
 
     def step_loss(self, feats: torch.Tensor, labels: torch.Tensor, epoch: int) -> torch.Tensor:
+        if (self.neighbors[labels] < 0).all():  # a single known class: nothing to synthesise from
+            return super().step_loss(feats, labels, epoch)
         known, unknown = self.known_classes(), (~self.known_mask).nonzero().flatten()
         clip, d = self.model, feats.shape[1]
         w = torch.zeros(len(self.known_mask), d, device=feats.device, dtype=feats.dtype)
         w = w.index_put((known,), self.prompt(clip, known))
         w_known = w[known]
         pred_u, nb, values = self.synthesize(w, labels)
-        k = max(1, nb.shape[1])
-        loss = F.mse_loss(pred_u, feats) * d
-        if nb.shape[1] > 0:  # reverse direction: the neighbours from the real feature
-            pred_k = self.generator(w[nb].detach(), w[labels].detach().unsqueeze(1), feats.unsqueeze(1))
-            loss = loss + F.mse_loss(pred_k, values.flatten(0, 1)) * d
+        k = nb.shape[1]
+        # reverse direction: the neighbours synthesised from the real feature
+        pred_k = self.generator(w[nb].detach(), w[labels].detach().unsqueeze(1), feats.unsqueeze(1))
+        loss = F.mse_loss(pred_u, feats) * d + F.mse_loss(pred_k, values.flatten(0, 1)) * d
         if epoch < int(self.hp.epochs * self.hp.warmup_frac):
             return loss  # generator warm-up: regression only
         loss = loss + 0.25 * F.cross_entropy(clip.logits(pred_u, w_known), self.local(labels))
         loss = loss + 0.25 * F.cross_entropy(clip.logits(feats, w_known), self.local(labels))
-        if nb.shape[1] > 0:
-            loss = loss + 0.25 / k * F.cross_entropy(clip.logits(pred_k, w_known), self.local(nb.flatten()))
+        loss = loss + 0.25 / k * F.cross_entropy(clip.logits(pred_k, w_known), self.local(nb.flatten()))
         w_all = w_known
         if len(unknown) > 0:  # unseen classes nearest to y in text space, synthesised from the real feature
             w_new = self.prompt(clip, unknown)
