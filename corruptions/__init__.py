@@ -90,3 +90,6 @@ def corrupt(x: torch.Tensor, name: str, severity: int, generator: torch.Generato
     if gray:
         out = out.mean(1, keepdim=True)
     return out.to(x.dtype)
+
+
+from . import medical  # noqa: E402,F401  (MedMNIST-C corruptions; registers on import)
