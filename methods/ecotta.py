@@ -8,8 +8,10 @@ is split into K contiguous partitions; partition k gets a meta network, as in th
 
 f_k is the frozen partition. It runs on a *detached* input, so autograd saves none of its activations:
 backpropagation keeps only what the meta networks (and the frozen head) need, which is the method's
-memory saving; the entropy gradient reaches earlier meta networks through the Conv branches. Meta BNs
-always normalise with batch statistics (they keep no running statistics).
+memory saving; the entropy gradient reaches earlier meta networks through the Conv branches. The
+Conv-BN-ReLU branch saves only its input for backward and recomputes itself there (one extra 3×3 conv
+per partition and step; gradients identical), so a partition keeps x_{k-1}, f_k(x_{k-1}) (for the meta
+BN) and an int8 sign map (for R_k). Meta BNs always use batch statistics (no running statistics).
 
 Loss per test batch (one SGD step): entropy over the confident samples/pixels (H < e_margin·ln C,
 averaged over those kept; EATA's Eq. 3 filter, which the sample code points to for Eq. 2) plus the
@@ -55,8 +57,14 @@ class MetaNet(nn.Module):
         self._x: torch.Tensor | None = None
         self.pair: tuple[torch.Tensor, torch.Tensor] | None = None  # (x̃_k, f_k(x)) of the last forward
 
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.conv_bn(self.conv(x)))
+
     def forward(self, x: torch.Tensor, frozen_out: torch.Tensor) -> torch.Tensor:
-        return self.bn(frozen_out) + F.relu(self.conv_bn(self.conv(x)))
+        if torch.is_grad_enabled():  # keep only x for the branch's backward; recompute conv-BN-ReLU there
+            params = (self.conv.weight, self.conv_bn.weight, self.conv_bn.bias)
+            return self.bn(frozen_out) + _Recomputed.apply(self.branch, x, *params)
+        return self.bn(frozen_out) + self.branch(x)
 
     def enter(self, module: nn.Module, args: tuple) -> tuple:  # pre-hook of the partition's first block
         self._x = args[0]
@@ -67,6 +75,28 @@ class MetaNet(nn.Module):
         y = self(x, out)
         self.pair = (y, out) if torch.is_grad_enabled() else None
         return y
+
+
+class _Recomputed(torch.autograd.Function):
+    """y = fn(x) saving only x; backward recomputes fn (deterministic: conv + batch-stat BN) with autograd."""
+
+    @staticmethod
+    def forward(ctx, fn, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        ctx.fn = fn
+        ctx.save_for_backward(x, *params)
+        with torch.no_grad():
+            return fn(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple:
+        x, *params = ctx.saved_tensors
+        need = ctx.needs_input_grad[1:]
+        xd = x.detach().requires_grad_(need[0])
+        with torch.enable_grad():
+            y = ctx.fn(xd)  # fn reads the same parameters, so grads w.r.t. `params` are theirs
+        wanted = [t for t, n in zip([xd, *params], need) if n]
+        got = iter(torch.autograd.grad(y, wanted, grad) if wanted else [])
+        return (None, *[next(got) if n else None for n in need])
 
 
 def residual_blocks(model: nn.Module) -> list[nn.Module]:

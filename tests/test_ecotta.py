@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torchvision
 
 import methods
-from methods.ecotta import EcoTTA, confident_entropy, partition, residual_blocks, self_distilled_loss, warm_up
+from methods.ecotta import EcoTTA, MetaNet, confident_entropy, partition, residual_blocks, self_distilled_loss, warm_up
 from tta_bench.memory import measure
 from tta_bench.zoo.small_cnn import SmallCNN
 
@@ -45,6 +47,21 @@ def test_meta_networks_match_partitions() -> None:
     r = torchvision.models.resnet50()
     assert len(residual_blocks(r)) == 16 and partition(16, 5) == [3, 3, 3, 3, 4]
     assert partition(18, 5, (3, 3, 3, 3, 6)) == [3, 3, 3, 3, 6] and partition(12, 4) == [3, 3, 3, 3]
+
+
+def test_recomputed_branch_gives_plain_autograd_gradients() -> None:
+    torch.manual_seed(0)
+    m = MetaNet(4, 6, 2).double()
+    ref = copy.deepcopy(m)
+    x = torch.randn(5, 4, 8, 8, dtype=torch.double, requires_grad=True)
+    xr = x.detach().clone().requires_grad_()
+    frozen = torch.randn(5, 6, 4, 4, dtype=torch.double)
+    y, yr = m(x, frozen), ref.bn(frozen) + F.relu(ref.conv_bn(ref.conv(xr)))
+    g = torch.randn_like(y)
+    y.backward(g)
+    yr.backward(g)
+    assert torch.equal(y, yr) and torch.allclose(x.grad, xr.grad, atol=1e-12)
+    assert all(torch.allclose(p.grad, q.grad, atol=1e-12) for p, q in zip(m.parameters(), ref.parameters()))
 
 
 def test_original_params_and_buffers_bit_identical_after_10_steps() -> None:

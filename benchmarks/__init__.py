@@ -1,0 +1,1 @@
+"""Speed and memory measurements: scripts that print figures (`python -m benchmarks.memory`)."""
