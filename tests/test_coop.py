@@ -102,3 +102,22 @@ def test_prepare_learns_prompt_only(tiny):
     b = CoOp(tiny)
     b.load_state_dict(sd)
     assert torch.equal(b(x), a(x))
+
+
+@pytest.mark.slow
+def test_pretrained_clip_from_a_local_checkpoint(tmp_path):
+    """A real architecture (ViT-B-32) loads from a placed open_clip checkpoint, with OpenAI's QuickGELU."""
+    import open_clip
+
+    from tta_bench.models import MODELS, load_zoo
+
+    load_zoo()
+    ref = open_clip.create_model("ViT-B-32", force_quick_gelu=True)
+    (tmp_path / "open_clip").mkdir()
+    torch.save(ref.state_dict(), tmp_path / "open_clip" / "ViT-B-32-openai.bin")
+    ctx = ModelContext(tmp_path, tmp_path, torch.device("cpu"))
+    model = MODELS.get("clip-vit-b32").factory(SimpleNamespace(name="t", class_names=NAMES), ctx)
+    assert all(torch.equal(model.clip.state_dict()[k], v) for k, v in ref.state_dict().items())
+    assert any(type(m).__name__ == "QuickGELU" for m in model.clip.modules())
+    assert model.image_size == 224 and model(torch.rand(2, 3, 32, 32)).shape == (2, len(NAMES))
+    assert model.tta_info["weights"].endswith("ViT-B-32-openai.bin") and len(model.tta_info["sha256"]) == 64

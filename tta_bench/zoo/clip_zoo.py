@@ -140,21 +140,23 @@ def _local_weights(ctx: ModelContext, arch: str, tag: str) -> Path | None:
 def pretrained_clip(arch: str, tag: str, weights: str | None, ctx: ModelContext) -> tuple[nn.Module, dict]:
     """open_clip model `arch` with pretrained `tag`, from a local file when there is one, else downloaded."""
     oc = _open_clip()
+    tags = oc.list_pretrained_tags_by_model(arch)
+    if tag not in tags:
+        raise UserError(f"open_clip has no pretrained tag '{tag}' for {arch}; tags: {', '.join(tags)}.")
+    cfg = oc.get_pretrained_cfg(arch, tag) or {}
+    quick_gelu = bool(cfg.get("quick_gelu", False))  # OpenAI's checkpoints use QuickGELU; a file path can't say so
     path = Path(weights) if weights else _local_weights(ctx, arch, tag)
     if path is not None:
         if not path.exists():
             raise UserError(f"CLIP weights file {path} (--set model.weights) does not exist.")
-        # OpenAI's checkpoints use QuickGELU; open_clip picks it from the tag, but not for a file path.
-        name = f"{arch}-quickgelu" if tag == "openai" and f"{arch}-quickgelu" in oc.list_models() else arch
-        model = oc.create_model(name, pretrained=str(path))
+        model = oc.create_model(arch, pretrained=str(path), force_quick_gelu=quick_gelu)
         return model, {"weights": str(path), "sha256": sha256_file(path)}
     cache = ctx.weights_dir / "open_clip"
-    tags = oc.list_pretrained_tags_by_model(arch)
-    if tag not in tags:
-        raise UserError(f"open_clip has no pretrained tag '{tag}' for {arch}; tags: {', '.join(tags)}.")
-    hub = (oc.get_pretrained_cfg(arch, tag) or {}).get("hf_hub", "").strip("/")
+    hub = cfg.get("hf_hub", "").strip("/")
     try:
-        model = oc.create_model(arch, pretrained=tag, cache_dir=str(cache), require_pretrained=True)
+        model = oc.create_model(
+            arch, pretrained=tag, cache_dir=str(cache), require_pretrained=True, force_quick_gelu=quick_gelu
+        )
     except Exception as e:  # noqa: BLE001  (network, HF hub, disk: all end in the same advice)
         src = f"open_clip_pytorch_model.bin of huggingface.co/{hub}" if hub else f"open_clip's '{tag}' release"
         raise UserError(
