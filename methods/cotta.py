@@ -88,4 +88,4 @@ class CoTTA(Adapter):
         """Stochastic restore: each trained element back to its source value with probability `rst`."""
         for name, p in self.named:
             mask = (torch.rand(p.shape) < self.hp.rst).float().to(p.device)
-            p.copy_(self._source[f"model.{name}"] * mask + p * (1.0 - mask))
+            p.copy_(self._source[f"model.{name}"].to(p.device) * mask + p * (1.0 - mask))

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from methods import register
 from methods.base import Adapter
+from tta_bench.errors import UserError
 
 
 def affinity(feats: torch.Tensor, kind: str, knn: int) -> torch.Tensor:
@@ -40,7 +41,7 @@ def affinity(feats: torch.Tensor, kind: str, knn: int) -> torch.Tensor:
     if kind == "knn":
         idx = dist.topk(min(knn + 1, n), -1, largest=False).indices[:, 1:]
         return torch.zeros(n, n, device=feats.device).scatter_(-1, idx, 1.0)
-    raise ValueError(f"lame affinity must be 'rbf', 'knn' or 'linear', got {kind!r} (--set method.affinity=rbf).")
+    raise UserError(f"lame affinity must be 'rbf', 'knn' or 'linear', got {kind!r} (--set method.affinity=rbf).")
 
 
 def entropy_energy(y: torch.Tensor, unary: torch.Tensor, pairwise: torch.Tensor, bound_lambda: float) -> torch.Tensor:
@@ -72,11 +73,11 @@ class LAME(Adapter):
         self.model.eval()
         self.model.requires_grad_(False)
         if self.hp.output not in ("log_probs", "probs"):
-            raise ValueError(f"lame output must be 'log_probs' or 'probs', got {self.hp.output!r}.")
+            raise UserError(f"lame output must be 'log_probs' or 'probs', got {self.hp.output!r}.")
         linear = [n for n, m in self.model.named_modules() if isinstance(m, nn.Linear)]
         self.feature_layer = self.hp.feature_layer or (linear[-1] if linear else "")
         if not self.feature_layer:
-            raise ValueError("lame needs the classifier layer whose input are the features: the model has no "
+            raise UserError("lame needs the classifier layer whose input are the features: the model has no "
                              "nn.Linear; name it with --set method.feature_layer=<module name>.")
 
     @torch.no_grad()

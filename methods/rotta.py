@@ -32,6 +32,7 @@ import torch.nn as nn
 from methods import register
 from methods._augment import tta_augment
 from methods.base import Adapter, cross_entropy_soft, ema_update, frozen_copy, make_optimizer
+from tta_bench.errors import UserError
 
 
 class RobustBN(nn.Module):
@@ -40,7 +41,10 @@ class RobustBN(nn.Module):
     def __init__(self, bn: nn.modules.batchnorm._BatchNorm, alpha: float) -> None:
         super().__init__()
         if bn.running_mean is None or bn.running_var is None:
-            raise ValueError("rotta needs BatchNorm layers with source running statistics (track_running_stats=True).")
+            raise UserError(
+                "rotta needs BatchNorm layers with source running statistics (track_running_stats=True); this model's "
+                "BN layers have none. Use a model trained with running statistics."
+            )
         self.alpha, self.eps = alpha, bn.eps
         self.register_buffer("source_mean", bn.running_mean.detach().clone())
         self.register_buffer("source_var", bn.running_var.detach().clone())
