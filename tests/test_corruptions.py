@@ -138,8 +138,10 @@ NOT_MONOTONE = {
     ("saturate", 32): {2},
     # CIFAR: 1-3 liquid, 4-5 mud (different kind)
     ("spatter", 32): {3},
-    # CIFAR: more blur (sigma 0.05 -> 0.4) smooths the 1-pixel shuffling away; 4-5 shuffle twice
-    ("glass_blur", 32): {1, 2, 4},
+    # the shuffle iterations are not monotone in the tables (ImageNet 3 -> 2 at severity 4); CIFAR:
+    # a larger sigma (0.25 -> 0.4 at equal iterations) smooths the 1-pixel copies away
+    ("glass_blur", 224): {3},
+    ("glass_blur", 32): {2, 4},
 }
 REL_TOL = 0.02  # equal-strength neighbours (e.g. CIFAR motion blur 3 -> 4) may tie within 2 %
 
