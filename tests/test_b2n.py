@@ -116,3 +116,16 @@ def test_imagenet_ds_layouts(tmp_path: Path):
     assert spec.summarize(errors) == {"source_acc": 70.0, "target_acc": 45.0}
     with pytest.raises(UserError, match="unknown domain"):
         imagenet_ds(data_dir=tmp_path, seed=0, domains="imagenet,imagenet-x")
+
+
+def test_imagenet_b2n_layout_and_missing_data(tmp_path: Path):
+    from tta_bench.data.b2n import imagenet_b2n
+
+    with pytest.raises(UserError, match=r"train/<class>"):
+        imagenet_b2n(data_dir=tmp_path, seed=0)
+    for split in ("train", "val"):
+        for i, w in enumerate(["n01440764", "n01443537"]):
+            _png(tmp_path / "imagenet" / split / w / f"{w}_0.JPEG", i)
+    spec = imagenet_b2n(data_dir=tmp_path, seed=0, image_size=8)
+    assert spec.class_names == ["n01440764", "n01443537"]  # CLIP's names only for the full 1,000 classes
+    assert spec.class_subsets == {"base": [0], "new": [1]} and spec.source.targets.tolist() == [0]
