@@ -49,6 +49,12 @@ def resolve(cfg: RunConfig) -> RunConfig:
     from tta_bench.models import load_zoo
 
     load_zoo()
+    if cfg.data_dir is not None and not Path(cfg.data_dir).is_dir():
+        raise UserError(
+            f"Data directory {cfg.data_dir} does not exist. Pass --data-dir pointing at the folder that holds your "
+            "datasets (each in its usual folder name; layouts in the README's Streams section), or omit it to use "
+            "$TTA_BENCH_DATA / ~/.cache/tta_bench/data."
+        )
     method_cls = methods.get(cfg.method)
     spec_opts = check_options("stream", cfg.stream, cfg.stream_opts, st.stream_options(cfg.stream))
     model = cfg.model or _default_model(cfg.stream)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from tta_bench.registry import Registry, declared_options
 
@@ -147,7 +147,11 @@ def dirichlet_order(labels: np.ndarray, gamma: float, rng: np.random.Generator, 
 
 
 class _Tagged(Dataset):
-    """Concatenation of datasets, each item tagged with its domain index: (x, y, domain_id)."""
+    """Concatenation of datasets whose items are tagged with their domain index.
+
+    Indexed with a list of indices it returns a whole batch `(x, y, domain_ids)` at once; datasets that hold
+    their samples as tensors (TensorDataset-like, `.tensors`) are sliced without a per-sample Python loop.
+    """
 
     def __init__(self, parts: list[tuple[Dataset, int]]) -> None:
         self.parts = parts
@@ -156,11 +160,26 @@ class _Tagged(Dataset):
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
-    def __getitem__(self, i: int):
-        k = int(np.searchsorted(self.offsets, i, side="right") - 1)
-        ds, dom = self.parts[k]
-        x, y = ds[i - int(self.offsets[k])]
-        return x, y, dom
+    def __getitem__(self, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        idx = np.asarray(idx, dtype=np.int64)
+        part = np.searchsorted(self.offsets, idx, side="right") - 1
+        xs, ys, pos = [], [], []
+        for k in np.unique(part):
+            sel = np.flatnonzero(part == k)
+            ds, _ = self.parts[k]
+            local = idx[sel] - self.offsets[k]
+            tensors = getattr(ds, "tensors", None)
+            if tensors is not None:
+                t = torch.as_tensor(local)
+                x, y = tensors[0][t], tensors[1][t]
+            else:
+                items = [ds[int(i)] for i in local]
+                x = torch.stack([torch.as_tensor(a) for a, _ in items])
+                y = torch.stack([torch.as_tensor(b) for _, b in items])
+            xs.append(x), ys.append(y), pos.append(sel)
+        order = torch.as_tensor(np.argsort(np.concatenate(pos), kind="stable"))
+        doms = torch.as_tensor(np.asarray([self.parts[k][1] for k in part], dtype=np.int64))
+        return torch.cat(xs)[order], torch.cat(ys)[order], doms
 
     def labels(self) -> np.ndarray:
         """Class labels of every item (for label-dependent orders); uses `ds.targets` when present."""
@@ -198,13 +217,12 @@ def batches(
         order = dirichlet_order(ds.labels(), gamma, rng)
     else:
         order = np.arange(len(ds))
-    loader = DataLoader(
+    loader = DataLoader(  # each sampler element is a list of indices: the dataset returns the whole batch
         ds,
-        batch_size=batch_size,
-        sampler=order.tolist(),
+        sampler=BatchSampler(order.tolist(), batch_size, drop_last=False),
+        batch_size=None,
         num_workers=workers,
         pin_memory=pin_memory,
-        persistent_workers=False,
     )
     for x, y, dom in loader:
         yield Batch(x, y, seg.domain, seg.severity, dom)

@@ -1,0 +1,193 @@
+"""End-to-end: digits-c through the CLI for source, norm and tent; every file of the run folder checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tta_bench.__main__ import main
+
+LIMIT = 200  # samples per domain: keeps the three runs to seconds on 2 cores
+SUMMARY_KEYS = {
+    "method",
+    "stream",
+    "model",
+    "setting",
+    "seed",
+    "mean_error",
+    "domain_errors",
+    "ece",
+    "clean_error_before",
+    "clean_error_after",
+    "forgetting",
+    "adapt_mb",
+    "peak_device_mb",
+    "images_per_s",
+}
+
+
+@pytest.fixture(scope="module")
+def three_runs(tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("runs")
+    folders = {}
+    for method in ("source", "norm", "tent"):
+        assert (
+            main(
+                ["run", "--method", method, "--stream", "digits-c", "--limit", str(LIMIT), "--out", str(out), "--quiet"]
+            )
+            == 0
+        )
+        (folder,) = [p for p in out.iterdir() if p not in folders.values()]
+        folders[method] = folder
+    return folders
+
+
+def test_run_folder_files_and_columns(three_runs):
+    import corruptions
+
+    for method, folder in three_runs.items():
+        assert sorted(p.name for p in folder.iterdir()) == [
+            "batches.csv",
+            "config.json",
+            "domains.csv",
+            "done",
+            "summary.json",
+        ]
+        cfg = json.loads((folder / "config.json").read_text())
+        assert cfg["config"]["method"] == method and cfg["config"]["model"] == "small-cnn"
+        assert cfg["run_id"] == folder.name
+        assert {"torch", "numpy", "python"} <= set(cfg["versions"])
+        assert "commit" in cfg["git"]
+        assert len(cfg["model_info"]["sha256"]) == 64
+        assert [d["domain"] for d in cfg["domain_order"]] == list(corruptions.BENCHMARK)
+        assert set(cfg["samples_per_domain"].values()) == {LIMIT}
+        assert cfg["stream_info"]["source"] == "generated"
+
+        batches = pd.read_csv(folder / "batches.csv")
+        assert list(batches.columns) == [
+            "batch",
+            "round",
+            "segment",
+            "index",
+            "severity",
+            "n",
+            "error",
+            "seconds",
+            "adapt_mb",
+            "peak_device_mb",
+        ]
+        assert batches["n"].sum() == 15 * LIMIT and batches["batch"].tolist() == list(range(len(batches)))
+        assert batches["error"].between(0, 100).all()
+
+        domains = pd.read_csv(folder / "domains.csv")
+        assert domains["domain"].tolist() == list(corruptions.BENCHMARK)
+        assert {
+            "round",
+            "segment",
+            "domain",
+            "severity",
+            "error",
+            "ece",
+            "n",
+            "clean_error",
+            "seconds",
+            "images_per_s",
+        } <= set(domains.columns)
+        assert (domains["n"] == LIMIT).all() and (domains["severity"] == 5).all()
+        # per-domain error == sample-weighted mean of its batch errors
+        for dom, grp in batches.groupby("segment"):
+            want = (grp["error"] * grp["n"]).sum() / grp["n"].sum()
+            assert domains.set_index("domain").loc[dom, "error"] == pytest.approx(want)
+
+        s = json.loads((folder / "summary.json").read_text())
+        assert SUMMARY_KEYS <= set(s)
+        assert s["mean_error"] == pytest.approx(domains["error"].mean())
+        assert s["domain_errors"] == pytest.approx(domains.set_index("domain")["error"].to_dict())
+        assert s["forgetting"] == pytest.approx(s["clean_error_after"] - s["clean_error_before"])
+        assert s["clean_error_after"] == pytest.approx(domains["clean_error"].iloc[-1])
+        assert s["adapt_mb"] > 0 and s["peak_device_mb"] is None and s["images_per_s"] > 0
+
+
+def test_adaptation_beats_source(three_runs):
+    err = {m: json.loads((f / "summary.json").read_text())["mean_error"] for m, f in three_runs.items()}
+    assert err["norm"] < err["source"] - 10, err
+    assert err["tent"] < err["source"] - 10, err
+    clean = json.loads((three_runs["source"] / "summary.json").read_text())["clean_error_before"]
+    assert clean < 10  # the source model is a good digit classifier on clean data
+
+
+def test_rerun_does_no_work_and_changes_nothing(three_runs, capsys):
+    folder = three_runs["tent"]
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.iterdir()}
+    assert (
+        main(
+            [
+                "run",
+                "--method",
+                "tent",
+                "--stream",
+                "digits-c",
+                "--limit",
+                str(LIMIT),
+                "--out",
+                str(folder.parent),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert "completed run found" in capsys.readouterr().out
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.iterdir()} == before
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "-m", "tta_bench", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["run", "--method", "tnet", "--stream", "digits-c"], "Did you mean: tent"),
+        (["run", "--method", "tent", "--stream", "digits"], "Did you mean: digits-c"),
+        (["run", "--method", "tent", "--stream", "digits-c", "--model", "small_cnn"], "small-cnn"),
+        (["run", "--method", "tent", "--stream", "digits-c", "--set", "method.lrr=1e-3"], "Did you mean: lr"),
+        (["run", "--method", "tent", "--stream", "digits-c", "--set", "method.lr=fast"], "expects float"),
+        (["run", "--method", "tent", "--stream", "digits-c", "--set", "lr=1e-3"], "scope.key=value"),
+        (["run", "--method", "tent", "--stream", "digits-c", "--data-dir", "/nonexistent/tta"], "does not exist"),
+        (["run", "--method", "tent", "--stream", "digits-c", "--setting", "continuous"], "continual"),
+    ],
+)
+def test_bad_input_exits_2_without_traceback(args, needle, tmp_path):
+    r = _cli(*args, "--out", str(tmp_path / "runs"), cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    assert needle in r.stderr
+    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1  # one paragraph
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_list_shows_every_registry(tmp_path):
+    r = _cli("list", cwd=tmp_path)
+    assert r.returncode == 0
+    for word in (
+        "methods:",
+        "tent",
+        "streams:",
+        "digits-c",
+        "models:",
+        "small-cnn",
+        "corruptions:",
+        "gaussian_noise",
+        "settings:",
+        "non-iid",
+    ):
+        assert word in r.stdout

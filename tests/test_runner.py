@@ -1,0 +1,94 @@
+"""Runner: interrupted runs leave no `done` and re-run cleanly; settings recorded; forced re-runs replace."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import methods.tent
+from tta_bench.config import RunConfig
+from tta_bench.runner import is_complete, resolve, run
+
+
+def _cfg(out, **kw) -> RunConfig:
+    return RunConfig(**{"method": "tent", "stream": "digits-c", "limit": 64, "batch_size": 32, "out": str(out), **kw})
+
+
+def test_crash_midway_leaves_no_done_and_rerun_is_clean(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = methods.tent.Tent.adapt
+
+    def flaky(self, x):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise RuntimeError("simulated crash")
+        return original(self, x)
+
+    monkeypatch.setattr(methods.tent.Tent, "adapt", flaky)
+    cfg = _cfg(tmp_path)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(cfg, quiet=True)
+    folder = resolve(cfg).folder()  # named by the resolved config (defaults filled in)
+    assert folder.exists() and not is_complete(folder)
+    assert not (folder / "summary.json").exists()
+    assert not any(p.name.startswith(".") for p in folder.iterdir())  # no temp files left behind
+    monkeypatch.setattr(methods.tent.Tent, "adapt", original)
+    result = run(cfg, quiet=True)
+    assert not result.skipped and is_complete(folder)
+    assert len(result.domains) == 15
+
+
+def test_killed_process_leaves_no_done(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "tta_bench",
+        "run",
+        "--method",
+        "tent",
+        "--stream",
+        "digits-c",
+        "--out",
+        str(tmp_path),
+        "--quiet",
+        "--batch-size",
+        "8",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(tmp_path.glob("*/config.json")):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (folder,) = list(tmp_path.iterdir())
+    assert (folder / "config.json").exists()
+    assert not (folder / "done").exists() and not (folder / "summary.json").exists()
+
+
+def test_force_replaces_and_hash_ignores_execution_fields(tmp_path):
+    cfg = _cfg(tmp_path, method="norm", setting="episodic")
+    first = run(cfg, quiet=True)
+    assert not first.skipped
+    assert run(cfg, quiet=True).skipped
+    assert _cfg(tmp_path, method="norm", setting="episodic", device="cpu", workers=0).run_id() == cfg.run_id()
+    assert _cfg(tmp_path, method="norm", setting="continual").run_id() != cfg.run_id()
+    again = run(cfg, force=True, quiet=True)
+    assert not again.skipped and is_complete(again.folder)
+    conf = json.loads((again.folder / "config.json").read_text())
+    assert conf["config"]["setting"] == "episodic"
+    assert all(seg["reset"] for seg in conf["domain_order"])
+    # resolved defaults are part of the identity: the hash names every hyper-parameter's value
+    assert conf["config"]["method_opts"] == {}
+    assert resolve(_cfg(tmp_path)).method_opts["lr"] == 1e-3
+
+
+def test_set_overrides_reach_the_adapter(tmp_path):
+    cfg = resolve(_cfg(tmp_path, method_opts={"lr": 5e-4, "steps": 2}))
+    assert cfg.method_opts["lr"] == 5e-4 and cfg.method_opts["steps"] == 2
+    assert cfg.run_id() != resolve(_cfg(tmp_path)).run_id()
