@@ -59,6 +59,8 @@ def test_killed_process_leaves_no_done(tmp_path):
         "--quiet",
         "--batch-size",
         "8",
+        "--limit",
+        "200",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 240
