@@ -135,3 +135,36 @@ def test_run_reports_balanced_error_and_auc(tmp_path, runs_dir):
     cfg_json = json.loads((res.folder / "config.json").read_text())
     assert cfg_json["model_info"]["recipe"]["arch"] == "medical-resnet"
     assert cfg_json["stream_info"]["split"] == {"train": 64, "val": 16, "test": 20, "clean": 16}
+
+
+def test_download_is_md5_checked_and_offline_message(tmp_path, monkeypatch):
+    import tta_bench.data.medmnist as med
+
+    good = tmp_path / "src" / "pneumoniamnist.npz"
+    write_npz(good)
+    meta = {**med.info("pneumoniamnist"), "url": "https://example.invalid/p.npz", "MD5": med.md5_file(good)}
+    monkeypatch.setattr(med, "info", lambda flag: meta)
+    fetched = []
+
+    def fake_fetch(url, dest, sha256=None, what="file"):  # what tta_bench.models.fetch does, minus the network
+        fetched.append(url)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(good.read_bytes())
+        return dest
+
+    monkeypatch.setattr(med, "fetch", fake_fetch)
+    spec = stream("pneumoniamnist-c", tmp_path / "data")
+    assert fetched == [meta["url"]] and len(spec.source) == 40
+    assert (tmp_path / "data" / "medmnist" / "pneumoniamnist.npz").is_file()
+    meta["MD5"] = "0" * 32  # a corrupt download is deleted and reported
+    with pytest.raises(UserError, match="MD5 mismatch"):
+        stream("pneumoniamnist-c", tmp_path / "other")
+    assert not (tmp_path / "other" / "medmnist" / "pneumoniamnist.npz").exists()
+
+    def offline(url, dest, sha256=None, what="file"):
+        raise UserError("no network")
+
+    monkeypatch.setattr(med, "fetch", offline)
+    with pytest.raises(UserError, match="could not be downloaded") as e:
+        stream("pneumoniamnist-c", tmp_path / "third")
+    assert str(tmp_path / "third" / "medmnist" / "pneumoniamnist.npz") in str(e.value)

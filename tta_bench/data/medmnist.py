@@ -115,7 +115,13 @@ def locate(flag: str, size: int, data_dir: Path | None, root: str | None, downlo
         )
     suffix = "" if size == 28 else f"_{size}"
     url, md5 = meta[f"url{suffix}"], meta[f"MD5{suffix}"]
-    fetch(url, dest, None, what=f"MedMNIST file {name}")
+    try:
+        fetch(url, dest, None, what=f"MedMNIST file {name}")
+    except UserError:
+        raise UserError(
+            f"MedMNIST file {name} is not at {dest} and could not be downloaded from {url} (offline?). Download it "
+            f"elsewhere and place it there (or anywhere, with --set stream.root=/path/to/{name}); MD5 {md5}."
+        ) from None
     got = md5_file(dest)
     if got != md5:
         dest.unlink()
