@@ -72,12 +72,12 @@ def heatmap(summary: pd.DataFrame, stem: Path) -> Path | None:
     data = summary[cols].to_numpy(dtype=float)
     models = summary["model"].nunique()
     rows = [_label(m, e, models) for m, e in zip(summary["model"], summary["entry"])]
-    fig = Figure(figsize=(max(5.0, 0.55 * len(cols) + 2.5), max(2.2, 0.42 * len(rows) + 1.6)))
+    fig = Figure(figsize=(min(24.0, max(5.0, 0.55 * len(cols) + 2.5)), max(2.2, 0.42 * len(rows) + 1.6)))
     ax = fig.add_subplot()
     im = ax.imshow(data, cmap="viridis_r", aspect="auto")
     ax.set_xticks(range(len(cols)), [c[4:] for c in cols], rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
-    if data.size <= 600:
+    if data.size <= 600 and len(cols) <= 40:
         mid = np.nanmean(data)
         for (i, j), v in np.ndenumerate(data):
             if not math.isnan(v):
@@ -95,15 +95,16 @@ def memory_scatter(summary: pd.DataFrame, stem: Path) -> Path | None:
     fig = Figure(figsize=(6, 4.2))
     ax = fig.add_subplot()
     models = s["model"].nunique()
-    for _, r in s.iterrows():
+    for i, (_, r) in enumerate(s.iterrows()):
         yerr = None if math.isnan(r["mean_error_std"]) else r["mean_error_std"]
-        ax.errorbar(r["adapt_mb_mean"], r["mean_error_mean"], yerr=yerr, fmt="o", capsize=3)
+        point = ax.errorbar(r["adapt_mb_mean"], r["mean_error_mean"], yerr=yerr, fmt="o", capsize=3)
         ax.annotate(
             _label(r["model"], r["entry"], models),
             (r["adapt_mb_mean"], r["mean_error_mean"]),
             textcoords="offset points",
-            xytext=(5, 4),
+            xytext=(5, -8 + 11 * (i % 3)),  # rows sorted by error: staggered upwards, no overprinting
             fontsize=8,
+            color=point.lines[0].get_color(),
         )
     pos = s["adapt_mb_mean"][s["adapt_mb_mean"] > 0]
     if len(pos) and pos.max() / pos.min() > 20:
