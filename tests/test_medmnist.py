@@ -95,6 +95,9 @@ def test_wrong_layout_and_missing_file_errors(tmp_path):
              ("train", "val", "test")})  # fmt: skip
     with pytest.raises(UserError, match="must be uint8"):
         stream("octmnist-c", tmp_path)
+    write_npz(tmp_path / "medmnist" / "retinamnist.npz", rgb=False, classes=5)  # retinamnist is RGB
+    with pytest.raises(UserError, match="does not look like retinamnist"):
+        stream("retinamnist-c", tmp_path)
     with pytest.raises(UserError, match="dermamnist.npz not found") as e:
         stream("dermamnist-c", tmp_path, download=False)
     assert str(tmp_path / "medmnist") in str(e.value)
@@ -127,7 +130,7 @@ def test_run_reports_balanced_error_and_auc(tmp_path, runs_dir):
     write_npz(tmp_path / "medmnist" / "pneumoniamnist.npz", n=(64, 16, 20))
     cfg = RunConfig(
         method="norm", stream="pneumoniamnist-c", data_dir=str(tmp_path), out=str(runs_dir), batch_size=10,
-        model_opts={"source_epochs": 1, "width": 4}, device="cpu",
+        limit=10, clean_eval="end", model_opts={"source_epochs": 1, "width": 4}, device="cpu",
     )  # fmt: skip
     res = run(cfg, quiet=True)
     assert {"balanced_error", "auc"} <= set(res.domains.columns) and len(res.domains) == 13

@@ -168,7 +168,14 @@ def splits(flag: str, path: Path, clean_size: int) -> tuple[dict[str, Uint8Image
     ds = {s: Uint8Images(arr[f"{s}_images"], arr[f"{s}_labels"]) for s in ("train", "val", "test")}
     ds["clean"] = Uint8Images(arr["val_images"][:clean_size], arr["val_labels"][:clean_size])
     meta = info(flag) or {}
-    n_classes = len(meta["label"]) if meta else int(max(int(arr[f"{s}_labels"].max()) for s in ("train", "test")) + 1)
+    top = max(int(arr[f"{s}_labels"].max()) for s in ("train", "val", "test"))
+    n_classes = len(meta["label"]) if meta else top + 1
+    channels = int(arr["test_images"].shape[1])
+    if meta and (top >= n_classes or channels != meta["n_channels"]):
+        raise UserError(
+            f"{path} does not look like {flag}: labels up to {top} and {channels}-channel images, but {flag} has "
+            f"{n_classes} classes and {meta['n_channels']}-channel images. Check the file (stream.root)."
+        )
     h = hashlib.sha256(arr["train_labels"].numpy().tobytes())
     h.update(arr["train_images"].numpy().tobytes())
     facts = {
