@@ -35,6 +35,25 @@ def test_efficientnet_lite0_classifies_imagenet_jpg20(shared_data, tmp_path):
 
 
 @pytest.mark.slow
+def test_efficientnet_lite0_clean_top1_on_imagenet_sample(shared_data, tmp_path):
+    from torch.utils.data import DataLoader
+
+    from tta_bench.data.folders import ImageFiles, list_image_folder
+    from tta_bench.data.imagenet import wnid_label
+
+    load_zoo()
+    model = MODELS.get("efficientnet-lite0").factory(None, ModelContext(tmp_path, tmp_path, torch.device("cpu")))
+    files, labels, _ = list_image_folder(shared_data / "imagenet-sample" / "images", label_of=wnid_label)
+    right = 0
+    with torch.no_grad():
+        for x, y in DataLoader(ImageFiles(files, labels), batch_size=100):
+            right += int((model.eval()(x).argmax(1) == y).sum())
+    top1 = 100 * right / len(files)
+    print(f"\nEfficientNet-Lite0 top-1 on the 1,000 imagenet-sample images: {top1:.1f} %")
+    assert len(files) == 1000 and top1 > 75  # the README's anchor: ~89 % on the originals (training images)
+
+
+@pytest.mark.slow
 def test_efficientnet_lite0_imagenet_c_generated_from_sample(shared_data, runs_dir):
     cols = {}
     for method in ("source", "norm", "tent"):
