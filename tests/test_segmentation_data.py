@@ -19,6 +19,15 @@ from tta_bench.streams import build_stream, stream_options
 H, W = 12, 16
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Many tiny convolutions: one intra-op thread is faster, and far faster on a shared, loaded CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def write_png(path: Path, arr: np.ndarray, mode: str | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     img = Image.fromarray(arr)
