@@ -5,8 +5,9 @@ directory that looks like a run folder (holds any of the runner's files, or is a
 is counted as incomplete and ignored.
 
 Tables (pandas DataFrames, one row per ...):
-- `runs`: completed run — identity columns, headline metrics, `err:<domain>` per-domain errors (%, mean over
-  rounds), plus `table` (the protocol group it is compared within) and `entry` (method label in that table).
+- `runs`: completed run — identity columns, headline metrics, any other scalar of summary.json (e.g. `miou`,
+  `auc`), `err:<domain>` per-domain errors (%, mean over rounds), plus `table` (the protocol group it is
+  compared within) and `entry` (method label in that table).
 - `domains`: (run, round, domain) — the run's domains.csv with identity columns (for paired tests, heatmaps).
 - `batches`: (run, batch) — the run's batches.csv with identity columns (for curves over the stream).
 """
@@ -24,6 +25,8 @@ from tta_bench.runner import RUN_FILES, is_complete
 
 # Protocol fields: runs are only compared (same table) when all of these agree.
 PROTOCOL = ("stream", "setting", "severity", "batch_size", "limit", "rounds", "precision", "clean_eval", "stream_opts")
+# Columns of `runs` besides metrics (summary.json scalars not listed here become extra metric columns).
+FIXED = ("severity", "batch_size", "limit", "rounds", "n_samples", "device")
 IDENTITY = ("run_id", "table", "stream", "setting", "model", "method", "entry", "seed")
 METRICS = (
     "mean_error",
@@ -136,6 +139,8 @@ def collect(root: Path, exclude: Path | None = None) -> Collection:
         row.update({k: cfg["config"][k] for k in ("severity", "batch_size", "limit", "rounds")})
         row.update({k: _num(s.get(k)) for k in METRICS})
         row["n_samples"] = s.get("n_samples")
+        # stream/task-specific scalars (e.g. balanced_error, auc, miou, harmonic means, stream_seconds)
+        row.update({k: float(v) for k, v in s.items() if k not in row and _scalar(v) and k not in FIXED})
         row["device"] = cfg.get("execution", {}).get("device")
         row.update({f"err:{d}": _num(e) for d, e in s.get("domain_errors", {}).items()})
         rows.append(row)
@@ -154,6 +159,10 @@ def collect(root: Path, exclude: Path | None = None) -> Collection:
     domains = domains[front + [c for c in domains.columns if c not in front]]
     batches = batches[front + [c for c in batches.columns if c not in front]]
     return Collection(runs, domains, batches, configs, folders, incomplete)
+
+
+def _scalar(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _num(v: Any) -> float:

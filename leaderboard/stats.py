@@ -16,7 +16,10 @@ import warnings
 
 import numpy as np
 import pandas as pd
+from pandas.api.types import is_numeric_dtype
 from scipy import stats
+
+from leaderboard.collect import FIXED, IDENTITY, METRICS
 
 BASELINES = ("source", "norm")
 ALPHA = 0.05
@@ -73,11 +76,13 @@ def summarize(runs: pd.DataFrame, domains: pd.DataFrame) -> pd.DataFrame:
     """One row per (table, model, entry): seeds aggregated as described in the module docstring.
 
     Columns: table, stream, setting, model, method, entry, n_seeds, seeds, `<metric>_mean` / `_std` for
-    AGGREGATED metrics, mean_error_ci_low / _ci_high, `err:<domain>` (mean over seeds), and per baseline
-    delta_vs_<b>, p_vs_<b>, n_pairs_vs_<b>, sig_vs_<b>.
+    AGGREGATED metrics and any extra scalar summary keys, mean_error_ci_low / _ci_high, `err:<domain>`
+    (mean over seeds), and per baseline delta_vs_<b>, p_vs_<b>, n_pairs_vs_<b>, sig_vs_<b>.
     """
     rows = []
     dom_cols = [c for c in runs.columns if c.startswith("err:")]
+    known = set(IDENTITY) | set(FIXED) | set(METRICS)
+    extras = [c for c in runs.columns if c not in known and not c.startswith("err:") and is_numeric_dtype(runs[c])]
     for (table, model, entry), g in runs.groupby(["table", "model", "entry"], sort=False):
         row = {
             "table": table,
@@ -89,7 +94,7 @@ def summarize(runs: pd.DataFrame, domains: pd.DataFrame) -> pd.DataFrame:
             "n_seeds": int(g["seed"].nunique()),
             "seeds": " ".join(str(s) for s in sorted(g["seed"].unique())),
         }
-        for k in AGGREGATED:
+        for k in (*AGGREGATED, *extras):
             mean, std, lo, hi = mean_std_ci(g[k])
             row[f"{k}_mean"], row[f"{k}_std"] = mean, std
             if k == "mean_error":
