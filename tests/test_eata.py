@@ -25,6 +25,26 @@ def data(n: int, seed: int, bs: int = 16) -> list[torch.Tensor]:
     return [torch.rand(bs, 3, 32, 32, generator=g) for _ in range(n)]
 
 
+def logit_model() -> torch.nn.Module:
+    """Logits = a BatchNorm of the input (N,5,1,1): controlled, diverse predictions for the filter tests."""
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(N_CLASSES), torch.nn.Flatten())
+    with torch.no_grad():
+        model[0].weight.fill_(3.0)
+    return model
+
+
+def logit_data(n: int, seed: int, bs: int = 16) -> list[torch.Tensor]:
+    """Noisy one-hot inputs of random classes and confidences, shape (bs,5,1,1)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        y = torch.randint(0, N_CLASSES, (bs,), generator=g)
+        scale = torch.rand(bs, 1, generator=g) * 4
+        x = F.one_hot(y, N_CLASSES) * scale + torch.randn(bs, N_CLASSES, generator=g) * 0.5
+        out.append(x.view(bs, N_CLASSES, 1, 1))
+    return out
+
+
 def reference_fisher(model, xs):
     """main.py: CE against the model's own argmax, grads² summed over batches, / number of batches."""
     params = norm_affine_params(model, BN_TYPES)
@@ -62,26 +82,27 @@ def reference_eata(model, xs, e_margin, d_margin, fishers=None, alpha=2000.0):
         opt.zero_grad()
         outs.append(outputs.detach())
         counts.append((int(keep1.sum()), len(ent)))
-    return outs, counts
+    return outs, counts, probs
 
 
 def test_eata_matches_official_with_fisher_and_filters() -> None:
-    adapter = EATA(confident_cnn(), e_margin_frac=0.4, d_margin=0.4, fisher_size=40)
+    adapter = EATA(logit_model(), e_margin_frac=0.4, d_margin=0.4, fisher_size=40)
     ref = copy.deepcopy(adapter.model)
-    source = data(3, seed=5)  # 48 samples, truncated to fisher_size=40: batches of 16, 16, 8
+    source = logit_data(3, seed=5)  # 48 samples, truncated to fisher_size=40: batches of 16, 16, 8
     adapter.prepare([(x, torch.zeros(len(x))) for x in source])
     fishers = reference_fisher(ref, [source[0], source[1], source[2][:8]])
     for i, (f, p0) in enumerate(zip(*fishers)):
         torch.testing.assert_close(getattr(adapter, f"fisher_{i}"), f)
         torch.testing.assert_close(getattr(adapter, f"fisher_anchor_{i}"), p0)
-    xs = data(4, seed=6)
-    outs, counts = reference_eata(ref, xs, 0.4 * math.log(N_CLASSES), 0.4, fishers)
+    xs = logit_data(4, seed=6)
+    outs, counts, probs = reference_eata(ref, xs, 0.4 * math.log(N_CLASSES), 0.4, fishers)
     n1 = n2 = 0
     for x, o, (c1, c2) in zip(xs, outs, counts):
         torch.testing.assert_close(adapter(x), o)
         n1, n2 = n1 + c1, n2 + c2
         assert (adapter.num_samples_update_1, adapter.num_samples_update_2) == (n1, n2)
-    assert 0 < n2 < n1 < 64  # both filters were active
+    assert counts[0][1] > 0 and all(0 < c2 < c1 for c1, c2 in counts[1:])  # both filters active
+    torch.testing.assert_close(adapter.probs, probs)
     for p, q in zip(adapter.model.parameters(), ref.parameters()):
         torch.testing.assert_close(p, q)
 
