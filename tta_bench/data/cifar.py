@@ -148,8 +148,8 @@ def _folder_images(root: Path, n_classes: int) -> tuple[torch.Tensor, torch.Tens
     return x, torch.from_numpy(labels[order])
 
 
-def find_clean(v: Variant, candidates: list[Path]) -> CleanSet | None:
-    """The first clean test set found at/under `candidates`: torchvision pickles or an ImageFolder."""
+def find_clean(v: Variant, candidates: list[Path], folders: bool = True) -> CleanSet | None:
+    """The first clean test set found at/under `candidates`: torchvision pickles, or (`folders`) an ImageFolder."""
     for c in candidates:
         for d in (c / v.pickles, c):
             if (d / v.test_file).is_file():
@@ -159,7 +159,7 @@ def find_clean(v: Variant, candidates: list[Path]) -> CleanSet | None:
                     parts = [_pickle_images(d / t, v) for t in v.train_files]
                     train = U8Images(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
                 return CleanSet(x, y, "pickles", d, train)
-        for d in (c / "test", c):
+        for d in (c / "test", c) if folders else ():
             if is_image_folder(d):
                 x, y = _folder_images(d.resolve(), v.num_classes)
                 return CleanSet(x, y, "folder", d)
@@ -250,7 +250,7 @@ def build(v: Variant, data_dir, seed: int, root, clean_dir, mode: str, holdout: 
                 f"(torchvision layout) or an ImageFolder <dir>[/test]/<class>/<image> with {v.num_classes} classes."
             )
     elif mode == "generated" or (mode == "auto" and not have_files):
-        clean = find_clean(v, [data_dir])
+        clean = find_clean(v, [data_dir], folders=False)  # ImageFolders only when named by stream.clean_dir
     if mode == "files" or (mode == "auto" and clean is None):
         if not have_files:
             if not dl:
@@ -269,7 +269,7 @@ def build(v: Variant, data_dir, seed: int, root, clean_dir, mode: str, holdout: 
         n_total = len(labels) // 5
         n_stream = stream_size(n_total, holdout)
         if clean is None:  # held-out clean images need a clean test set in the original order
-            clean = find_clean(v, [files_root.parent, data_dir])
+            clean = find_clean(v, [files_root.parent, data_dir], folders=False)
             clean = clean if clean is not None and clean.layout == "pickles" else None
 
         def load(domain: str, severity: int | None, limit: int | None) -> U8Images:
