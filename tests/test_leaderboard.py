@@ -201,3 +201,33 @@ def test_hyperparameter_variants_get_their_own_entry():
     )
     opts = {"a": {"lr": 1e-3, "steps": 1}, "b": {"lr": 1e-4, "steps": 1}, "c": {"lr": 1e-3, "steps": 1}, "d": {}}
     assert entry_labels(runs, opts).tolist() == ["tent[lr=0.001]", "tent[lr=0.0001]", "tent[lr=0.001]", "norm"]
+
+
+def test_run_folders_found_recursively_and_site_excluded(tmp_path):
+    from leaderboard.collect import find_run_folders
+
+    for rel in ("a/1111", "a/2222", "b/c/3333", "site/configs"):
+        (tmp_path / rel).mkdir(parents=True)
+    for rel in ("a/1111", "b/c/3333"):
+        (tmp_path / rel / "done").write_text("x")
+    (tmp_path / "a/2222/config.json").write_text("{}")  # started, never finished
+    complete, incomplete = find_run_folders(tmp_path, exclude=tmp_path / "site")
+    assert [p.relative_to(tmp_path).as_posix() for p in complete] == ["a/1111", "b/c/3333"]
+    assert [p.relative_to(tmp_path).as_posix() for p in incomplete] == ["a/2222"]
+
+
+def test_tables_split_by_protocol_and_titles_disambiguated():
+    from leaderboard.collect import table_key
+    from leaderboard.site import disambiguate
+
+    base = {"stream": "digits-c", "setting": "continual", "severity": 5, "batch_size": 64, "limit": None,
+            "rounds": 1, "precision": "fp32", "clean_eval": "domain", "stream_opts": {"gamma": 0.1}}  # fmt: skip
+    keys = [table_key({"config": base | d}) for d in ({}, {"batch_size": 32}, {"setting": "mixed"})]
+    assert len(set(keys)) == 3 and keys[0] == "digits-c/continual/sev5/bs64/nall/r1/fp32/clean-domain/gamma=0.1"
+    tables = [{"key": k, "title": " · ".join(k.split("/")[:2])} for k in keys]
+    disambiguate(tables)
+    assert [t["title"] for t in tables] == [
+        "digits-c · continual · bs64",
+        "digits-c · continual · bs32",
+        "digits-c · mixed",
+    ]
