@@ -234,3 +234,29 @@ def test_camvid_c_run_writes_miou(tmp_path, runs_dir, method="tent"):
     assert 0 <= s["miou"] <= 100 and "pixel_acc" in s
     conf = json.loads((res.folder / "config.json").read_text())
     assert conf["config"]["stream_opts"]["size"] == [16, 24] and conf["model_info"]["inference"] == "whole"
+
+
+def test_cityscapes_acdc_rounds_and_forgetting(tmp_path, runs_dir):
+    from tta_bench.zoo.espnet import ESPNet
+
+    make_acdc(tmp_path / "acdc")
+    make_cityscapes(tmp_path / "cityscapes", "val", 2)
+    torch.manual_seed(0)
+    w = tmp_path / "city.pth"
+    torch.save(ESPNet(20, skip_image=False).state_dict(), w)
+    cfg = RunConfig(
+        method="norm",
+        stream="cityscapes-acdc",
+        rounds=2,
+        batch_size=2,
+        out=str(runs_dir),
+        data_dir=str(tmp_path),
+        model_opts={"weights": str(w)},
+        device="cpu",
+    )
+    res = run(cfg, quiet=True)
+    df = res.domains
+    assert list(zip(df["round"], df["domain"])) == [(r, c) for r in (0, 1) for c in seg.ACDC_CONDITIONS]
+    assert {"iou_road", "iou_bicycle", "miou"} <= set(df.columns) and (df["n"] == 2).all()
+    assert len(res.summary["round_errors"]) == 2
+    assert res.summary["clean_error_before"] is not None and 0 <= res.summary["clean_error_before"] <= 100
