@@ -85,10 +85,16 @@ def label(cfg: RunConfig) -> str:
     return f"{cfg.method} on {cfg.stream} ({cfg.model}, {cfg.setting}, seed {cfg.seed})"
 
 
-def run_one(cfg_dict: dict[str, Any], env: dict[str, str], force: bool = False) -> dict[str, Any]:
-    """Run one config (in whatever process or Ray worker calls this); never raises, reports the error."""
+def run_one(cfg_dict: dict[str, Any], env: dict[str, str], force: bool = False, threads: int = 0) -> dict[str, Any]:
+    """Run one config (in whatever process or Ray worker calls this); never raises, reports the error.
+    `threads` > 0 caps torch's CPU threads (parallel workers would otherwise oversubscribe the cores)."""
     os.environ.update(env)
+    import torch
+
     from tta_bench.runner import run
+
+    if threads > 0:
+        torch.set_num_threads(threads)
 
     cfg = RunConfig(**cfg_dict)
     t0 = time.perf_counter()
@@ -111,7 +117,8 @@ def run_local(todo: list[RunConfig], env: dict[str, str], processes: int, force:
 
     # spawn: fresh interpreters (no forked torch/CUDA state)
     with ProcessPoolExecutor(processes, mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(run_one, asdict(cfg), env, force) for cfg in todo]
+        threads = max(1, (os.cpu_count() or 1) // processes)
+        futures = [pool.submit(run_one, asdict(cfg), env, force, threads) for cfg in todo]
         for f in as_completed(futures):
             report(f.result())
 
