@@ -30,19 +30,26 @@ def tiny_spec(n: int = 40, graded: bool = True) -> st.StreamSpec:
     return st.StreamSpec("tiny", DOMAINS, load, 4, "tiny-net", severities=(1, 2, 3, 4, 5) if graded else None)
 
 
-if "settings-tiny" not in st.STREAMS:
+def _tiny_stream(*, data_dir, seed: int = 0) -> st.StreamSpec:
+    """Test stream: 3 tiny synthetic domains."""
+    return tiny_spec()
 
-    @st.register("settings-tiny", default_model="settings-tiny-net")
-    def _tiny(*, data_dir, seed: int = 0) -> st.StreamSpec:
-        """Test stream: 3 tiny synthetic domains."""
-        return tiny_spec()
 
-    @MODELS.register("settings-tiny-net")
-    def _tiny_net(spec, ctx) -> nn.Module:
-        """Test model: conv-BN-ReLU-pool-linear."""
-        torch.manual_seed(0)
-        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                             nn.Linear(4, 4))  # fmt: skip
+def _tiny_net(spec, ctx) -> nn.Module:
+    """Test model: conv-BN-ReLU-pool-linear."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, 4))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_registered():
+    """Register the test stream/model for the runner tests only (other tests may iterate the registries)."""
+    st.register("settings-tiny", default_model="settings-tiny-net")(_tiny_stream)
+    MODELS.add("settings-tiny-net", _tiny_net)
+    yield
+    st.STREAMS._entries.pop("settings-tiny")
+    MODELS._entries.pop("settings-tiny-net")
 
 
 def test_continual_keeps_the_domain_order_and_never_resets():
@@ -123,7 +130,7 @@ def test_batch_size_one_and_limit():
 
 
 @pytest.mark.parametrize("setting", ["episodic", "gradual", "non-iid"])
-def test_runner_batch_size_one_and_rounds(setting, runs_dir):
+def test_runner_batch_size_one_and_rounds(setting, runs_dir, tiny_registered):
     cfg = RunConfig(method="tent", stream="settings-tiny", setting=setting, batch_size=1, limit=3, rounds=2,
                     out=str(runs_dir), clean_eval="off")  # fmt: skip
     res = run(cfg, quiet=True)
