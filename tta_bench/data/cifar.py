@@ -268,7 +268,7 @@ def build(v: Variant, data_dir, seed: int, root, clean_dir, mode: str, holdout: 
         labels = check_files(files_root, v, domains)
         n_total = len(labels) // 5
         n_stream = stream_size(n_total, holdout)
-        if clean is None:  # held-out clean images need a clean test set in the original order
+        if clean is None or clean.layout != "pickles":  # held-out clean images: same test images, original order
             clean = find_clean(v, [files_root.parent, data_dir], folders=False)
             clean = clean if clean is not None and clean.layout == "pickles" else None
 
