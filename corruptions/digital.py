@@ -13,25 +13,32 @@ import torch
 from PIL import Image
 
 from . import _ops
-from ._color import hsv2rgb, rgb2hsv
 from ._registry import register
 from .tables import params
 
 
-@register("brightness", "HSV value + c (skimage rgb2hsv / hsv2rgb)")
+@register("brightness", "HSV value + c (as skimage rgb2hsv / hsv2rgb)")
 def brightness(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
+    """Raising V = max(R, G, B) with H and S fixed scales the pixel by ``V' / V``; a black pixel
+    (V = 0, hue 0, S = 0) becomes gray ``V'`` -- the same numbers as skimage's HSV round trip."""
     c = params("brightness", severity, *x.shape[-2:])
-    hsv = rgb2hsv(x)
-    hsv = torch.cat((hsv[:, :2], (hsv[:, 2:] + c).clamp(0, 1)), 1)
-    return hsv2rgb(hsv)
+    v = x.amax(1, keepdim=True)
+    v_new = (v + c).clamp(max=1)
+    return torch.where(v > 0, x * (v_new / v.clamp(min=1e-12)), v_new)
 
 
-@register("saturate", "HSV saturation * a + b (skimage rgb2hsv / hsv2rgb)")
+@register("saturate", "HSV saturation * a + b (as skimage rgb2hsv / hsv2rgb)")
 def saturate(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
+    """With H and V fixed each channel is ``V - (V - x_c) * S' / S``. A gray pixel (S = 0) gets
+    skimage's hue 0 (red): ``(V, V (1 - S'), V (1 - S'))``."""
     a, b = params("saturate", severity, *x.shape[-2:])
-    hsv = rgb2hsv(x)
-    hsv = torch.cat((hsv[:, :1], (hsv[:, 1:2] * a + b).clamp(0, 1), hsv[:, 2:]), 1)
-    return hsv2rgb(hsv)
+    v = x.amax(1, keepdim=True)
+    delta = v - x.amin(1, keepdim=True)
+    s = delta / v.clamp(min=1e-12)
+    s_new = (s * a + b).clamp(0, 1)
+    colour = v - (v - x) * (s_new / s.clamp(min=1e-12))
+    gray = torch.cat((v, v * (1 - s_new), v * (1 - s_new)), 1)
+    return torch.where(delta > 0, colour, gray)
 
 
 @register("contrast", "shrink each channel towards its image mean by a factor c")
@@ -117,7 +124,8 @@ def _jpeg_roundtrip(img: np.ndarray, quality: int) -> np.ndarray:
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, "JPEG", quality=quality)
     buf.seek(0)
-    return np.asarray(Image.open(buf).convert("RGB"))
+    with Image.open(buf) as im:
+        return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
 
 
 def _jpeg_cuda(u8: torch.Tensor, quality: int) -> torch.Tensor | None:

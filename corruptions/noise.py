@@ -38,11 +38,11 @@ def speckle_noise(x: torch.Tensor, severity: int, gen: torch.Generator | None) -
 
 @register("impulse_noise", "salt-and-pepper noise (skimage random_noise mode='s&p')")
 def impulse_noise(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
+    """skimage flips each value with probability ``amount`` and salts a flipped value with
+    probability 0.5; one uniform ``u`` does both: ``u < amount / 2`` -> 1, else ``u < amount`` -> 0."""
     amount = params("impulse_noise", severity, *x.shape[-2:])
-    flipped = _rand(x, gen) <= amount
-    salted = _rand(x, gen) <= 0.5  # skimage's default salt_vs_pepper
-    out = torch.where(flipped & salted, torch.ones_like(x), x)
-    return torch.where(flipped & ~salted, torch.zeros_like(x), out)
+    u = _rand(x, gen)
+    return x.masked_fill(u < amount, 0.0).masked_fill_(u < amount / 2, 1.0)
 
 
 @register("shot_noise", "Poisson photon noise: poisson(x * c) / c")
@@ -52,15 +52,17 @@ def shot_noise(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> t
 
 
 _LEVELS = 255
-_GUIDE = 1024  # guide-table bins per rate
+_GUIDE = 4096  # guide-table bins per rate (a power of two: bin = floor(u * _GUIDE) is exact)
 
 
 @lru_cache(maxsize=32)
 def _poisson_tables(c: float) -> tuple[np.ndarray, np.ndarray, int]:
-    """CDF and guide tables of Poisson(j / 255 * c) for the 256 8-bit levels ``j``.
+    """Tables of Poisson(j / 255 * c) for the 256 8-bit levels ``j``.
 
-    Returns ``cdf`` ``(256, K)`` (last column forced above 1), ``guide`` ``(256, _GUIDE)`` with the
-    smallest ``k`` such that ``cdf[j, k] > m / _GUIDE``, and ``K``.
+    ``cdf`` ``(256, K)`` float64 (last column forced above 1, where the tail mass < 1e-30 goes);
+    ``guide`` ``(256, _GUIDE)`` int32: for a uniform in ``[m / G, (m + 1) / G)`` the sample is
+    ``k0`` = the smallest ``k`` with ``cdf[j, k] > m / G`` when no CDF step falls inside the bin
+    (stored as ``k0``), else at least ``k0`` (stored as ``-k0 - 1``: walk up from there).
     """
     lam = np.arange(_LEVELS + 1) / _LEVELS * c
     kmax = int(np.ceil(c + 14 * np.sqrt(c) + 30))
@@ -70,33 +72,39 @@ def _poisson_tables(c: float) -> tuple[np.ndarray, np.ndarray, int]:
     logp[0] = -np.inf
     logp[0, 0] = 0.0
     cdf = np.cumsum(np.exp(logp), axis=1)
-    cdf[:, -1] = 2.0  # tail mass below 1e-40 lands on the last k: guarantees termination
+    cdf[:, -1] = 2.0
     edges = np.arange(_GUIDE) / _GUIDE
-    guide = np.stack([np.searchsorted(row, edges, side="right") for row in cdf])
-    return cdf, guide, kmax + 1
+    k0 = np.stack([np.searchsorted(row, edges, side="right") for row in cdf])
+    exact = np.take_along_axis(cdf, k0, 1) >= edges[None, :] + 1.0 / _GUIDE
+    return cdf, np.where(exact, k0, -k0 - 1).astype(np.int32), kmax + 1
 
 
 def poisson_8bit(x: torch.Tensor, c: float, gen: torch.Generator | None) -> torch.Tensor:
     """Samples of Poisson(x * c), same shape/dtype as ``x`` (``x`` in [0, 1]).
 
-    Fast exact path when ``x`` holds 8-bit levels (``x * 255`` within 1e-3 of integers, the case
-    for decoded images): inverse-CDF sampling through a guide table (one uniform per pixel; the
-    rate is the level's exact ``j / 255 * c``). Any other input falls back to ``torch.poisson``
-    (exact, slower on CPU).
+    Fast path when ``x`` holds 8-bit levels (``x * 255`` within 1e-3 of integers, the case for
+    decoded images): inverse-CDF sampling of the level's exact rate ``j / 255 * c`` from one
+    float32 uniform per value through a guide table (exact for that uniform; a few percent of the
+    values walk up the CDF). Any other input falls back to ``torch.poisson`` (exact, slower on CPU).
     """
     level = torch.round(x * _LEVELS)
     if (x * _LEVELS - level).abs().max() > 1e-3:
         return torch.poisson(x * c, generator=gen)
     cdf_np, guide_np, kk = _poisson_tables(c)
-    f64 = x.new_empty(0, dtype=torch.float64)
-    cdf = to_device(("pcdf", c), cdf_np.ravel(), f64)
-    guide = to_device(("pguide", c), guide_np.ravel(), x.new_empty(0, dtype=torch.long))
-    j = level.long().reshape(-1)
-    u = torch.rand(j.shape, generator=gen, device=x.device, dtype=torch.float64)
-    k = guide[j * _GUIDE + (u * _GUIDE).long().clamp_(max=_GUIDE - 1)]
-    row = j * kk
-    active = torch.nonzero(u >= cdf[row + k]).squeeze(1)
-    while active.numel():  # a few guide bins straddle CDF steps: walk up to the exact k
-        k[active] += 1
-        active = active[u[active] >= cdf[row[active] + k[active]]]
+    cdf = to_device(("pcdf", c), cdf_np.ravel(), x.new_empty(0, dtype=torch.float64))
+    guide = to_device(("pguide", c), guide_np.ravel(), x.new_empty(0, dtype=torch.int32))
+    level = level.reshape(-1).float()
+    u = torch.rand(level.shape, generator=gen, device=x.device)
+    # level * G + bin < 2^20: exact in float32
+    k = guide.index_select(0, torch.floor(u * _GUIDE).add_(level, alpha=_GUIDE).long())
+    walk = torch.nonzero(k < 0).squeeze(1)
+    if walk.numel():
+        kw = -k[walk].long() - 1
+        row, uw = level[walk].long() * kk, u[walk].double()
+        active = torch.arange(walk.numel(), device=x.device)
+        active = active[uw >= cdf[row + kw]]
+        while active.numel():
+            kw[active] += 1
+            active = active[uw[active] >= cdf[row[active] + kw[active]]]
+        k[walk] = kw.to(k.dtype)
     return k.reshape(x.shape).to(x.dtype)

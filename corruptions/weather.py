@@ -36,19 +36,19 @@ def snow(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.T
 
 def plasma_fractal(n: int, mapsize: int, wibbledecay: float, gen: torch.Generator | None,
                    device: torch.device) -> torch.Tensor:
-    """``n`` diamond-square height maps ``(n, mapsize, mapsize)`` in [0, 1] (float64).
+    """``n`` diamond-square height maps ``(n, mapsize, mapsize)`` in [0, 1] (float32).
 
     Same recursion as the reference's ``plasma_fractal`` (after FLHerne/mapgen): corners start at
     0, each midpoint is the mean of its four neighbours (wrapping) plus ``wibble * U(-wibble,
     wibble)``, ``wibble`` starts at 100 and is divided by ``wibbledecay`` per octave.
     """
     assert mapsize & (mapsize - 1) == 0, "mapsize must be a power of two"
-    a = torch.zeros((n, mapsize, mapsize), dtype=torch.float64, device=device)
+    a = torch.zeros((n, mapsize, mapsize), dtype=torch.float32, device=device)
     step, wibble = mapsize, 100.0
 
     def wibbled(s: torch.Tensor) -> torch.Tensor:
-        u = torch.rand(s.shape, generator=gen, device=device, dtype=torch.float64)
-        return s / 4 + wibble * (u * 2 * wibble - wibble)
+        u = torch.rand(s.shape, generator=gen, device=device)
+        return (u * (2 * wibble * wibble) - wibble * wibble).add_(s, alpha=0.25)
 
     while step >= 2:
         half = step // 2
