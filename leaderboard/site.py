@@ -176,7 +176,7 @@ def table_context(table: str, s: pd.DataFrame, col: Collection, figs: list[dict]
             d, p = r[f"delta_vs_{b}"], r[f"p_vs_{b}"]
             vs[b] = {
                 "text": "–" if math.isnan(d) else f"{d:+.2f}",
-                "p": _fmt(p, 3),
+                "p": "< 0.001" if p < 0.001 else f"= {_fmt(p, 3)}",
                 "sig": bool(r[f"sig_vs_{b}"]),
                 "key": _key(d),
             }
