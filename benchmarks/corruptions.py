@@ -64,8 +64,11 @@ def main() -> None:
     p.add_argument("--ref-images", type=int, default=16)
     p.add_argument("--severities", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     p.add_argument("--corruptions", nargs="+", default=list(corruptions.BENCHMARK + corruptions.EXTRA))
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quick", action="store_true", help="16 images, severity 3, 4 reference images")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.quick:
         args.images, args.ref_images, args.severities = 16, 4, [3]
     ref = load_reference()

@@ -178,8 +178,11 @@ def fft_correlate(xpad: torch.Tensor, kernel: torch.Tensor, out_hw: tuple[int, i
 
 
 def pad2d(x: torch.Tensor, top: int, bottom: int, left: int, right: int, mode: str) -> torch.Tensor:
-    """Pad the last two axes of ``x`` by index gathering (any pad length, modes of pad_indices)."""
+    """Pad the last two axes of ``x`` (any pad length, modes of pad_indices)."""
     h, w = x.shape[-2:]
+    native = {"edge": "replicate", "reflect101": "reflect"}.get(mode)
+    if native and x.dim() == 4 and (mode == "edge" or max(top, bottom) < h and max(left, right) < w):
+        return torch.nn.functional.pad(x, (left, right, top, bottom), mode=native)
     ih = to_device(("pad", h, top, bottom, mode), pad_indices(h, top, bottom, mode), x.new_empty(0, dtype=torch.long))
     iw = to_device(("pad", w, left, right, mode), pad_indices(w, left, right, mode), x.new_empty(0, dtype=torch.long))
     return x.index_select(-2, ih).index_select(-1, iw)

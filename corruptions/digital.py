@@ -6,6 +6,7 @@ Algorithms and tables: Hendrycks & Dietterich, make_imagenet_c.py / make_cifar_c
 from __future__ import annotations
 
 import io
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -50,15 +51,18 @@ def contrast(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> tor
 
 @register("pixelate", "Pillow BOX downsampling by a fraction c, then BOX upsampling back")
 def pixelate(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
+    """Box average down to ``int(c * size)`` (two matmuls), then Pillow's BOX upsampling, which is
+    a pure selection (output ``o`` copies input ``floor((o + 0.5) * n_in / n_out)``): two gathers."""
     c = params("pixelate", severity, *x.shape[-2:])
     h, w = x.shape[-2:]
     sh, sw = int(h * c), int(w * c)
-    mh = _ops.box_resize_matrix(h, sh)
-    mw = _ops.box_resize_matrix(w, sw)
-    down_h, down_w = _ops.to_device(("box", h, sh), mh, x), _ops.to_device(("box", w, sw), mw, x)
-    up_h = _ops.to_device(("box", sh, h), _ops.box_resize_matrix(sh, h), x)
-    up_w = _ops.to_device(("box", sw, w), _ops.box_resize_matrix(sw, w), x)
-    return _ops.apply_separable(_ops.apply_separable(x, down_h, down_w), up_h, up_w)
+    down_h = _ops.to_device(("box", h, sh), _ops.box_resize_matrix(h, sh), x)
+    down_w = _ops.to_device(("box", w, sw), _ops.box_resize_matrix(w, sw), x)
+    small = _ops.apply_separable(x, down_h, down_w)
+    long_ = x.new_empty(0, dtype=torch.long)
+    up_h = _ops.to_device(("boxup", sh, h), _ops.box_resize_matrix(sh, h).argmax(1), long_)
+    up_w = _ops.to_device(("boxup", sw, w), _ops.box_resize_matrix(sw, w).argmax(1), long_)
+    return small.index_select(-2, up_h).index_select(-1, up_w)
 
 
 def _affine_sources(pts_jitter: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -146,13 +150,13 @@ def jpeg_compression(x: torch.Tensor, severity: int, gen: torch.Generator | None
     works, else the CPU path."""
     global _POOL
     quality = int(params("jpeg_compression", severity, *x.shape[-2:]))
-    u8 = torch.round(x.clamp(0, 1) * 255).to(torch.uint8)
+    u8 = x.mul(255).round_().clamp_(0, 255).to(torch.uint8)
     if x.is_cuda:
         out = _jpeg_cuda(u8, quality)
         if out is not None:
             return out.to(x.dtype) / 255
-    arr = u8.permute(0, 2, 3, 1).cpu().numpy()
+    arr = u8.permute(0, 2, 3, 1).contiguous().cpu().numpy()
     if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=max(1, min(4, torch.get_num_threads())))
+        _POOL = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 1)))
     out = np.stack(list(_POOL.map(lambda im: _jpeg_roundtrip(im, quality), arr)))
-    return torch.from_numpy(out).to(x.device).permute(0, 3, 1, 2).to(x.dtype) / 255
+    return torch.from_numpy(out).to(x.device).permute(0, 3, 1, 2).to(x.dtype).mul_(1 / 255)
