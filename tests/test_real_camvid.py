@@ -3,8 +3,8 @@
 Slow on a shared CPU (minutes): marked `slow` and `real`. Figures measured (2-core CPU, see the report):
 clean 55.86 mIoU on all 233 test images at 480×360 (published 55.64). camvid-c, severity 3, continual,
 first 16 images per corruption, model input resized to 240×180 (`model.inference=resize`, `model.size=180`;
-labels scored at 480×360), batch 8: mean error (100 − mIoU) source 79.93 > tent 78.96 > alpha_bn 75.50 >
-norm 74.19 (Tent beats norm on the first three corruptions, then degrades: continual error accumulation).
+labels scored at 480×360), batch 8: mean mIoU source 20.29, tent 21.16, alpha_bn 24.68, norm 26.06 (Tent beats
+norm on the first three corruptions, then degrades: continual error accumulation).
 """
 
 from __future__ import annotations
