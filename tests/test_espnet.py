@@ -97,6 +97,8 @@ def test_deeplab_models_dense_logits():
     m = deeplabv3("resnet50", num_classes=19).eval()  # the plain function benchmarks/memory.py can use
     with torch.no_grad():
         assert m(torch.rand(1, 3, 40, 56)).shape == (1, 19, 40, 56)
+    # batch 1 with test-batch statistics: the image-pooling BN (1×1 input) keeps its source statistics
+    assert methods.create("norm", m)(torch.rand(1, 3, 40, 56)).shape == (1, 19, 40, 56)
     net = DeepLabV2(19).eval()
     assert [c.dilation for c in net.layer5.conv2d_list] == [(6, 6), (12, 12), (18, 18), (24, 24)]
     assert net.layer2[0].conv1.stride == (2, 2) and net.layer4[0].conv2.dilation == (4, 4)

@@ -123,12 +123,41 @@ def _load_file(net: nn.Module, path: str, fix=lambda sd: sd) -> str:
 
 
 # --- DeepLabV3 (torchvision) ---------------------------------------------------------------------------------
+class SourceStatsBN(nn.Module):
+    """BatchNorm that always normalises with its running (source) statistics; same state_dict keys as BN.
+
+    Used for the BN after DeepLabV3's image-pooling branch: its input is (N,256,1,1), whose batch statistics
+    are undefined for N = 1 (PyTorch raises) and degenerate for small N, so test-batch-statistics adapters
+    (norm, tent, ...) must leave it alone. Not a `nn.BatchNorm2d`, so they do.
+    """
+
+    def __init__(self, bn: nn.BatchNorm2d) -> None:
+        super().__init__()
+        self.eps = bn.eps
+        self.weight, self.bias = bn.weight, bn.bias
+        self.register_buffer("running_mean", bn.running_mean)
+        self.register_buffer("running_var", bn.running_var)
+        self.register_buffer("num_batches_tracked", bn.num_batches_tracked)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+
+
+def _fix_image_pooling(net: nn.Module) -> None:
+    from torchvision.models.segmentation.deeplabv3 import ASPPPooling
+
+    for m in net.modules():
+        if isinstance(m, ASPPPooling):
+            m[2] = SourceStatsBN(m[2])
+
+
 def deeplabv3(backbone: str = "resnet50", num_classes: int = 19, pretrained: str = "none") -> nn.Module:
     """torchvision DeepLabV3 taking RGB in [0,1] (ImageNet normalisation inside), returning (N,C,H,W) logits.
 
     `pretrained`: "none"; "imagenet" (ImageNet backbone, new head); "coco" (torchvision's COCO-with-VOC-labels
     model, its last classifier conv replaced for `num_classes`). Downloads go to torch's hub cache; offline, a
     UserError says which file to place there. A plain function so that benchmarks can build it directly.
+    The image-pooling branch's BN keeps its source statistics (`SourceStatsBN`): batch-1 adaptation works.
     """
     if backbone not in ("resnet50", "resnet101"):
         raise UserError(f"DeepLabV3 backbone must be resnet50 or resnet101, got {backbone!r}.")
@@ -152,6 +181,7 @@ def deeplabv3(backbone: str = "resnet50", num_classes: int = 19, pretrained: str
             f"them elsewhere into {torch.hub.get_dir()}/checkpoints, or use --set model.pretrained=none with "
             f"--set model.weights=PATH."
         ) from None
+    _fix_image_pooling(net)
     return Normalized(OutOnly(net), IMAGENET_MEAN, IMAGENET_STD)
 
 
