@@ -22,11 +22,13 @@ terms, so R_k also reaches earlier meta networks through the Conv branches.
 Partitions: the encoder's residual blocks in order (children of `layer1..N` in ResNets and the DeepLab
 backbone, of `block1..N.layer` in WideResNets, else of `features`/`stages`) are split into
 K' = min(K, #blocks) near-equal groups, the later ones one block longer when n is not a multiple of K'
-(ResNet-50, K=5: [3,3,3,3,4]; WRN-28: [2,2,2,3,3]). `split` sets the block counts explicitly, e.g. the
-sample code's WRN-40 splits `split=3,3,3,3,6` (K=5) and `split=3,3,6,6` (K=4).
+(K=4: ResNet-50 [4,4,4,4], WRN-28 [3,3,3,3]; K=5: [3,3,3,3,4], [2,2,2,3,3]). `split` sets the block
+counts explicitly, e.g. the sample code's WRN-40 splits `split=3,3,3,3,6` (K=5) and `split=3,3,6,6` (K=4).
+K=4 is the default (the paper reports K=4 and K=5): on ResNet-50 its first partition spans the whole
+56×56 stage, so no 56×56 partition output is kept, which is most of the memory difference.
 
 Before deployment, `warm_up` trains the meta networks alone on source data with cross-entropy (the
-runner calls it through `prepare`, cached). Defaults: K = 5 (sample code), λ = 0.5 (paper), entropy
+runner calls it through `prepare`, cached). Defaults: K = 4, λ = 0.5 (paper), entropy
 margin 0.4·ln C; SGD momentum 0.9 with lr 5e-3 at test time and lr 5e-2 for 10 warm-up epochs (the
 values of the public CIFAR reproduction Lily-Le/EcoTTA; the official code is not released).
 """
@@ -82,7 +84,8 @@ class _Recomputed(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, fn, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
-        ctx.fn = fn
+        ctx.fn, dev = fn, x.device.type
+        ctx.amp = (dev, torch.get_autocast_dtype(dev), torch.is_autocast_enabled(dev))  # replayed in backward
         ctx.save_for_backward(x, *params)
         with torch.no_grad():
             return fn(x)
@@ -92,7 +95,8 @@ class _Recomputed(torch.autograd.Function):
         x, *params = ctx.saved_tensors
         need = ctx.needs_input_grad[1:]
         xd = x.detach().requires_grad_(need[0])
-        with torch.enable_grad():
+        dev, dtype, on = ctx.amp
+        with torch.enable_grad(), torch.autocast(dev, dtype, enabled=on):
             y = ctx.fn(xd)  # fn reads the same parameters, so grads w.r.t. `params` are theirs
         wanted = [t for t, n in zip([xd, *params], need) if n]
         got = iter(torch.autograd.grad(y, wanted, grad) if wanted else [])
@@ -162,7 +166,7 @@ class EcoTTA(Adapter):
 
     needs_source = True
     defaults = {
-        "partitions": 5,
+        "partitions": 4,
         "split": (),
         "reg_weight": 0.5,
         "e_margin": 0.4,

@@ -41,11 +41,11 @@ def _model_state(a: EcoTTA) -> dict[str, torch.Tensor]:
 
 def test_meta_networks_match_partitions() -> None:
     a = EcoTTA(_source_model())
-    # small-cnn: 4 stages (3->16, 16->32 /2, 32->64 /2, 64->128 /2), one partition each (K=5 capped at 4)
+    # small-cnn: 4 stages (3->16, 16->32 /2, 32->64 /2, 64->128 /2), one partition each (K=4)
     got = [(m.conv.in_channels, m.conv.out_channels, m.conv.stride[0]) for m in a.metas]
     assert got == [(3, 16, 1), (16, 32, 2), (32, 64, 2), (64, 128, 2)]
     r = torchvision.models.resnet50()
-    assert len(residual_blocks(r)) == 16 and partition(16, 5) == [3, 3, 3, 3, 4]
+    assert len(residual_blocks(r)) == 16 and partition(16, 4) == [4, 4, 4, 4] and partition(16, 5) == [3, 3, 3, 3, 4]
     assert partition(18, 5, (3, 3, 3, 3, 6)) == [3, 3, 3, 3, 6] and partition(12, 4) == [3, 3, 3, 3]
 
 
