@@ -34,7 +34,9 @@ def test_crash_midway_leaves_no_done_and_rerun_is_clean(tmp_path, monkeypatch):
     cfg = _cfg(tmp_path)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(cfg, quiet=True)
-    folder = resolve(cfg).folder()  # named by the resolved config (defaults filled in)
+    folder = cfg.folder()
+    assert folder == resolve(cfg).folder()  # named by the resolved config (defaults filled in)
+    assert cfg.run_id() == _cfg(tmp_path, method_opts={"lr": 1e-3}).run_id()
     assert folder.exists() and not is_complete(folder)
     assert not (folder / "summary.json").exists()
     assert not any(p.name.startswith(".") for p in folder.iterdir())  # no temp files left behind

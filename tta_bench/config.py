@@ -86,8 +86,14 @@ class RunConfig:
         return d
 
     def run_id(self) -> str:
-        """Short stable hash of `identity()`: the run folder's name."""
-        blob = json.dumps(self.identity(), sort_keys=True, default=str)
+        """Short stable hash of the resolved `identity()` (every default filled in): the run folder's name.
+
+        Resolving first means `RunConfig(method="tent", stream="digits-c")` and the same config with Tent's
+        default lr spelled out name the same folder.
+        """
+        from tta_bench.runner import resolve  # lazy: resolving loads the registries
+
+        blob = json.dumps(resolve(self).identity(), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def folder(self) -> Path:
