@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
+import cv2
 import numpy as np
 import torch
 
@@ -191,14 +192,23 @@ def pad2d(x: torch.Tensor, top: int, bottom: int, left: int, right: int, mode: s
 def filter2d(x: torch.Tensor, kernel: np.ndarray, mode: str = "reflect101") -> torch.Tensor:
     """cv2.filter2D(x, -1, kernel) per channel (correlation, odd ``kernel``): ``(N, C, H, W)``.
 
-    Small kernels use ``conv2d``; large ones use FFT (same result up to float rounding).
+    Small kernels use ``conv2d``. Large ones use OpenCV's filter2D (the reference's own routine)
+    for float32 CPU batches -- one call for the whole batch: the channel planes, each padded by
+    the kernel radius in rows, are stacked into one tall image and cv2 pads the columns -- and FFT
+    otherwise. All paths agree up to float rounding.
     """
     kh, kw = kernel.shape
     rh, rw = kh // 2, kw // 2
-    xp = pad2d(x, rh, rh, rw, rw, mode)
-    k = torch.as_tensor(kernel, dtype=x.dtype, device=x.device)
     n, c, h, w = x.shape
     if kh * kw <= 49:
-        out = torch.nn.functional.conv2d(xp.reshape(n * c, 1, *xp.shape[-2:]), k[None, None])
-        return out.reshape(n, c, h, w)
+        xp = pad2d(x, rh, rh, rw, rw, mode)
+        k = torch.as_tensor(kernel, dtype=x.dtype, device=x.device)
+        return torch.nn.functional.conv2d(xp.reshape(n * c, 1, *xp.shape[-2:]), k[None, None]).reshape(n, c, h, w)
+    if x.device.type == "cpu" and x.dtype == torch.float32 and mode == "reflect101":
+        xp = pad2d(x, rh, rh, 0, 0, mode)
+        tall = xp.reshape(n * c * (h + 2 * rh), w).numpy()
+        out = cv2.filter2D(tall, -1, kernel.astype(np.float32), borderType=cv2.BORDER_REFLECT_101)
+        return torch.from_numpy(out).reshape(n, c, h + 2 * rh, w)[:, :, rh : rh + h]
+    xp = pad2d(x, rh, rh, rw, rw, mode)
+    k = torch.as_tensor(kernel, dtype=x.dtype, device=x.device)
     return fft_correlate(xp, k[None, None], (h, w))

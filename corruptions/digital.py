@@ -138,7 +138,7 @@ def _jpeg_cuda(u8: torch.Tensor, quality: int) -> torch.Tensor | None:
         from torchvision.io import decode_jpeg, encode_jpeg
 
         data = encode_jpeg(list(u8), quality=quality)
-        return torch.stack(decode_jpeg(data, device=u8.device))
+        return torch.stack(decode_jpeg([d.cpu() for d in data], device=u8.device))
     except Exception:  # noqa: BLE001 - any failure means: use the exact CPU path
         return None
 

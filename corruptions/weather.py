@@ -62,8 +62,8 @@ def plasma_fractal(n: int, mapsize: int, wibbledecay: float, gen: torch.Generato
         a[:, half::step, ::step] = wibbled(dr + torch.roll(dr, 1, 2) + ul + torch.roll(ul, -1, 1))
         step //= 2
         wibble /= wibbledecay
-    a = a - a.amin((1, 2), keepdim=True)
-    return a / a.amax((1, 2), keepdim=True)
+    a -= a.amin((1, 2), keepdim=True)
+    return a.div_(a.amax((1, 2), keepdim=True))
 
 
 @register("fog", "additive plasma-fractal (diamond-square) haze with contrast loss")
@@ -71,13 +71,13 @@ def fog(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Te
     n, _, h, w = x.shape
     strength, decay = params("fog", severity, h, w)
     plasma = plasma_fractal(n, next_power_of_2(max(h, w)), decay, gen, x.device)[:, None, :h, :w]
+    plasma = plasma.to(x.dtype).contiguous().mul_(strength)
     max_val = x.amax((1, 2, 3), keepdim=True)
-    x = x + strength * plasma.to(x.dtype)
-    return x * max_val / (max_val + strength)
+    return (x + plasma).mul_(max_val / (max_val + strength))
 
 
 _FROST_FILES = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg")
-_FROST_CACHE: dict[tuple, list[np.ndarray]] = {}
+_FROST_CACHE: dict[tuple, object] = {}
 
 
 def frost_dir() -> str:
@@ -113,18 +113,27 @@ def frost_textures(h: int, w: int) -> list[np.ndarray]:
     return _FROST_CACHE[key]
 
 
+def _frost_stack(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """The textures zero-padded into one ``(5, th, tw, 3)`` uint8 array, and their ``(5, 2)`` sizes."""
+    key = ("stack", h, w)
+    if key not in _FROST_CACHE:
+        texs = frost_textures(h, w)
+        th, tw = max(t.shape[0] for t in texs), max(t.shape[1] for t in texs)
+        stack = np.zeros((len(texs), th, tw, 3), np.uint8)
+        for i, t in enumerate(texs):
+            stack[i, : t.shape[0], : t.shape[1]] = t
+        _FROST_CACHE[key] = (stack, np.array([t.shape[:2] for t in texs]))
+    return _FROST_CACHE[key]
+
+
 @register("frost", "blend with a randomly cropped frost texture")
 def frost(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
     n, _, h, w = x.shape
     c_img, c_frost = params("frost", severity, h, w)
-    texs = frost_textures(h, w)
-    th, tw = max(t.shape[0] for t in texs), max(t.shape[1] for t in texs)
-    stack = np.zeros((len(texs), th, tw, 3), np.uint8)
-    for i, t in enumerate(texs):
-        stack[i, : t.shape[0], : t.shape[1]] = t
-    tex = _ops.to_device(("frost", th, tw, h, w), stack, x)
-    sizes = _ops.to_device(("frost_sz", h, w), np.array([t.shape[:2] for t in texs]), x.new_empty(0, dtype=torch.long))
-    idx = torch.randint(0, len(texs), (n,), generator=gen, device=x.device)
+    stack, sizes_np = _frost_stack(h, w)
+    tex = _ops.to_device(("frost", h, w), stack, x)
+    sizes = _ops.to_device(("frost_sz", h, w), sizes_np, x.new_empty(0, dtype=torch.long))
+    idx = torch.randint(0, len(stack), (n,), generator=gen, device=x.device)
     u = torch.rand((2, n), generator=gen, device=x.device, dtype=torch.float64)
     y0 = (u[0] * (sizes[idx, 0] - h)).long()  # randint(0, th - h) per image
     x0 = (u[1] * (sizes[idx, 1] - w)).long()
@@ -155,7 +164,7 @@ def _liquid_distance(liquid_u8: np.ndarray) -> np.ndarray:
 def spatter(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
     n, _, h, w = x.shape
     loc, sd, sigma, thresh, c4, mud = params("spatter", severity, h, w)
-    liquid = torch.randn((n, 1, h, w), generator=gen, device=x.device, dtype=torch.float64) * sd + loc
+    liquid = torch.randn((n, 1, h, w), generator=gen, device=x.device, dtype=x.dtype).mul_(sd).add_(loc)
     liquid = _ops.gaussian_blur(liquid, sigma)
     liquid = torch.where(liquid < thresh, torch.zeros_like(liquid), liquid)
     if mud:

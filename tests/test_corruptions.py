@@ -101,6 +101,21 @@ def test_errors(small: torch.Tensor):
         corruptions.corrupt((small * 255).to(torch.uint8), "fog", 1)
 
 
+def test_filter2d_paths_agree():
+    """defocus blur: OpenCV path (float32 CPU), FFT path (float64) and conv2d (small kernel)."""
+    from corruptions import _ops
+    from corruptions.blur import disk_kernel
+
+    x = photos(64)[:2]
+    for radius, alias in ((6, 0.5), (10, 0.5), (1, 0.2)):
+        k = disk_kernel(radius, alias)
+        a = _ops.filter2d(x.float(), k)
+        b = _ops.filter2d(x.double(), k)
+        fft = _ops.fft_correlate(_ops.pad2d(x.double(), *(k.shape[0] // 2,) * 4, "reflect101"),
+                                 torch.from_numpy(k)[None, None], (64, 64))
+        assert (a.double() - b).abs().max() < 1e-5 and (fft - b).abs().max() < 1e-9
+
+
 def test_other_sizes_and_rectangles():
     x = photos(64)[:2]
     for h, w in ((28, 28), (48, 40), (128, 128)):
