@@ -86,7 +86,11 @@ def corrupt(x: torch.Tensor, name: str, severity: int, generator: torch.Generato
     gray = work.shape[1] == 1
     if gray:
         work = work.expand(-1, 3, -1, -1)
-    out = REGISTRY[name].fn(work.contiguous(), severity, generator).clamp(0, 1)
+    work = work.contiguous()
+    out = REGISTRY[name].fn(work, severity, generator)
+    if out.untyped_storage().data_ptr() == work.untyped_storage().data_ptr() or 0 in out.stride():
+        out = out.clone()  # never clamp the caller's tensor (or a broadcast view) in place
+    out = out.clamp_(0, 1)
     if gray:
         out = out.mean(1, keepdim=True)
     return out.to(x.dtype)

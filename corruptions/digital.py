@@ -159,4 +159,5 @@ def jpeg_compression(x: torch.Tensor, severity: int, gen: torch.Generator | None
     if _POOL is None:
         _POOL = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 1)))
     out = np.stack(list(_POOL.map(lambda im: _jpeg_roundtrip(im, quality), arr)))
-    return torch.from_numpy(out).to(x.device).permute(0, 3, 1, 2).to(x.dtype).mul_(1 / 255)
+    out = torch.from_numpy(out).permute(0, 3, 1, 2).to(x.dtype, memory_format=torch.contiguous_format)
+    return out.to(x.device).mul_(1 / 255)

@@ -48,12 +48,14 @@ def test_registry_lists():
 
 @pytest.mark.parametrize("name", ALL)
 def test_contract_and_seeding(name: str, small: torch.Tensor):
+    before = small.clone()
     for severity in SEVERITIES:
         a = corruptions.corrupt(small, name, severity, torch.Generator().manual_seed(7))
         b = corruptions.corrupt(small, name, severity, torch.Generator().manual_seed(7))
         assert a.shape == small.shape and a.dtype == small.dtype and a.device == small.device
         assert torch.isfinite(a).all() and a.min() >= 0 and a.max() <= 1
         assert torch.equal(a, b), f"{name} s{severity}: same seed, different output"
+    assert torch.equal(small, before), f"{name} modified its input"
 
 
 @pytest.mark.parametrize("name", ALL)
