@@ -6,9 +6,12 @@ Batched, on the input's device (CPU or CUDA), seeded through a ``torch.Generator
     x_c = corruptions.corrupt(x, "fog", severity=3, generator=torch.Generator().manual_seed(0))
 
 * ``x``: float tensor ``(N, 3, H, W)`` in [0, 1]; returns the same shape, dtype and device, in
-  [0, 1]. A 1-channel batch ``(N, 1, H, W)`` is accepted: it is replicated to RGB, corrupted and
-  averaged back to one channel (for gray input every corruption keeps R == G == B except the
-  colour ones -- frost, spatter's tint, saturate -- whose tint is averaged away).
+  [0, 1]. A gray batch ``(N, 1, H, W)`` is accepted. Channel-wise corruptions (noises, blurs,
+  zoom, snow, fog, brightness, contrast, elastic, pixelate; ``register(..., native_gray=True)``)
+  run on it directly, so noise is drawn once per pixel at full strength, as imagecorruptions does
+  for 2-D arrays. The colour ones (frost, spatter, saturate, JPEG, and any registered without the
+  flag) see it replicated to RGB and return the luma (ITU-R 601: 0.299 R + 0.587 G + 0.114 B,
+  as Pillow's ``convert('L')`` and imagecorruptions' ``rgb2gray``).
 * ``generator=None`` uses torch's global RNG; a generator gives reproducible output on a device.
 * Severity tables: :mod:`corruptions.tables` (ImageNet 224 px and CIFAR 32 px tables from the
   reference generators, plus the rule for other sizes: nearest family, pixel parameters scaled).
@@ -20,7 +23,8 @@ Adding corruptions (e.g. MedMNIST-C: gamma, stain, bubble, black_corner, charact
 Write a module ``corruptions/medmnist.py`` with functions ``fn(x, severity, generator) -> x'``
 (``x`` float ``(N, 3, H, W)``; draw all randomness from ``generator`` on ``x.device``; keep
 parameter tables as module constants citing their source) and decorate each with
-``@register("name", "one-line description")`` from :mod:`corruptions._registry`. Then import the
+``@register("name", "one-line description")`` from :mod:`corruptions._registry` (add
+``native_gray=True`` if the function is channel-wise and accepts ``(N, 1, H, W)``). Then import the
 module at the bottom of this file (next to the others) and, if they form a named set, add a tuple
 like :data:`EXTRA`. ``names()``, ``describe()``, ``corrupt()`` and the test parametrisation over
 ``names()`` pick them up automatically.
@@ -33,6 +37,7 @@ import difflib
 import torch
 
 from . import blur, digital, noise, weather  # noqa: F401  (import registers the corruptions)
+from ._color import to_gray
 from ._registry import REGISTRY, register
 
 __all__ = ["BENCHMARK", "EXTRA", "corrupt", "describe", "names", "register"]
@@ -82,17 +87,18 @@ def corrupt(x: torch.Tensor, name: str, severity: int, generator: torch.Generato
         raise ValueError(f"x must be a float tensor in [0, 1], got dtype {x.dtype}")
     if x.shape[0] == 0:
         return x.clone()
+    entry = REGISTRY[name]
     work = x if x.dtype in (torch.float32, torch.float64) else x.float()
-    gray = work.shape[1] == 1
-    if gray:
+    to_luma = work.shape[1] == 1 and not entry.native_gray
+    if to_luma:
         work = work.expand(-1, 3, -1, -1)
     work = work.contiguous()
-    out = REGISTRY[name].fn(work, severity, generator)
+    out = entry.fn(work, severity, generator)
     if out.untyped_storage().data_ptr() == work.untyped_storage().data_ptr() or 0 in out.stride():
         out = out.clone()  # never clamp the caller's tensor (or a broadcast view) in place
     out = out.clamp_(0, 1)
-    if gray:
-        out = out.mean(1, keepdim=True)
+    if to_luma:
+        out = to_gray(out)
     return out.to(x.dtype)
 
 

@@ -19,22 +19,27 @@ CorruptionFn = Callable[[torch.Tensor, int, "torch.Generator | None"], torch.Ten
 
 @dataclass(frozen=True)
 class Entry:
-    """A registered corruption."""
+    """A registered corruption. ``native_gray``: ``fn`` also takes ``(N, 1, H, W)`` and treats it
+    as a gray image (per-pixel noise shared by the would-be RGB channels); otherwise a gray batch
+    is replicated to RGB, corrupted, and converted back to luma."""
 
     fn: CorruptionFn
     description: str
+    native_gray: bool = False
 
 
 REGISTRY: dict[str, Entry] = {}
 
 
-def register(name: str, description: str) -> Callable[[CorruptionFn], CorruptionFn]:
-    """Decorator: register ``fn`` under ``name`` (duplicates are an error, not a silent override)."""
+def register(name: str, description: str, native_gray: bool = False) -> Callable[[CorruptionFn], CorruptionFn]:
+    """Decorator: register ``fn`` under ``name`` (duplicates are an error, not a silent override).
+
+    ``native_gray=True`` when ``fn`` works channel-wise and accepts 1-channel input (see Entry)."""
 
     def deco(fn: CorruptionFn) -> CorruptionFn:
         if name in REGISTRY:
             raise ValueError(f"corruption {name!r} is already registered")
-        REGISTRY[name] = Entry(fn, description)
+        REGISTRY[name] = Entry(fn, description, native_gray)
         return fn
 
     return deco

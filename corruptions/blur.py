@@ -16,7 +16,7 @@ from ._registry import register
 from .tables import params
 
 
-@register("gaussian_blur", "separable Gaussian blur (skimage.filters.gaussian, mode 'nearest')")
+@register("gaussian_blur", "separable Gaussian blur (skimage.filters.gaussian, mode 'nearest')", native_gray=True)
 def gaussian_blur(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
     sigma = params("gaussian_blur", severity, *x.shape[-2:])
     return _ops.gaussian_blur(x, sigma)
@@ -41,7 +41,7 @@ def disk_kernel(radius: float, alias_blur: float) -> np.ndarray:
     return k[half - r : half + r + 1, half - r : half + r + 1]
 
 
-@register("defocus_blur", "convolution with an anti-aliased disk (cv2.filter2D, reflect-101 border)")
+@register("defocus_blur", "convolution with an anti-aliased disk (cv2.filter2D, reflect-101 border)", native_gray=True)
 def defocus_blur(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
     radius, alias = params("defocus_blur", severity, *x.shape[-2:])
     return _ops.filter2d(x, disk_kernel(radius, alias), "reflect101")
@@ -80,7 +80,7 @@ def local_shuffle(x: torch.Tensor, delta: int, iterations: int, gen: torch.Gener
     return flat.reshape(n, c, h, w)
 
 
-@register("glass_blur", "Gaussian blur, local pixel shuffling, Gaussian blur (batched shuffle)")
+@register("glass_blur", "Gaussian blur, local pixel shuffling, Gaussian blur (batched shuffle)", native_gray=True)
 def glass_blur(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
     sigma, delta, iterations = params("glass_blur", severity, *x.shape[-2:])
     delta = max(1, int(round(delta)))
@@ -126,7 +126,7 @@ def motion_blur_batch(x: torch.Tensor, radius: float, sigma: float, angles_deg: 
     return _ops.fft_correlate(xp, canvas[:, None].to(x.dtype), (h, w))
 
 
-@register("motion_blur", "directional Gaussian line blur, random angle in [-45, 45] deg")
+@register("motion_blur", "directional Gaussian line blur, random angle in [-45, 45] deg", native_gray=True)
 def motion_blur(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
     radius, sigma = params("motion_blur", severity, *x.shape[-2:])
     angles = torch.rand(x.shape[0], generator=gen, device=x.device, dtype=torch.float64) * 90 - 45
@@ -139,7 +139,7 @@ def zoom_factors(name: str, severity: int, h: int, w: int) -> np.ndarray:
     return np.arange(start, stop, step)
 
 
-@register("zoom_blur", "average of the image and centre-zoomed copies of itself")
+@register("zoom_blur", "average of the image and centre-zoomed copies of itself", native_gray=True)
 def zoom_blur(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
     zooms = zoom_factors("zoom_blur", severity, *x.shape[-2:])
     out = x.clone()

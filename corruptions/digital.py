@@ -18,7 +18,7 @@ from ._registry import register
 from .tables import params
 
 
-@register("brightness", "HSV value + c (as skimage rgb2hsv / hsv2rgb)")
+@register("brightness", "HSV value + c (as skimage rgb2hsv / hsv2rgb)", native_gray=True)
 def brightness(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
     """Raising V = max(R, G, B) with H and S fixed scales the pixel by ``V' / V``; a black pixel
     (V = 0, hue 0, S = 0) becomes gray ``V'`` -- the same numbers as skimage's HSV round trip."""
@@ -42,14 +42,14 @@ def saturate(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> tor
     return torch.where(delta > 0, colour, gray)
 
 
-@register("contrast", "shrink each channel towards its image mean by a factor c")
+@register("contrast", "shrink each channel towards its image mean by a factor c", native_gray=True)
 def contrast(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
     c = params("contrast", severity, *x.shape[-2:])
     means = x.mean((2, 3), keepdim=True)
     return (x - means) * c + means
 
 
-@register("pixelate", "Pillow BOX downsampling by a fraction c, then BOX upsampling back")
+@register("pixelate", "Pillow BOX downsampling by a fraction c, then BOX upsampling back", native_gray=True)
 def pixelate(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
     """Box average down to ``int(c * size)`` (two matmuls), then Pillow's BOX upsampling, which is
     a pure selection (output ``o`` copies input ``floor((o + 0.5) * n_in / n_out)``): two gathers."""
@@ -111,7 +111,7 @@ def elastic_warp(x: torch.Tensor, pts_jitter: torch.Tensor, noise: torch.Tensor,
     return torch.nn.functional.grid_sample(x, grid, "bilinear", "reflection", align_corners=False)
 
 
-@register("elastic_transform", "random affine warp + Gaussian-smoothed random displacement field")
+@register("elastic_transform", "random affine warp + Gaussian-smoothed random displacement field", native_gray=True)
 def elastic_transform(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
     n, _, h, w = x.shape
     alpha, sigma, jitter = params("elastic_transform", severity, h, w)

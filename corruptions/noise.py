@@ -24,19 +24,19 @@ def _rand(x: torch.Tensor, gen: torch.Generator | None, dtype: torch.dtype | Non
     return torch.rand(x.shape, generator=gen, device=x.device, dtype=dtype or x.dtype)
 
 
-@register("gaussian_noise", "additive i.i.d. Gaussian noise per pixel and channel")
+@register("gaussian_noise", "additive i.i.d. Gaussian noise per pixel and channel", native_gray=True)
 def gaussian_noise(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
     c = params("gaussian_noise", severity, *x.shape[-2:])
     return x + _randn(x, gen) * c
 
 
-@register("speckle_noise", "multiplicative Gaussian noise x + x * n")
+@register("speckle_noise", "multiplicative Gaussian noise x + x * n", native_gray=True)
 def speckle_noise(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
     c = params("speckle_noise", severity, *x.shape[-2:])
     return x + x * _randn(x, gen) * c
 
 
-@register("impulse_noise", "salt-and-pepper noise (skimage random_noise mode='s&p')")
+@register("impulse_noise", "salt-and-pepper noise (skimage random_noise mode='s&p')", native_gray=True)
 def impulse_noise(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
     """skimage flips each value with probability ``amount`` and salts a flipped value with
     probability 0.5; one uniform ``u`` does both: ``u < amount / 2`` -> 1, else ``u < amount`` -> 0."""
@@ -45,7 +45,7 @@ def impulse_noise(x: torch.Tensor, severity: int, gen: torch.Generator | None) -
     return x.masked_fill(u < amount, 0.0).masked_fill_(u < amount / 2, 1.0)
 
 
-@register("shot_noise", "Poisson photon noise: poisson(x * c) / c")
+@register("shot_noise", "Poisson photon noise: poisson(x * c) / c", native_gray=True)
 def shot_noise(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
     c = float(params("shot_noise", severity, *x.shape[-2:]))
     return poisson_8bit(x, c, gen) / c

@@ -20,7 +20,8 @@ from .blur import motion_blur_batch
 from .tables import FROST_TEXTURE_SCALE, family, next_power_of_2, params, scale
 
 
-@register("snow", "falling snow flakes (zoomed, thresholded, motion-blurred noise) over a whitened image")
+@register("snow", "falling snow flakes (zoomed, thresholded, motion-blurred noise), whitened image",
+          native_gray=True)
 def snow(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
     n, _, h, w = x.shape
     loc, sd, zoom, thresh, radius, sigma, blend = params("snow", severity, h, w)
@@ -66,7 +67,7 @@ def plasma_fractal(n: int, mapsize: int, wibbledecay: float, gen: torch.Generato
     return a.div_(a.amax((1, 2), keepdim=True))
 
 
-@register("fog", "additive plasma-fractal (diamond-square) haze with contrast loss")
+@register("fog", "additive plasma-fractal (diamond-square) haze with contrast loss", native_gray=True)
 def fog(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
     n, _, h, w = x.shape
     strength, decay = params("fog", severity, h, w)

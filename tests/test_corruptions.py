@@ -89,6 +89,23 @@ def test_deterministic_ones_ignore_rng(small: torch.Tensor):
         assert torch.equal(a, b), name
 
 
+def test_gray_input():
+    """Gray batches: channel-wise corruptions run natively (noise at full strength, as
+    imagecorruptions on 2-D arrays), colour ones go through RGB and come back as luma."""
+    flat = torch.full((8, 1, 32, 32), 0.5)
+    noisy = corruptions.corrupt(flat, "gaussian_noise", 1, torch.Generator().manual_seed(0))
+    assert abs((noisy - flat).std().item() - 0.04) < 0.004  # CIFAR severity 1: sigma 0.04
+    g = photos(32)[:2]
+    gray = (g * torch.tensor([0.299, 0.587, 0.114])[None, :, None, None]).sum(1, keepdim=True)
+    rgb = corruptions.corrupt(gray.expand(-1, 3, -1, -1), "frost", 3, torch.Generator().manual_seed(0))
+    one = corruptions.corrupt(gray, "frost", 3, torch.Generator().manual_seed(0))
+    luma = (rgb * torch.tensor([0.299, 0.587, 0.114])[None, :, None, None]).sum(1, keepdim=True)
+    assert torch.allclose(one, luma, atol=1e-6)
+    blurred = corruptions.corrupt(gray, "defocus_blur", 3)
+    assert torch.allclose(blurred, corruptions.corrupt(gray.expand(-1, 3, -1, -1), "defocus_blur", 3)[:, :1],
+                          atol=1e-6)
+
+
 def test_errors(small: torch.Tensor):
     with pytest.raises(ValueError, match="gaussian_noise"):
         corruptions.corrupt(small, "gaussian_nosie", 1)
