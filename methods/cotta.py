@@ -21,12 +21,15 @@ ImageNet values (`imagenet/cotta.py`, `imagenet/cfgs/10orders/cotta`): SGD lr 0.
 batch 64, restore p 0.001, augmentation only when the anchor confidence < 0.1, symmetric cross-entropy
 (not implemented here: the CIFAR variant is the default of this suite). CIFAR-10-C official batch: 200.
 Batch size 1 works for BatchNorm over spatial positions.
+Dense (segmentation) outputs: confidences and the loss are averaged over pixels too, and the augmented
+teacher views are multi-scale + flip (`scales`), as in CoTTA's Cityscapes→ACDC experiments (see dense_views).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from methods import register
 from methods._augment import tta_augment
@@ -43,12 +46,31 @@ def weights_and_biases(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return out
 
 
+def dense_views(teacher: nn.Module, x: torch.Tensor, scales: tuple) -> list[torch.Tensor]:
+    """Teacher logits (N,C,H,W) on rescaled and horizontally flipped views of x, mapped back to x's grid.
+
+    Dense predictions cannot use the CIFAR augmentations (random affine would misalign pixels). CoTTA's
+    segmentation experiments (Cityscapes→ACDC, mmseg `aug_test`) use multi-scale + flip test-time
+    augmentation instead; we do the same: each scale in `scales`, with and without a flip, undone afterwards.
+    """
+    h, w = x.shape[-2:]
+    views = []
+    for s in scales:
+        xs = F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False) if s != 1 else x
+        for flip in (False, True):
+            out = teacher(xs.flip(-1) if flip else xs)
+            out = out.flip(-1) if flip else out
+            views.append(F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False))
+    return views
+
+
 @register("cotta")
 class CoTTA(Adapter):
     """EMA teacher with augmentation-averaged pseudo-labels, student update and stochastic restore."""
 
     defaults = {"optimizer": "adam", "lr": 1e-3, "betas": (0.9, 0.999), "momentum": 0.9, "wd": 0.0, "steps": 1,
-                "mt": 0.999, "rst": 0.01, "ap": 0.92, "n_aug": 32}
+                "mt": 0.999, "rst": 0.01, "ap": 0.92, "n_aug": 32,
+                "scales": (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)}
 
     def configure(self) -> None:
         use_batch_stats(self.model)
@@ -72,10 +94,13 @@ class CoTTA(Adapter):
         with torch.no_grad():
             anchor_prob = self.anchor(x).softmax(1).max(1)[0]
             standard_ema = self.teacher(x)
-            outputs_emas = [self.teacher(tta_augment(x)) for _ in range(self.hp.n_aug)]
-        use_aug = bool(anchor_prob.mean(0) < self.hp.ap)
+            if standard_ema.dim() > 2:  # dense outputs: geometry must be undone, see dense_views
+                outputs_emas = dense_views(self.teacher, x, self.hp.scales)
+            else:
+                outputs_emas = [self.teacher(tta_augment(x)) for _ in range(self.hp.n_aug)]
+        use_aug = bool(anchor_prob.mean() < self.hp.ap)
         outputs_ema = torch.stack(outputs_emas).mean(0) if use_aug else standard_ema
-        loss = cross_entropy_soft(outputs, outputs_ema.softmax(1)).mean(0)
+        loss = cross_entropy_soft(outputs, outputs_ema.softmax(1)).mean()
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
