@@ -150,3 +150,13 @@ def test_cli_run_on_digits(runs_dir) -> None:
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["method"] == "ecotta" and 0 <= summary["mean_error"] <= 100
     assert summary["prepare_s"] > 0 and summary["adapt_mb"] > 0
+
+
+def test_copies_adapt_their_own_meta_networks() -> None:
+    """measure() and the runner deep-copy adapters: the copy's hooks must drive the copy's meta networks."""
+    a = EcoTTA(_source_model())
+    before = {k: v.clone() for k, v in a.state_dict().items()}
+    b = copy.deepcopy(a)
+    b(torch.rand(8, 3, 32, 32))
+    assert all(torch.equal(v, before[k]) for k, v in a.state_dict().items())
+    assert any(not torch.equal(v, before[k]) for k, v in b.state_dict().items())
