@@ -2,7 +2,7 @@
 (`../shared/data/cifar10-test-jpeg`, ImageFolder layout), severity 5, continual: source vs norm vs tent.
 
 The JPEG re-encoding is itself a shift: ResNet-20 measures about 19 % clean error on it (8.27 % on the
-original test set). Fast version: 256 images per domain; slow version: 1,000 per domain + the clean error
+original test set). Fast version: 128 images per domain; slow version: 1,000 per domain + the clean error
 on all 10,000 JPEG test images.
 """
 
@@ -24,7 +24,7 @@ def _weights(shared_data):
     return str(w)
 
 
-def _table(shared_data, runs_dir, limit: int) -> pd.DataFrame:
+def _table(shared_data, runs_dir, limit: int, clean_eval: str = "end") -> pd.DataFrame:
     cols = {}
     for method in ("source", "norm", "tent"):
         cfg = RunConfig(
@@ -36,7 +36,7 @@ def _table(shared_data, runs_dir, limit: int) -> pd.DataFrame:
             stream_opts={"clean_dir": str(shared_data / "cifar10-test-jpeg")},
             model_opts={"weights": _weights(shared_data)},
             out=str(runs_dir),
-            clean_eval="end",
+            clean_eval=clean_eval,
         )
         res = run(cfg, quiet=True)
         cols[method] = res.summary["domain_errors"]
@@ -64,7 +64,7 @@ def _error(model, ds, batch: int = 500) -> float:
 
 
 def test_resnet20_cifar10c_norm_and_tent_beat_source(shared_data, runs_dir, tmp_path):
-    table = _table(shared_data, runs_dir, limit=256)
+    table = _table(shared_data, runs_dir, limit=128, clean_eval="off")  # kept small: the default suite runs it
     assert table.loc["mean", "norm"] < table.loc["mean", "source"] - 10
     assert table.loc["mean", "tent"] < table.loc["mean", "source"] - 10
     # clean error on the 1,000 held-out JPEG test images (never streamed): near the ~19 % measured on all 10,000
