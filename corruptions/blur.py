@@ -80,7 +80,8 @@ def local_shuffle(x: torch.Tensor, delta: int, iterations: int, gen: torch.Gener
     return flat.reshape(n, c, h, w)
 
 
-@register("glass_blur", "Gaussian blur, local pixel shuffling, Gaussian blur (batched shuffle)", native_gray=True)
+@register("glass_blur", "Gaussian blur, local pixel shuffling (the reference's copy loop), Gaussian blur",
+          native_gray=True)
 def glass_blur(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
     sigma, delta, iterations = params("glass_blur", severity, *x.shape[-2:])
     delta = max(1, int(round(delta)))
