@@ -7,7 +7,8 @@ Prints `adapt_mb` (device-independent: parameters + gradients + optimizer state 
 + bytes saved for backward, see `tta_bench.memory`) and its parts for each adapter on
 - `resnet50`: torchvision ResNet-50, batch 64, 224×224 (random weights: memory does not depend on them);
 - `wrn28`: RobustBench's WideResNet-28-10, batch 200, 32×32;
-- `deeplab`: torchvision DeepLabV3-ResNet-50 (19 classes, output 'out'), batch 1, 512×1024, for the
+- `deeplab`: torchvision DeepLabV3-ResNet-50 (19 classes, output 'out'; the BN of the ASPP image-pooling
+  branch, on a 1×1 map, replaced by an identity so that batch 1 works), batch 1, 512×1024, for the
   segmentation adapters `source, norm, alpha_bn, tent, ecotta, cotta`;
 and `peak_device_mb` (torch.cuda.max_memory_allocated) with `--device cuda`. `--quick` divides the
 batch by 4 (ResNet-50 16, WRN 50) and halves the DeepLab resolution.
@@ -62,7 +63,12 @@ def wrn28() -> nn.Module:
 
 
 def deeplab() -> nn.Module:
+    """DeepLabV3-ResNet-50, 19 classes. The ASPP image-pooling branch normalises a 1×1 map with BatchNorm,
+    which batch-statistics adapters cannot run at batch 1; that one BN becomes an identity (256 values
+    per image: no memory effect)."""
     seg = torchvision.models.segmentation.deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=19)
+    pooling = seg.classifier[0].convs[-1]  # ASPPPooling: pool, conv, BN, ReLU
+    pooling[2] = nn.Identity()
     return DenseOut(seg)
 
 
