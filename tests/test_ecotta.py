@@ -41,9 +41,13 @@ def _model_state(a: EcoTTA) -> dict[str, torch.Tensor]:
 
 def test_meta_networks_match_partitions() -> None:
     a = EcoTTA(_source_model())
-    # small-cnn: 4 stages (3->16, 16->32 /2, 32->64 /2, 64->128 /2), one partition each (K=4)
     got = [(m.conv.in_channels, m.conv.out_channels, m.conv.stride[0]) for m in a.metas]
-    assert got == [(3, 16, 1), (16, 32, 2), (32, 64, 2), (64, 128, 2)]
+    # small-cnn: one partition per stage; channels in -> out, stride 2 exactly where the stage max-pools
+    want = []
+    for stage in a.model.features:
+        conv = stage[0]
+        want.append((conv.in_channels, conv.out_channels, 2 if any(isinstance(x, nn.MaxPool2d) for x in stage) else 1))
+    assert got == want and len(got) == 4
     r = torchvision.models.resnet50()
     assert len(residual_blocks(r)) == 16 and partition(16, 4) == [4, 4, 4, 4] and partition(16, 5) == [3, 3, 3, 3, 4]
     assert partition(18, 5, (3, 3, 3, 3, 6)) == [3, 3, 3, 3, 6] and partition(12, 4) == [3, 3, 3, 3]
