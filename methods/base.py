@@ -168,9 +168,13 @@ def make_optimizer(params: list[nn.Parameter], hp: SimpleNamespace) -> torch.opt
 
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """teacher = momentum * teacher + (1 - momentum) * student, for parameters (buffers untouched)."""
+    """teacher = momentum * teacher + (1 - momentum) * student, for parameters (buffers untouched).
+
+    Computed out of place in this exact order, as CoTTA's and RoTTA's official `update_ema_variables`, so the
+    float rounding (and hence every later step) matches theirs bit for bit (a fused add_(alpha=) does not).
+    """
     for pt, ps in zip(teacher.parameters(), student.parameters()):
-        pt.mul_(momentum).add_(ps.detach(), alpha=1 - momentum)
+        pt.copy_(momentum * pt + (1 - momentum) * ps.detach())
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:
