@@ -108,7 +108,7 @@ def motion_blur_batch(x: torch.Tensor, radius: float, sigma: float, angles_deg: 
     Kernel: ``width = 2 * radius + 1`` one-sided Gaussian weights ``exp(-i^2 / 2 sigma^2)``,
     normalised; tap ``i`` is the image shifted along the angle with edge replication; taps whose
     shift reaches the image size are dropped (the reference's ``break``). Applied as one
-    per-image line kernel by FFT.
+    per-image line kernel: by FFT on CUDA, as a sum of shifted views on the CPU.
     """
     n, _, h, w = x.shape
     width = 2 * int(round(radius)) + 1
@@ -124,7 +124,13 @@ def motion_blur_batch(x: torch.Tensor, radius: float, sigma: float, angles_deg: 
     img = torch.arange(n, device=x.device)[:, None].expand_as(a)
     canvas.index_put_((img, a + top, b + left), wts, accumulate=True)
     xp = _ops.pad2d(x, top, bottom, left, right, "edge")
-    return _ops.fft_correlate(xp, canvas[:, None].to(x.dtype), (h, w))
+    if x.is_cuda:
+        return _ops.fft_correlate(xp, canvas[:, None].to(x.dtype), (h, w))
+    # CPU: the line has at most ``width`` taps; summing shifted views beats the FFT (~2-5x).
+    out = torch.zeros_like(x)
+    for (i, p, q), v in zip(canvas.nonzero().tolist(), canvas[canvas != 0].tolist()):
+        out[i].add_(xp[i, :, p : p + h, q : q + w], alpha=v)
+    return out
 
 
 @register("motion_blur", "directional Gaussian line blur, random angle in [-45, 45] deg", native_gray=True)

@@ -49,13 +49,41 @@ def contrast(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> tor
     return (x - means) * c + means
 
 
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    """Small shared thread pool for per-image Pillow work (Pillow releases the GIL)."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 1)))
+    return _POOL
+
+
+def _pixelate_planes(planes: np.ndarray, out: np.ndarray, sh: int, sw: int) -> None:
+    """Pillow BOX down to ``(sh, sw)`` on float32 ``(K, H, W)`` planes (mode "F"), then Pillow's BOX
+    upsampling back, a pure selection of non-decreasing indices (hence ``np.repeat``), into ``out``."""
+    h, w = planes.shape[-2:]
+    small = np.stack([np.asarray(Image.fromarray(p, mode="F").resize((sw, sh), Image.BOX)) for p in planes])
+    reps_h = np.bincount(_ops.box_resize_matrix(sh, h).argmax(1), minlength=sh)
+    reps_w = np.bincount(_ops.box_resize_matrix(sw, w).argmax(1), minlength=sw)
+    out[:] = np.repeat(np.repeat(small, reps_h, axis=1), reps_w, axis=2)
+
+
 @register("pixelate", "Pillow BOX downsampling by a fraction c, then BOX upsampling back", native_gray=True)
 def pixelate(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
-    """Box average down to ``int(c * size)`` (two matmuls), then Pillow's BOX upsampling, which is
-    a pure selection (output ``o`` copies input ``floor((o + 0.5) * n_in / n_out)``): two gathers."""
+    """CPU float32: Pillow itself on float ("F") planes, per image on a thread pool (no uint8
+    rounding). Otherwise box average down to ``int(c * size)`` (two matmuls), then Pillow's BOX
+    upsampling, which is a pure selection (output ``o`` copies input ``floor((o + 0.5) * n_in /
+    n_out)``): two gathers. Both agree up to float rounding."""
     c = params("pixelate", severity, *x.shape[-2:])
     h, w = x.shape[-2:]
     sh, sw = int(h * c), int(w * c)
+    if x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4:
+        planes = x.detach().contiguous().numpy()
+        out = np.empty_like(planes)
+        list(_pool().map(lambda i: _pixelate_planes(planes[i], out[i], sh, sw), range(len(planes))))
+        return torch.from_numpy(out)
     down_h = _ops.to_device(("box", h, sh), _ops.box_resize_matrix(h, sh), x)
     down_w = _ops.to_device(("box", w, sw), _ops.box_resize_matrix(w, sw), x)
     small = _ops.apply_separable(x, down_h, down_w)
@@ -121,15 +149,27 @@ def elastic_transform(x: torch.Tensor, severity: int, gen: torch.Generator | Non
     return elastic_warp(x, pts, noise, alpha, sigma)
 
 
-_POOL: ThreadPoolExecutor | None = None
-
-
 def _jpeg_roundtrip(img: np.ndarray, quality: int) -> np.ndarray:
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, "JPEG", quality=quality)
     buf.seek(0)
     with Image.open(buf) as im:
         return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+
+
+def _jpeg_image(img: np.ndarray, out: np.ndarray, quality: int) -> None:
+    """float32 ``(3, H, W)`` in [0, 1] -> uint8 (x 255, round half to even, clamp) -> JPEG round
+    trip -> ``out`` ``(3, H, W)`` float32 / 255: the batch path's arithmetic, per image so that the
+    conversions run in the pool's threads (numpy releases the GIL) and stay in cache; Pillow's
+    ``merge`` interleaves the uint8 planes (cheaper than a strided numpy transpose)."""
+    scaled = img * np.float32(255)
+    u8 = np.clip(np.rint(scaled, out=scaled), 0, 255, out=scaled).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.merge("RGB", [Image.fromarray(c) for c in u8]).save(buf, "JPEG", quality=quality)
+    buf.seek(0)
+    with Image.open(buf) as im:
+        dec = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+    np.multiply(dec.transpose(2, 0, 1), np.float32(1 / 255), out=out, dtype=np.float32)
 
 
 def _jpeg_cuda(u8: torch.Tensor, quality: int) -> torch.Tensor | None:
@@ -148,16 +188,18 @@ def jpeg_compression(x: torch.Tensor, severity: int, gen: torch.Generator | None
     """JPEG round trip of each image (uint8, rounded). CPU: Pillow, as the reference, on a small
     thread pool (libjpeg releases the GIL). CUDA: torchvision's nvJPEG encode/decode when it
     works, else the CPU path."""
-    global _POOL
     quality = int(params("jpeg_compression", severity, *x.shape[-2:]))
+    if x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4:
+        src = x.detach().contiguous().numpy()
+        out = np.empty_like(src)
+        list(_pool().map(lambda i: _jpeg_image(src[i], out[i], quality), range(len(src))))
+        return torch.from_numpy(out)
     u8 = x.mul(255).round_().clamp_(0, 255).to(torch.uint8)
     if x.is_cuda:
         out = _jpeg_cuda(u8, quality)
         if out is not None:
             return out.to(x.dtype) / 255
     arr = u8.permute(0, 2, 3, 1).contiguous().cpu().numpy()
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 1)))
-    out = np.stack(list(_POOL.map(lambda im: _jpeg_roundtrip(im, quality), arr)))
+    out = np.stack(list(_pool().map(lambda im: _jpeg_roundtrip(im, quality), arr)))
     out = torch.from_numpy(out).permute(0, 3, 1, 2).to(x.dtype, memory_format=torch.contiguous_format)
     return out.to(x.device).mul_(1 / 255)

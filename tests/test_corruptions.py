@@ -192,3 +192,19 @@ def test_severity_increases_distance(size: int):
             if s not in allowed and d[s] < d[s - 1] * (1 - REL_TOL):
                 failures.append(f"{name}@{size}: s{s}={d[s - 1]:.4f} > s{s + 1}={d[s]:.4f}")
     assert not failures, "\n".join(failures)
+
+
+def test_cpu_fast_paths_match_generic_paths():
+    """pixelate: Pillow "F" planes (CPU float32) == the matmul/gather path (float64); JPEG: the per-image
+    numpy path (CPU float32) == the batch torch uint8 path, bit for bit."""
+    from corruptions import digital
+
+    x = torch.rand(3, 3, 40, 37, generator=torch.Generator().manual_seed(0))
+    x[0, 0, 0, :3] = torch.tensor([0.5, 1.5, 254.5]) / 255  # rounding ties
+    for s in (1, 3, 5):
+        fast = digital.pixelate(x, s, None)
+        assert (fast.double() - digital.pixelate(x.double(), s, None)).abs().max() < 1e-6
+        q = int(digital.params("jpeg_compression", s, 40, 37))
+        u8 = x.mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+        ref = torch.stack([torch.from_numpy(digital._jpeg_roundtrip(im, q)) for im in u8]).permute(0, 3, 1, 2)
+        assert torch.equal(digital.jpeg_compression(x, s, None), ref.float().mul_(1 / 255))
