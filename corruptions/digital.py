@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -52,12 +53,17 @@ def contrast(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> tor
 _POOL: ThreadPoolExecutor | None = None
 
 
-def _pool() -> ThreadPoolExecutor:
-    """Small shared thread pool for per-image Pillow work (Pillow releases the GIL)."""
+def _per_image(fn: Callable[[int], object], n: int) -> None:
+    """``fn(i)`` for ``i < n``: on a small shared thread pool (Pillow and numpy release the GIL),
+    or serially when torch is limited to one CPU thread (``torch.set_num_threads(1)``)."""
     global _POOL
+    if torch.get_num_threads() == 1:
+        for i in range(n):
+            fn(i)
+        return
     if _POOL is None:
         _POOL = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 1)))
-    return _POOL
+    list(_POOL.map(fn, range(n)))
 
 
 def _pixelate_planes(planes: np.ndarray, out: np.ndarray, sh: int, sw: int) -> None:
@@ -82,7 +88,7 @@ def pixelate(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> tor
     if x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4:
         planes = x.detach().contiguous().numpy()
         out = np.empty_like(planes)
-        list(_pool().map(lambda i: _pixelate_planes(planes[i], out[i], sh, sw), range(len(planes))))
+        _per_image(lambda i: _pixelate_planes(planes[i], out[i], sh, sw), len(planes))
         return torch.from_numpy(out)
     down_h = _ops.to_device(("box", h, sh), _ops.box_resize_matrix(h, sh), x)
     down_w = _ops.to_device(("box", w, sw), _ops.box_resize_matrix(w, sw), x)
@@ -192,7 +198,7 @@ def jpeg_compression(x: torch.Tensor, severity: int, gen: torch.Generator | None
     if x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4:
         src = x.detach().contiguous().numpy()
         out = np.empty_like(src)
-        list(_pool().map(lambda i: _jpeg_image(src[i], out[i], quality), range(len(src))))
+        _per_image(lambda i: _jpeg_image(src[i], out[i], quality), len(src))
         return torch.from_numpy(out)
     u8 = x.mul(255).round_().clamp_(0, 255).to(torch.uint8)
     if x.is_cuda:
@@ -200,6 +206,11 @@ def jpeg_compression(x: torch.Tensor, severity: int, gen: torch.Generator | None
         if out is not None:
             return out.to(x.dtype) / 255
     arr = u8.permute(0, 2, 3, 1).contiguous().cpu().numpy()
-    out = np.stack(list(_pool().map(lambda im: _jpeg_roundtrip(im, quality), arr)))
-    out = torch.from_numpy(out).permute(0, 3, 1, 2).to(x.dtype, memory_format=torch.contiguous_format)
+    dec = np.empty_like(arr)
+
+    def one(i: int) -> None:
+        dec[i] = _jpeg_roundtrip(arr[i], quality)
+
+    _per_image(one, len(arr))
+    out = torch.from_numpy(dec).permute(0, 3, 1, 2).to(x.dtype, memory_format=torch.contiguous_format)
     return out.to(x.device).mul_(1 / 255)
