@@ -1,8 +1,8 @@
 """Throughput of the torch corruptions vs the reference per-image loop (imagecorruptions).
 
-    python benchmarks/corruptions.py            # 64 x 3 x 224 x 224, severities 1-5, CPU
-    python benchmarks/corruptions.py --device cuda
-    python benchmarks/corruptions.py --quick    # 16 images, severity 3, fewer reference images
+    python -m benchmarks.corruptions            # 64 x 3 x 224 x 224, severities 1-5, CPU
+    python -m benchmarks.corruptions --device cuda
+    python -m benchmarks.corruptions --quick    # 16 images, severity 3, fewer reference images
 
 Ours: ``corruptions.corrupt`` on a float batch ``(N, 3, 224, 224)`` on ``--device`` (synchronised).
 Reference: ``imagecorruptions`` (the Hendrycks & Dietterich code made size-agnostic) called per

@@ -3,7 +3,7 @@
 Same model (digits-c's small-cnn), same data (the 15 corrupted domains, generated once), same batch size,
 in one process, alternating bare and harness repeats; prints the medians and their ratio (target <= 1.10).
 
-    python benchmarks/overhead.py [--repeats 3] [--batch-size 64] [--limit 600] [--device cpu]
+    python -m benchmarks.overhead [--repeats 3] [--batch-size 64] [--limit 600] [--device cpu]
 """
 
 from __future__ import annotations
