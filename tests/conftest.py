@@ -28,5 +28,16 @@ def shared_data() -> Path:
 
 
 @pytest.fixture
+def one_thread():
+    """One intra-op thread for the test: on a shared, loaded CPU, 2-thread kernels run many times slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def runs_dir(tmp_path: Path) -> Path:
     return tmp_path / "runs"

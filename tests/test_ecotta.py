@@ -16,14 +16,7 @@ from methods.ecotta import EcoTTA, MetaNet, confident_entropy, partition, residu
 from tta_bench.memory import measure
 from tta_bench.zoo.small_cnn import SmallCNN
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared, loaded CPU, 2-thread kernels run many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _source_model() -> nn.Module:
