@@ -22,7 +22,7 @@ import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -322,8 +322,9 @@ def build(v: Variant, data_dir, seed: int, root, clean_dir, mode: str, holdout: 
 DEFAULTS = {"cifar10-c": "wrn28-10-cifar10", "cifar100-c": "resnext29-augmix-cifar100"}
 
 
-@register("cifar10-c", default_model=DEFAULTS["cifar10-c"])
-def cifar10_c(
+def cifar_c(
+    name: str,
+    /,
     *,
     data_dir,
     seed: int = 0,
@@ -334,21 +335,14 @@ def cifar10_c(
     clean_size: int = 500,
     download: bool = True,
 ) -> StreamSpec:
-    """CIFAR-10-C: published .npy files (downloaded, MD5-checked) or generated from a clean test set."""
-    return build(VARIANTS["cifar10-c"], data_dir, seed, root, clean_dir, mode, holdout, clean_size, download)
+    """CIFAR-10-C / CIFAR-100-C (`name`): published .npy files or generated from a clean test set."""
+    return build(VARIANTS[name], data_dir, seed, root, clean_dir, mode, holdout, clean_size, download)
 
 
-@register("cifar100-c", default_model=DEFAULTS["cifar100-c"])
-def cifar100_c(
-    *,
-    data_dir,
-    seed: int = 0,
-    root: str | None = None,
-    clean_dir: str | None = None,
-    mode: str = "auto",
-    holdout: int = 1000,
-    clean_size: int = 500,
-    download: bool = True,
-) -> StreamSpec:
-    """CIFAR-100-C: published .npy files (downloaded, MD5-checked) or generated from a clean test set."""
-    return build(VARIANTS["cifar100-c"], data_dir, seed, root, clean_dir, mode, holdout, clean_size, download)
+_DESCRIPTION = "{}: published .npy files (downloaded, MD5-checked) or generated from a clean test set"
+cifar10_c = register("cifar10-c", DEFAULTS["cifar10-c"], _DESCRIPTION.format("CIFAR-10-C"))(
+    partial(cifar_c, "cifar10-c")
+)
+cifar100_c = register("cifar100-c", DEFAULTS["cifar100-c"], _DESCRIPTION.format("CIFAR-100-C"))(
+    partial(cifar_c, "cifar100-c")
+)
