@@ -12,7 +12,8 @@ import torch.nn.functional as F
 import torchvision
 
 import methods
-from methods.ecotta import EcoTTA, MetaNet, confident_entropy, partition, residual_blocks, self_distilled_loss, warm_up
+from methods._meta import MetaNet, partition, residual_blocks, self_distilled_loss
+from methods.ecotta import EcoTTA, confident_entropy, warm_up
 from tta_bench.memory import measure
 from tta_bench.zoo.small_cnn import SmallCNN
 
