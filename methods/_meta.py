@@ -2,11 +2,27 @@
 
 `MetaNet` splices BN(f_k(x)) + ReLU(BN(Conv3×3(x))) around the frozen partition f_k through forward hooks;
 `_Recomputed` keeps only the branch input for backward; `_MeanAbsDiff` keeps an int8 sign map for the
-self-distilled L1. `residual_blocks` / `partition` implement the split rule documented in methods/ecotta.py.
+self-distilled L1.
+
+Partitioning (`residual_blocks`, `partition`, `partition_blocks`):
+- Blocks: the encoder's blocks in execution order: the children of its numbered stages `layer1..N` (ResNets,
+  the DeepLab backbones), `block1..N` (WideResNets: `block1..N.layer`) or `level1..N` (ESPNet's `level2`, `level3`
+  ModuleLists), numeric order; else the children of `features`/`stages`. A numbered stage made only of leaf
+  layers (a conv-BN-act unit such as ESPNet's stem `level1`) holds no blocks and is skipped.
+- Chains: f_k must be a function of the partition's input alone, so a partition is a chain: each of its blocks
+  takes the previous block's output. Where block i does not (ESPNet: concatenation, BN and a down-sampling ESP
+  between `level2` and `level3`), a partition boundary is forced before block i. `_probe`'s one forward
+  records which probed module produced each block's input (`chain_breaks`).
+- Sizes: K' = max(#chains, min(K, #blocks)) partitions; each chain gets one, then each further partition goes to
+  the chain whose largest partition is largest (ties: higher mean, then the later chain), and a chain is split
+  near-equally, the later partitions one block longer. Without forced boundaries this is the plain split
+  (K=4: ResNet-50 [4,4,4,4], WRN-28 [3,3,3,3]; K=5: [3,3,3,3,4], [2,2,2,3,3]); ESPNet p=2, q=8 (2 + 8 blocks),
+  K=4: `level2` [2], `level3` [2,3,3]. `split` (explicit counts) must not put a forced boundary inside a partition.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable
 
@@ -72,33 +88,82 @@ class _Recomputed(torch.autograd.Function):
         return (None, *[next(got) if n else None for n in need])
 
 
+STAGES = (r"layer(\d+)", r"block(\d+)", r"level(\d+)")  # numbered encoder stages, in this order of preference
+
+
+def _leaf_unit(m: nn.Module) -> bool:
+    """True for a container of leaf layers only (conv-BN-act): a stem unit, not a stage of blocks."""
+    return all(next(c.children(), None) is None for c in m.children())
+
+
 def residual_blocks(model: nn.Module) -> list[nn.Module]:
     """The encoder's blocks in execution order (rule in the module docstring)."""
     for m in model.modules():
         kids = dict(m.named_children())
-        for pattern in (r"layer\d+", r"block\d+"):
-            stages = sorted((k for k in kids if re.fullmatch(pattern, k)), key=lambda k: int(k[5:]))
-            if stages:
-                out = []
-                for s in (kids[k] for k in stages):
-                    s = getattr(s, "layer", s)
-                    out += list(s.children()) if isinstance(s, nn.Sequential) else [s]
+        for pattern in STAGES:
+            stages = sorted((int(g[1]), k) for k in kids if (g := re.fullmatch(pattern, k)))
+            out: list[nn.Module] = []
+            for _, k in stages:
+                s = getattr(kids[k], "layer", kids[k])
+                if isinstance(s, (nn.Sequential, nn.ModuleList)):
+                    out += [] if _leaf_unit(s) else list(s.children())
+                else:
+                    out.append(s)
+            if out:
                 return out
         for name in ("features", "stages"):
             if isinstance(kids.get(name), nn.Sequential):
                 return list(kids[name].children())
-    raise UserError("EcoTTA found no residual stages (layer1.., block1.., features) in the model to partition.")
+    raise UserError(
+        "EcoTTA found no residual stages (layer1.., block1.., level1.., features, stages) in the model to partition."
+    )
 
 
-def partition(n: int, k: int, split: tuple[int, ...] = ()) -> list[int]:
-    """Block counts of the partitions (sum n)."""
+def _even(n: int, k: int) -> list[int]:
+    """n blocks in k near-equal partitions, the later ones one block longer."""
+    return [n // k + (i >= k - n % k) for i in range(k)]
+
+
+def partition(n: int, k: int, split: tuple[int, ...] = (), breaks: Iterable[int] = ()) -> list[int]:
+    """Block counts of the partitions (sum n); `breaks`: indices of blocks that must start a partition."""
+    cuts = sorted({int(b) for b in breaks if 0 < int(b) < n})
     if split:
         sizes = [int(s) for s in split]
         if sum(sizes) != n or min(sizes) < 1:
             raise UserError(f"split={split!r} must be positive block counts summing to {n} (--set method.split=...).")
+        starts = set(itertools.accumulate(sizes[:-1]))
+        if any(c not in starts for c in cuts):
+            raise UserError(
+                f"split={split!r} puts a stage boundary inside a partition: blocks {cuts} do not take the previous "
+                f"block's output (concatenations between stages), so each must start a partition; choose counts "
+                f"whose running sums include {cuts} (--set method.split=...)."
+            )
         return sizes
-    k = max(1, min(k, n))
-    return [n // k + (i >= k - n % k) for i in range(k)]
+    bounds = [0, *cuts, n]
+    lens = [b - a for a, b in zip(bounds, bounds[1:])]
+    parts = [1] * len(lens)
+    for _ in range(max(len(lens), min(k, n)) - len(lens)):
+        j = max(range(len(lens)), key=lambda j: (-(-lens[j] // parts[j]), lens[j] / parts[j], j))
+        parts[j] += 1
+    return [s for length, p in zip(lens, parts) for s in _even(length, p)]
+
+
+def chain_breaks(blocks: list[nn.Module], shapes: dict[int, tuple]) -> tuple[int, ...]:
+    """Indices i ≥ 1 of the blocks whose input is not block i−1's output (from `_probe(model, blocks)`)."""
+    return tuple(i for i in range(1, len(blocks)) if shapes[id(blocks[i])][2] != id(blocks[i - 1]))
+
+
+def partition_blocks(
+    model: nn.Module, k: int, split: tuple[int, ...] = ()
+) -> tuple[list[tuple[nn.Module, nn.Module]], dict[int, tuple]]:
+    """(first, last) block of each partition and the `_probe` record of every block, from one forward."""
+    blocks = residual_blocks(model)
+    shapes = _probe(model, blocks)
+    groups, i = [], 0
+    for s in partition(len(blocks), k, split, chain_breaks(blocks, shapes)):
+        groups.append((blocks[i], blocks[i + s - 1]))
+        i += s
+    return groups, shapes
 
 
 class _MeanAbsDiff(torch.autograd.Function):
@@ -123,14 +188,19 @@ def self_distilled_loss(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> t
 
 
 @torch.no_grad()
-def _probe(model: nn.Module, modules: list[nn.Module]) -> dict[int, tuple[tuple[int, int], tuple[int, int]]]:
-    """(channels, height) of the input and output of each module, from one forward of a 2×C×64×64 batch."""
+def _probe(model: nn.Module, modules: list[nn.Module]) -> dict[int, tuple]:
+    """id(module) -> ((C_in, H_in), (C_out, H_out), id of the probed module whose output is its input, or None),
+    from one forward of a 2×C×64×64 batch."""
     conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
     p = next(model.parameters())
     found: dict[int, tuple] = {}
+    producer: dict[int, int] = {}  # id(output tensor) -> id(module); `alive` keeps those ids unique
+    alive: list[torch.Tensor] = []
 
     def hook(m, args, out):
-        found[id(m)] = ((args[0].shape[1], args[0].shape[2]), (out.shape[1], out.shape[2]))
+        found[id(m)] = ((args[0].shape[1], args[0].shape[2]), (out.shape[1], out.shape[2]), producer.get(id(args[0])))
+        producer[id(out)] = id(m)
+        alive.append(out)
 
     handles = [m.register_forward_hook(hook) for m in set(modules)]
     try:

