@@ -149,6 +149,24 @@ def box_resize_matrix(n_in: int, n_out: int) -> np.ndarray:
     return m
 
 
+@lru_cache(maxsize=256)
+def box_runs(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pillow ``Image.BOX`` along one axis as runs: output ``o`` is the unweighted mean of inputs
+    ``starts[o] .. starts[o] + sizes[o] - 1`` (int64 arrays of length ``n_out``).
+
+    Read off :func:`box_resize_matrix`, whose rows are equal weights on one contiguous range
+    (checked). Upsampling gives runs of length 1: a pure selection of input ``starts[o]``.
+    """
+    m = box_resize_matrix(n_in, n_out)
+    nz = m > 0
+    starts, sizes = nz.argmax(1), nz.sum(1)
+    ends = n_in - nz[:, ::-1].argmax(1)
+    if not (sizes.min() > 0 and np.array_equal(ends - starts, sizes)):
+        raise AssertionError(f"box_resize_matrix({n_in}, {n_out}) has an empty or split row")
+    starts.flags.writeable = sizes.flags.writeable = False
+    return starts, sizes
+
+
 def fast_len(n: int) -> int:
     """Smallest integer >= n whose prime factors are 2, 3 and 5 (a fast FFT length)."""
     while True:

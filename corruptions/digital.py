@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -66,29 +69,131 @@ def _per_image(fn: Callable[[int], object], n: int) -> None:
     list(_POOL.map(fn, range(n)))
 
 
+@dataclass(frozen=True)
+class _BoxDown:
+    """Pillow BOX downsampling ``n_in -> n_out`` along one axis as sums of ``len(terms)`` gathers,
+    to be divided by ``sizes`` (the run lengths) later.
+
+    Term ``k`` gathers input ``idx`` = ``start + k`` of each run; for runs shorter than ``k + 1``
+    it gathers input ``n_in`` (a zero row appended by the caller) when ``mask`` is ``None``, else
+    the run's last input, zeroed by multiplying with ``mask``. Runs of 1 or 2 inputs: the second
+    term of a run of one is its input again, and its size counts as 2 (exact: ``(a + a) / 2``).
+    ``stride``: every run has this length and they tile the input (strided views, no gathers).
+    """
+
+    terms: tuple[tuple[np.ndarray, np.ndarray | None], ...]
+    sizes: np.ndarray
+    stride: int | None
+
+
+@lru_cache(maxsize=64)
+def _box_down(n_in: int, n_out: int, zero_pad: bool) -> _BoxDown:
+    starts, sizes = _ops.box_runs(n_in, n_out)
+    q, longest = int(sizes.min()), int(sizes.max())
+    if q == 1 and longest == 2:
+        return _BoxDown(((starts, None), (starts + sizes - 1, None)), np.full(n_out, 2), None)
+    terms = []
+    for k in range(longest):
+        inside = sizes > k
+        if k < q:
+            terms.append((starts + k, None))
+        elif zero_pad:
+            terms.append((np.where(inside, starts + k, n_in), None))
+        else:
+            terms.append((np.where(inside, starts + k, starts), inside.astype(np.float32)))
+    tiled = q == longest and n_in == q * n_out
+    return _BoxDown(tuple(terms), sizes, q if tiled else None)
+
+
+def _box_sum_axis(a: np.ndarray, axis: int, n: int, plan: _BoxDown, out: np.ndarray, tmp: np.ndarray) -> None:
+    """``out`` = run sums of Pillow's BOX downsampling of float32 ``a`` ``(K, H, W)`` along ``axis``
+    (1 or 2), whose first ``n`` entries are the data (entry ``n``, if any, is the zero padding the
+    plan may gather); ``tmp``: scratch shaped like ``out``."""
+    n_out = out.shape[axis]
+    if plan.stride is not None:
+        q = plan.stride
+        a = a[:, :n] if axis == 1 else a[:, :, :n]
+        view = a.reshape(a.shape[:axis] + (n_out, q) + a.shape[axis + 1:])
+        part = [view[(slice(None),) * (axis + 1) + (k,)] for k in range(q)]
+        if q == 1:
+            np.copyto(out, part[0])
+            return
+        np.add(part[0], part[1], out=out)
+        for p in part[2:]:
+            np.add(out, p, out=out)
+        return
+    for k, (idx, mask) in enumerate(plan.terms):
+        np.take(a, idx, axis=axis, out=out if k == 0 else tmp, mode="wrap")
+        if k == 0:
+            continue
+        if mask is not None:
+            np.multiply(tmp, mask, out=tmp)
+        np.add(out, tmp, out=out)
+
+
+@lru_cache(maxsize=64)
+def _box_scale(h: int, sh: int, w: int, sw: int) -> np.ndarray:
+    """``(sh, sw)`` float32 divisors of the block sums: run size along H x run size along W."""
+    return np.outer(_box_down(h, sh, True).sizes, _box_down(w, sw, False).sizes).astype(np.float32)
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(shape: tuple[int, ...], slot: int) -> np.ndarray:
+    """A float32 work array of ``shape``, reused per thread (fresh arrays cost page faults); arrays
+    over 8 MB (images of several megapixels) are not kept."""
+    if np.prod(shape) > 1 << 21:
+        return np.empty(shape, np.float32)
+    bufs = _SCRATCH.__dict__.setdefault("bufs", {})
+    key = (shape, slot)
+    if key not in bufs:
+        if len(bufs) > 16:
+            bufs.clear()
+        bufs[key] = np.empty(shape, np.float32)
+    return bufs[key]
+
+
 def _pixelate_planes(planes: np.ndarray, out: np.ndarray, sh: int, sw: int) -> None:
-    """Pillow BOX down to ``(sh, sw)`` on float32 ``(K, H, W)`` planes (mode "F"), then Pillow's BOX
-    upsampling back, a pure selection of non-decreasing indices (hence ``np.repeat``), into ``out``."""
-    h, w = planes.shape[-2:]
-    small = np.stack([np.asarray(Image.fromarray(p, mode="F").resize((sw, sh), Image.BOX)) for p in planes])
-    reps_h = np.bincount(_ops.box_resize_matrix(sh, h).argmax(1), minlength=sh)
-    reps_w = np.bincount(_ops.box_resize_matrix(sw, w).argmax(1), minlength=sw)
-    out[:] = np.repeat(np.repeat(small, reps_h, axis=1), reps_w, axis=2)
+    """Pillow BOX down to ``(sh, sw)`` then BOX up (a pure selection) of float32 ``(K, H, W)``
+    planes into ``out``: run sums over rows (whole-row gathers and adds), then over columns of the
+    small array, one division by the block sizes, then column and row selections. Few planes per
+    call, so that the work stays in cache."""
+    k, h, w = planes.shape
+    src = _scratch((k, h + 1, w), 4)
+    src[:, h] = 0  # the zero row that short runs gather
+    np.copyto(src[:, :h], planes)  # one streaming read: gathering rows straight from DRAM is latency-bound
+    rows = _scratch((k, sh, w), 0)
+    _box_sum_axis(src, 1, h, _box_down(h, sh, True), rows, _scratch((k, sh, w), 1))
+    small = _scratch((k, sh, sw), 2)
+    _box_sum_axis(rows, 2, w, _box_down(w, sw, False), small, _scratch((k, sh, sw), 3))
+    np.divide(small, _box_scale(h, sh, w, sw), out=small)
+    wide = _scratch((k, sh, w), 1)
+    np.take(small, _ops.box_runs(sw, w)[0], axis=2, out=wide, mode="wrap")
+    np.take(wide, _ops.box_runs(sh, h)[0], axis=1, out=out, mode="wrap")
 
 
 @register("pixelate", "Pillow BOX downsampling by a fraction c, then BOX upsampling back", native_gray=True)
 def pixelate(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
-    """CPU float32: Pillow itself on float ("F") planes, per image on a thread pool (no uint8
-    rounding). Otherwise box average down to ``int(c * size)`` (two matmuls), then Pillow's BOX
-    upsampling, which is a pure selection (output ``o`` copies input ``floor((o + 0.5) * n_in /
-    n_out)``): two gathers. Both agree up to float rounding."""
+    """Box average down to ``int(c * size)``, then Pillow's BOX upsampling, which is a pure
+    selection (output ``o`` copies input ``floor((o + 0.5) * n_in / n_out)``). CPU float32: numpy
+    run sums and gathers a few images at a time (:func:`_pixelate_planes`, on the thread pool
+    when torch has more than one thread); otherwise two matmuls and two gathers. Both agree with
+    Pillow's float ("F") resize up to float rounding."""
     c = params("pixelate", severity, *x.shape[-2:])
     h, w = x.shape[-2:]
     sh, sw = int(h * c), int(w * c)
     if x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4:
+        n, ch = x.shape[:2]
         planes = x.detach().contiguous().numpy()
-        out = np.empty_like(planes)
-        _per_image(lambda i: _pixelate_planes(planes[i], out[i], sh, sw), len(planes))
+        out = np.empty_like(planes)  # numpy: large arrays get huge pages (torch's allocator page-faults)
+        per = max(1, (1 << 18) // (ch * h * w))  # images per call: ~1 MB of input
+
+        def chunk(i: int) -> None:
+            sl = slice(i * per, (i + 1) * per)
+            _pixelate_planes(planes[sl].reshape(-1, h, w), out[sl].reshape(-1, h, w), sh, sw)
+
+        _per_image(chunk, -(-n // per))
         return torch.from_numpy(out)
     down_h = _ops.to_device(("box", h, sh), _ops.box_resize_matrix(h, sh), x)
     down_w = _ops.to_device(("box", w, sw), _ops.box_resize_matrix(w, sw), x)

@@ -7,6 +7,7 @@ every severity) so that the comparison sees the table, not the draw.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import skimage.data
 import torch
@@ -195,7 +196,7 @@ def test_severity_increases_distance(size: int):
 
 
 def test_cpu_fast_paths_match_generic_paths():
-    """pixelate: Pillow "F" planes (CPU float32) == the matmul/gather path (float64); JPEG: the per-image
+    """pixelate: numpy run sums (CPU float32) == the matmul/gather path (float64); JPEG: the per-image
     numpy path (CPU float32) == the batch torch uint8 path, bit for bit."""
     from corruptions import digital
 
@@ -208,3 +209,50 @@ def test_cpu_fast_paths_match_generic_paths():
         u8 = x.mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
         ref = torch.stack([torch.from_numpy(digital._jpeg_roundtrip(im, q)) for im in u8]).permute(0, 3, 1, 2)
         assert torch.equal(digital.jpeg_compression(x, s, None), ref.float().mul_(1 / 255))
+
+
+# Sizes hitting every CPU pixelate case: runs of 1-2 inputs (CIFAR table; 224 and 128 at s1), tiling
+# runs (224 and 128 at s2 and s5), runs of 2-3 / 3-4 / 4-5 (s3, s4; 100 x 90 at s5), rectangles.
+PIXELATE_SIZES = [(32, 32), (28, 28), (64, 64), (128, 128), (224, 224), (37, 53), (100, 90), (5, 7)]
+
+
+def _pillow_pixelate(x: torch.Tensor, severity: int) -> torch.Tensor:
+    """Pillow itself on float ("F") planes: BOX down to ``int(c * size)``, BOX back up."""
+    from PIL import Image
+
+    h, w = x.shape[-2:]
+    c = corruptions.tables.params("pixelate", severity, h, w)
+    planes = [Image.fromarray(p, mode="F").resize((int(w * c), int(h * c)), Image.BOX).resize((w, h), Image.BOX)
+              for p in x.reshape(-1, h, w).numpy()]
+    return torch.stack([torch.from_numpy(np.asarray(p)) for p in planes]).reshape(x.shape)
+
+
+@pytest.mark.parametrize("hw", PIXELATE_SIZES, ids=lambda hw: f"{hw[0]}x{hw[1]}")
+def test_pixelate_cpu_path_matches_pillow_and_matmul_path(hw: tuple[int, int], one_thread):
+    """The CPU float32 path (numpy run sums and gathers) == Pillow's float resize and == the general
+    path (box matrices, index_select) in float64, to float32 rounding, at every severity."""
+    from corruptions import digital
+
+    x = torch.rand(2, 3, *hw, generator=torch.Generator().manual_seed(1))
+    x[0, :, : hw[0] // 2, : hw[1] // 2] = 1  # flat bright blocks: the largest rounding steps
+    for s in SEVERITIES:
+        fast = digital.pixelate(x, s, None)
+        assert fast.dtype == torch.float32 and fast.shape == x.shape
+        general = digital.pixelate(x.double(), s, None)
+        assert (fast.double() - general).abs().max().item() <= 2e-7, f"{hw} s{s}"
+        assert (fast - _pillow_pixelate(x, s)).abs().max().item() <= 2e-7, f"{hw} s{s}"
+        assert (fast[0, :, 0, 0] == 1).all()
+
+
+def test_pixelate_chunks_threads_and_gray(one_thread):
+    """The CPU path runs ~1 MB of images per call (85 at 3 x 32 x 32, so 100 images make a full
+    and a short call; 256 gray ones), serially or on the thread pool: planes are independent, so
+    every split gives the same bits."""
+    from corruptions import digital
+
+    x = torch.rand(100, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    serial = digital.pixelate(x, 4, None)
+    assert torch.equal(serial[:7], digital.pixelate(x[:7], 4, None))
+    assert torch.equal(serial[:, 1:2], digital.pixelate(x[:, 1:2].contiguous(), 4, None))
+    torch.set_num_threads(2)
+    assert torch.equal(digital.pixelate(x, 4, None), serial)
