@@ -86,13 +86,17 @@ def test_files_layout_severity_blocks_first_n_and_holdout(tmp_path):
 def test_files_plus_torchvision_pickles_hold_out_clean_and_train_source(tmp_path):
     write_cifar_c(tmp_path / "CIFAR-10-C")
     x, y = write_pickles(tmp_path / "cifar-10-batches-py", N)
-    spec = cifar10_c(data_dir=tmp_path, seed=0, holdout=3, clean_size=2)
-    assert len(spec.source) == 3 and len(spec.clean) == 2 and spec.info["source_split"] == "test-holdout"
+    spec = cifar10_c(data_dir=tmp_path, seed=0, holdout=4, clean_size=3)
+    # Held-out images split in two disjoint halves: clean (forgetting) first, then source (warm-up, Fisher).
+    assert len(spec.source) == 2 and len(spec.clean) == 2 and spec.info["source_split"] == "test-holdout"
     xs, ys = spec.source[0]
-    assert torch.equal((xs * 255).round().to(torch.uint8), torch.from_numpy(x[N - 3])) and ys == y[N - 3]
+    assert torch.equal((xs * 255).round().to(torch.uint8), torch.from_numpy(x[N - 2])) and ys == y[N - 2]
+    xc, yc = spec.clean[0]
+    assert torch.equal((xc * 255).round().to(torch.uint8), torch.from_numpy(x[N - 4])) and yc == y[N - 4]
     write_pickles(tmp_path / "cifar-10-batches-py", N, train=True)
     spec = cifar10_c(data_dir=tmp_path, seed=0, holdout=3)
     assert len(spec.source) == 20 and spec.info["source_split"] == "train"  # 5 training batches of 4
+    assert len(spec.clean) == 3  # with a training set as source, every held-out image may measure forgetting
     assert sorted(set(spec.source.targets.tolist())) == [0, 1, 2, 3, 4]
 
 
@@ -109,7 +113,8 @@ def test_generated_from_pickles_is_seeded_and_corrupted(tmp_path):
     assert torch.equal(a, again)  # seeded: same run seed -> same pixels
     other = cifar10_c(data_dir=tmp_path, seed=1, holdout=5).load("gaussian_noise", 5, None)
     assert not torch.equal(a, torch.stack([other[i][0] for i in range(3)]))
-    assert len(spec.source) == 5 and np.array_equal(spec.source.targets, y[15:])  # never streamed
+    assert len(spec.source) == 3 and np.array_equal(spec.source.targets, y[17:])  # never streamed
+    assert len(spec.clean) == 2 and np.array_equal(spec.clean.targets, y[15:17])  # disjoint from the source
 
 
 def test_generated_from_image_folder_via_clean_dir(tmp_path):

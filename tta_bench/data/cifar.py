@@ -9,8 +9,9 @@ Clean test sets: torchvision's `cifar-10-batches-py/test_batch` / `cifar-100-pyt
 (original test order), or an ImageFolder of test images (`<dir>[/test]/<class>/<img>`, class folders
 in label order, i.e. sorted names; shown in a fixed seed-independent shuffled order so the first N mix
 the classes). Source split: the last `holdout` test images (in stream order) are never streamed; they
-are `spec.source` (unless the training batches are present: then the training set is) and their first
-`clean_size` are `spec.clean` (forgetting).
+are split in two disjoint parts: the first `min(clean_size, holdout // 2)` are `spec.clean` (forgetting) and
+the rest are `spec.source` (warm-up, Fisher, ...). When the training batches are present the training set is
+the source and the first `clean_size` held-out images are the clean sample.
 """
 
 from __future__ import annotations
@@ -291,9 +292,13 @@ def build(v: Variant, data_dir, seed: int, root, clean_dir, mode: str, holdout: 
     if clean is not None and holdout and len(clean.y) != n_total:
         clean = None  # held-out images must be the same test images as the files'
     if clean is not None and holdout:
-        held = U8Images(clean.x[n_stream:], clean.y[n_stream:])
-        src, cln = held, U8Images(held.x[:clean_size], held.y[:clean_size])
-    if clean is not None and clean.train is not None:
+        hx, hy = clean.x[n_stream:], clean.y[n_stream:]
+        if clean.train is not None:  # the training set is the source: all held-out images may measure forgetting
+            src, cln = clean.train, U8Images(hx[:clean_size], hy[:clean_size])
+        else:  # disjoint: forgetting is never measured on images the source stage (warm-up, Fisher) trained on
+            k = min(clean_size, len(hy) // 2)
+            src, cln = U8Images(hx[k:], hy[k:]), U8Images(hx[:k], hy[:k])
+    elif clean is not None and clean.train is not None:
         src = clean.train
     fp, split_name = None, None
     if src is not None:
