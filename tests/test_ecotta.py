@@ -247,3 +247,33 @@ def test_runner_on_a_camvid_c_folder_with_held_out_source(tmp_path) -> None:
     assert res.summary["prepare_s"] > 0 and 0 <= res.summary["mean_error"] <= 100
     info = json.loads((res.folder / "config.json").read_text())["stream_info"]
     assert info["holdout"] == 3 and info["source_split"] == "test-holdout" and info["n_target"] == 9
+
+
+def test_identity_init_starts_warm_up_from_the_source_model() -> None:
+    """After `identity_init` on a batch, x̃_k = f_k on that batch: the logits equal the frozen model's."""
+    from methods.ecotta import identity_init
+
+    model = _source_model()
+    a = EcoTTA(copy.deepcopy(model))
+    x = torch.rand(32, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        before = a.infer(x)
+        identity_init(a, x)
+        after, want = a.infer(x), model(x)
+    assert (before - want).abs().max() > 0.1  # default (PyTorch) init is far from the source model
+    torch.testing.assert_close(after, want, atol=2e-4, rtol=1e-4)
+    # Partition inputs are detached (methods/_meta.py), so the gradient reaches meta network k through the later
+    # branches: with γ = 0 they start closed and open one partition per step (γ moves); K steps reach them all.
+    y, opt = torch.randint(0, 10, (32,)), torch.optim.SGD(a.metas.parameters(), lr=0.1)
+    for _ in range(len(a.metas) + 1):
+        a.metas.zero_grad()
+        F.cross_entropy(a.model(x), y).backward()
+        a._pairs()
+        opt.step()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in a.metas.parameters())
+
+
+def test_meta_init_option_is_checked() -> None:
+    a = EcoTTA(_source_model(), meta_init="zeros", warmup_epochs=0)
+    with pytest.raises(UserError, match="meta_init"):
+        a.prepare([(torch.rand(4, 3, 32, 32), torch.randint(0, 10, (4,)))])
