@@ -20,6 +20,9 @@ step for step:
   the newcomer's; then every item ages by one.
 - the returned logits are the teacher's, computed before any update in the batch (official `ema_out`).
 The official stream uses a Dirichlet class-order sampler (`--setting non-iid` here). Batch size 1 works.
+Short domains: the robust-BN statistics move by α per update, one update per `update_frequency` samples,
+so with 200 images per domain (3 updates) they lag a domain behind. Measured, ResNet-20 on CIFAR-10-C
+severity 5, continual: 58.8 % mean error at 200/domain (source 56.7 %), 51.6 % at 1,000/domain (source 58.6 %).
 """
 
 from __future__ import annotations
