@@ -19,13 +19,16 @@ self-distilled regulariser λ·Σ_k mean|x̃_k − sg(f_k(x_{k-1}))|. The sample
 input when computing R_k, so R_k trains meta network k only; here one forward/backward carries both
 terms, so R_k also reaches earlier meta networks through the Conv branches.
 
-Partitions: the encoder's residual blocks in order (children of `layer1..N` in ResNets and the DeepLab
-backbone, of `block1..N.layer` in WideResNets, else of `features`/`stages`) are split into
-K' = min(K, #blocks) near-equal groups, the later ones one block longer when n is not a multiple of K'
-(K=4: ResNet-50 [4,4,4,4], WRN-28 [3,3,3,3]; K=5: [3,3,3,3,4], [2,2,2,3,3]). `split` sets the block
-counts explicitly, e.g. the sample code's WRN-40 splits `split=3,3,3,3,6` (K=5) and `split=3,3,6,6` (K=4).
-K=4 is the default (the paper reports K=4 and K=5): on ResNet-50 its first partition spans the whole
-56×56 stage, so no 56×56 partition output is kept, which is most of the memory difference.
+Partitions (rule in methods/_meta.py): the encoder's blocks in order (children of `layer1..N` in ResNets
+and the DeepLab backbone, of `block1..N.layer` in WideResNets, of `level1..N` in ESPNet, else of
+`features`/`stages`) are split into K' = max(#chains, min(K, #blocks)) partitions. A partition never
+crosses a point where a block does not take the previous block's output (ESPNet: the concatenation between
+`level2` and `level3`). Within a chain the split is near-equal, the later partitions one block longer
+(K=4: ResNet-50 [4,4,4,4], WRN-28 [3,3,3,3], ESPNet p=2, q=8 [2 | 2,3,3]; K=5: [3,3,3,3,4], [2,2,2,3,3]).
+`split` sets the block counts explicitly, e.g. the sample code's WRN-40 splits `split=3,3,3,3,6` (K=5) and
+`split=3,3,6,6` (K=4). K=4 is the default (the paper reports K=4 and K=5): on ResNet-50 its first
+partition spans the whole 56×56 stage, so no 56×56 partition output is kept, which is most of the memory
+difference.
 
 Before deployment, `warm_up` trains the meta networks alone on source data with cross-entropy (the
 runner calls it through `prepare`, cached). Initialisation (our choice; the paper and sample code use
@@ -49,7 +52,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from methods import register
-from methods._meta import MetaNet, _probe, partition, residual_blocks, self_distilled_loss
+from methods._meta import MetaNet, partition_blocks, self_distilled_loss
 from methods.base import Adapter, entropy, make_optimizer, train_only
 from tta_bench.errors import UserError
 
@@ -84,13 +87,7 @@ class EcoTTA(Adapter):
     def configure(self) -> None:
         self.model.eval()
         train_only(self.model, [])
-        blocks = residual_blocks(self.model)
-        sizes = partition(len(blocks), self.hp.partitions, self.hp.split)
-        groups, i = [], 0
-        for s in sizes:
-            groups.append((blocks[i], blocks[i + s - 1]))
-            i += s
-        shapes = _probe(self.model, [g for pair in groups for g in pair])
+        groups, shapes = partition_blocks(self.model, self.hp.partitions, self.hp.split)
         metas = []
         for first, last in groups:
             (c_in, h_in), (c_out, h_out) = shapes[id(first)][0], shapes[id(last)][1]

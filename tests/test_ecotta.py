@@ -203,6 +203,8 @@ def test_ecotta_adapts_a_tiny_espnet() -> None:
     assert [(x.conv.in_channels, x.conv.out_channels, x.conv.stride[0]) for x in a.metas] == [
         (64, 64, 1), (64, 64, 1), (128, 128, 1), (128, 128, 1)
     ]  # fmt: skip
+    three = EcoTTA(_tiny_espnet(), partitions=3)  # the plain split [2, 3] would cross level2 -> level3 (64 -> 128)
+    assert [(x.conv.in_channels, x.conv.out_channels) for x in three.metas] == [(64, 64), (128, 128), (128, 128)]
     orig = _model_state(a)
     metas = {k: v.clone() for k, v in a.metas.state_dict().items()}
     x = torch.rand(2, 3, 24, 40)
