@@ -41,6 +41,10 @@ class MetaNet(nn.Module):
         self.bn = nn.BatchNorm2d(c_out, track_running_stats=False)
         self.conv = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
         self.conv_bn = nn.BatchNorm2d(c_out, track_running_stats=False)
+        # Fixed per-channel output scale (1 = the sample code's block; identity init sets the source feature
+        # std): the trained parameters then act in normalised units, so their SGD steps do not depend on the
+        # feature scale of the network (ESPNet's partition outputs have std ~0.03, ResNets' ~1).
+        self.register_buffer("scale", torch.ones(c_out))
         self._x: torch.Tensor | None = None
         self.pair: tuple[torch.Tensor, torch.Tensor] | None = None  # (x̃_k, f_k(x)) of the last forward
 
@@ -48,10 +52,11 @@ class MetaNet(nn.Module):
         return F.relu(self.conv_bn(self.conv(x)))
 
     def forward(self, x: torch.Tensor, frozen_out: torch.Tensor) -> torch.Tensor:
+        scale = self.scale.view(1, -1, 1, 1)
         if torch.is_grad_enabled():  # keep only x for the branch's backward; recompute conv-BN-ReLU there
             params = (self.conv.weight, self.conv_bn.weight, self.conv_bn.bias)
-            return self.bn(frozen_out) + _Recomputed.apply(self.branch, x, *params)
-        return self.bn(frozen_out) + self.branch(x)
+            return (self.bn(frozen_out) + _Recomputed.apply(self.branch, x, *params)) * scale
+        return (self.bn(frozen_out) + self.branch(x)) * scale
 
     def enter(self, module: nn.Module, args: tuple) -> tuple:  # pre-hook of the partition's first block
         self._x = args[0]

@@ -124,27 +124,34 @@ class EcoTTA(Adapter):
 
 
 @torch.no_grad()
-def identity_init(adapter: EcoTTA, x: torch.Tensor, branch_bias: float = 0.1) -> None:
-    """Start every partition at x̃_k = f_k(x_{k-1}) on the source batch `x` (N,C,H,W).
+def identity_init(adapter: EcoTTA, x: torch.Tensor, gain: float = 0.1, bias: float = 0.1) -> None:
+    """Start every partition at x̃_k ≈ f_k(x_{k-1}) on the source batch `x` (N,C,H,W).
 
-    The branch's BN gets γ = 0, β = `branch_bias` (ReLU(β) = β, so gradients flow), and the meta BN gets
-    γ = σ_k, β = μ_k − `branch_bias`, the per-channel statistics of f_k's output on `x` (partitions are
-    calibrated in order, so each sees the source features). Warm-up then starts from the source model.
+    With μ_k, σ_k the per-channel statistics of f_k's output on `x`: the output scale is σ_k, the branch's
+    BN gets γ = `gain`, β = `bias` (a small branch whose ReLU is open: gradients flow from the first step,
+    also to earlier partitions through it), and the meta BN γ = 1, β = μ_k / σ_k − m_k with m_k the branch's
+    per-channel mean on `x`: x̃_k = f_k + σ_k (b_k − m_k), b_k the branch output, a zero-mean perturbation of
+    about `gain`·σ_k (exactly f_k when gain = 0). Partitions are calibrated in order, so each sees (almost)
+    the source features. Warm-up then starts from the source model, in normalised units.
     """
     seen: dict[str, torch.Tensor] = {}
     for meta in adapter.metas:
-        meta.conv_bn.weight.zero_()
-        meta.conv_bn.bias.fill_(branch_bias)
+        meta.conv_bn.weight.fill_(gain)
+        meta.conv_bn.bias.fill_(bias)
         seen.clear()
-        hook = meta.bn.register_forward_pre_hook(lambda m, args: seen.setdefault("f", args[0]))
+        hooks = [meta.bn.register_forward_pre_hook(lambda m, args: seen.setdefault("f", args[0])),
+                 meta.conv_bn.register_forward_hook(lambda m, args, out: seen.setdefault("b", F.relu(out)))]
         try:
             adapter.model(x)
         finally:
-            hook.remove()
+            for h in hooks:
+                h.remove()
             adapter._pairs()
         f = seen["f"].transpose(0, 1).flatten(1).float()
-        meta.bn.weight.copy_(torch.sqrt(f.var(1, unbiased=False) + meta.bn.eps))
-        meta.bn.bias.copy_(f.mean(1) - branch_bias)
+        std = torch.sqrt(f.var(1, unbiased=False) + meta.bn.eps)
+        meta.scale.copy_(std)
+        meta.bn.weight.fill_(1.0)
+        meta.bn.bias.copy_(f.mean(1) / std - seen["b"].transpose(0, 1).flatten(1).float().mean(1))
 
 
 def warm_up(adapter: EcoTTA, loader: Iterable, epochs: int = 10, lr: float = 5e-2, momentum: float = 0.9) -> None:

@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 import methods.tent
 from tta_bench.config import RunConfig
@@ -96,3 +97,27 @@ def test_set_overrides_reach_the_adapter(tmp_path):
     cfg = resolve(_cfg(tmp_path, method_opts={"lr": 5e-4, "steps": 2}))
     assert cfg.method_opts["lr"] == 5e-4 and cfg.method_opts["steps"] == 2
     assert cfg.run_id() != resolve(_cfg(tmp_path)).run_id()
+
+
+def test_prepare_cache_is_keyed_by_resolved_hyper_parameters_and_architecture(tmp_path, monkeypatch):
+    """A changed default or a changed adapter architecture must not reuse (or fail to load) a cached warm-up."""
+    import methods._meta
+    import methods.ecotta
+
+    cfg = _cfg(tmp_path, method="ecotta", method_opts={"warmup_epochs": 1})
+
+    def cached(force: bool = True) -> bool:
+        res = run(cfg, quiet=True, force=force)
+        return json.loads((res.folder / "config.json").read_text())["prepare"]["cached"]
+
+    assert cached() is False and cached() is True
+    monkeypatch.setitem(methods.ecotta.EcoTTA.defaults, "warmup_lr", 1e-3)  # same options, new default
+    assert cached() is False and cached() is True
+    init = methods._meta.MetaNet.__init__
+
+    def with_extra_buffer(self, *args, **kw):
+        init(self, *args, **kw)
+        self.register_buffer("extra", torch.zeros(1))
+
+    monkeypatch.setattr(methods._meta.MetaNet, "__init__", with_extra_buffer)
+    assert cached() is False

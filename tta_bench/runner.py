@@ -221,7 +221,8 @@ def _prepare(adapter, spec, cfg: RunConfig, ctx: ModelContext, weights: dict, de
     key = recipe_hash(
         {
             "method": cfg.method,
-            "hp": cfg.method_opts,
+            "hp": {k: repr(v) for k, v in vars(adapter.hp).items()},  # resolved: a changed default is a new key
+            "state": [(k, tuple(v.shape)) for k, v in adapter.state_dict().items()],  # and a changed architecture
             "model": cfg.model,
             "weights": weights.get("sha256"),
             "stream": cfg.stream,
@@ -234,7 +235,7 @@ def _prepare(adapter, spec, cfg: RunConfig, ctx: ModelContext, weights: dict, de
     if path.exists():
         adapter.load_state_dict(torch.load(path, map_location=device, weights_only=True))
         info["cached"] = True
-    else:
+    else:  # hyper-parameters, architecture and source data are in the key, so a cached state always loads
         t0 = time.perf_counter()
         x0 = next(iter(_loader(spec.source, cfg.batch_size, device, 0)))[0].to(device)
         info["adapt_mb"] = measure_prepare(adapter, x0)
