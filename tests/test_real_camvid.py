@@ -7,10 +7,10 @@ labels scored at 480×360), batch 8: mean mIoU source 20.29, tent 20.81, alpha_b
 norm on the first three corruptions, then degrades to about the source level: continual error accumulation);
 unchanged by camvid-c's held-out source split (the last 40 test images; the stream shows the first 16).
 ecotta (defaults: K=4 partitions level2 [2] + level3 [2,3,3], identity init, 10 warm-up epochs at lr 5e-2 on
-the 40 held-out images, 39 s; test-time lr 5e-3): 3.99 (about one class everywhere). Its meta networks never
-updated (identity init, no warm-up, lr 0): 26.40, about norm. Measured apart: the warm-up alone takes the
-identity-initialised network from 45.5 to 4.4 mIoU on the 16 clean images; without warm-up, the test-time
-updates give 16.0 on the first domain, then 2.4 (lr 5e-4: 16.34 mean, drifting down).
+the 40 held-out images, ~40 s; test-time SGD lr 5e-3): 22.51, above source, below norm: the warm-up on 40
+frames of another sequence (Seq05VD; the stream shows 0001TP) costs it; without warm-up (`warmup_epochs=0`)
+26.68, the best of the five. Before the meta networks acted in normalised units (methods/_meta.py, `scale`),
+their SGD steps diverged on ESPNet's small features (partition output std ~0.03): 3.99.
 
     OMP_NUM_THREADS=1 python -m pytest tests/test_real_camvid.py -m slow -s -q     # ~4 min, prints the table
 """
@@ -102,10 +102,11 @@ def test_camvid_c_severity3_ordering(shared_data, tmp_path):
     if "ecotta" in res:  # warm-up on the 40 held-out test images (no CamVid train split offline)
         info = res["ecotta"].summary
         print(f"ecotta warm-up {info['prepare_s']:.1f} s (source split: the last 40 CamVid test images)")
-        frozen = camvid_c(shared_data, tmp_path, "ecotta", meta_init="identity", warmup_epochs=0, lr=0.0)
-        err["ecotta-no-update"] = frozen.summary["mean_error"]
-        print(f"ecotta, identity init, no warm-up, lr 0: mean mIoU {100 - err['ecotta-no-update']:.2f}")
-        # Measured: the meta networks alone (identity init, batch-statistic meta BNs, never updated) are as good as
-        # norm; the default warm-up (lr 5e-2) and test-time updates (lr 5e-3) collapse it (module docstring).
-        assert abs(err["ecotta-no-update"] - err["norm"]) < 2
-        assert err["ecotta"] > err["source"] + 10 and float(table["ecotta"].iloc[1:].max()) < 10
+        cold = camvid_c(shared_data, tmp_path, "ecotta", warmup_epochs=0)
+        err["ecotta-no-warm-up"] = cold.summary["mean_error"]
+        print(f"ecotta without warm-up: mean mIoU {100 - err['ecotta-no-warm-up']:.2f}")
+        # Measured: 22.51 with the defaults (above source 20.29), 26.68 without the warm-up on held-out frames of
+        # another sequence (norm 26.12): adapting never collapses, and the meta networks alone match norm.
+        assert err["ecotta"] < err["source"] - 1
+        assert err["ecotta-no-warm-up"] < err["norm"] + 1 and err["ecotta-no-warm-up"] < err["ecotta"]
+        assert float(table["ecotta"].min()) > 10  # no domain collapses (before the fix: 2-4 mIoU everywhere)
