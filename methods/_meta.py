@@ -46,7 +46,7 @@ class MetaNet(nn.Module):
         # feature scale of the network (ESPNet's partition outputs have std ~0.03, ResNets' ~1).
         self.register_buffer("scale", torch.ones(c_out))
         self._x: torch.Tensor | None = None
-        self.pair: tuple[torch.Tensor, torch.Tensor] | None = None  # (x̃_k, f_k(x)) of the last forward
+        self.pair: tuple[torch.Tensor, ...] | None = None  # (x̃_k, f_k(x), scale) of the last forward
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.conv_bn(self.conv(x)))
@@ -65,7 +65,7 @@ class MetaNet(nn.Module):
     def leave(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:  # hook of its last block
         x, self._x = self._x, None
         y = self(x, out)
-        self.pair = (y, out) if torch.is_grad_enabled() else None
+        self.pair = (y, out, self.scale) if torch.is_grad_enabled() else None
         return y
 
 
@@ -172,24 +172,32 @@ def partition_blocks(
 
 
 class _MeanAbsDiff(torch.autograd.Function):
-    """mean|y − f| (f constant) that saves only sign(y − f) as int8 for backward, not a float copy."""
+    """mean(|y − f| / s) (f constant, s > 0 per channel) that saves only sign(y − f) as int8 for backward,
+    not a float copy."""
 
     @staticmethod
-    def forward(ctx, y: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, y: torch.Tensor, f: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         d = y - f
-        ctx.save_for_backward(torch.sign(d).to(torch.int8))
+        ctx.save_for_backward(torch.sign(d).to(torch.int8), s)
         ctx.numel = d.numel()
-        return d.abs().float().mean()
+        return (d.abs() / s).float().mean()
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        (sign,) = ctx.saved_tensors
-        return sign.to(grad.dtype) * (grad / ctx.numel), None
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        sign, s = ctx.saved_tensors
+        return sign.to(grad.dtype) * (grad / ctx.numel) / s, None, None
 
 
-def self_distilled_loss(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """Σ_k mean|x̃_k − f_k| with the frozen outputs f_k as constants (the paper's self-distilled L1)."""
-    return sum(_MeanAbsDiff.apply(y, f.detach()) for y, f in pairs)
+def self_distilled_loss(pairs: Iterable[tuple[torch.Tensor, ...]]) -> torch.Tensor:
+    """Σ_k mean|x̃_k − f_k| / σ_k with the frozen outputs f_k as constants: the paper's self-distilled L1,
+    measured in units of the partition's source feature scale σ_k (`MetaNet.scale`; 1 unless identity init
+    set it, so λ means the same on ESPNet's features of std ~0.03 as on a ResNet's of std ~1). Pairs are
+    (x̃_k, f_k) or (x̃_k, f_k, σ_k (C,))."""
+    total = 0
+    for y, f, *scale in pairs:
+        s = scale[0].view(1, -1, *([1] * (y.dim() - 2))).to(y.dtype) if scale else y.new_ones(())
+        total = total + _MeanAbsDiff.apply(y, f.detach(), s)
+    return total
 
 
 @torch.no_grad()

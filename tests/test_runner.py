@@ -104,7 +104,7 @@ def test_prepare_cache_is_keyed_by_resolved_hyper_parameters_and_architecture(tm
     import methods._meta
     import methods.ecotta
 
-    cfg = _cfg(tmp_path, method="ecotta", method_opts={"warmup_epochs": 1})
+    cfg = _cfg(tmp_path, method="ecotta", method_opts={"warmup_epochs": 1, "e_margin": 0.41})  # a key of its own
 
     def cached(force: bool = True) -> bool:
         res = run(cfg, quiet=True, force=force)
