@@ -15,7 +15,9 @@ BN) and an int8 sign map (for R_k). Meta BNs always use batch statistics (no run
 
 Loss per test batch (one SGD step): entropy over the confident samples/pixels (H < e_margin·ln C,
 averaged over those kept; EATA's Eq. 3 filter, which the sample code points to for Eq. 2) plus the
-self-distilled regulariser λ·Σ_k mean|x̃_k − sg(f_k(x_{k-1}))|. The sample code detaches each partition's
+self-distilled regulariser λ·Σ_k mean|x̃_k − sg(f_k(x_{k-1}))| / σ_k, with σ_k the partition's per-channel
+source feature std from identity init (1 with `meta_init="default"`: the paper's L1 exactly; our choice, so
+that λ means the same on ESPNet's features of std ~0.03 as on a ResNet's ~1). The sample code detaches each partition's
 input when computing R_k, so R_k trains meta network k only; here one forward/backward carries both
 terms, so R_k also reaches earlier meta networks through the Conv branches.
 
