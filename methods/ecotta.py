@@ -17,9 +17,9 @@ Loss per test batch (one SGD step): entropy over the confident samples/pixels (H
 averaged over those kept; EATA's Eq. 3 filter, which the sample code points to for Eq. 2) plus the
 self-distilled regulariser λ·Σ_k mean|x̃_k − sg(f_k(x_{k-1}))| / σ_k, with σ_k the partition's per-channel
 source feature std from identity init (1 with `meta_init="default"`: the paper's L1 exactly; our choice, so
-that λ means the same on ESPNet's features of std ~0.03 as on a ResNet's ~1). The sample code detaches each partition's
-input when computing R_k, so R_k trains meta network k only; here one forward/backward carries both
-terms, so R_k also reaches earlier meta networks through the Conv branches.
+that λ means the same on ESPNet's features of std ~0.03 as on a ResNet's ~1). The sample code detaches
+each partition's input when computing R_k, so R_k trains meta network k only; here one forward/backward
+carries both terms, so R_k also reaches earlier meta networks through the Conv branches.
 
 Partitions (rule in methods/_meta.py): the encoder's blocks in order (children of `layer1..N` in ResNets
 and the DeepLab backbone, of `block1..N.layer` in WideResNets, of `level1..N` in ESPNet, else of
@@ -87,6 +87,8 @@ class EcoTTA(Adapter):
     }
 
     def configure(self) -> None:
+        if self.hp.meta_init not in ("identity", "default"):
+            raise UserError(f"meta_init={self.hp.meta_init!r}: use 'identity' or 'default' (--set method.meta_init=).")
         self.model.eval()
         train_only(self.model, [])
         groups, shapes = partition_blocks(self.model, self.hp.partitions, self.hp.split)
@@ -110,15 +112,13 @@ class EcoTTA(Adapter):
             self.optimizer.zero_grad(set_to_none=True)
         return outputs
 
-    def _pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _pairs(self) -> list[tuple[torch.Tensor, ...]]:
         pairs = [m.pair for m in self.metas]
         for m in self.metas:
             m.pair = None
         return pairs
 
     def prepare(self, source: Iterable) -> None:
-        if self.hp.meta_init not in ("identity", "default"):
-            raise UserError(f"meta_init={self.hp.meta_init!r}: use 'identity' or 'default' (--set method.meta_init=).")
         if self.hp.meta_init == "identity":
             x = next(iter(source))[0]
             identity_init(self, x.to(next(self.metas.parameters()).device))
@@ -149,11 +149,11 @@ def identity_init(adapter: EcoTTA, x: torch.Tensor, gain: float = 0.1, bias: flo
             for h in hooks:
                 h.remove()
             adapter._pairs()
-        f = seen["f"].transpose(0, 1).flatten(1).float()
-        std = torch.sqrt(f.var(1, unbiased=False) + meta.bn.eps)
+        var, mean = torch.var_mean(seen["f"].transpose(0, 1).flatten(1).float(), 1, unbiased=False)
+        std = torch.sqrt(var + meta.bn.eps)
         meta.scale.copy_(std)
         meta.bn.weight.fill_(1.0)
-        meta.bn.bias.copy_(f.mean(1) / std - seen["b"].transpose(0, 1).flatten(1).float().mean(1))
+        meta.bn.bias.copy_(mean / std - seen["b"].transpose(0, 1).flatten(1).float().mean(1))
 
 
 def warm_up(adapter: EcoTTA, loader: Iterable, epochs: int = 10, lr: float = 5e-2, momentum: float = 0.9) -> None:

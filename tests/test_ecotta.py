@@ -286,6 +286,5 @@ def test_identity_init_starts_warm_up_from_the_source_model() -> None:
 
 
 def test_meta_init_option_is_checked() -> None:
-    a = EcoTTA(_source_model(), meta_init="zeros", warmup_epochs=0)
-    with pytest.raises(UserError, match="meta_init"):
-        a.prepare([(torch.rand(4, 3, 32, 32), torch.randint(0, 10, (4,)))])
+    with pytest.raises(UserError, match="meta_init"):  # at construction, before any run folder or warm-up
+        EcoTTA(_source_model(), meta_init="zeros")
