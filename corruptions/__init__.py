@@ -96,7 +96,8 @@ def corrupt(x: torch.Tensor, name: str, severity: int, generator: torch.Generato
     out = entry.fn(work, severity, generator)
     if out.untyped_storage().data_ptr() == work.untyped_storage().data_ptr() or 0 in out.stride():
         out = out.clone()  # never clamp the caller's tensor (or a broadcast view) in place
-    out = out.clamp_(0, 1)
+    if not entry.in_range:
+        out = out.clamp_(0, 1)
     if to_luma:
         out = to_gray(out)
     return out.to(x.dtype)

@@ -4,7 +4,8 @@ A corruption function has the signature ``fn(x, severity, generator) -> Tensor``
 float batch ``(N, 3, H, W)`` in [0, 1] (already validated and converted to float32/float64 by
 :func:`corruptions.corrupt`), ``severity`` an int in 1..5 and ``generator`` a ``torch.Generator`` on
 ``x.device`` or ``None`` (torch's global RNG). It returns a tensor of the same shape in [0, 1]
-(clamping is re-applied by :func:`corruptions.corrupt`, so a function may skip it).
+(clamping is re-applied by :func:`corruptions.corrupt`, so a function may skip it; one registered
+with ``in_range=True`` promises its output is already in [0, 1] and is not clamped again).
 """
 
 from __future__ import annotations
@@ -21,25 +22,29 @@ CorruptionFn = Callable[[torch.Tensor, int, "torch.Generator | None"], torch.Ten
 class Entry:
     """A registered corruption. ``native_gray``: ``fn`` also takes ``(N, 1, H, W)`` and treats it
     as a gray image (per-pixel noise shared by the would-be RGB channels); otherwise a gray batch
-    is replicated to RGB, corrupted, and converted back to luma."""
+    is replicated to RGB, corrupted, and converted back to luma. ``in_range``: ``fn``'s output is
+    in [0, 1] by construction (e.g. ``k / 255``), so :func:`corruptions.corrupt` skips its clamp."""
 
     fn: CorruptionFn
     description: str
     native_gray: bool = False
+    in_range: bool = False
 
 
 REGISTRY: dict[str, Entry] = {}
 
 
-def register(name: str, description: str, native_gray: bool = False) -> Callable[[CorruptionFn], CorruptionFn]:
+def register(name: str, description: str, native_gray: bool = False,
+             in_range: bool = False) -> Callable[[CorruptionFn], CorruptionFn]:
     """Decorator: register ``fn`` under ``name`` (duplicates are an error, not a silent override).
 
-    ``native_gray=True`` when ``fn`` works channel-wise and accepts 1-channel input (see Entry)."""
+    ``native_gray=True`` when ``fn`` works channel-wise and accepts 1-channel input; ``in_range=True``
+    when its output needs no clamp (see Entry)."""
 
     def deco(fn: CorruptionFn) -> CorruptionFn:
         if name in REGISTRY:
             raise ValueError(f"corruption {name!r} is already registered")
-        REGISTRY[name] = Entry(fn, description, native_gray)
+        REGISTRY[name] = Entry(fn, description, native_gray, in_range)
         return fn
 
     return deco

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -268,19 +269,33 @@ def _jpeg_roundtrip(img: np.ndarray, quality: int) -> np.ndarray:
         return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
 
 
+# OpenCV's JPEG writer with the settings Pillow's ``save(..., "JPEG", quality=q)`` uses: baseline,
+# 4:2:0 chroma, no Huffman optimisation, no restart markers. Both call libjpeg-turbo's
+# ``jpeg_set_quality(q, force_baseline=TRUE)`` and its default islow DCT, so the decoded pixels are
+# identical (asserted in tests/test_corruptions.py for every quality the tables use).
+_CV_JPEG = (cv2.IMWRITE_JPEG_OPTIMIZE, 0, cv2.IMWRITE_JPEG_PROGRESSIVE, 0, cv2.IMWRITE_JPEG_RST_INTERVAL, 0,
+            cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420)
+
+
 def _jpeg_image(img: np.ndarray, out: np.ndarray, quality: int) -> None:
-    """float32 ``(3, H, W)`` in [0, 1] -> uint8 (x 255, round half to even, clamp) -> JPEG round
-    trip -> ``out`` ``(3, H, W)`` float32 / 255: the batch path's arithmetic, per image so that the
-    conversions run in the pool's threads (numpy releases the GIL) and stay in cache; Pillow's
-    ``merge`` interleaves the uint8 planes (cheaper than a strided numpy transpose)."""
-    scaled = img * np.float32(255)
-    u8 = np.clip(np.rint(scaled, out=scaled), 0, 255, out=scaled).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.merge("RGB", [Image.fromarray(c) for c in u8]).save(buf, "JPEG", quality=quality)
-    buf.seek(0)
-    with Image.open(buf) as im:
-        dec = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
-    np.multiply(dec.transpose(2, 0, 1), np.float32(1 / 255), out=out, dtype=np.float32)
+    """float32 ``(3, H, W)`` in [0, 1] -> uint8 (x 255 in float32, round half to even, clamp) ->
+    JPEG round trip -> ``out`` ``(3, H, W)`` float32 / 255: the batch path's arithmetic, bit for
+    bit, per image so that it runs in the pool's threads and stays in cache.
+
+    OpenCV does the conversions, the interleaving and the codec (libjpeg-turbo, as Pillow): unlike
+    Pillow's encoder it releases the GIL, so the pool's threads encode in parallel, and it takes
+    planes in and gives planes back without Pillow's 4-byte pixel copies."""
+    c, h, w = img.shape
+    planes = img.reshape(c * h, w)
+    if cv2.minMaxLoc(planes)[0] < 0:  # convertScaleAbs takes |.|: negatives must round to 0 first
+        planes = np.maximum(planes, 0, out=_scratch((c * h, w), 5))
+    u8 = cv2.convertScaleAbs(planes, alpha=255).reshape(c, h, w)  # float32 x * 255, cvRound, saturate
+    ok, data = cv2.imencode(".jpg", cv2.merge([u8[2], u8[1], u8[0]]), (cv2.IMWRITE_JPEG_QUALITY, quality, *_CV_JPEG))
+    if not ok:
+        raise RuntimeError(f"OpenCV could not JPEG-encode a {h}x{w} image at quality {quality}")
+    b, g, r = cv2.split(cv2.imdecode(data, cv2.IMREAD_COLOR))
+    for k, plane in enumerate((r, g, b)):
+        np.multiply(plane, np.float32(1 / 255), out=out[k], dtype=np.float32)
 
 
 def _jpeg_cuda(u8: torch.Tensor, quality: int) -> torch.Tensor | None:
@@ -294,13 +309,15 @@ def _jpeg_cuda(u8: torch.Tensor, quality: int) -> torch.Tensor | None:
         return None
 
 
-@register("jpeg_compression", "real JPEG encode/decode at the table's quality (Pillow / libjpeg)")
+@register("jpeg_compression", "real JPEG encode/decode at the table's quality (Pillow / libjpeg)", in_range=True)
 def jpeg_compression(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
-    """JPEG round trip of each image (uint8, rounded). CPU: Pillow, as the reference, on a small
-    thread pool (libjpeg releases the GIL). CUDA: torchvision's nvJPEG encode/decode when it
-    works, else the CPU path."""
+    """JPEG round trip of each image (uint8, rounded). CPU float32: libjpeg-turbo through OpenCV
+    on a small thread pool, pixel-identical to the reference's Pillow round trip (other CPU
+    dtypes: Pillow). CUDA: torchvision's nvJPEG encode/decode when it
+    works, else the CPU path. The output is ``k / 255`` for integers ``k`` in 0..255, so it is in
+    [0, 1] without a clamp (``in_range``)."""
     quality = int(params("jpeg_compression", severity, *x.shape[-2:]))
-    if x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4:
+    if x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and x.shape[1] == 3:
         src = x.detach().contiguous().numpy()
         out = np.empty_like(src)
         _per_image(lambda i: _jpeg_image(src[i], out[i], quality), len(src))

@@ -202,13 +202,38 @@ def test_cpu_fast_paths_match_generic_paths():
 
     x = torch.rand(3, 3, 40, 37, generator=torch.Generator().manual_seed(0))
     x[0, 0, 0, :3] = torch.tensor([0.5, 1.5, 254.5]) / 255  # rounding ties
+    x[1, 1, 5, :4] = torch.tensor([-0.3, -0.4 / 255, 1.002, 1.5])  # out of range: clamped, not |x|
     for s in (1, 3, 5):
         fast = digital.pixelate(x, s, None)
         assert (fast.double() - digital.pixelate(x.double(), s, None)).abs().max() < 1e-6
         q = int(digital.params("jpeg_compression", s, 40, 37))
         u8 = x.mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
         ref = torch.stack([torch.from_numpy(digital._jpeg_roundtrip(im, q)) for im in u8]).permute(0, 3, 1, 2)
-        assert torch.equal(digital.jpeg_compression(x, s, None), ref.float().mul_(1 / 255))
+        out = digital.jpeg_compression(x, s, None)
+        assert torch.equal(out, ref.float().mul_(1 / 255))
+        assert 0 <= out.min() and out.max() <= 1  # registered in_range: corrupt() does not clamp it
+        assert torch.equal(corruptions.corrupt(x, "jpeg_compression", s), out)
+
+
+def test_cpu_jpeg_codec_matches_pillow_at_every_table_quality():
+    """The CPU float32 path encodes and decodes with OpenCV's libjpeg-turbo; the reference saves and
+    opens with Pillow's. Same pixels, for every quality in the ImageNet-C, CIFAR-C and MedMNIST-C
+    tables (low qualities exercise the baseline clamp of the quantisation tables), on photos and
+    on odd sizes (partial MCUs)."""
+    from corruptions import digital
+
+    qualities = (5, 7, 10, 15, 18, 20, 25, 30, 40, 50, 58, 65, 80, 85, 95)
+    batches = [photos(224)[:2], photos(32), photos(28)[:1],
+               torch.rand(2, 3, 17, 45, generator=torch.Generator().manual_seed(1))]
+    for x in batches:
+        src = x.contiguous().numpy()
+        u8 = x.mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+        out = np.empty_like(src)
+        for q in qualities:
+            for i in range(len(src)):
+                digital._jpeg_image(src[i], out[i], q)
+                ref = digital._jpeg_roundtrip(u8[i], q).transpose(2, 0, 1)
+                assert np.array_equal(out[i], ref.astype(np.float32) * np.float32(1 / 255)), (x.shape, q, i)
 
 
 # Sizes hitting every CPU pixelate case: runs of 1-2 inputs (CIFAR table; 224 and 128 at s1), tiling
