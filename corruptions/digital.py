@@ -6,10 +6,7 @@ Algorithms and tables: Hendrycks & Dietterich, make_imagenet_c.py / make_cifar_c
 from __future__ import annotations
 
 import io
-import os
 import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -54,20 +51,7 @@ def contrast(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> tor
     return (x - means) * c + means
 
 
-_POOL: ThreadPoolExecutor | None = None
-
-
-def _per_image(fn: Callable[[int], object], n: int) -> None:
-    """``fn(i)`` for ``i < n``: on a small shared thread pool (Pillow and numpy release the GIL),
-    or serially when torch is limited to one CPU thread (``torch.set_num_threads(1)``)."""
-    global _POOL
-    if torch.get_num_threads() == 1:
-        for i in range(n):
-            fn(i)
-        return
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 1)))
-    list(_POOL.map(fn, range(n)))
+_per_image = _ops.per_item
 
 
 @dataclass(frozen=True)

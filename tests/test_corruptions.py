@@ -215,6 +215,43 @@ def test_cpu_fast_paths_match_generic_paths():
         assert torch.equal(corruptions.corrupt(x, "jpeg_compression", s), out)
 
 
+@pytest.mark.parametrize("mode", ["edge", "symmetric", "reflect101"])
+def test_cpu_gaussian_filter_matches_the_matrix_path(mode: str):
+    """CPU float32 blurs with OpenCV's separable filter; float64 with the dense matrices (the
+    reference's boundary handling folded in). Same numbers, also for kernels longer than the image
+    (repeated reflections) and one-pixel axes."""
+    from corruptions import _ops
+
+    gen = torch.Generator().manual_seed(0)
+    for h, w in ((224, 224), (32, 32), (10, 7), (1, 5)):
+        x = torch.rand(2, 3, h, w, generator=gen)
+        for sigma, truncate in ((0.4, 4.0), (3.0, 4.0), (6.0, 3.0), (20.0, 4.0)):
+            fast = _ops.gaussian_blur(x, sigma, truncate, mode)
+            exact = _ops.gaussian_blur(x.double(), sigma, truncate, mode)
+            assert fast.dtype == torch.float32 and fast.shape == x.shape
+            assert (fast.double() - exact).abs().max() < 2e-6, (h, w, sigma, truncate)
+
+
+def test_impulse_cpu_path_flips_at_the_table_rate():
+    """CPU float32 draws its uniforms from numpy (seeded by the generator), float64 from torch:
+    both salt and pepper a fraction amount / 2 each, leave the rest untouched, and repeat a seed."""
+    from corruptions.tables import params
+
+    x = torch.full((8, 3, 64, 64), 0.5)
+    for s in (1, 5):
+        amount = params("impulse_noise", s, 64, 64)
+        for dtype in (torch.float32, torch.float64):
+            y, again = (corruptions.corrupt(x.to(dtype), "impulse_noise", s, torch.Generator().manual_seed(3))
+                        for _ in range(2))
+            assert torch.equal(y, again)
+            assert int((y == 0.5).sum() + (y == 1).sum() + (y == 0).sum()) == y.numel()
+            salt, pepper = (y == 1).double().mean().item(), (y == 0).double().mean().item()
+            tol = 5 * (amount / 2 / y.numel()) ** 0.5
+            assert abs(salt - amount / 2) < tol and abs(pepper - amount / 2) < tol, (s, dtype, salt, pepper)
+            other = corruptions.corrupt(x.to(dtype), "impulse_noise", s, torch.Generator().manual_seed(4))
+            assert not torch.equal(y, other)
+
+
 def test_cpu_jpeg_codec_matches_pillow_at_every_table_quality():
     """The CPU float32 path encodes and decodes with OpenCV's libjpeg-turbo; the reference saves and
     opens with Pillow's. Same pixels, for every quality in the ImageNet-C, CIFAR-C and MedMNIST-C
