@@ -112,7 +112,10 @@ def gaussian_blur(x: torch.Tensor, sigma: float, truncate: float = 4.0, mode: st
     if sigma <= 0:
         return x
     h, w = x.shape[-2:]
-    if x.device.type == "cpu" and x.dtype == torch.float32 and mode in _CV_BORDER and x.numel() > 0:
+    taps = 2 * int(truncate * sigma + 0.5) + 1
+    # direct filtering costs ~taps per pixel, the dense matrices ~(h + w): measured break-even on
+    # CPU near taps = 0.4 (h + w) / 2 (elastic_transform's large sigmas stay on the matrices)
+    if x.device.type == "cpu" and x.dtype == torch.float32 and mode in _CV_BORDER and taps <= 0.2 * (h + w):
         return _gaussian_blur_cv(x, float(sigma), float(truncate), mode)
     mh = to_device(("g", h, sigma, truncate, mode), gaussian_matrix(h, float(sigma), truncate, mode), x)
     mw = to_device(("g", w, sigma, truncate, mode), gaussian_matrix(w, float(sigma), truncate, mode), x)
