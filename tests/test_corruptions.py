@@ -208,7 +208,7 @@ def test_cpu_fast_paths_match_generic_paths():
         assert (fast.double() - digital.pixelate(x.double(), s, None)).abs().max() < 1e-6
         q = int(digital.params("jpeg_compression", s, 40, 37))
         u8 = x.mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
-        ref = torch.stack([torch.from_numpy(digital._jpeg_roundtrip(im, q)) for im in u8]).permute(0, 3, 1, 2)
+        ref = torch.stack([torch.from_numpy(digital._jpeg_roundtrip(im, q).copy()) for im in u8]).permute(0, 3, 1, 2)
         out = digital.jpeg_compression(x, s, None)
         assert torch.equal(out, ref.float().mul_(1 / 255))
         assert 0 <= out.min() and out.max() <= 1  # registered in_range: corrupt() does not clamp it
