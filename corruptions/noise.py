@@ -103,6 +103,10 @@ def poisson_8bit(x: torch.Tensor, c: float, gen: torch.Generator | None) -> torc
     float32 uniform per value through a guide table (exact for that uniform; a few percent of the
     values walk up the CDF). Any other input falls back to ``torch.poisson`` (exact, slower on CPU).
     """
+    if x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() >= 2 and x.numel() > 0:
+        seed = int(torch.randint(0, 2**62, (1,), generator=gen).item())
+        out = _poisson_8bit_cpu(x.detach().contiguous().numpy(), c, seed)
+        return torch.poisson(x * c, generator=gen) if out is None else torch.from_numpy(out)
     level = torch.round(x * _LEVELS)
     if (x * _LEVELS - level).abs().max() > 1e-3:
         return torch.poisson(x * c, generator=gen)
@@ -124,3 +128,34 @@ def poisson_8bit(x: torch.Tensor, c: float, gen: torch.Generator | None) -> torc
             active = active[uw[active] >= cdf[row[active] + kw[active]]]
         k[walk] = kw.to(k.dtype)
     return k.reshape(x.shape).to(x.dtype)
+
+
+def _poisson_8bit_cpu(x: np.ndarray, c: float, seed: int) -> np.ndarray | None:
+    """:func:`poisson_8bit`'s guide-table sampler on CPU float32, one leading-axis slice at a time
+    (in cache), with the uniforms from numpy's PCG64 seeded by ``seed``; ``None`` when a value is
+    not an 8-bit level (the caller falls back to ``torch.poisson``)."""
+    cdf, guide, kk = _poisson_tables(c)
+    cdf, guide = cdf.ravel(), guide.ravel()
+    rng = np.random.Generator(np.random.PCG64(seed))
+    out = np.empty_like(x)
+    n = x[0].size
+    level, u, pos = np.empty(n, np.float32), np.empty(n, np.float32), np.empty(n, np.float32)
+    for i in range(len(x)):
+        np.multiply(x[i].reshape(-1), np.float32(_LEVELS), out=pos)
+        np.rint(pos, out=level)
+        if np.abs(np.subtract(pos, level, out=pos), out=pos).max() > 1e-3:
+            return None
+        rng.random(dtype=np.float32, out=u)
+        np.floor(np.multiply(u, np.float32(_GUIDE), out=pos), out=pos)
+        pos += level * np.float32(_GUIDE)  # level * G + bin < 2^20: exact in float32
+        k = guide.take(pos.astype(np.int32))
+        walk = np.flatnonzero(k < 0)  # bins with a CDF step inside: walk up from k0
+        kw = -k[walk] - 1
+        row, uw = level[walk].astype(np.int64) * kk, u[walk].astype(np.float64)
+        active = np.flatnonzero(uw >= cdf[row + kw])
+        while active.size:
+            kw[active] += 1
+            active = active[uw[active] >= cdf[row[active] + kw[active]]]
+        k[walk] = kw
+        out[i].reshape(-1)[:] = k
+    return out

@@ -364,11 +364,13 @@ def test_plasma_fractal_statistics(ref, decay):
         assert abs(f(r) - f(o)) < tol, (decay, f(r), f(o))
 
 
-def test_poisson_sampler_moments():
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])  # torch sampler; numpy (CPU float32) sampler
+def test_poisson_sampler_moments(dtype: torch.dtype):
     levels = torch.arange(256, dtype=torch.float64) / 255
-    x = levels.repeat(4000)
+    x = levels.to(dtype).repeat(4000, 1)
     for c in (3.0, 60.0, 500.0):
-        k = corruptions.noise.poisson_8bit(x, c, torch.Generator().manual_seed(0)).reshape(4000, 256)
+        k = corruptions.noise.poisson_8bit(x, c, torch.Generator().manual_seed(0)).double()
+        assert k.shape == x.shape and k.dtype == torch.float64
         lam = levels * c
         mean, var = k.mean(0), k.var(0)
         assert torch.all((mean - lam).abs() < 5 * torch.sqrt(lam / 4000) + 1e-9)
