@@ -287,7 +287,7 @@ def _pillow_pixelate(x: torch.Tensor, severity: int) -> torch.Tensor:
     c = corruptions.tables.params("pixelate", severity, h, w)
     planes = [Image.fromarray(p, mode="F").resize((int(w * c), int(h * c)), Image.BOX).resize((w, h), Image.BOX)
               for p in x.reshape(-1, h, w).numpy()]
-    return torch.stack([torch.from_numpy(np.asarray(p)) for p in planes]).reshape(x.shape)
+    return torch.stack([torch.from_numpy(np.array(p)) for p in planes]).reshape(x.shape)  # a writable copy
 
 
 @pytest.mark.parametrize("hw", PIXELATE_SIZES, ids=lambda hw: f"{hw[0]}x{hw[1]}")
