@@ -259,23 +259,34 @@ def pad2d(x: torch.Tensor, top: int, bottom: int, left: int, right: int, mode: s
 def filter2d(x: torch.Tensor, kernel: np.ndarray, mode: str = "reflect101") -> torch.Tensor:
     """cv2.filter2D(x, -1, kernel) per channel (correlation, odd ``kernel``): ``(N, C, H, W)``.
 
-    Small kernels use ``conv2d``. Large ones use OpenCV's filter2D (the reference's own routine)
-    for float32 CPU batches -- one call for the whole batch: the channel planes, each padded by
-    the kernel radius in rows, are stacked into one tall image and cv2 pads the columns -- and FFT
-    otherwise. All paths agree up to float rounding.
+    CPU float32 with reflect-101 borders: OpenCV's filter2D (the reference's own routine: direct
+    for small kernels, DFT for large ones) plane by plane on the shared pool, in place of a
+    padded copy. Where the kernel radius reaches the image size (repeated reflections), the batch
+    is padded first and its planes stacked into one tall image. Otherwise ``conv2d`` for small
+    kernels and FFT for large ones. All paths agree up to float rounding.
     """
     kh, kw = kernel.shape
     rh, rw = kh // 2, kw // 2
     n, c, h, w = x.shape
-    if kh * kw <= 49:
-        xp = pad2d(x, rh, rh, rw, rw, mode)
-        k = torch.as_tensor(kernel, dtype=x.dtype, device=x.device)
-        return torch.nn.functional.conv2d(xp.reshape(n * c, 1, *xp.shape[-2:]), k[None, None]).reshape(n, c, h, w)
     if x.device.type == "cpu" and x.dtype == torch.float32 and mode == "reflect101":
+        k32 = kernel.astype(np.float32)
+        if rh < h and rw < w:
+            src = x.detach().contiguous().numpy().reshape(-1, h, w)
+            out = np.empty_like(src)
+            per = max(1, (1 << 18) // (h * w))  # planes per task: ~1 MB
+
+            def run(t: int) -> None:
+                for p in range(t * per, min((t + 1) * per, len(src))):
+                    cv2.filter2D(src[p], -1, k32, dst=out[p], borderType=cv2.BORDER_REFLECT_101)
+
+            per_item(run, -(-len(src) // per))
+            return torch.from_numpy(out.reshape(x.shape))
         xp = pad2d(x, rh, rh, 0, 0, mode)
         tall = xp.reshape(n * c * (h + 2 * rh), w).numpy()
-        out = cv2.filter2D(tall, -1, kernel.astype(np.float32), borderType=cv2.BORDER_REFLECT_101)
+        out = cv2.filter2D(tall, -1, k32, borderType=cv2.BORDER_REFLECT_101)
         return torch.from_numpy(out).reshape(n, c, h + 2 * rh, w)[:, :, rh : rh + h]
     xp = pad2d(x, rh, rh, rw, rw, mode)
     k = torch.as_tensor(kernel, dtype=x.dtype, device=x.device)
+    if kh * kw <= 49:
+        return torch.nn.functional.conv2d(xp.reshape(n * c, 1, *xp.shape[-2:]), k[None, None]).reshape(n, c, h, w)
     return fft_correlate(xp, k[None, None], (h, w))

@@ -122,18 +122,51 @@ def test_errors(small: torch.Tensor):
 
 
 def test_filter2d_paths_agree():
-    """defocus blur: OpenCV path (float32 CPU), FFT path (float64) and conv2d (small kernel)."""
+    """defocus blur: OpenCV plane by plane (float32 CPU), OpenCV on a padded tall image (float32 CPU,
+    kernel radius >= the image size), conv2d (small kernels) and FFT (large) in float64: the same
+    numbers as a float64 FFT of the reflect-101 padded batch."""
     from corruptions import _ops
     from corruptions.blur import disk_kernel
 
-    x = photos(64)[:2]
-    for radius, alias in ((6, 0.5), (10, 0.5), (1, 0.2)):
-        k = disk_kernel(radius, alias)
-        a = _ops.filter2d(x.float(), k)
-        b = _ops.filter2d(x.double(), k)
-        fft = _ops.fft_correlate(_ops.pad2d(x.double(), *(k.shape[0] // 2,) * 4, "reflect101"),
-                                 torch.from_numpy(k)[None, None], (64, 64))
-        assert (a.double() - b).abs().max() < 1e-5 and (fft - b).abs().max() < 1e-9
+    for hw in ((64, 64), (5, 7), (9, 40)):
+        x = F.interpolate(photos(64)[:2], size=hw, mode="area")
+        for radius, alias in ((6, 0.5), (10, 0.5), (1, 0.2), (3, 0.1)):
+            k = disk_kernel(radius, alias)
+            r = k.shape[0] // 2
+            exact = _ops.fft_correlate(_ops.pad2d(x.double(), r, r, r, r, "reflect101"),
+                                       torch.from_numpy(k)[None, None], hw)
+            for y in (_ops.filter2d(x.float(), k), _ops.filter2d(x.double(), k)):
+                assert y.shape == x.shape and y.dtype in (torch.float32, torch.float64)
+                tol = 1e-5 if y.dtype == torch.float32 else 1e-9
+                assert (y.double() - exact).abs().max() < tol, (hw, radius, alias, y.dtype)
+
+
+@pytest.mark.parametrize("size", [224, 32])
+def test_disk_kernels_are_the_references_without_subnormals(size: int):
+    """The reference blurs its disk with cv2.GaussianBlur (reflect-101) on a grid of half-size
+    max(8, ceil(r)); ours drops the weights below float64 epsilon times the peak (~1e-44 with
+    alias_blur 0.1, float32 subnormals that x86 multiplies slowly) and trims zero borders. Filtering
+    with either kernel gives the same image to float64 rounding."""
+    import cv2
+
+    from corruptions.blur import disk_kernel
+    from corruptions.tables import params
+
+    img = np.random.default_rng(0).random((48, 48))
+    for s in SEVERITIES:
+        radius, alias = params("defocus_blur", s, size, size)
+        half = 8 if radius <= 8 else int(np.ceil(radius))
+        grid = np.arange(-half, half + 1)
+        xx, yy = np.meshgrid(grid, grid)
+        disk = (xx**2 + yy**2 <= radius**2).astype(np.float64)
+        ref = cv2.GaussianBlur(disk / disk.sum(), (3, 3) if radius <= 8 else (5, 5), sigmaX=alias)
+        ours = disk_kernel(radius, alias)
+        k32 = ours.astype(np.float32)
+        assert not ((k32 != 0) & (np.abs(k32) < np.finfo(np.float32).tiny)).any(), s
+        assert ours.shape[0] % 2 == 1 and ours.shape[0] <= ref.shape[0]
+        a = cv2.filter2D(img, -1, ref, borderType=cv2.BORDER_REFLECT_101)
+        b = cv2.filter2D(img, -1, ours, borderType=cv2.BORDER_REFLECT_101)
+        assert np.abs(a - b).max() < 1e-13, (size, s, np.abs(a - b).max())
 
 
 def test_other_sizes_and_rectangles():
