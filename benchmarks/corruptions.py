@@ -9,8 +9,10 @@ Reference: ``imagecorruptions`` (the Hendrycks & Dietterich code made size-agnos
 image on a PIL image, output converted to uint8 as make_imagenet_c.py does; it runs on the CPU
 whatever ``--device`` is. A per-image loop's images/s does not depend on how many images it runs,
 so the reference is timed on ``--ref-images`` images (its glass blur takes ~0.7 s per image).
-Both are timed in the same process, interleaved per corruption. Prints a table and the overall
-ratio = (reference seconds per image summed over the corruptions) / (ours, likewise).
+Both are timed in the same process, interleaved per corruption. ``--threads N`` sets torch's and
+OpenCV's thread counts (OpenCV's pool is separate: ``--threads 1`` alone is single-threaded).
+Prints a table and the overall ratio = (reference seconds per image summed over the corruptions) /
+(ours, likewise).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -64,11 +67,13 @@ def main() -> None:
     p.add_argument("--ref-images", type=int, default=16)
     p.add_argument("--severities", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     p.add_argument("--corruptions", nargs="+", default=list(corruptions.BENCHMARK + corruptions.EXTRA))
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch and OpenCV, both sides (default: each library's choice)")
     p.add_argument("--quick", action="store_true", help="16 images, severity 3, 4 reference images")
     args = p.parse_args()
-    if args.threads:
+    if args.threads:  # OpenCV keeps a thread pool of its own, which both sides' cv2 calls use
         torch.set_num_threads(args.threads)
+        cv2.setNumThreads(args.threads)
     if args.quick:
         args.images, args.ref_images, args.severities = 16, 4, [3]
     ref = load_reference()
@@ -76,7 +81,8 @@ def main() -> None:
     x = base.repeat((args.images + 2) // 3, 1, 1, 1)[: args.images].float().to(args.device)
     u8 = np.uint8(np.clip(base.permute(0, 2, 3, 1).numpy() * 255 + 1e-6, 0, 255))
     ref_imgs = np.concatenate([u8] * ((args.ref_images + 2) // 3))[: args.ref_images]
-    print(f"device={args.device} torch threads={torch.get_num_threads()} batch={tuple(x.shape)} "
+    print(f"device={args.device} torch threads={torch.get_num_threads()} OpenCV threads={cv2.getNumThreads()} "
+          f"batch={tuple(x.shape)} "
           f"severities={args.severities} reference images={len(ref_imgs)}")
     print(f"{'corruption':<18} {'ours img/s':>11} {'ref img/s':>10} {'speed-up':>9}")
     tot_ours = tot_ref = 0.0
