@@ -268,7 +268,9 @@ def _jpeg_image(img: np.ndarray, out: np.ndarray, quality: int) -> None:
 
     OpenCV does the conversions, the interleaving and the codec (libjpeg-turbo, as Pillow): unlike
     Pillow's encoder it releases the GIL, so the pool's threads encode in parallel, and it takes
-    planes in and gives planes back without Pillow's 4-byte pixel copies."""
+    planes in and gives planes back without Pillow's 4-byte pixel copies. The decoded bytes become
+    floats through a 256-entry table (``k * float32(1 / 255)``, the multiply's own float32 values)
+    and are split straight into ``out``'s planes."""
     c, h, w = img.shape
     planes = img.reshape(c * h, w)
     if cv2.minMaxLoc(planes)[0] < 0:  # convertScaleAbs takes |.|: negatives must round to 0 first
@@ -277,9 +279,10 @@ def _jpeg_image(img: np.ndarray, out: np.ndarray, quality: int) -> None:
     ok, data = cv2.imencode(".jpg", cv2.merge([u8[2], u8[1], u8[0]]), (cv2.IMWRITE_JPEG_QUALITY, quality, *_CV_JPEG))
     if not ok:
         raise RuntimeError(f"OpenCV could not JPEG-encode a {h}x{w} image at quality {quality}")
-    b, g, r = cv2.split(cv2.imdecode(data, cv2.IMREAD_COLOR))
-    for k, plane in enumerate((r, g, b)):
-        np.multiply(plane, np.float32(1 / 255), out=out[k], dtype=np.float32)
+    cv2.split(cv2.LUT(cv2.imdecode(data, cv2.IMREAD_COLOR), _U8_TO_FLOAT), [out[2], out[1], out[0]])
+
+
+_U8_TO_FLOAT = np.arange(256, dtype=np.float32) * np.float32(1 / 255)
 
 
 def _jpeg_cuda(u8: torch.Tensor, quality: int) -> torch.Tensor | None:
