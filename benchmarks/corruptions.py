@@ -74,6 +74,7 @@ def main() -> None:
                    help="timed passes per corruption, ours and the reference alternating; the best of each counts")
     p.add_argument("--quick", action="store_true", help="16 images, severity 3, 4 reference images")
     args = p.parse_args()
+    args.repeats = max(1, args.repeats)
     if args.threads:  # OpenCV keeps a thread pool of its own, which both sides' cv2 calls use
         torch.set_num_threads(args.threads)
         cv2.setNumThreads(args.threads)
@@ -85,13 +86,13 @@ def main() -> None:
     u8 = np.uint8(np.clip(base.permute(0, 2, 3, 1).numpy() * 255 + 1e-6, 0, 255))
     ref_imgs = np.concatenate([u8] * ((args.ref_images + 2) // 3))[: args.ref_images]
     print(f"device={args.device} torch threads={torch.get_num_threads()} OpenCV threads={cv2.getNumThreads()} "
-          f"batch={tuple(x.shape)} "
-          f"severities={args.severities} reference images={len(ref_imgs)} repeats={max(1, args.repeats)}")
+          f"batch={tuple(x.shape)} severities={args.severities} reference images={len(ref_imgs)} "
+          f"repeats={args.repeats}")
     print(f"{'corruption':<18} {'ours img/s':>11} {'ref img/s':>10} {'speed-up':>9}")
     tot_ours = tot_ref = 0.0
     for name in args.corruptions:
         t_ours = t_ref = float("inf")
-        for _ in range(max(1, args.repeats)):
+        for _ in range(args.repeats):
             t_ours = min(t_ours, time_ours(x, name, args.severities))
             t_ref = min(t_ref, time_reference(ref, ref_imgs, name, args.severities))
         tot_ours, tot_ref = tot_ours + t_ours, tot_ref + t_ref

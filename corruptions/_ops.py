@@ -40,6 +40,22 @@ def per_item(fn: Callable[[int], object], n: int) -> None:
     list(_POOL.map(fn, range(n)))
 
 
+def per_plane(x: torch.Tensor, fn: Callable[[np.ndarray, np.ndarray], object]) -> torch.Tensor:
+    """``fn(src, dst)`` on each ``(H, W)`` plane of a CPU float32 ``(..., H, W)`` tensor, writing a new
+    array of ``x``'s shape: ~1 MB of planes per task (in cache) on :func:`per_item`'s pool."""
+    h, w = x.shape[-2:]
+    src = x.detach().contiguous().numpy().reshape(-1, h, w)
+    out = np.empty_like(src)
+    per = max(1, (1 << 18) // (h * w))
+
+    def run(t: int) -> None:
+        for p in range(t * per, min((t + 1) * per, len(src))):
+            fn(src[p], out[p])
+
+    per_item(run, -(-len(src) // per))
+    return torch.from_numpy(out.reshape(x.shape))
+
+
 def to_device(key: tuple, array: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     """``array`` as a tensor with ``like``'s device and dtype, cached under ``key``."""
     k = (key, like.device, like.dtype)
@@ -131,18 +147,8 @@ def _gaussian_blur_cv(x: torch.Tensor, sigma: float, truncate: float, mode: str)
     instead of the dense matrices' O(size) -- on the shared pool. Agrees with the matrix path to
     float32 rounding (tests/test_corruptions.py), for kernels longer than the image too."""
     k = gaussian_kernel(sigma, truncate).astype(np.float32)
-    h, w = x.shape[-2:]
-    src = x.detach().contiguous().numpy().reshape(-1, h, w)
-    out = np.empty_like(src)
     border = _CV_BORDER[mode]
-    per = max(1, (1 << 18) // (h * w))  # planes per task: ~1 MB
-
-    def run(t: int) -> None:
-        for p in range(t * per, min((t + 1) * per, len(src))):
-            cv2.sepFilter2D(src[p], cv2.CV_32F, k, k, dst=out[p], borderType=border)
-
-    per_item(run, -(-len(src) // per))
-    return torch.from_numpy(out.reshape(x.shape))
+    return per_plane(x, lambda src, dst: cv2.sepFilter2D(src, cv2.CV_32F, k, k, dst=dst, borderType=border))
 
 
 @lru_cache(maxsize=256)
@@ -271,16 +277,7 @@ def filter2d(x: torch.Tensor, kernel: np.ndarray, mode: str = "reflect101") -> t
     if x.device.type == "cpu" and x.dtype == torch.float32 and mode == "reflect101":
         k32 = kernel.astype(np.float32)
         if rh < h and rw < w:
-            src = x.detach().contiguous().numpy().reshape(-1, h, w)
-            out = np.empty_like(src)
-            per = max(1, (1 << 18) // (h * w))  # planes per task: ~1 MB
-
-            def run(t: int) -> None:
-                for p in range(t * per, min((t + 1) * per, len(src))):
-                    cv2.filter2D(src[p], -1, k32, dst=out[p], borderType=cv2.BORDER_REFLECT_101)
-
-            per_item(run, -(-len(src) // per))
-            return torch.from_numpy(out.reshape(x.shape))
+            return per_plane(x, lambda src, dst: cv2.filter2D(src, -1, k32, dst=dst, borderType=cv2.BORDER_REFLECT_101))
         xp = pad2d(x, rh, rh, 0, 0, mode)
         tall = xp.reshape(n * c * (h + 2 * rh), w).numpy()
         out = cv2.filter2D(tall, -1, k32, borderType=cv2.BORDER_REFLECT_101)

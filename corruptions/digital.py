@@ -259,6 +259,7 @@ def _jpeg_roundtrip(img: np.ndarray, quality: int) -> np.ndarray:
 # identical (asserted in tests/test_corruptions.py for every quality the tables use).
 _CV_JPEG = (cv2.IMWRITE_JPEG_OPTIMIZE, 0, cv2.IMWRITE_JPEG_PROGRESSIVE, 0, cv2.IMWRITE_JPEG_RST_INTERVAL, 0,
             cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420)
+_U8_TO_FLOAT = np.arange(256, dtype=np.float32) * np.float32(1 / 255)  # decoded byte k -> float32 k / 255
 
 
 def _jpeg_image(img: np.ndarray, out: np.ndarray, quality: int) -> None:
@@ -280,9 +281,6 @@ def _jpeg_image(img: np.ndarray, out: np.ndarray, quality: int) -> None:
     if not ok:
         raise RuntimeError(f"OpenCV could not JPEG-encode a {h}x{w} image at quality {quality}")
     cv2.split(cv2.LUT(cv2.imdecode(data, cv2.IMREAD_COLOR), _U8_TO_FLOAT), [out[2], out[1], out[0]])
-
-
-_U8_TO_FLOAT = np.arange(256, dtype=np.float32) * np.float32(1 / 255)
 
 
 def _jpeg_cuda(u8: torch.Tensor, quality: int) -> torch.Tensor | None:
