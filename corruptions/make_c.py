@@ -37,7 +37,7 @@ from tqdm import tqdm
 import corruptions
 
 try:  # the CLI prints a UserError as one paragraph and exits with code 2
-    from tta_bench.errors import UserError as MakeCError
+    from tta_bench.kernel import UserError as MakeCError
 except ImportError:  # pragma: no cover - corruptions used without the harness
     MakeCError = ValueError
 

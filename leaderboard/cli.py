@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tta_bench.errors import UserError
+from tta_bench.kernel import UserError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

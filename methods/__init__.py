@@ -21,7 +21,7 @@ from typing import Any
 import torch.nn as nn
 
 from methods.base import Adapter
-from tta_bench.registry import Registry
+from tta_bench.kernel import Registry
 
 METHODS = Registry("method", "python -m tta_bench list methods")
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tta_bench.errors import UserError
+from tta_bench.kernel import UserError
 
 
 class MetaNet(nn.Module):

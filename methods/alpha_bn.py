@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from methods import register
 from methods.base import BN_TYPES, Adapter
-from tta_bench.errors import UserError
+from tta_bench.kernel import UserError
 
 
 class MixedBatchNorm(nn.Module):

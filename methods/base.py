@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tta_bench.config import check_options
+from tta_bench.kernel import UserError, check_options
 
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 NORM_TYPES = BN_TYPES + (nn.LayerNorm, nn.GroupNorm)
@@ -36,13 +36,18 @@ class Adapter(nn.Module):
     needs_source: ClassVar[bool] = False  # prepare(source) must run before the stream
     episodic: ClassVar[bool] = False  # reset before every batch (Tent's episodic flag)
 
-    def __init__(self, model: nn.Module, **hparams: Any) -> None:
+    def __init__(self, model: nn.Module, *, inplace: bool = False, **hparams: Any) -> None:
+        """Wrap `model` (a deep copy of it unless `inplace=True`: the caller's model is never changed).
+
+        `inplace=True` adapts `model` itself and saves one copy of its weights (for memory-bound users and for
+        the harness, which builds a model for the adapter alone).
+        """
         super().__init__()
         self.hp = SimpleNamespace(**check_options("method", self.name or type(self).__name__, hparams, self.defaults))
-        self.model = model
+        self.model = model if inplace else copy.deepcopy(model)
         self.optimizer: torch.optim.Optimizer | None = None
         self.configure()
-        self._snapshot()
+        self.snapshot()
 
     # --- to override -------------------------------------------------------------------------------
     def configure(self) -> None:
@@ -61,6 +66,10 @@ class Adapter(nn.Module):
 
     def reset_state(self) -> None:
         """Reset non-tensor state (queues, memory banks, counters) — called by reset()."""
+
+    def prepare_memory(self, x: torch.Tensor) -> float | None:
+        """adapt_mb (MB) of one step of `prepare` on batch `x`, or None when the adapter has no prepare step."""
+        return None
 
     # --- the contract --------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,10 +100,15 @@ class Adapter(nn.Module):
             self.optimizer.load_state_dict(copy.deepcopy(self._optim_source))
         self.reset_state()
 
-    def _snapshot(self) -> None:
-        """Remember the current state as the one reset() returns to (call again after prepare())."""
+    def snapshot(self) -> None:
+        """Remember the current state as the one reset() returns to (the harness calls it again after prepare)."""
         self._source = {k: v.detach().clone() for k, v in self.state_dict().items()}
         self._optim_source = copy.deepcopy(self.optimizer.state_dict()) if self.optimizer else None
+
+    @property
+    def source_state(self) -> dict[str, torch.Tensor]:
+        """The snapshot reset() restores: `state_dict()` keys (e.g. `model.<param name>`) -> tensors. Read-only use."""
+        return self._source
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in vars(self.hp).items())
@@ -148,22 +162,38 @@ def train_only(model: nn.Module, params: Iterable[nn.Parameter]) -> list[nn.Para
     return params
 
 
+def optimizer_defaults(
+    optimizer: str = "adam",
+    lr: float = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    momentum: float = 0.9,
+    wd: float = 0.0,
+    nesterov: bool = False,
+) -> dict[str, Any]:
+    """The optimizer hyper-parameters an adapter declares in its `defaults` (every key `make_optimizer` reads).
+
+    Use: `defaults = {**optimizer_defaults("sgd", lr=0.00025), "steps": 1}`.
+    """
+    return {"optimizer": optimizer, "lr": lr, "betas": betas, "momentum": momentum, "wd": wd, "nesterov": nesterov}
+
+
+OPTIMIZER_KEYS = tuple(optimizer_defaults())
+
+
 def make_optimizer(params: list[nn.Parameter], hp: SimpleNamespace) -> torch.optim.Optimizer:
-    """Adam or SGD from the adapter's hyper-parameters (`optimizer`, `lr`, `momentum`, `betas`, `wd`)."""
-    kind = getattr(hp, "optimizer", "adam")
-    if kind == "adam":
-        return torch.optim.Adam(
-            params, lr=hp.lr, betas=tuple(getattr(hp, "betas", (0.9, 0.999))), weight_decay=getattr(hp, "wd", 0.0)
+    """Adam or SGD from the adapter's declared hyper-parameters (the keys of `optimizer_defaults()`)."""
+    missing = [k for k in OPTIMIZER_KEYS if not hasattr(hp, k)]
+    if missing:  # a programming error in the adapter, not user input
+        raise TypeError(
+            f"make_optimizer: the adapter's defaults lack {missing}; declare them with optimizer_defaults()"
         )
-    if kind == "sgd":
-        return torch.optim.SGD(
-            params,
-            lr=hp.lr,
-            momentum=getattr(hp, "momentum", 0.9),
-            weight_decay=getattr(hp, "wd", 0.0),
-            nesterov=getattr(hp, "nesterov", False),
-        )
-    raise ValueError(f"optimizer must be 'adam' or 'sgd', got {kind!r} (--set method.optimizer=adam).")
+    if hp.optimizer == "adam":
+        return torch.optim.Adam(params, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.wd)
+    if hp.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.wd, nesterov=hp.nesterov)
+    raise UserError(
+        f"method option 'optimizer' must be 'adam' or 'sgd', got {hp.optimizer!r} (--set method.optimizer=adam)."
+    )
 
 
 @torch.no_grad()

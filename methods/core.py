@@ -24,7 +24,7 @@ import torch
 
 from methods import register
 from methods.alpha_bn import use_mixed_stats
-from methods.base import Adapter, make_optimizer, norm_affine_params, train_only
+from methods.base import Adapter, make_optimizer, norm_affine_params, optimizer_defaults, train_only
 
 
 def class_correlation_loss(logits: torch.Tensor) -> torch.Tensor:
@@ -51,11 +51,7 @@ class Core(Adapter):
 
     defaults = {
         "source_weight": 0.9,
-        "optimizer": "adam",
-        "lr": 1e-3,
-        "betas": (0.9, 0.999),
-        "momentum": 0.9,
-        "wd": 0.0,
+        **optimizer_defaults("adam", lr=1e-3),
         "steps": 1,
         "max_pixels": 16384,
     }

@@ -33,7 +33,15 @@ import torch.nn.functional as F
 
 from methods import register
 from methods._augment import tta_augment
-from methods.base import Adapter, cross_entropy_soft, ema_update, frozen_copy, make_optimizer, use_batch_stats
+from methods.base import (
+    Adapter,
+    cross_entropy_soft,
+    ema_update,
+    frozen_copy,
+    make_optimizer,
+    optimizer_defaults,
+    use_batch_stats,
+)
 
 
 def weights_and_biases(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -68,9 +76,15 @@ def dense_views(teacher: nn.Module, x: torch.Tensor, scales: tuple) -> list[torc
 class CoTTA(Adapter):
     """EMA teacher with augmentation-averaged pseudo-labels, student update and stochastic restore."""
 
-    defaults = {"optimizer": "adam", "lr": 1e-3, "betas": (0.9, 0.999), "momentum": 0.9, "wd": 0.0, "steps": 1,
-                "mt": 0.999, "rst": 0.01, "ap": 0.92, "n_aug": 32,
-                "scales": (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)}
+    defaults = {
+        **optimizer_defaults("adam", lr=1e-3),
+        "steps": 1,
+        "mt": 0.999,
+        "rst": 0.01,
+        "ap": 0.92,
+        "n_aug": 32,
+        "scales": (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0),
+    }
 
     def configure(self) -> None:
         use_batch_stats(self.model)
@@ -113,4 +127,4 @@ class CoTTA(Adapter):
         """Stochastic restore: each trained element back to its source value with probability `rst`."""
         for name, p in self.named:
             mask = (torch.rand(p.shape) < self.hp.rst).float().to(p.device)
-            p.copy_(self._source[f"model.{name}"].to(p.device) * mask + p * (1.0 - mask))
+            p.copy_(self.source_state[f"model.{name}"].to(p.device) * mask + p * (1.0 - mask))

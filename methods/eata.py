@@ -35,7 +35,16 @@ import torch
 import torch.nn.functional as F
 
 from methods import register
-from methods.base import BN_TYPES, Adapter, entropy, make_optimizer, norm_affine_params, train_only, use_batch_stats
+from methods.base import (
+    BN_TYPES,
+    Adapter,
+    entropy,
+    make_optimizer,
+    norm_affine_params,
+    optimizer_defaults,
+    train_only,
+    use_batch_stats,
+)
 
 
 def update_model_probs(current: torch.Tensor | None, new_probs: torch.Tensor) -> torch.Tensor | None:
@@ -52,8 +61,14 @@ def update_model_probs(current: torch.Tensor | None, new_probs: torch.Tensor) ->
 class EATA(Adapter):
     """Entropy minimisation on reliable, non-redundant samples, with a Fisher anti-forgetting regulariser."""
 
-    defaults = {"optimizer": "sgd", "lr": 0.00025, "momentum": 0.9, "wd": 0.0, "steps": 1, "e_margin_frac": 0.4,
-                "d_margin": 0.05, "fisher_alpha": 2000.0, "fisher_size": 2000}
+    defaults = {
+        **optimizer_defaults("sgd", lr=0.00025),
+        "steps": 1,
+        "e_margin_frac": 0.4,
+        "d_margin": 0.05,
+        "fisher_alpha": 2000.0,
+        "fisher_size": 2000,
+    }
     needs_source = True
     use_fisher = True
 

@@ -55,8 +55,8 @@ import torch.nn.functional as F
 
 from methods import register
 from methods._meta import MetaNet, partition_blocks, self_distilled_loss
-from methods.base import Adapter, entropy, make_optimizer, train_only
-from tta_bench.errors import UserError
+from methods.base import Adapter, entropy, make_optimizer, optimizer_defaults, train_only
+from tta_bench.kernel import UserError
 
 
 def confident_entropy(logits: torch.Tensor, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,10 +76,7 @@ class EcoTTA(Adapter):
         "split": (),
         "reg_weight": 0.5,
         "e_margin": 0.4,
-        "optimizer": "sgd",
-        "lr": 5e-3,
-        "momentum": 0.9,
-        "wd": 0.0,
+        **optimizer_defaults("sgd", lr=5e-3),
         "steps": 1,
         "warmup_epochs": 10,
         "warmup_lr": 5e-2,
@@ -141,8 +138,10 @@ def identity_init(adapter: EcoTTA, x: torch.Tensor, gain: float = 0.1, bias: flo
         meta.conv_bn.weight.fill_(gain)
         meta.conv_bn.bias.fill_(bias)
         seen.clear()
-        hooks = [meta.bn.register_forward_pre_hook(lambda m, args: seen.setdefault("f", args[0])),
-                 meta.conv_bn.register_forward_hook(lambda m, args, out: seen.setdefault("b", F.relu(out)))]
+        hooks = [
+            meta.bn.register_forward_pre_hook(lambda m, args: seen.setdefault("f", args[0])),
+            meta.conv_bn.register_forward_hook(lambda m, args, out: seen.setdefault("b", F.relu(out))),
+        ]
         try:
             adapter.model(x)
         finally:
@@ -170,5 +169,3 @@ def warm_up(adapter: EcoTTA, loader: Iterable, epochs: int = 10, lr: float = 5e-
                 loss.backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-
-

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from methods import register
 from methods.base import Adapter
-from tta_bench.errors import UserError
+from tta_bench.kernel import UserError
 
 
 def affinity(feats: torch.Tensor, kind: str, knn: int) -> torch.Tensor:

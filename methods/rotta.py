@@ -34,8 +34,8 @@ import torch.nn as nn
 
 from methods import register
 from methods._augment import tta_augment
-from methods.base import Adapter, cross_entropy_soft, ema_update, frozen_copy, make_optimizer
-from tta_bench.errors import UserError
+from methods.base import Adapter, cross_entropy_soft, ema_update, frozen_copy, make_optimizer, optimizer_defaults
+from tta_bench.kernel import UserError
 
 
 class RobustBN(nn.Module):
@@ -130,9 +130,15 @@ def timeliness_reweighting(ages: torch.Tensor) -> torch.Tensor:
 class RoTTA(Adapter):
     """Robust BN + category-balanced memory bank + timeliness-reweighted teacher-student update."""
 
-    defaults = {"optimizer": "adam", "lr": 1e-3, "betas": (0.9, 0.999), "momentum": 0.9, "wd": 0.0,
-                "memory_size": 64, "update_frequency": 64, "nu": 0.001, "alpha": 0.05, "lambda_t": 1.0,
-                "lambda_u": 1.0}
+    defaults = {
+        **optimizer_defaults("adam", lr=1e-3),
+        "memory_size": 64,
+        "update_frequency": 64,
+        "nu": 0.001,
+        "alpha": 0.05,
+        "lambda_t": 1.0,
+        "lambda_u": 1.0,
+    }
 
     def configure(self) -> None:
         self.model.requires_grad_(False)

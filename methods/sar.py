@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from methods import register
-from methods.base import Adapter, entropy, make_optimizer, train_only, use_batch_stats
+from methods.base import Adapter, entropy, make_optimizer, optimizer_defaults, train_only, use_batch_stats
 
 SAR_NORMS = (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
 
@@ -52,9 +52,14 @@ def sar_params(model: nn.Module, skip: tuple[str, ...]) -> list[nn.Parameter]:
 class SAR(Adapter):
     """Reliable entropy minimisation with SAM, and recovery when the entropy EMA collapses."""
 
-    defaults = {"optimizer": "sgd", "lr": 0.00025, "momentum": 0.9, "wd": 0.0, "rho": 0.05, "steps": 1,
-                "margin_e0_frac": 0.4, "reset_constant": 0.2,
-                "skip_layers": ("layer4", "blocks.9", "blocks.10", "blocks.11", "norm.")}
+    defaults = {
+        **optimizer_defaults("sgd", lr=0.00025),
+        "rho": 0.05,
+        "steps": 1,
+        "margin_e0_frac": 0.4,
+        "reset_constant": 0.2,
+        "skip_layers": ("layer4", "blocks.9", "blocks.10", "blocks.11", "norm."),
+    }
 
     def configure(self) -> None:
         use_batch_stats(self.model)
@@ -95,7 +100,7 @@ class SAR(Adapter):
         """Model recovery: parameters and buffers back to the source state (optimizer state kept)."""
         with torch.no_grad():
             for k, t in self.model.state_dict(keep_vars=True).items():
-                t.copy_(self._source[f"model.{k}"])
+                t.copy_(self.source_state[f"model.{k}"])
         self.recoveries += 1
 
     def adapt(self, x: torch.Tensor) -> torch.Tensor:

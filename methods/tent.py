@@ -13,14 +13,22 @@ from __future__ import annotations
 import torch
 
 from methods import register
-from methods.base import Adapter, make_optimizer, norm_affine_params, softmax_entropy_mean, train_only, use_batch_stats
+from methods.base import (
+    Adapter,
+    make_optimizer,
+    norm_affine_params,
+    optimizer_defaults,
+    softmax_entropy_mean,
+    train_only,
+    use_batch_stats,
+)
 
 
 @register("tent")
 class Tent(Adapter):
     """Entropy minimisation on BatchNorm affine parameters with test-batch statistics."""
 
-    defaults = {"optimizer": "adam", "lr": 1e-3, "betas": (0.9, 0.999), "momentum": 0.9, "wd": 0.0, "steps": 1}
+    defaults = {**optimizer_defaults("adam", lr=1e-3), "steps": 1}
 
     def configure(self) -> None:
         use_batch_stats(self.model)

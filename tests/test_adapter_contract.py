@@ -75,7 +75,7 @@ def make(name: str) -> nn.Module:
         g = torch.Generator().manual_seed(2)
         loader = [(torch.rand(8, 3, 32, 32, generator=g), torch.arange(8) % N_CLASSES) for _ in range(2)]
         adapter.prepare(loader)
-        adapter._snapshot()
+        adapter.snapshot()
     return adapter
 
 

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 import methods
 from methods.alpha_bn import MixedBatchNorm
-from tta_bench.errors import UserError
+from tta_bench.kernel import UserError
 from tta_bench.zoo.small_cnn import SmallCNN
 
 pytestmark = pytest.mark.usefixtures("one_thread")

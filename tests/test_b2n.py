@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from tta_bench.data.b2n import b2n_summary, base_new, cifar100_b2n, digits_b2n, few_shot, folder_b2n, imagenet_ds
-from tta_bench.errors import UserError
+from tta_bench.kernel import UserError
 
 
 def test_split_and_shots():

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tta_bench.errors import UserError
+from tta_bench.kernel import UserError
 from tta_bench.models import load_zoo
 from tta_bench.streams import build_stream, stream_options
 

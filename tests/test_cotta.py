@@ -118,9 +118,9 @@ def test_cotta_teacher_is_ema_of_student_and_returned_before_update() -> None:
 def test_cotta_stochastic_restore_rate() -> None:
     full = CoTTA(confident_cnn(), ap=0.0, n_aug=1, rst=1.0)
     full(data(1, seed=13)[0])
-    assert all(torch.equal(p, full._source[f"model.{n}"]) for n, p in full.model.named_parameters())
+    assert all(torch.equal(p, full.source_state[f"model.{n}"]) for n, p in full.model.named_parameters())
     part = CoTTA(confident_cnn(), ap=0.0, n_aug=1, rst=0.3)
     part(data(1, seed=13)[0])
-    restored = [(p == part._source[f"model.{n}"]).float() for n, p in part.model.named_parameters()]
+    restored = [(p == part.source_state[f"model.{n}"]).float() for n, p in part.model.named_parameters()]
     frac = torch.cat([r.flatten() for r in restored]).mean().item()
     assert abs(frac - 0.3) < 0.05  # Adam moves every element, so only restored ones equal the source

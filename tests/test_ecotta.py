@@ -22,7 +22,7 @@ from methods._meta import (
     self_distilled_loss,
 )
 from methods.ecotta import EcoTTA, confident_entropy, warm_up
-from tta_bench.errors import UserError
+from tta_bench.kernel import UserError
 from tta_bench.memory import measure
 from tta_bench.zoo.espnet import STATS, ESPNet, ESPNetInput
 from tta_bench.zoo.small_cnn import SmallCNN
@@ -127,7 +127,7 @@ def test_warm_up_changes_only_meta_params() -> None:
 def test_reset_restores_the_prepared_state_exactly() -> None:
     a = EcoTTA(_source_model(), warmup_epochs=1)
     a.prepare([(torch.rand(16, 3, 32, 32), torch.randint(0, 10, (16,)))])
-    a._snapshot()  # what the runner does after prepare
+    a.snapshot()  # what the runner does after prepare
     start = {k: v.clone() for k, v in a.state_dict().items()}
     x = torch.rand(16, 3, 32, 32)
     first = a(x)

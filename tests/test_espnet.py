@@ -74,7 +74,7 @@ def test_input_transform_is_bgr_scaled_like_the_training_code():
 
 
 def test_missing_weights_is_a_user_error(tmp_path):
-    from tta_bench.errors import UserError
+    from tta_bench.kernel import UserError
 
     with pytest.raises(UserError, match="espnet_p_2_q_8_camvid.pth"):
         MODELS.get("espnet-camvid").factory(CAMVID, ctx(tmp_path))
@@ -149,7 +149,7 @@ def test_adapters_on_dense_outputs(name):
         y = torch.randint(0, 11, (2, 24, 32))
         y[:, :4] = 255
         adapter.prepare([(x, y)])
-        adapter._snapshot()
+        adapter.snapshot()
     before = {k: v.clone() for k, v in adapter.state_dict().items()}
     out = adapter(x)
     assert out.shape == (2, 11, 24, 32) and torch.isfinite(out).all()

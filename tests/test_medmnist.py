@@ -10,7 +10,7 @@ import torch
 
 from corruptions.medical import MEDMNIST_C
 from tta_bench import RunConfig, run
-from tta_bench.errors import UserError
+from tta_bench.kernel import UserError
 from tta_bench.metrics import METERS
 from tta_bench.models import load_zoo
 from tta_bench.streams import STREAMS, build_stream, stream_options

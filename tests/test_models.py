@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tta_bench.errors import UserError
+from tta_bench.kernel import UserError
 from tta_bench.models import MODELS, ModelContext, load_zoo
 from tta_bench.zoo import cifar_resnet, efficientnet_lite, torchvision_zoo
 from tta_bench.zoo.cifar_resnet import CifarResNet

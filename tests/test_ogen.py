@@ -31,7 +31,8 @@ def tiny() -> torch.nn.Module:
 def fitted(model, **hp) -> tuple[OGEN, torch.Tensor, torch.Tensor]:
     a = OGEN(model, **hp)
     data = source(classes=(0, 1, 2, 3))
-    feats = torch.cat([model.encode_image(x) for x, _ in data])
+    with torch.no_grad():  # the adapter's frozen copy (the caller's model is left as given)
+        feats = torch.cat([a.model.encode_image(x) for x, _ in data])
     labels = torch.cat([y for _, y in data])
     a.known_mask[:4] = True
     a.fit_statistics(feats, labels)
@@ -55,7 +56,7 @@ def test_keys_are_k_nearest_known_classes(tiny):
         order = [j for j in sim[c].argsort(descending=True).tolist() if j != c]
         assert set(a.neighbors[c].tolist()) == set(order[:2])
     assert (a.neighbors[4:] == -1).all()  # unknown classes have no statistics
-    w = a.prompt(tiny)
+    w = a.prompt(a.model)
     y = torch.tensor([0, 3, 1])
     pred, nb, values = a.synthesize(w, y)
     assert pred.shape == (3, tiny.embed_dim) and torch.equal(nb, a.neighbors[y])
@@ -67,9 +68,9 @@ def test_keys_are_k_nearest_known_classes(tiny):
 def test_synthesized_loss_reaches_prompt_and_generator(tiny):
     a, feats, labels = fitted(tiny)
     known = a.known_classes()
-    w = torch.zeros(len(NAMES), tiny.embed_dim).index_put((known,), a.prompt(tiny, known))
+    w = torch.zeros(len(NAMES), tiny.embed_dim).index_put((known,), a.prompt(a.model, known))
     pred, _, _ = a.synthesize(w, labels)
-    loss = F.cross_entropy(tiny.logits(pred, w[known]), labels)  # synthesised features only
+    loss = F.cross_entropy(a.model.logits(pred, w[known]), labels)  # synthesised features only
     loss.backward()
     assert a.prompt.ctx.grad is not None and a.prompt.ctx.grad.abs().sum() > 0
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in a.generator.mlp.parameters())

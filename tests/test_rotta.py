@@ -114,7 +114,7 @@ def test_rotta_matches_official() -> None:
     assert adapter.state_dict().keys() == ref_state.keys()
     for k, v in adapter.state_dict().items():
         torch.testing.assert_close(v, ref_state[k])
-    assert not torch.equal(adapter.model.features[0][1].weight, adapter._source["model.features.0.1.weight"])
+    assert not torch.equal(adapter.model.features[0][1].weight, adapter.source_state["model.features.0.1.weight"])
 
 
 def test_rotta_returns_teacher_before_update_and_bn_is_robust() -> None:

@@ -73,7 +73,7 @@ def test_sar_model_recovery_matches_official() -> None:
     adapter = check_against_reference(reset_constant=10.0)  # e_m < 10 always: recovery after every step
     assert adapter.recoveries == 4
     assert adapter.ema is not None  # kept after recovery, as in the official SAR.forward
-    assert all(torch.equal(p, adapter._source[f"model.{k}"]) for k, p in adapter.model.named_parameters())
+    assert all(torch.equal(p, adapter.source_state[f"model.{k}"]) for k, p in adapter.model.named_parameters())
     assert adapter.optimizer.state  # momentum kept by the recovery...
     adapter.reset()
     assert not adapter.optimizer.state and adapter.ema is None  # ...but not by reset()

@@ -12,7 +12,7 @@ from PIL import Image
 
 from tta_bench.config import RunConfig
 from tta_bench.data import segmentation as seg
-from tta_bench.errors import UserError
+from tta_bench.kernel import UserError
 from tta_bench.runner import run
 from tta_bench.streams import build_stream, stream_options
 

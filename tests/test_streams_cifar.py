@@ -19,7 +19,7 @@ from PIL import Image
 import corruptions
 from tta_bench.data import cifar
 from tta_bench.data.cifar import cifar10_c, cifar100_c
-from tta_bench.errors import UserError
+from tta_bench.kernel import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 BATCHES = [f"data_batch_{i}" for i in range(1, 6)]

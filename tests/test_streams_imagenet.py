@@ -15,7 +15,7 @@ from tta_bench.data import imagenet
 from tta_bench.data.folders import imagenet_wnids
 from tta_bench.data.imagenet import imagenet_c
 from tta_bench.data.natural import IMAGENET_A, IMAGENET_R, imagenet_a, imagenet_r, imagenet_sketch, imagenet_v2
-from tta_bench.errors import UserError
+from tta_bench.kernel import UserError
 
 WNIDS = ("n01443537", "n01484850", "n12267677")  # in ImageNet-R's 200 (and ImageNet's 1,000)
 

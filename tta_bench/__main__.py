@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from tta_bench.errors import UserError
+from tta_bench.kernel import UserError
 
 
 def add_run_arguments(p: argparse.ArgumentParser, many: bool = False) -> None:

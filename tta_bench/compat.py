@@ -16,7 +16,7 @@ import sys
 import warnings
 from types import ModuleType
 
-from tta_bench.errors import UserError
+from tta_bench.kernel import UserError
 
 
 class _AliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):

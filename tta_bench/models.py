@@ -23,8 +23,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from tta_bench.errors import UserError
-from tta_bench.registry import Registry, declared_options
+from tta_bench.kernel import UserError
+from tta_bench.kernel import Registry, declared_options
 
 MODELS = Registry("model", "python -m tta_bench list models")
 

@@ -28,7 +28,7 @@ import methods
 import tta_bench
 from tta_bench import streams as st
 from tta_bench.config import RunConfig, cache_dir_default, check_options, weights_dir_default
-from tta_bench.errors import UserError
+from tta_bench.kernel import UserError
 from tta_bench.memory import measure
 from tta_bench.metrics import forgetting, make_meter
 from tta_bench.models import ModelContext, build_model, model_info, model_options, recipe_hash
@@ -152,7 +152,7 @@ def run(cfg: RunConfig, force: bool = False, quiet: bool = False) -> RunResult:
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     weights = model_info(model)
-    adapter = methods.create(cfg.method, model, **cfg.method_opts).to(device)
+    adapter = methods.create(cfg.method, model, inplace=True, **cfg.method_opts).to(device)
     segments = st.schedule(cfg.setting, spec, cfg.severity, cfg.rounds)
 
     if folder.exists():  # interrupted earlier (no `done`), or --force: start clean, never mix runs
@@ -246,14 +246,13 @@ def _prepare(adapter, spec, cfg: RunConfig, ctx: ModelContext, weights: dict, de
         torch.save(adapter.state_dict(), tmp)
         os.replace(tmp, path)
         info["cached"] = False
-    adapter._snapshot()
+    adapter.snapshot()
     return info
 
 
 def measure_prepare(adapter, x: torch.Tensor) -> float | None:
     """adapt_mb of one prepare step, when the adapter can measure it (`prepare_memory(x) -> MB`)."""
-    step = getattr(adapter, "prepare_memory", None)
-    return step(x) if step else None
+    return adapter.prepare_memory(x)
 
 
 @torch.no_grad()

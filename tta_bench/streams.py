@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
-from tta_bench.registry import Registry, declared_options
+from tta_bench.kernel import Registry, declared_options
 
 STREAMS = Registry("stream", "python -m tta_bench list streams")
 GRADUAL_SEVERITIES = (1, 2, 3, 4, 5, 4, 3, 2, 1)  # CoTTA's gradual schedule, per corruption

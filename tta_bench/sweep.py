@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tta_bench.config import RunConfig
-from tta_bench.errors import UserError
+from tta_bench.kernel import UserError
 
 ENV_VARS = ("TTA_BENCH_DATA", "TTA_BENCH_WEIGHTS", "TTA_BENCH_CACHE")  # forwarded to worker processes / tasks
 

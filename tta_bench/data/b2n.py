@@ -41,7 +41,7 @@ from tta_bench.data import natural  # noqa: F401  (registers the natural-shift s
 from tta_bench.data.digits import CLASS_NAMES as DIGIT_NAMES
 from tta_bench.data.digits import digits_32, split
 from tta_bench.data.folders import fixed_order, wnid_index
-from tta_bench.errors import UserError
+from tta_bench.kernel import UserError
 from tta_bench.streams import STREAMS, StreamSpec, register
 
 IMG_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")

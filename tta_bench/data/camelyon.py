@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from tta_bench.errors import UserError
+from tta_bench.kernel import UserError
 from tta_bench.streams import StreamSpec, register
 
 FOLDER = "camelyon17_v1.0"

@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 
 import corruptions
 from tta_bench.data.folders import ImageFiles, fixed_order, is_image_folder, list_image_folder, require
-from tta_bench.errors import UserError
+from tta_bench.kernel import UserError
 from tta_bench.streams import StreamSpec, register, segment_seed
 
 N_TEST = 10_000  # test images per severity in the published files (the code reads the count from labels.npy)

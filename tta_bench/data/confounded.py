@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from tta_bench.errors import UserError
+from tta_bench.kernel import UserError
 from tta_bench.streams import StreamSpec, register
 
 FORMAT = "a CSV with header path,label,group (path relative to the CSV's folder or absolute)"

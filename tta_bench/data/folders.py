@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from tta_bench.errors import UserError
+from tta_bench.kernel import UserError
 
 IMG_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 

@@ -29,7 +29,7 @@ from tta_bench.data.folders import (
     robustbench_helper,
     wnid_index,
 )
-from tta_bench.errors import UserError
+from tta_bench.kernel import UserError
 from tta_bench.streams import StreamSpec, register, segment_seed
 
 LAYOUT = "<root>/<corruption>/<severity 1..5>/<wnid>/<image>.JPEG"

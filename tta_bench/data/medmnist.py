@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from tta_bench.errors import UserError
+from tta_bench.kernel import UserError
 from tta_bench.models import fetch
 from tta_bench.streams import StreamSpec, register, segment_seed
 

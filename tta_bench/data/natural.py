@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tta_bench.data.folders import ImageFiles, fixed_order, imagenet_wnids, list_image_folder, wnid_index
-from tta_bench.errors import UserError
+from tta_bench.kernel import UserError
 from tta_bench.streams import StreamSpec, register
 
 IMAGENET_R = """

@@ -23,7 +23,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 import corruptions
-from tta_bench.errors import UserError
+from tta_bench.kernel import UserError
 from tta_bench.streams import StreamSpec, register, segment_seed
 
 IGNORE = 255

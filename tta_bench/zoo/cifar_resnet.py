@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tta_bench.errors import UserError
+from tta_bench.kernel import UserError
 from tta_bench.models import IMAGENET_MEAN, IMAGENET_STD, MODELS, ModelContext, Normalized, describe, fetch, sha256_file
 
 _REPO = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models"

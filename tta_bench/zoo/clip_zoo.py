@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tta_bench.errors import UserError
+from tta_bench.kernel import UserError
 from tta_bench.models import MODELS, ModelContext, describe, sha256_file
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tta_bench.errors import UserError
+from tta_bench.kernel import UserError
 from tta_bench.models import MODELS, ModelContext, Normalized, describe, sha256_file
 
 # (repeats, kernel, stride, expand ratio, in channels, out channels): EfficientNet-B0's stages.

@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tta_bench.errors import UserError
+from tta_bench.kernel import UserError
 from tta_bench.models import MODELS, ModelContext, describe, sha256_file
 from tta_bench.zoo.segmentation_zoo import DenseInference
 

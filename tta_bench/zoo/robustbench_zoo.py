@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from tta_bench.compat import import_robustbench
-from tta_bench.errors import UserError
+from tta_bench.kernel import UserError
 from tta_bench.models import MODELS, ModelContext, describe, sha256_file
 
 DATASETS = {10: "cifar10", 100: "cifar100", 1000: "imagenet"}

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from tta_bench.errors import UserError
+from tta_bench.kernel import UserError
 from tta_bench.models import IMAGENET_MEAN, IMAGENET_STD, MODELS, ModelContext, Normalized, describe, sha256_file
 
 INFERENCE_MODES = ("whole", "resize", "slide")

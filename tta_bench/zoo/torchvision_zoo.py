@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torchvision.models as tvm
 
-from tta_bench.errors import UserError
+from tta_bench.kernel import UserError
 from tta_bench.models import MODELS, ModelContext, Normalized, describe, sha256_file
 
 # registered name -> (torchvision builder name, default weights): V1 weights are the TTA papers' sources

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from tta_bench.errors import unknown_name
+from tta_bench.kernel.errors import unknown_name
 
 
 @dataclass(frozen=True)

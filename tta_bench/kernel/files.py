@@ -1,0 +1,214 @@
+"""Files: atomic writes, strict JSON, hashing, checked downloads, a restricted unpickler (stdlib only).
+
+Every writer in the suite goes through these: a file is either its old complete content or its new complete
+content, never a half-written one (temp file in the same folder + `os.replace`, which is atomic on POSIX).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import pickle
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import IO, Any
+
+from tta_bench.kernel.errors import UserError
+
+
+# --- atomic writes --------------------------------------------------------------------------------------
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write `data` to `path` atomically (a crash leaves the old file or none, never a partial one)."""
+    write_with(path, lambda f: f.write(data.encode() if isinstance(data, str) else data))
+
+
+def write_with(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Call `write(f)` on a temporary binary file beside `path`, fsync it, then rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def strict(obj: Any) -> Any:
+    """`obj` made strict-JSON-ready: NaN/±inf -> None, tuples/sets -> lists, Paths and others -> str/number."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if isinstance(obj, dict):
+        return {str(k): strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [strict(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
+        try:
+            return strict(obj.item())
+        except (TypeError, ValueError):
+            pass
+    if hasattr(obj, "tolist") and callable(obj.tolist):
+        return strict(obj.tolist())
+    return str(obj)
+
+
+def dumps_json(obj: Any) -> str:
+    """Strict JSON text (never NaN/Infinity: they become null), indented, newline-terminated."""
+    return json.dumps(strict(obj), indent=2, allow_nan=False) + "\n"
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_atomic(path, dumps_json(obj))
+
+
+def read_json(path: Path, what: str = "file") -> Any:
+    """Parse a JSON file; a missing, truncated or invalid file is a UserError naming it."""
+    try:
+        return json.loads(Path(path).read_text(), parse_constant=_reject_constant)
+    except FileNotFoundError:
+        raise UserError(f"The {what} {path} does not exist.") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"The {what} {path} is not valid JSON ({e}); it is truncated or damaged.") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+# --- hashing --------------------------------------------------------------------------------------------
+def hash_file(path: Path, algo: str = "sha256", chunk: int = 1 << 20) -> str:
+    """Hex digest of a file's bytes (`algo`: any hashlib name, e.g. sha256 or md5)."""
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def hash_text(text: str | bytes, n: int | None = 16) -> str:
+    """sha256 hex of `text`, cut to `n` characters (None: whole)."""
+    d = hashlib.sha256(text.encode() if isinstance(text, str) else text).hexdigest()
+    return d if n is None else d[:n]
+
+
+def hash_json(obj: Any, n: int | None = 16) -> str:
+    """sha256 of the canonical JSON of `obj` (sorted keys; non-JSON values by str), cut to `n` characters."""
+    return hash_text(json.dumps(obj, sort_keys=True, default=str), n)
+
+
+def fingerprint_files(paths: Iterable[Path], root: Path | None = None) -> str:
+    """Hash of (relative path, size, mtime_ns) of every file: a file changed in place gives a new fingerprint."""
+    h = hashlib.sha256()
+    for p in sorted(Path(x) for x in paths):
+        st = p.stat()
+        name = str(p.relative_to(root)) if root is not None else str(p)
+        h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+# --- downloads ------------------------------------------------------------------------------------------
+def download(
+    url: str, dest: Path, *, sha256: str | None = None, md5: str | None = None, what: str = "file", hint: str = ""
+) -> Path:
+    """Return `dest`, downloading `url` there first if missing; verify the checksum (a hex prefix is enough).
+
+    Offline or on a failed download: a UserError naming the file to place at `dest` by hand (`hint` adds
+    where else the file may come from). A checksum mismatch names the file to delete.
+    """
+    dest = Path(dest)
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with urllib.request.urlopen(url, timeout=30) as r:
+                write_with(dest, lambda f: _copy(r, f))
+        except (urllib.error.URLError, OSError, TimeoutError) as e:
+            raise UserError(
+                f"Could not download the {what} from {url} ({e}). If this machine is offline, download it "
+                f"elsewhere and place it at {dest}.{(' ' + hint) if hint else ''}"
+            ) from None
+    for algo, want in (("sha256", sha256), ("md5", md5)):
+        if want:
+            got = hash_file(dest, algo)
+            if not got.startswith(want.lower()):
+                raise UserError(
+                    f"Checksum mismatch for {dest}: {algo} {got[:16]}..., expected {want[:16]}.... The file is "
+                    f"corrupt, truncated or a different release; delete it and download again from {url}."
+                )
+    return dest
+
+
+def _copy(src: IO[bytes], dst: IO[bytes]) -> None:
+    while block := src.read(1 << 20):
+        dst.write(block)
+
+
+# --- restricted unpickling --------------------------------------------------------------------------------
+# What the dataset pickles this suite reads (CIFAR-10/100 python batches, their meta files) hold: dicts,
+# lists, bytes, str, ints, and numpy arrays. Nothing else may be constructed (no code runs on load).
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("builtins", "dict"),
+    ("builtins", "list"),
+    ("builtins", "bytes"),
+    ("builtins", "str"),
+    ("builtins", "int"),
+    ("builtins", "float"),
+    ("builtins", "tuple"),
+    ("builtins", "bytearray"),
+    ("_codecs", "encode"),
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed in a dataset pickle")
+
+
+def safe_unpickle(path: Path, encoding: str = "bytes") -> Any:
+    """Load a dataset pickle allowing only plain data (dicts, lists, bytes, numbers, numpy arrays).
+
+    A pickle that would construct anything else (e.g. call `os.system`) or is truncated is a UserError
+    naming the file: loading never executes code from the file.
+    """
+    try:
+        with open(path, "rb") as f:
+            return _RestrictedUnpickler(io.BufferedReader(f), encoding=encoding).load()
+    except pickle.UnpicklingError as e:
+        raise UserError(
+            f"Refusing to load {path}: {e}. Dataset pickles hold only arrays, lists and dicts; this file is damaged "
+            "or was not made by the dataset's publisher. Replace it with the original download."
+        ) from None
+    except (EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError, KeyError) as e:
+        raise UserError(
+            f"Cannot read {path}: it is truncated or not a dataset pickle ({type(e).__name__}: {e}). Replace it with "
+            "the original download."
+        ) from None
+
+
+def is_hex_id(text: object, length: int | None = None) -> bool:
+    """True when `text` is a lowercase hex string (optionally of exactly `length` characters): safe as a file name."""
+    return (
+        isinstance(text, str)
+        and bool(text)
+        and all(c in "0123456789abcdef" for c in text)
+        and (length is None or len(text) == length)
+    )
