@@ -35,6 +35,10 @@ class Adapter(nn.Module):
     defaults: ClassVar[dict[str, Any]] = {}
     needs_source: ClassVar[bool] = False  # prepare(source) must run before the stream
     episodic: ClassVar[bool] = False  # reset before every batch (Tent's episodic flag)
+    # Official settings per benchmark family ("cifar10-c", "cifar100-c", "imagenet-c", "segmentation"):
+    # {family: {"source": "<owner/repo>:<path>[@<commit>]", "options": {hp: value, ...}}}. The harness applies the
+    # preset of the stream's family on top of `defaults` (user --set overrides win); library use keeps `defaults`.
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, model: nn.Module, *, inplace: bool = False, **hparams: Any) -> None:
         """Wrap `model` (a deep copy of it unless `inplace=True`: the caller's model is never changed).
