@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import pickle
-import tempfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,11 +33,8 @@ from PIL import Image
 from tqdm import tqdm
 
 import corruptions
-
-try:  # the CLI prints a UserError as one paragraph and exits with code 2
-    from tta_bench.kernel import UserError as MakeCError
-except ImportError:  # pragma: no cover - corruptions used without the harness
-    MakeCError = ValueError
+from tta_bench.kernel import UserError as MakeCError  # the CLI prints it as one paragraph, exit code 2
+from tta_bench.kernel import read_cifar_pickle, write_with
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm")  # make_imagenet_c.py's list
 
@@ -100,20 +95,6 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return torch.floor(x.clamp(0, 1) * 255 + 1e-3).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 # ------------------------------------------------------------------------------------------ ImageNet-C
 
 
@@ -143,7 +124,7 @@ def _load_224(path: Path) -> np.ndarray:
 
 
 def _save_jpeg(arr: np.ndarray, path: Path) -> None:
-    _atomic_write(path, lambda tmp: Image.fromarray(arr).save(tmp, "JPEG", quality=85, optimize=True))
+    write_with(path, lambda f: Image.fromarray(arr).save(f, "JPEG", quality=85, optimize=True), fsync=False)
 
 
 def make_imagenet_c(src: Path, out: Path, names: list[str], severities: list[int], seed: int, batch_size: int,
@@ -172,16 +153,6 @@ def make_imagenet_c(src: Path, out: Path, names: list[str], severities: list[int
 # ------------------------------------------------------------------------------------------ CIFAR-C
 
 
-def _save_npy(path: str, array: np.ndarray) -> None:
-    with open(path, "wb") as f:  # a file object: np.save would append ".npy" to the temporary name
-        np.save(f, array)
-
-
-def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="bytes")
-
-
 def load_cifar_source(src: Path) -> tuple[np.ndarray, np.ndarray]:
     """Clean test images ``(N, 32, 32, 3)`` uint8 and labels ``(N,)`` from one of the CIFAR layouts."""
     for sub in ("cifar-10-batches-py", "cifar-100-python"):
@@ -189,11 +160,8 @@ def load_cifar_source(src: Path) -> tuple[np.ndarray, np.ndarray]:
             src = src / sub
     for fname, key in (("test_batch", b"labels"), ("test", b"fine_labels")):
         if (src / fname).is_file():
-            d = _unpickle(src / fname)
-            if b"data" not in d or key not in d:
-                raise MakeCError(f"{src / fname} is not a CIFAR pickle (keys {sorted(d)}); expected b'data' and {key}.")
-            images = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-            return np.ascontiguousarray(images), np.asarray(d[key], dtype=np.int64)
+            images, labels = read_cifar_pickle(src / fname, key)
+            return np.ascontiguousarray(images.transpose(0, 2, 3, 1)), np.asarray(labels, dtype=np.int64)
     if not any(d.is_dir() for d in src.iterdir()):
         raise MakeCError(
             f"--src {src} is not a CIFAR test set. Expected torchvision's cifar-10-batches-py folder (with the "
@@ -226,7 +194,7 @@ def make_cifar_c(src: Path, out: Path, names: list[str], severities: list[int], 
     lab = np.tile(labels, 5).astype(np.uint8)
     lab_path = out / "labels.npy"
     if not (lab_path.is_file() and np.array_equal(np.load(lab_path), lab)):
-        _atomic_write(lab_path, lambda tmp: _save_npy(tmp, lab))
+        write_with(lab_path, lambda f: np.save(f, lab))
         written += 1
     for name in tqdm(names, desc="make-c cifar-c", unit="corruption"):
         path = out / f"{name}.npy"
@@ -238,6 +206,6 @@ def make_cifar_c(src: Path, out: Path, names: list[str], severities: list[int], 
                 x = torch.from_numpy(images[start : start + batch_size]).to(device).permute(0, 3, 1, 2).float() / 255
                 y = corruptions.corrupt(x, name, sev, batch_generator(seed, name, sev, k, device))
                 result[(sev - 1) * n + start : (sev - 1) * n + start + len(x)] = to_uint8(y)
-        _atomic_write(path, lambda tmp, r=result: _save_npy(tmp, r))
+        write_with(path, lambda f, r=result: np.save(f, r))
         written += 1
     return written

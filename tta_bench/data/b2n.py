@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import pickle
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -41,7 +40,7 @@ from tta_bench.data import natural  # noqa: F401  (registers the natural-shift s
 from tta_bench.data.digits import CLASS_NAMES as DIGIT_NAMES
 from tta_bench.data.digits import digits_32, split
 from tta_bench.data.folders import fixed_order, wnid_index
-from tta_bench.kernel import UserError
+from tta_bench.kernel import UserError, read_cifar_names, read_cifar_pickle
 from tta_bench.streams import STREAMS, StreamSpec, register
 
 IMG_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -189,11 +188,10 @@ def cifar100_b2n(*, data_dir=None, seed: int = 0, shots: int = 16, root: str | N
     )
     sets = {}
     for part in ("train", "test"):
-        with open(need(d / part, "CIFAR-100", "cifar-100-python/{train,test,meta}", "the CIFAR site"), "rb") as f:
-            raw = pickle.load(f, encoding="bytes")
-        sets[part] = Images(raw[b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), np.asarray(raw[b"fine_labels"]))
-    with open(d / "meta", "rb") as f:
-        names = [n.decode().replace("_", " ") for n in pickle.load(f, encoding="bytes")[b"fine_label_names"]]
+        f = need(d / part, "CIFAR-100", "cifar-100-python/{train,test,meta}", "the CIFAR site")
+        x, y = read_cifar_pickle(f, b"fine_labels")
+        sets[part] = Images(x.transpose(0, 2, 3, 1), np.asarray(y))
+    names = [n.replace("_", " ") for n in read_cifar_names(d / "meta")]
     return b2n_spec(
         "cifar100-b2n", sets["train"], sets["test"], names, seed, shots, {"source": "files", "root": str(d)}
     )

@@ -16,12 +16,7 @@ the source and the first `clean_size` held-out images are the clean sample.
 
 from __future__ import annotations
 
-import hashlib
-import pickle
 import tarfile
-import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
@@ -32,7 +27,8 @@ from torch.utils.data import Dataset
 
 import corruptions
 from tta_bench.data.folders import ImageFiles, fixed_order, is_image_folder, list_image_folder, require
-from tta_bench.kernel import UserError
+from tta_bench.kernel import UserError, hash_text, read_cifar_pickle
+from tta_bench.kernel import download as kernel_download
 from tta_bench.streams import StreamSpec, register, segment_seed
 
 N_TEST = 10_000  # test images per severity in the published files (the code reads the count from labels.npy)
@@ -114,24 +110,9 @@ class CleanSet:
     train: U8Images | None = None  # the training set, when the pickles include it
 
 
-def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="bytes")
-
-
 def _pickle_images(path: Path, v: Variant) -> tuple[torch.Tensor, torch.Tensor]:
-    try:
-        d = _unpickle(path)
-        x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        y = np.asarray(d[v.label_key], dtype=np.int64)
-    except (KeyError, ValueError, pickle.UnpicklingError, EOFError) as e:
-        raise UserError(
-            f"{path} is not a torchvision CIFAR pickle ({e!r}); expected a dict with b'data' (N,3072) uint8 and "
-            f"{v.label_key!r}. Re-extract cifar-10-python.tar.gz / cifar-100-python.tar.gz."
-        ) from None
-    if len(x) != len(y):
-        raise UserError(f"{path}: {len(x)} images but {len(y)} labels; the file is truncated, re-extract it.")
-    return torch.from_numpy(x.copy()), torch.from_numpy(y)
+    x, y = read_cifar_pickle(path, v.label_key)
+    return torch.from_numpy(np.array(x, dtype=np.uint8)), torch.tensor(y, dtype=torch.int64)
 
 
 @lru_cache(maxsize=2)
@@ -189,37 +170,18 @@ def check_files(root: Path, v: Variant, domains: list[str]) -> np.ndarray:
     return np.asarray(labels)
 
 
-def md5_file(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def download(v: Variant, dest: Path) -> Path:
     """Download `v`'s tar into `dest`, check its MD5 (Zenodo's), extract; return `dest/<folder>`."""
-    dest.mkdir(parents=True, exist_ok=True)
-    tar = dest / f"{v.folder}.tar"
-    if not tar.exists():
-        try:
-            with (
-                urllib.request.urlopen(v.url, timeout=30) as r,
-                tempfile.NamedTemporaryFile(dir=dest, delete=False) as t,
-            ):
-                while block := r.read(1 << 20):
-                    t.write(block)
-            Path(t.name).replace(tar)
-        except (urllib.error.URLError, OSError, TimeoutError) as e:
-            raise UserError(
-                f"{v.folder} is not at {dest / v.folder} and could not be downloaded from {v.url} ({e}). Offline: "
-                f"download {v.folder}.tar elsewhere (MD5 {v.md5}), extract it into {dest}; or point "
-                "--set stream.clean_dir=PATH at a clean CIFAR test set (cifar-10-batches-py / cifar-100-python "
-                "or an ImageFolder) to generate the corruptions on the fly."
-            ) from None
-    got = md5_file(tar)
-    if got != v.md5:
-        raise UserError(f"Checksum mismatch for {tar}: MD5 {got}, expected {v.md5}. Delete it and download again.")
+    tar = kernel_download(
+        v.url,
+        dest / f"{v.folder}.tar",
+        md5=v.md5,
+        what=f"{v.folder} archive (not found at {dest / v.folder})",
+        hint=(
+            f"Then it is extracted into {dest}. Or point --set stream.clean_dir=PATH at a clean CIFAR test set "
+            "(cifar-10-batches-py / cifar-100-python or an ImageFolder) to generate the corruptions on the fly."
+        ),
+    )
     with tarfile.open(tar) as t:
         t.extractall(dest, filter="data")
     return dest / v.folder
@@ -303,7 +265,7 @@ def build(v: Variant, data_dir, seed: int, root, clean_dir, mode: str, holdout: 
     fp, split_name = None, None
     if src is not None:
         split_name = "train" if clean is not None and clean.train is src else "test-holdout"
-        fp = hashlib.sha256(src.x[:2000].numpy().tobytes() + src.y.numpy().tobytes()).hexdigest()[:12]
+        fp = hash_text(src.x[:2000].numpy().tobytes() + src.y.numpy().tobytes(), 12)
     return StreamSpec(
         name=v.name,
         domain_names=domains,

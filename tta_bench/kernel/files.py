@@ -28,8 +28,12 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     write_with(path, lambda f: f.write(data.encode() if isinstance(data, str) else data))
 
 
-def write_with(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """Call `write(f)` on a temporary binary file beside `path`, fsync it, then rename it over `path`."""
+def write_with(path: Path, write: Callable[[IO[bytes]], Any], *, fsync: bool = True) -> None:
+    """Call `write(f)` on a temporary binary file beside `path`, fsync it, then rename it over `path`.
+
+    `fsync=False` skips the flush to disk (for millions of small regenerable files, e.g. ImageNet-C JPEGs):
+    the rename is still atomic, but after a power loss the file may be empty.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -37,7 +41,8 @@ def write_with(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -202,6 +207,46 @@ def safe_unpickle(path: Path, encoding: str = "bytes") -> Any:
             f"Cannot read {path}: it is truncated or not a dataset pickle ({type(e).__name__}: {e}). Replace it with "
             "the original download."
         ) from None
+
+
+CIFAR_LAYOUT = (
+    "torchvision's CIFAR python pickles: cifar-10-batches-py/{data_batch_1..5,test_batch} or "
+    "cifar-100-python/{train,test,meta} (from cifar-10-python.tar.gz / cifar-100-python.tar.gz)"
+)
+
+
+def read_cifar_pickle(path: Path, label_key: bytes | None = None) -> tuple[Any, list[int]]:
+    """Images and labels of one CIFAR-10/100 python pickle (`test_batch`, `data_batch_k`, `train`, `test`).
+
+    Returns `(images, labels)`: images the pickle's uint8 array viewed as (N, 3, 32, 32) (CHW, the published
+    row layout), labels a list of ints (`label_key`: b"labels" for CIFAR-10, b"fine_labels" for CIFAR-100;
+    None takes whichever is present). Loaded with `safe_unpickle` (no code runs); anything that is not such a
+    pickle is a UserError naming the file and the expected layout.
+    """
+    d = safe_unpickle(path)
+    keys = (label_key,) if label_key is not None else (b"labels", b"fine_labels")
+    key = next((k for k in keys if isinstance(d, dict) and k in d), None)
+    data = d.get(b"data") if isinstance(d, dict) else None
+    shape = getattr(data, "shape", None)
+    if key is None or shape is None or len(shape) != 2 or shape[1] != 3072 or str(data.dtype) != "uint8":
+        found = sorted(map(repr, d)) if isinstance(d, dict) else type(d).__name__
+        raise UserError(
+            f"{path} is not a torchvision CIFAR pickle (found {found}{'' if shape is None else f', data {shape}'}); "
+            f"expected a dict with b'data' (N, 3072) uint8 and {' or '.join(map(repr, keys))}. The layout is "
+            f"{CIFAR_LAYOUT}; re-extract the archive."
+        )
+    labels = [int(v) for v in d[key]]
+    if len(labels) != shape[0]:
+        raise UserError(f"{path}: {shape[0]} images but {len(labels)} labels; the file is truncated, re-extract it.")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def read_cifar_names(path: Path, key: bytes = b"fine_label_names") -> list[str]:
+    """Class names from a CIFAR `meta` / `batches.meta` pickle (b"label_names" for CIFAR-10)."""
+    d = safe_unpickle(path)
+    if not isinstance(d, dict) or key not in d:
+        raise UserError(f"{path} is not a CIFAR meta pickle (no {key!r}); the layout is {CIFAR_LAYOUT}.")
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in d[key]]
 
 
 def is_hex_id(text: object, length: int | None = None) -> bool:
