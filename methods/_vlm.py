@@ -212,15 +212,13 @@ class PromptAdapter(Adapter):
         self.eval()
         self._cache = None
 
-    def prepare_memory(self, x: torch.Tensor) -> float:
-        """adapt_mb of one prepare step (features, loss, backward, SGD step) on batch `x`, on a copy."""
-        from tta_bench.memory import measure
-
-        return measure(_PrepareStep(self), x)["adapt_mb"]
+    def prepare_step(self) -> nn.Module:
+        """One prepare step (features, loss, backward, SGD step) as a module, for the harness's memory figure."""
+        return _PrepareStep(self)
 
 
 class _PrepareStep(nn.Module):
-    """One prepare step as a module, for tta_bench.memory.measure (labels: the classes cycled)."""
+    """One prepare step as a module, measured by the harness like an adapter (labels: the classes cycled)."""
 
     def __init__(self, adapter: PromptAdapter) -> None:
         super().__init__()

@@ -71,8 +71,14 @@ class Adapter(nn.Module):
     def reset_state(self) -> None:
         """Reset non-tensor state (queues, memory banks, counters) — called by reset()."""
 
-    def prepare_memory(self, x: torch.Tensor) -> float | None:
-        """adapt_mb (MB) of one step of `prepare` on batch `x`, or None when the adapter has no prepare step."""
+    def prepare_step(self) -> nn.Module | None:
+        """One step of `prepare` as a module, or None when the adapter has no prepare step.
+
+        Its `forward(x)` runs one step (forward, loss, backward, optimizer step) on a batch `x` of source images;
+        it exposes `trainable_parameters()` and `optimizer` like an adapter, so the harness measures its memory
+        (`adapt_mb` of the prepare stage) with the same tool as a stream step. Adapters never measure memory
+        themselves (methods/ imports nothing of the harness).
+        """
         return None
 
     # --- the contract --------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ pytest.importorskip("open_clip")
 import methods  # noqa: E402
 from methods import CoOp  # noqa: E402
 from methods._vlm import crop_flip  # noqa: E402
+from tta_bench.memory import measure  # noqa: E402
 from tta_bench.models import ModelContext  # noqa: E402
 from tta_bench.zoo.clip_zoo import clip_tiny  # noqa: E402
 
@@ -95,7 +96,7 @@ def test_prepare_learns_prompt_only(tiny):
     assert all(torch.equal(v, state[k]) for k, v in a.state_dict().items())
     assert a.trainable_parameters() == []
     assert a(x).shape == (6, len(NAMES))
-    assert a.prepare_memory(x) > 0
+    assert measure(a.prepare_step(), x)["adapt_mb"] > 0
     # The prepared state (what the runner caches) is the learned part only; the frozen CLIP stays out.
     sd = a.state_dict()
     assert "prompt.ctx" in sd and not any(k.startswith("model.") for k in sd)

@@ -251,8 +251,9 @@ def _prepare(adapter, spec, cfg: RunConfig, ctx: ModelContext, weights: dict, de
 
 
 def measure_prepare(adapter, x: torch.Tensor) -> float | None:
-    """adapt_mb of one prepare step, when the adapter can measure it (`prepare_memory(x) -> MB`)."""
-    return adapter.prepare_memory(x)
+    """adapt_mb of one prepare step on `x` (`adapter.prepare_step()`), or None when the adapter has none."""
+    step = adapter.prepare_step()
+    return None if step is None else measure(step, x)["adapt_mb"]
 
 
 @torch.no_grad()
