@@ -128,3 +128,118 @@ def test_adapter_contract(name: str) -> None:
         assert str(e).strip()
     else:
         assert out1.shape == (1, N_CLASSES)
+
+
+# --- the caller's model is never changed ----------------------------------------------------------------------
+HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_state_dict_hooks",
+    "_state_dict_pre_hooks",
+    "_load_state_dict_pre_hooks",
+    "_load_state_dict_post_hooks",
+)
+PLAIN = (bool, int, float, str, tuple, type(None))
+
+
+def fingerprint(model: nn.Module) -> dict:
+    """Everything about `model` an adapter could change: tensors (values, dtypes, identity), requires_grad, .grad,
+    buffers (None ones too), module tree and types, hooks of every kind, training mode and plain attributes."""
+    out = {}
+    for name, m in model.named_modules():
+        out[f"{name}:type"] = type(m)
+        out[f"{name}:children"] = [(n, id(c)) for n, c in m._modules.items()]
+        out[f"{name}:attrs"] = {k: v for k, v in vars(m).items() if not k.startswith("_") and isinstance(v, PLAIN)}
+        out[f"{name}:hooks"] = {h: [(k, id(f)) for k, f in getattr(m, h, {}).items()] for h in HOOK_DICTS}
+        for k, p in m._parameters.items():
+            out[f"{name}.{k}:param"] = None if p is None else (id(p), p.detach().clone(), p.requires_grad, p.grad)
+        for k, b in m._buffers.items():
+            out[f"{name}.{k}:buffer"] = None if b is None else (id(b), b.detach().clone(), b.requires_grad)
+    return out
+
+
+def assert_same_model(before: dict, after: dict) -> None:
+    assert before.keys() == after.keys(), sorted(set(before) ^ set(after))
+    for k, a in before.items():
+        b = after[k]
+        if isinstance(a, tuple) and any(torch.is_tensor(v) for v in a):
+            assert len(a) == len(b) and all(
+                torch.equal(u, v) and u.dtype == v.dtype if torch.is_tensor(u) else u is v or u == v
+                for u, v in zip(a, b)
+            ), f"{k} changed"
+        else:
+            assert a == b, f"{k} changed: {a!r} -> {b!r}"
+
+
+def prepare_loader() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(2)
+    return [(torch.rand(8, 3, 32, 32, generator=g), torch.arange(8) % N_CLASSES) for _ in range(2)]
+
+
+@pytest.mark.parametrize("name", methods.names())
+def test_adapter_leaves_the_callers_model_bit_identical(name: str) -> None:
+    cls = methods.get(name)
+    model = build_model(cls)
+    before = fingerprint(model)
+    hp = {k: v for k, v in FAST.items() if k in cls.defaults}
+    adapter = methods.create(name, model, **hp)
+    assert adapter.model is not model
+    assert_same_model(before, fingerprint(model))
+    if cls.needs_source:
+        adapter.prepare(prepare_loader())
+        adapter.snapshot()
+        step = adapter.prepare_step()
+        if step is not None:
+            step(batches(1)[0])
+    for x in batches(3):
+        adapter(x)
+    adapter.predict(x)
+    adapter.reset()
+    adapter(x)
+    methods.create(name, model, **hp)(x)  # a second adapter on the same model: the same untouched source
+    assert_same_model(before, fingerprint(model))
+    model(x)  # the caller's model still runs as it did (no hook or swapped module left behind)
+    assert_same_model(before, fingerprint(model))
+
+
+@pytest.mark.parametrize("name", methods.names())
+def test_inplace_adapts_the_given_model(name: str) -> None:
+    """`inplace=True` wraps the model itself (no copy): what the adapter changes is changed in the caller's model."""
+    cls = methods.get(name)
+    model = build_model(cls)
+    adapter = methods.create(name, model, inplace=True, **{k: v for k, v in FAST.items() if k in cls.defaults})
+    assert adapter.model is model
+    if name == "tent":  # Tent trains the BN affine parameters of the given model and drops its running statistics
+        w0 = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        for x in batches(2):
+            adapter(x)
+        assert w0 and any(not torch.equal(p, w0[n]) for n, p in model.named_parameters() if n in w0)
+        assert all(m.running_mean is None for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def test_the_fingerprint_sees_each_kind_of_change() -> None:
+    """The check above is not vacuous: each way an adapter could damage the caller's model is caught."""
+    from methods.base import use_batch_stats
+
+    changes = [
+        lambda m: m.features[0][0].weight.data.add_(1e-6),
+        lambda m: m.features[0][1].running_var.mul_(2),
+        lambda m: use_batch_stats(m),
+        lambda m: m.features[0][0].weight.requires_grad_(False),
+        lambda m: m.features[0][0].register_forward_hook(lambda *a: None),
+        lambda m: m.features[0][0].register_forward_pre_hook(lambda *a: None),
+        lambda m: m.features[0][0].register_full_backward_hook(lambda *a: None),
+        lambda m: m.features[0].__setitem__(1, nn.BatchNorm2d(4)),
+        lambda m: m.train(),
+        lambda m: setattr(m.features[0][1], "momentum", 0.5),
+        lambda m: setattr(m.features[0][0], "weight", nn.Parameter(m.features[0][0].weight.detach().clone())),
+    ]
+    for i, change in enumerate(changes):
+        model = tiny_cnn()
+        before = fingerprint(model)
+        change(model)
+        with pytest.raises(AssertionError):
+            assert_same_model(before, fingerprint(model))
+            pytest.fail(f"change {i} not seen")
