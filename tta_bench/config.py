@@ -16,7 +16,7 @@ from typing import Any
 from tta_bench.kernel.errors import UserError
 from tta_bench.kernel.options import SCOPES, check_options, coerce, parse_sets, parse_value  # noqa: F401  (re-exported)
 
-SETTINGS = ("continual", "episodic", "gradual", "mixed", "non-iid")
+SETTINGS = ("continual", "episodic", "gradual", "mixed", "non-iid", "realistic")
 PRECISIONS = ("fp32", "amp")
 CLEAN_EVAL = ("domain", "end", "off")
 # Fields that say where/how a run executes, not what it computes: excluded from the hash.

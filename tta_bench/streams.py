@@ -22,7 +22,12 @@ from tta_bench.kernel import Registry, declared_options
 STREAMS = Registry("stream", "python -m tta_bench list streams")
 GRADUAL_SEVERITIES = (1, 2, 3, 4, 5, 4, 3, 2, 1)  # CoTTA's gradual schedule, per corruption
 # Options every stream accepts (--set stream.<key>=...), handled by the harness, not the factory.
-COMMON_OPTIONS: dict[str, Any] = {"gamma": 0.1}  # Dirichlet concentration of the non-iid setting
+COMMON_OPTIONS: dict[str, Any] = {
+    "gamma": 0.1,  # Dirichlet concentration of the non-iid setting
+    "window": 1000,  # images per window of the long-horizon metrics (tta_bench.protocols)
+    "speed_ratio": None,  # realistic setting: fixed relative cost k (None: measured on the run's device)
+}
+REALISTIC_ONLY = ("speed_ratio",)  # dropped from the resolved options (and the run id) of the other settings
 
 
 @dataclass
@@ -123,6 +128,7 @@ SETTING_FNS: dict[str, Callable[..., list[Segment]]] = {
     "gradual": gradual,
     "mixed": mixed,
     "non-iid": non_iid,
+    "realistic": continual,  # the continual order; tta_bench.protocols decides which batches are adapted
 }
 
 

@@ -1,0 +1,119 @@
+"""The compute-aware `realistic` setting (Alfarra et al., ICML 2024; official `delayed_eval_online`).
+
+A method of relative cost k adapts on every ceil(k)-th batch, the batches in between are predicted by the
+current model without adapting; k = 1 is the continual setting; a measured k comes from timing the method
+against the no-adapt forward on the same batch.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+import torch.nn as nn
+
+from methods import Adapter
+from tta_bench import RunConfig, run
+from tta_bench.kernel import UserError
+from tta_bench.protocols import RealisticClock, check_stream_options, skipped_after
+
+
+class Counting(Adapter):
+    """Counts adapt() and infer() calls; adapt() can be made slower than the plain forward."""
+
+    defaults = {"sleep": 0.0}
+
+    def configure(self) -> None:
+        self.adapt_calls: list[int] = []
+        self.infer_calls: list[int] = []
+        self.seen = 0
+
+    def adapt(self, x):
+        self.adapt_calls.append(self.seen)
+        self.seen += 1
+        time.sleep(self.hp.sleep)
+        return self.model(x) + 1.0  # marks an adapted prediction
+
+    def infer(self, x):
+        self.infer_calls.append(self.seen)
+        self.seen += 1
+        return self.model(x)
+
+
+def _run(clock: RealisticClock, adapter: Counting, n: int) -> list[torch.Tensor]:
+    x = torch.ones(2, 3)
+    return [clock.step(adapter, x) for _ in range(n)]
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_fixed_ratio_adapts_on_exactly_every_kth_batch(k):
+    adapter = Counting(nn.Linear(3, 2))
+    clock = RealisticClock(speed_ratio=k)
+    outs = _run(clock, adapter, 23)
+    assert adapter.adapt_calls == list(range(0, 23, k))
+    assert adapter.infer_calls == [i for i in range(23) if i % k]
+    assert clock.adapted == len(range(0, 23, k)) and clock.adapted + clock.skipped == 23
+    plain = adapter.model(torch.ones(2, 3))
+    for i, out in enumerate(outs):  # adapted batches return the adapter's output, the others the no-adapt one
+        torch.testing.assert_close(out, plain + 1.0 if i % k == 0 else plain)
+    s = clock.summary()
+    assert s["speed_ratio"] == k and s["speed_ratio_measured"] is False and s["batches_adapted"] == clock.adapted
+
+
+def test_fractional_ratio_is_rounded_up_and_a_new_segment_starts_free():
+    assert [skipped_after(r) for r in (0.4, 1.0, 1.01, 2.0, 2.5, 3.0)] == [0, 0, 1, 1, 2, 2]
+    assert skipped_after(1.5, eta=2.0) == 2  # the official stream-speed factor multiplies k
+    adapter = Counting(nn.Linear(3, 2))
+    clock = RealisticClock(speed_ratio=2.5)  # ceil -> every 3rd batch
+    _run(clock, adapter, 4)
+    clock.start_segment()  # the official loop runs once per corruption with delay = 0
+    _run(clock, adapter, 4)
+    assert adapter.adapt_calls == [0, 3, 4, 7]
+
+
+def test_measured_ratio_times_the_method_against_the_no_adapt_forward():
+    adapter = Counting(nn.Linear(3, 2), sleep=0.02)  # adapt ~20 ms, the forward ~µs: k is large
+    clock = RealisticClock()
+    _run(clock, adapter, 6)
+    s = clock.summary()
+    assert s["speed_ratio_measured"] is True and s["speed_ratio"] > 6
+    assert clock.adapted == 1 and clock.skipped == 5  # busy for the rest of the short stream
+    # each adapted batch also ran one timed no-adapt forward (official: model.model(images))
+    assert adapter.adapt_calls == [0] and adapter.infer_calls == [1, 2, 3, 4, 5, 6]
+
+
+def test_speed_ratio_is_checked_and_only_kept_in_the_realistic_setting():
+    opts = {"gamma": 0.1, "window": 1000, "speed_ratio": None}
+    assert "speed_ratio" not in check_stream_options("continual", opts)  # run ids of other settings unchanged
+    assert check_stream_options("realistic", {**opts, "speed_ratio": 2})["speed_ratio"] == 2.0
+    with pytest.raises(UserError, match="only applies to --setting realistic"):
+        check_stream_options("continual", {**opts, "speed_ratio": 2})
+    for bad in (0, -1, "fast", True):
+        with pytest.raises(UserError, match="positive number"):
+            check_stream_options("realistic", {**opts, "speed_ratio": bad})
+    with pytest.raises(UserError, match="stream.window"):
+        check_stream_options("continual", {**opts, "window": 0})
+
+
+def _cfg(runs_dir, **kw) -> RunConfig:
+    base = dict(method="tent", stream="digits-c", limit=48, batch_size=16, clean_eval="off", out=str(runs_dir))
+    return RunConfig(**{**base, **kw})
+
+
+def test_realistic_at_k1_equals_continual_and_k3_adapts_every_third_batch(runs_dir, one_thread):
+    cont = run(_cfg(runs_dir), quiet=True).summary
+    k1 = run(_cfg(runs_dir, setting="realistic", stream_opts={"speed_ratio": 1}), quiet=True).summary
+    assert k1["mean_error"] == cont["mean_error"] and k1["domain_errors"] == cont["domain_errors"]
+    assert k1["window_errors"] == cont["window_errors"]
+    assert k1["batches_adapted"] == 15 * 3 and k1["speed_ratio"] == 1.0 and k1["speed_ratio_measured"] is False
+    k3 = run(_cfg(runs_dir, setting="realistic", stream_opts={"speed_ratio": 3}), quiet=True)
+    assert k3.summary["batches_adapted"] == 15 and k3.summary["batches_not_adapted"] == 30  # 3 batches/domain
+    assert k3.summary["mean_error"] != cont["mean_error"]
+    assert (
+        _cfg(runs_dir, setting="realistic", stream_opts={"speed_ratio": 3}).run_id()
+        != _cfg(runs_dir, setting="realistic", stream_opts={"speed_ratio": 2}).run_id()
+    )
+    measured = run(_cfg(runs_dir, setting="realistic"), quiet=True).summary
+    assert measured["speed_ratio_measured"] is True and measured["speed_ratio"] > 0
+    assert 15 <= measured["batches_adapted"] <= 45
