@@ -191,7 +191,7 @@ OPTIMIZER_KEYS = tuple(optimizer_defaults())
 
 
 def make_optimizer(params: list[nn.Parameter], hp: SimpleNamespace) -> torch.optim.Optimizer:
-    """Adam or SGD from the adapter's declared hyper-parameters (the keys of `optimizer_defaults()`)."""
+    """Adam, AdamW or SGD from the adapter's declared hyper-parameters (the keys of `optimizer_defaults()`)."""
     missing = [k for k in OPTIMIZER_KEYS if not hasattr(hp, k)]
     if missing:  # a programming error in the adapter, not user input
         raise TypeError(
@@ -201,8 +201,11 @@ def make_optimizer(params: list[nn.Parameter], hp: SimpleNamespace) -> torch.opt
         return torch.optim.Adam(params, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.wd)
     if hp.optimizer == "sgd":
         return torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.wd, nesterov=hp.nesterov)
+    if hp.optimizer == "adamw":  # decoupled weight decay (TPT's official optimizer)
+        return torch.optim.AdamW(params, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.wd)
     raise UserError(
-        f"method option 'optimizer' must be 'adam' or 'sgd', got {hp.optimizer!r} (--set method.optimizer=adam)."
+        f"method option 'optimizer' must be 'adam', 'adamw' or 'sgd', got {hp.optimizer!r} "
+        "(--set method.optimizer=adam)."
     )
 
 
