@@ -32,8 +32,6 @@ like :data:`EXTRA`. ``names()``, ``describe()``, ``corrupt()`` and the test para
 
 from __future__ import annotations
 
-import difflib
-
 import torch
 
 from . import blur, digital, noise, weather  # noqa: F401  (import registers the corruptions)
@@ -53,22 +51,13 @@ EXTRA: tuple[str, ...] = ("speckle_noise", "gaussian_blur", "spatter", "saturate
 
 def names() -> list[str]:
     """All registered corruption names: the benchmark 15 in order, the extras, then the rest."""
-    rest = sorted(n for n in REGISTRY if n not in BENCHMARK + EXTRA)
-    return [n for n in BENCHMARK + EXTRA if n in REGISTRY] + rest
-
-
-def _check_name(name: str) -> None:
-    if name not in REGISTRY:
-        close = difflib.get_close_matches(str(name), list(REGISTRY), n=3, cutoff=0.5)
-        close += [n for n in names() if str(name).lower() in n and n not in close][: 3 - len(close)]
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown corruption {name!r}{hint} (known: {', '.join(names())})")
+    known = REGISTRY.names()
+    return [n for n in BENCHMARK + EXTRA if n in known] + [n for n in known if n not in BENCHMARK + EXTRA]
 
 
 def describe(name: str) -> str:
-    """One-line description of a corruption."""
-    _check_name(name)
-    return REGISTRY[name].description
+    """One-line description of a corruption (an unknown name: a UserError, i.e. a ValueError, with close matches)."""
+    return REGISTRY.get(name).description
 
 
 def corrupt(x: torch.Tensor, name: str, severity: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -78,7 +67,7 @@ def corrupt(x: torch.Tensor, name: str, severity: int, generator: torch.Generato
     ``torch.Generator`` on ``x.device`` or ``None`` (global RNG). Returns a tensor with the shape,
     dtype and device of ``x``, clamped to [0, 1].
     """
-    _check_name(name)
+    entry = REGISTRY.get(name)
     if isinstance(severity, bool) or not isinstance(severity, int) or not 1 <= severity <= 5:
         raise ValueError(f"severity must be an int in 1..5, got {severity!r}")
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] not in (1, 3):
@@ -87,16 +76,15 @@ def corrupt(x: torch.Tensor, name: str, severity: int, generator: torch.Generato
         raise ValueError(f"x must be a float tensor in [0, 1], got dtype {x.dtype}")
     if x.shape[0] == 0:
         return x.clone()
-    entry = REGISTRY[name]
     work = x if x.dtype in (torch.float32, torch.float64) else x.float()
-    to_luma = work.shape[1] == 1 and not entry.native_gray
+    to_luma = work.shape[1] == 1 and not entry.attrs["native_gray"]
     if to_luma:
         work = work.expand(-1, 3, -1, -1)
     work = work.contiguous()
-    out = entry.fn(work, severity, generator)
+    out = entry.factory(work, severity, generator)
     if out.untyped_storage().data_ptr() == work.untyped_storage().data_ptr() or 0 in out.stride():
         out = out.clone()  # never clamp the caller's tensor (or a broadcast view) in place
-    if not entry.in_range:
+    if not entry.attrs["in_range"]:
         out = out.clamp_(0, 1)
     if to_luma:
         out = to_gray(out)

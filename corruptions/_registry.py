@@ -11,40 +11,31 @@ with ``in_range=True`` promises its output is already in [0, 1] and is not clamp
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
+from tta_bench.kernel import Registry
+
 CorruptionFn = Callable[[torch.Tensor, int, "torch.Generator | None"], torch.Tensor]
 
-
-@dataclass(frozen=True)
-class Entry:
-    """A registered corruption. ``native_gray``: ``fn`` also takes ``(N, 1, H, W)`` and treats it
-    as a gray image (per-pixel noise shared by the would-be RGB channels); otherwise a gray batch
-    is replicated to RGB, corrupted, and converted back to luma. ``in_range``: ``fn``'s output is
-    in [0, 1] by construction (e.g. ``k / 255``), so :func:`corruptions.corrupt` skips its clamp."""
-
-    fn: CorruptionFn
-    description: str
-    native_gray: bool = False
-    in_range: bool = False
+# The suite's one Registry class. An entry's `factory` is the corruption function; its attrs hold
+# ``native_gray``: ``fn`` also takes ``(N, 1, H, W)`` and treats it as a gray image (per-pixel noise shared by the
+# would-be RGB channels); otherwise a gray batch is replicated to RGB, corrupted, and converted back to luma.
+# ``in_range``: ``fn``'s output is in [0, 1] by construction (e.g. ``k / 255``), so :func:`corruptions.corrupt`
+# skips its clamp. An unknown name is a UserError (a ValueError) listing close matches.
+REGISTRY = Registry("corruption", "python -m tta_bench list corruptions")
 
 
-REGISTRY: dict[str, Entry] = {}
-
-
-def register(name: str, description: str, native_gray: bool = False,
-             in_range: bool = False) -> Callable[[CorruptionFn], CorruptionFn]:
+def register(
+    name: str, description: str, native_gray: bool = False, in_range: bool = False
+) -> Callable[[CorruptionFn], CorruptionFn]:
     """Decorator: register ``fn`` under ``name`` (duplicates are an error, not a silent override).
 
     ``native_gray=True`` when ``fn`` works channel-wise and accepts 1-channel input; ``in_range=True``
-    when its output needs no clamp (see Entry)."""
+    when its output needs no clamp (see REGISTRY)."""
 
     def deco(fn: CorruptionFn) -> CorruptionFn:
-        if name in REGISTRY:
-            raise ValueError(f"corruption {name!r} is already registered")
-        REGISTRY[name] = Entry(fn, description, native_gray, in_range)
+        REGISTRY.add(name, fn, description, native_gray=native_gray, in_range=in_range)
         return fn
 
     return deco

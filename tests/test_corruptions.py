@@ -110,7 +110,7 @@ def test_gray_input():
 def test_errors(small: torch.Tensor):
     with pytest.raises(ValueError, match="gaussian_noise"):
         corruptions.corrupt(small, "gaussian_nosie", 1)
-    with pytest.raises(ValueError, match="did you mean"):
+    with pytest.raises(ValueError, match="Did you mean"):
         corruptions.describe("jpeg")
     for bad in (0, 6, 2.0, True, "3"):
         with pytest.raises(ValueError, match="severity"):

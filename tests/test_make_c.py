@@ -154,7 +154,7 @@ def test_bad_input_errors(tmp_path: Path):
         run("--src", str(src), "--out", str(tmp_path / "o"), "--format", "cifar-c")
     with pytest.raises(ValueError, match="all five severities"):
         run("--src", str(src), "--out", str(tmp_path / "o"), "--format", "cifar-c", "--severities", "3")
-    with pytest.raises(ValueError, match="did you mean"):
+    with pytest.raises(ValueError, match="Did you mean"):
         run("--src", str(src), "--out", str(tmp_path / "o"), "--format", "cifar-c", "--corruptions", "fogg")
 
 
