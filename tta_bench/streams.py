@@ -19,7 +19,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from tta_bench.kernel import Registry, declared_options
 
-STREAMS = Registry("stream", "python -m tta_bench list streams")
+STREAMS = Registry("stream", "python -m tta_bench list streams", packages=("tta_bench.data",))  # loaded on first use
 GRADUAL_SEVERITIES = (1, 2, 3, 4, 5, 4, 3, 2, 1)  # CoTTA's gradual schedule, per corruption
 # Options every stream accepts (--set stream.<key>=...), handled by the harness, not the factory.
 COMMON_OPTIONS: dict[str, Any] = {
