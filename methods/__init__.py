@@ -61,6 +61,7 @@ from methods.lame import LAME  # noqa: E402
 from methods.norm import Norm  # noqa: E402
 from methods.ogen import OGEN  # noqa: E402
 from methods.rotta import RoTTA  # noqa: E402
+from methods.rpl import RPL  # noqa: E402
 from methods.sar import SAR  # noqa: E402
 from methods.source import Source  # noqa: E402
 from methods.tent import Tent  # noqa: E402
@@ -80,6 +81,7 @@ __all__ = [
     "SAR",
     "CoTTA",
     "RoTTA",
+    "RPL",
     "LAME",
     "AlphaBN",
     "Core",
