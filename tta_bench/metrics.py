@@ -3,6 +3,11 @@
 A meter is created per segment (`METERS[task](num_domains, device)`), updated every batch with
 `update(logits, y, domain_ids)` (pure tensor ops, no `.item()`), and read once at the segment's end.
 Errors are in percent. New tasks register a meter class in `METERS`.
+
+Divergence: a prediction whose logits hold NaN or +inf, or no finite value at all (every class -inf), is
+*non-finite*. It is counted as an error (never as the argmax of NaN, class 0), enters the ECE as a confident
+error (confidence 1: a diverged model never looks well calibrated), and is counted per batch
+(`batch_nonfinite()`), so a diverged run reads as one.
 """
 
 from __future__ import annotations
@@ -11,6 +16,25 @@ from typing import Any
 
 import numpy as np
 import torch
+
+
+def nonfinite(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Bool mask of predictions (reducing class dim `dim`) with a NaN or +inf logit, or with no finite logit.
+
+    -inf alone is allowed: masked classes (scored over a class subset) are -inf by design.
+    """
+    return logits.isnan().any(dim) | logits.isposinf().any(dim) | logits.isneginf().all(dim)
+
+
+def scores(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(probs, confidence, correct, non-finite) of (N,C[,H,W]) logits; a non-finite prediction: wrong, confidence 1."""
+    logits = logits.detach().float()
+    bad = nonfinite(logits)
+    probs = logits.softmax(1)
+    conf, pred = probs.max(1)
+    conf = conf.masked_fill(bad, 1.0)
+    correct = (pred == y) & ~bad
+    return probs, conf, correct, bad
 
 
 def ece_from_bins(conf_sum: torch.Tensor, acc_sum: torch.Tensor, count: torch.Tensor) -> float:
@@ -35,12 +59,13 @@ class ClassificationMeter:
         self.conf_sum, self.acc_sum, self.bin_count = z(n_bins), z(n_bins), z(n_bins)
         self.dom_correct, self.dom_count = z(num_domains), z(num_domains)
         self.batch_correct: list[torch.Tensor] = []
+        self.batch_bad: list[torch.Tensor] = []
         self.batch_count: list[int] = []
 
     def update(self, logits: torch.Tensor, y: torch.Tensor, domain_ids: torch.Tensor) -> None:
-        probs = logits.detach().float().softmax(1)
-        conf, pred = probs.max(1)
-        correct = (pred == y).double()
+        _, conf, correct, bad = scores(logits, y)
+        self.batch_bad.append(bad.sum())
+        correct = correct.double()
         bins = (conf * self.n_bins).long().clamp_(0, self.n_bins - 1)
         self.conf_sum.index_add_(0, bins, conf.double())
         self.acc_sum.index_add_(0, bins, correct)
@@ -56,6 +81,10 @@ class ClassificationMeter:
             return []
         c = torch.stack(self.batch_correct).cpu().tolist()
         return [100.0 * (1 - ci / n) for ci, n in zip(c, self.batch_count)]
+
+    def batch_nonfinite(self) -> list[int]:
+        """Non-finite predictions of every batch so far (one host sync)."""
+        return [int(v) for v in torch.stack(self.batch_bad).cpu().tolist()] if self.batch_bad else []
 
     def running_error(self) -> float:
         return 100.0 * (1 - float(self.dom_correct.sum()) / max(1, sum(self.batch_count)))
@@ -110,12 +139,12 @@ class BinaryClassificationMeter(ClassificationMeter):
         if self.cls_count is None:
             self.cls_correct = torch.zeros(self.num_domains, c, device=self.device, dtype=torch.float64)
             self.cls_count = torch.zeros_like(self.cls_correct)
-        probs = logits.detach().float().softmax(1)
+        probs, _, correct, bad = scores(logits, y)
         idx = domain_ids * c + y
-        self.cls_correct.view(-1).index_add_(0, idx, (probs.argmax(1) == y).double())
+        self.cls_correct.view(-1).index_add_(0, idx, correct.double())
         self.cls_count.view(-1).index_add_(0, idx, torch.ones_like(idx, dtype=torch.float64))
-        if c == 2:
-            self.scores.append(probs[:, 1])
+        if c == 2:  # a non-finite prediction ranks as uninformative (score 0.5)
+            self.scores.append(probs[:, 1].masked_fill(bad, 0.5))
             self.labels.append(y.detach())
             self.domains.append(domain_ids.detach())
 
@@ -148,15 +177,17 @@ class BinaryClassificationMeter(ClassificationMeter):
         return {**out, "balanced_error": bal, "auc": self._auc(None)}
 
 
-def miou_from_confusion(conf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def miou_from_confusion(conf: torch.Tensor, missed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-class IoU (C,) and mean IoU from a (C,C) confusion matrix (rows: ground truth, cols: prediction).
 
-    IoU_c = TP_c / (TP_c + FP_c + FN_c). A class absent from both the ground truth and the predictions
-    (union 0) has IoU NaN and is excluded from the mean (as in mmseg's nanmean); the mean of no class is NaN.
+    IoU_c = TP_c / (TP_c + FP_c + FN_c); `missed` (C,): pixels of ground-truth class c with a non-finite
+    prediction (false negatives of c that are no other class's false positive). A class absent from both the
+    ground truth and the predictions (union 0) has IoU NaN and is excluded from the mean (as in mmseg's
+    nanmean); the mean of no class is NaN.
     """
     conf = conf.double()
     tp = conf.diagonal()
-    union = conf.sum(0) + conf.sum(1) - tp
+    union = conf.sum(0) + conf.sum(1) - tp + (0 if missed is None else missed.double())
     iou = torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, float("nan")))
     return iou, iou.nanmean()
 
@@ -184,10 +215,12 @@ class SegmentationMeter:
         self.class_names = class_names
         self.num_classes = num_classes
         self.conf: torch.Tensor | None = None  # (D,C,C) int64
+        self.missed: torch.Tensor | None = None  # (D,C) int64: valid pixels with a non-finite prediction
         z = lambda: torch.zeros(n_bins, device=device, dtype=torch.float64)  # noqa: E731
         self.conf_sum, self.acc_sum, self.bin_count = z(), z(), z()
         self.dom_images = torch.zeros(num_domains, device=device, dtype=torch.float64)
         self.batch_conf: list[torch.Tensor] = []
+        self.batch_missed: list[torch.Tensor] = []
         self.batch_count: list[int] = []  # images per batch
 
     @classmethod
@@ -199,17 +232,21 @@ class SegmentationMeter:
         if self.conf is None:
             self.num_classes = self.num_classes or c
             self.conf = torch.zeros(self.num_domains, c, c, dtype=torch.long, device=logits.device)
-        probs = logits.detach().float().softmax(1)
-        conf, pred = probs.max(1)
+            self.missed = torch.zeros(self.num_domains, c, dtype=torch.long, device=logits.device)
+        probs, conf, _, bad = scores(logits, y)
+        pred = probs.argmax(1)
         valid = (y != self.ignore_index) & (y >= 0) & (y < c)
         dom = domain_ids.view(n, *([1] * (y.dim() - 1))).expand_as(y)
-        idx = (dom * (c * c) + y * c + pred)[valid]
+        idx = (dom * (c * c) + y * c + pred)[valid & ~bad]
         counts = torch.bincount(idx, minlength=self.num_domains * c * c).view(self.num_domains, c, c)
+        miss = torch.bincount((dom * c + y)[valid & bad], minlength=self.num_domains * c).view(self.num_domains, c)
         self.conf += counts
+        self.missed += miss
         self.batch_conf.append(counts.sum(0))
+        self.batch_missed.append(miss.sum(0))
         self.batch_count.append(int(n))
         self.dom_images.index_add_(0, domain_ids, torch.ones(n, device=domain_ids.device, dtype=torch.float64))
-        conf_v, correct = conf[valid].double(), (pred == y)[valid].double()
+        conf_v, correct = conf[valid].double(), ((pred == y) & ~bad)[valid].double()
         bins = (conf_v * self.n_bins).long().clamp_(0, self.n_bins - 1)
         self.conf_sum.index_add_(0, bins, conf_v)
         self.acc_sum.index_add_(0, bins, correct)
@@ -220,9 +257,9 @@ class SegmentationMeter:
         names = self.class_names if self.class_names and len(self.class_names) == c else [str(i) for i in range(c)]
         return [str(n).replace(" ", "_") for n in names]
 
-    def _results(self, conf: torch.Tensor) -> dict[str, Any]:
-        iou, miou = miou_from_confusion(conf.cpu())
-        total = float(conf.sum())
+    def _results(self, conf: torch.Tensor, missed: torch.Tensor) -> dict[str, Any]:
+        iou, miou = miou_from_confusion(conf.cpu(), missed.cpu())
+        total = float(conf.sum()) + float(missed.sum())
         out = {
             "error": 100.0 - 100.0 * float(miou),
             "miou": 100.0 * float(miou),
@@ -237,10 +274,17 @@ class SegmentationMeter:
         if not self.batch_conf:
             return []
         confs = torch.stack(self.batch_conf).cpu().double()
-        return [100.0 - 100.0 * float(miou_from_confusion(cm)[1]) for cm in confs]
+        missed = torch.stack(self.batch_missed).cpu()
+        return [100.0 - 100.0 * float(miou_from_confusion(cm, m)[1]) for cm, m in zip(confs, missed)]
+
+    def batch_nonfinite(self) -> list[int]:
+        """Valid pixels with a non-finite prediction, per batch so far (one host sync)."""
+        return [int(m) for m in torch.stack(self.batch_missed).sum(1).cpu().tolist()] if self.batch_missed else []
 
     def running_error(self) -> float:
-        return self._results(self.conf.sum(0))["error"] if self.conf is not None else float("nan")
+        if self.conf is None:
+            return float("nan")
+        return self._results(self.conf.sum(0), self.missed.sum(0))["error"]
 
     def confusion(self, domain: int | None = None) -> torch.Tensor:
         """(C,C) confusion matrix (rows: ground truth) of one domain id, or of all when None."""
@@ -252,10 +296,14 @@ class SegmentationMeter:
         if self.conf is None:
             return {}
         images = self.dom_images.cpu().tolist()
-        return {d: {**self._results(self.conf[d]), "n": int(images[d])} for d in range(self.num_domains) if images[d]}
+        return {
+            d: {**self._results(self.conf[d], self.missed[d]), "n": int(images[d])}
+            for d in range(self.num_domains)
+            if images[d]
+        }
 
     def summary(self) -> dict[str, Any]:
-        res = self._results(self.conf.sum(0)) if self.conf is not None else {"error": float("nan")}
+        res = self._results(self.conf.sum(0), self.missed.sum(0)) if self.conf is not None else {"error": float("nan")}
         return {**res, "ece": ece_from_bins(self.conf_sum, self.acc_sum, self.bin_count), "n": sum(self.batch_count)}
 
 

@@ -1,21 +1,20 @@
 """run(cfg) -> RunResult: stream a shifted dataset through an adapter and write the run folder.
 
-Run folder `<out>/<run id>/`: `config.json` (resolved config, versions, git commit, weights, domain order,
-samples per domain), `batches.csv` (one row per batch), `domains.csv` (one row per domain per round),
-`summary.json`, and `done`, written last. Every file is written atomically (temp file + rename). A folder
-with `done` is complete and is not run again (unless `force`); a folder without it is the remains of an
-interrupted run and is cleared before running again.
+Read top to bottom as the data flows: `resolve` (names and options checked, defaults filled in) -> `open_stream`
+and `run_id` (the resolved config plus the data fingerprint) -> `run` (lock, reuse or build aside, commit) ->
+`execute`: `build_adapter` -> `prepare` (cached) -> `config_record` -> `stream` (segments, batches, meters) ->
+`summarize` -> files. The run folder layout and summary schema are `tta_bench.rundir`'s; a run is built in a
+private temporary folder and swapped in whole (`rundir.commit`), so nothing completed is ever lost.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import platform
 import shutil
 import subprocess
+import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +25,17 @@ from tqdm.auto import tqdm
 
 import methods
 import tta_bench
+from tta_bench import rundir
 from tta_bench import streams as st
 from tta_bench.config import RunConfig, cache_dir_default, check_options, weights_dir_default
-from tta_bench.kernel import UserError
+from tta_bench.kernel import UserError, hash_json
 from tta_bench.memory import measure
 from tta_bench.metrics import forgetting, make_meter
-from tta_bench.models import ModelContext, build_model, model_info, model_options, recipe_hash
+from tta_bench.models import ModelContext, build_model, load_cache, model_info, model_options, save_cache
+from tta_bench.training import deterministic, zero_grads
 
-RUN_FILES = ("config.json", "batches.csv", "domains.csv", "summary.json", "done")
+RUN_FILES = rundir.RUN_FILES
+is_complete = rundir.is_complete
 
 
 @dataclass
@@ -44,6 +46,7 @@ class RunResult:
     skipped: bool  # True when a completed run folder was found and nothing was run
 
 
+# --- what to run --------------------------------------------------------------------------------------------
 def resolve(cfg: RunConfig) -> RunConfig:
     """Check every name and option; return the config with all defaults filled in (what is hashed)."""
     from tta_bench.models import load_zoo
@@ -71,47 +74,184 @@ def _default_model(stream: str) -> str:
     return st.STREAMS.get(stream).factory.default_model
 
 
+def open_stream(cfg: RunConfig) -> st.StreamSpec:
+    """The stream of a resolved config (data located and indexed; images are read lazily)."""
+    return st.build_stream(cfg.stream, cfg.resolved_data_dir(), cfg.seed, cfg.stream_opts)
+
+
+def data_fingerprint(spec: st.StreamSpec) -> str | None:
+    """What the stream read from disk (files' names, sizes, mtimes) or generated: a changed file, a new run id."""
+    return spec.info.get("data_fingerprint")
+
+
+def run_id(cfg: RunConfig, spec: st.StreamSpec | None = None) -> str:
+    """The run id (16 hex): hash of the resolved config's identity and the stream's data fingerprint."""
+    cfg = resolve(cfg)
+    spec = spec if spec is not None else open_stream(cfg)
+    return hash_json({**cfg.identity(), "data": data_fingerprint(spec)}, rundir.RUN_ID_LENGTH)
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for, but PyTorch sees no CUDA device here. Use --device cpu or auto.")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device: use auto, cpu or cuda[:N].") from None
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    write_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
-
-
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, Path):
-        return str(o)
-    if isinstance(o, tuple):
-        return list(o)
-    if hasattr(o, "item"):
-        return o.item()
-    return str(o)
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    write_atomic(path, pd.DataFrame(rows).to_csv(index=False))
-
-
-def is_complete(folder: Path) -> bool:
-    return (folder / "done").exists()
-
-
+# --- the run folder -----------------------------------------------------------------------------------------
 def load_result(folder: Path) -> RunResult:
-    summary = json.loads((folder / "summary.json").read_text())
-    return RunResult(folder, summary, pd.read_csv(folder / "domains.csv"), skipped=True)
+    """A completed run folder's results (validated summary.json, domains.csv)."""
+    summary = rundir.load_summary(folder)
+    return RunResult(Path(folder), dict(summary), pd.read_csv(Path(folder) / rundir.DOMAINS), skipped=True)
 
 
+def _say(quiet: bool, text: str) -> None:
+    if not quiet:
+        print(text, file=sys.stderr, flush=True)
+
+
+def run(cfg: RunConfig, force: bool = False, quiet: bool = False) -> RunResult:
+    """Run `cfg`, or return its completed result. `force`: run again; the old result stays until the new one is
+    complete. A concurrent run of the same id is waited for and its result reused. Raises UserError on bad input."""
+    cfg = resolve(cfg)
+    spec = open_stream(cfg)
+    rid, out = run_id(cfg, spec), Path(cfg.out)
+    found = rundir.find_complete(out, rid)
+    if found is not None and not force:
+        return load_result(found)
+    with rundir.run_lock(out, rid, on_wait=lambda: _say(quiet, f"waiting for another run of {out / rid} ...")):
+        found = rundir.recover(out, rid)
+        if found is not None and not force:
+            return load_result(found)  # finished by the run we waited for
+        for p in rundir.clean_stale(out, rid):
+            _say(quiet, f"removed the remains of an interrupted run: {p}")
+        tmp = rundir.temp_folder(out, rid)
+        try:
+            summary, domains = execute(cfg, spec, rid, tmp, quiet)
+            rundir.commit(tmp, out / rid)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return RunResult(out / rid, summary, pd.DataFrame(domains), skipped=False)
+
+
+def execute(cfg: RunConfig, spec: st.StreamSpec, rid: str, folder: Path, quiet: bool) -> tuple[dict, list[dict]]:
+    """Build, prepare and stream `cfg`, writing every run file into `folder` (`done` last)."""
+    device = pick_device(cfg.device)
+    ctx = ModelContext(weights_dir_default(), cache_dir_default(), device, cfg.seed)
+    adapter, weights = build_adapter(cfg, spec, ctx)
+    segments = st.schedule(cfg.setting, spec, cfg.severity, cfg.rounds)
+    prep = prepare(adapter, spec, cfg, ctx, weights, quiet)
+    datasets = [st.segment_dataset(spec, s, cfg.limit) for s in segments]
+    record = config_record(cfg, rid, device, spec, weights, segments, datasets, prep)
+    rundir.write_json_file(folder / rundir.CONFIG, record)
+    torch.manual_seed(cfg.seed)  # the stream starts from the same RNG state whether prepare ran or was cached
+    rec = stream(adapter, spec, cfg, segments, datasets, device, quiet)
+    rundir.write_file(folder / rundir.BATCHES, _csv(rec.batch_rows, rundir.BATCH_COLUMNS))
+    rundir.write_file(folder / rundir.DOMAINS, _csv(rec.domain_rows, rundir.DOMAIN_COLUMNS))
+    summary = summarize(cfg, spec, rec, prep)
+    rundir.write_json_file(folder / rundir.SUMMARY, summary)
+    rundir.write_file(folder / rundir.DONE, time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n")
+    return summary, rec.domain_rows
+
+
+def _csv(rows: list[dict[str, Any]], front: tuple[str, ...]) -> str:
+    df = pd.DataFrame(rows)
+    return df[[c for c in front if c in df] + [c for c in df if c not in front]].to_csv(index=False)
+
+
+# --- model and adapter ----------------------------------------------------------------------------------------
+def build_adapter(cfg: RunConfig, spec: st.StreamSpec, ctx: ModelContext) -> tuple[methods.Adapter, dict]:
+    """The model (trained or loaded) wrapped by the method, and the model's provenance for config.json."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, spec, ctx, cfg.model_opts)
+    if ctx.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    weights = model_info(model)
+    zero_grads(model)
+    torch.manual_seed(cfg.seed)  # the adapter's own initialisation does not depend on whether training ran
+    return methods.create(cfg.method, model, inplace=True, **cfg.method_opts).to(ctx.device), weights
+
+
+def _loader(data, batch_size: int, device: torch.device, workers: int, shuffle: bool = False, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        data, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=workers, pin_memory=device.type == "cuda"
+    )
+
+
+def prepare_key(adapter: methods.Adapter, spec: st.StreamSpec, cfg: RunConfig, weights: dict, device) -> str:
+    """Everything the prepare stage's result depends on (the cache key of its state)."""
+    return hash_json(
+        {
+            "method": cfg.method,
+            "hp": {k: repr(v) for k, v in vars(adapter.hp).items()},  # resolved: a changed default is a new key
+            "state": [(k, tuple(v.shape)) for k, v in adapter.state_dict().items()],  # and a changed architecture
+            "model": cfg.model,
+            "weights": weights.get("sha256"),
+            "stream": cfg.stream,
+            "source": spec.info.get("source_fingerprint"),
+            "data": data_fingerprint(spec),
+            "batch_size": cfg.batch_size,  # prepare loops over source batches of the run's batch size
+            "seed": cfg.seed,
+            "device": torch.device(device).type,
+            "torch": torch.__version__.split("+")[0],
+        }
+    )
+
+
+def prepare(adapter, spec, cfg: RunConfig, ctx: ModelContext, weights: dict, quiet: bool = True) -> dict:
+    """Run adapter.prepare(source) once per key (see `prepare_key`); cache its state; snapshot the result."""
+    if not adapter.needs_source:
+        return {}
+    if spec.source is None:
+        raise UserError(
+            f"Method '{cfg.method}' needs clean source data for its prepare stage, but stream "
+            f"'{cfg.stream}' provides none. Use a stream with a source split (e.g. digits-c)."
+        )
+    key = prepare_key(adapter, spec, cfg, weights, ctx.device)
+    path = ctx.cache_dir / "prepare" / f"{cfg.method}-{cfg.model}-{key}.pt"
+    info: dict[str, Any] = {"cache": str(path), "key": key}
+    state = load_cache(path, ctx.device, "prepare-stage cache", quiet)
+    if state is not None and _load_state(adapter, state):
+        info["cached"] = True
+    else:
+        info.update(_run_prepare(adapter, spec, cfg, ctx.device), cached=False)
+        save_cache(path, adapter.state_dict())
+    zero_grads(adapter)
+    adapter.snapshot()
+    return info
+
+
+def _load_state(adapter: methods.Adapter, state: dict) -> bool:
+    try:
+        adapter.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError):
+        return False
+    return True
+
+
+def _run_prepare(adapter, spec, cfg: RunConfig, device: torch.device) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    x0 = next(iter(_loader(spec.source, cfg.batch_size, device, 0)))[0].to(device)
+    adapt_mb = measure_prepare(adapter, x0)
+    torch.manual_seed(cfg.seed)
+    with deterministic(device):  # one thread on CPU: the cached state does not depend on the machine's cores
+        adapter.prepare(_loader(spec.source, cfg.batch_size, device, cfg.workers, shuffle=True, seed=cfg.seed))
+    return {"adapt_mb": adapt_mb, "seconds": time.perf_counter() - t0}
+
+
+def measure_prepare(adapter, x: torch.Tensor) -> float | None:
+    """adapt_mb of one prepare step on `x` (`adapter.prepare_step()`), or None when the adapter has none."""
+    step = adapter.prepare_step()
+    return None if step is None else measure(step, x)["adapt_mb"]
+
+
+# --- config.json --------------------------------------------------------------------------------------------
 def git_commit() -> dict[str, Any]:
     root = Path(tta_bench.__file__).resolve().parent.parent
     try:
@@ -138,122 +278,63 @@ def versions() -> dict[str, str]:
     }
 
 
-def run(cfg: RunConfig, force: bool = False, quiet: bool = False) -> RunResult:
-    """Run `cfg` (or return the completed run folder's results). Raises UserError on bad input."""
-    cfg = resolve(cfg)
-    folder = cfg.folder()
-    if is_complete(folder) and not force:
-        return load_result(folder)
-    device = pick_device(cfg.device)
-    spec = st.build_stream(cfg.stream, cfg.resolved_data_dir(), cfg.seed, cfg.stream_opts)
-    ctx = ModelContext(weights_dir_default(), cache_dir_default(), device, cfg.seed)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, spec, ctx, cfg.model_opts)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    weights = model_info(model)
-    adapter = methods.create(cfg.method, model, inplace=True, **cfg.method_opts).to(device)
-    segments = st.schedule(cfg.setting, spec, cfg.severity, cfg.rounds)
-
-    if folder.exists():  # interrupted earlier (no `done`), or --force: start clean, never mix runs
-        if not quiet:
-            print(f"{'replacing completed' if is_complete(folder) else 'clearing interrupted'} run folder {folder}")
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    prep = _prepare(adapter, spec, cfg, ctx, weights, device)
-    datasets = [st.segment_dataset(spec, s, cfg.limit) for s in segments]
-    write_json(
-        folder / "config.json",
-        {
-            "run_id": cfg.run_id(),
-            "config": cfg.identity(),
-            "execution": {
-                "device": str(device),
-                "data_dir": str(cfg.resolved_data_dir()),
-                "out": cfg.out,
-                "workers": cfg.workers,
-                "host": platform.node(),
-            },
-            "versions": versions(),
-            "git": git_commit(),
-            "model_info": weights,
-            "stream_info": spec.info,
-            "task": spec.task,
-            "num_classes": spec.num_classes,
-            "domain_order": [
-                {
-                    "round": s.round,
-                    "domain": s.domain,
-                    "severity": s.severity,
-                    "reset": s.reset,
-                    "order": s.order,
-                    "parts": [list(p) for p in s.parts],
-                }
-                for s in segments
-            ],
-            "samples_per_domain": {f"{s.round}/{s.domain}": len(d) for s, d in zip(segments, datasets)},
-            "prepare": prep,
+def config_record(cfg, rid: str, device, spec, weights: dict, segments, datasets, prep: dict) -> dict[str, Any]:
+    """config.json: the resolved config, where/how it ran, versions, weights, data, domain order, prepare info."""
+    return {
+        "run_id": rid,
+        "config": cfg.identity(),
+        "execution": {
+            "device": str(device),
+            "data_dir": str(cfg.resolved_data_dir()),
+            "out": cfg.out,
+            "workers": cfg.workers,
+            "threads": torch.get_num_threads(),
+            "host": platform.node(),
         },
-    )
-    summary, domains = _stream(adapter, spec, cfg, segments, datasets, device, folder, quiet)
-    summary["prepare_s"], summary["prepare_adapt_mb"] = prep.get("seconds"), prep.get("adapt_mb")
-    write_json(folder / "summary.json", summary)
-    write_atomic(folder / "done", time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n")
-    return RunResult(folder, summary, pd.DataFrame(domains), skipped=False)
+        "versions": versions(),
+        "git": git_commit(),
+        "model_info": weights,
+        "stream_info": spec.info,
+        "data_fingerprint": data_fingerprint(spec),
+        "task": spec.task,
+        "num_classes": spec.num_classes,
+        "domain_order": [
+            {
+                "round": s.round,
+                "domain": s.domain,
+                "severity": s.severity,
+                "reset": s.reset,
+                "order": s.order,
+                "parts": [list(p) for p in s.parts],
+            }
+            for s in segments
+        ],  # fmt: skip
+        "samples_per_domain": {f"{s.round}/{s.domain}": len(d) for s, d in zip(segments, datasets)},
+        "prepare": prep,
+    }
 
 
-def _loader(data, batch_size: int, device: torch.device, workers: int, shuffle: bool = False, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        data, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=workers, pin_memory=device.type == "cuda"
-    )
+# --- the stream ---------------------------------------------------------------------------------------------
+@dataclass
+class StreamRecord:
+    """What streaming produced: rows of batches.csv / domains.csv and the run-level figures."""
+
+    batch_rows: list[dict[str, Any]] = field(default_factory=list)
+    domain_rows: list[dict[str, Any]] = field(default_factory=list)
+    overall: dict[str, Any] = field(default_factory=dict)  # meter summary over the whole stream
+    memory: dict[str, Any] = field(default_factory=dict)
+    clean_before: float | None = None
+    clean_after: float | None = None
+    seconds: float = 0.0
+    peak_device_mb: float | None = None
+
+    @property
+    def first_diverged_batch(self) -> int | None:
+        return next((r["batch"] for r in self.batch_rows if r["nonfinite"] > 0), None)
 
 
-def _prepare(adapter, spec, cfg: RunConfig, ctx: ModelContext, weights: dict, device: torch.device) -> dict:
-    """Run adapter.prepare(source) once per (method, options, model, source data); cache its state."""
-    if not adapter.needs_source:
-        return {}
-    if spec.source is None:
-        raise UserError(
-            f"Method '{cfg.method}' needs clean source data for its prepare stage, but stream "
-            f"'{cfg.stream}' provides none. Use a stream with a source split (e.g. digits-c)."
-        )
-    key = recipe_hash(
-        {
-            "method": cfg.method,
-            "hp": {k: repr(v) for k, v in vars(adapter.hp).items()},  # resolved: a changed default is a new key
-            "state": [(k, tuple(v.shape)) for k, v in adapter.state_dict().items()],  # and a changed architecture
-            "model": cfg.model,
-            "weights": weights.get("sha256"),
-            "stream": cfg.stream,
-            "source": spec.info.get("source_fingerprint"),
-            "seed": cfg.seed,
-        }
-    )
-    path = ctx.cache_dir / "prepare" / f"{cfg.method}-{cfg.model}-{key}.pt"
-    info: dict[str, Any] = {"cache": str(path)}
-    if path.exists():
-        adapter.load_state_dict(torch.load(path, map_location=device, weights_only=True))
-        info["cached"] = True
-    else:  # hyper-parameters, architecture and source data are in the key, so a cached state always loads
-        t0 = time.perf_counter()
-        x0 = next(iter(_loader(spec.source, cfg.batch_size, device, 0)))[0].to(device)
-        info["adapt_mb"] = measure_prepare(adapter, x0)
-        adapter.prepare(_loader(spec.source, cfg.batch_size, device, cfg.workers, shuffle=True, seed=cfg.seed))
-        info["seconds"] = time.perf_counter() - t0
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(adapter.state_dict(), tmp)
-        os.replace(tmp, path)
-        info["cached"] = False
-    adapter.snapshot()
-    return info
-
-
-def measure_prepare(adapter, x: torch.Tensor) -> float | None:
-    """adapt_mb of one prepare step on `x` (`adapter.prepare_step()`), or None when the adapter has none."""
-    step = adapter.prepare_step()
-    return None if step is None else measure(step, x)["adapt_mb"]
+def _autocast(cfg: RunConfig, device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "amp")
 
 
 @torch.no_grad()
@@ -280,94 +361,104 @@ def class_mask(spec, seg, device: torch.device) -> torch.Tensor | None:
     return mask.view(1, -1, 1, 1) if spec.task == "segmentation" else mask
 
 
-def _autocast(cfg: RunConfig, device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "amp")
-
-
-def _stream(adapter, spec, cfg, segments, datasets, device, folder: Path, quiet: bool):
+def stream(adapter, spec, cfg: RunConfig, segments, datasets, device: torch.device, quiet: bool) -> StreamRecord:
+    """Every segment through the adapter, in order; per-batch and per-domain rows, clean error, memory, time."""
     cuda = device.type == "cuda"
-    total = sum((len(d) + cfg.batch_size - 1) // cfg.batch_size for d in datasets)
+    rec = StreamRecord()
     first = next(st.batches(datasets[0], segments[0], cfg.batch_size, cfg.seed, cfg.stream_opts["gamma"]))
     with _autocast(cfg, device):
-        mem = measure(adapter, first.x.to(device))
-    before = clean_error(adapter, spec, cfg, device)
+        rec.memory = measure(adapter, first.x.to(device))
+    rec.clean_before = rec.clean_after = clean_error(adapter, spec, cfg, device)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     overall = make_meter(spec, len(spec.domain_names), device)
-    batch_rows, dom_rows, stream_s = [], [], 0.0
-    bar = tqdm(total=total, unit="batch", disable=None if not quiet else True, dynamic_ncols=True)
-    after = before
-    for seg, ds in zip(segments, datasets):
-        if seg.reset:
-            adapter.reset()
-        meter = make_meter(spec, len(spec.domain_names), device)
-        mask = class_mask(spec, seg, device)
-        bar.set_description(f"r{seg.round} {seg.domain}")
-        t0 = t_prev = time.perf_counter()
-        times = []
-        for i, b in enumerate(
-            st.batches(ds, seg, cfg.batch_size, cfg.seed, cfg.stream_opts["gamma"], cfg.workers, cuda)
-        ):
-            x = b.x.to(device, non_blocking=True)
-            y, dom = b.y.to(device, non_blocking=True), b.domain_ids.to(device, non_blocking=True)
-            if cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(cfg, device):
-                out = adapter(x)
-            if mask is not None:
-                out = out.masked_fill(~mask, float("-inf"))
-            meter.update(out, y, dom)
-            overall.update(out, y, dom)
-            now = time.perf_counter()
-            times.append(now - t_prev)
-            t_prev = now
-            bar.update(1)
-            if i % 10 == 0 and bar.disable is False:
-                bar.set_postfix(err=f"{meter.running_error():.1f}%")  # the one sync: only when a bar is shown
+    total = sum((len(d) + cfg.batch_size - 1) // cfg.batch_size for d in datasets)
+    with tqdm(total=total, unit="batch", disable=True if quiet else None, dynamic_ncols=True) as bar:
+        for seg, ds in zip(segments, datasets):
+            if seg.reset:
+                adapter.reset()
+            meter, times, seconds = run_segment(adapter, spec, cfg, seg, ds, device, overall, bar)
+            rec.seconds += seconds
+            peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
+            rec.batch_rows += batch_rows(meter, seg, times, len(rec.batch_rows), rec.memory["adapt_mb"], peak)
+            if cfg.clean_eval == "domain":
+                rec.clean_after = clean_error(adapter, spec, cfg, device)
+            rec.domain_rows += domain_rows(meter, spec, seg, seconds, rec.clean_after)
+    if cfg.clean_eval == "end":
+        rec.clean_after = clean_error(adapter, spec, cfg, device)
+    rec.overall = overall.summary()
+    rec.peak_device_mb = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
+    return rec
+
+
+def run_segment(adapter, spec, cfg: RunConfig, seg, ds, device, overall, bar) -> tuple[Any, list[float], float]:
+    """One segment's batches through the adapter: (its meter, seconds per batch, seconds in all)."""
+    cuda = device.type == "cuda"
+    meter = make_meter(spec, len(spec.domain_names), device)
+    mask = class_mask(spec, seg, device)
+    bar.set_description(f"r{seg.round} {seg.domain}")
+    t0 = t_prev = time.perf_counter()
+    times = []
+    batches = st.batches(ds, seg, cfg.batch_size, cfg.seed, cfg.stream_opts["gamma"], cfg.workers, cuda)
+    for i, b in enumerate(batches):
+        x = b.x.to(device, non_blocking=True)
+        y, dom = b.y.to(device, non_blocking=True), b.domain_ids.to(device, non_blocking=True)
         if cuda:
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t0
-        stream_s += seconds
-        peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
-        for j, (err, n, dt) in enumerate(zip(meter.batch_errors(), meter.batch_count, times)):
-            batch_rows.append(
-                {
-                    "batch": len(batch_rows),
-                    "round": seg.round,
-                    "segment": seg.domain,
-                    "index": j,
-                    "severity": seg.severity,
-                    "n": n,
-                    "error": err,
-                    "seconds": dt,
-                    "adapt_mb": mem["adapt_mb"],
-                    "peak_device_mb": peak,
-                }
-            )
-        after = clean_error(adapter, spec, cfg, device) if cfg.clean_eval == "domain" else after
-        seg_summary = meter.summary()
-        for d, res in meter.domain_results().items():
-            name = spec.domain_names[d] if seg.domain == "mixed" else seg.domain
-            row = {
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(cfg, device):
+            out = adapter(x)
+        if mask is not None:
+            out = out.masked_fill(~mask, float("-inf"))
+        meter.update(out, y, dom)
+        overall.update(out, y, dom)
+        now = time.perf_counter()
+        times.append(now - t_prev)
+        t_prev = now
+        bar.update(1)
+        if i % 10 == 0 and bar.disable is False:
+            bar.set_postfix(err=f"{meter.running_error():.1f}%")  # the one sync: only when a bar is shown
+    if cuda:
+        torch.cuda.synchronize(device)
+    return meter, times, time.perf_counter() - t0
+
+
+def batch_rows(meter, seg, times: list[float], start: int, adapt_mb, peak) -> list[dict[str, Any]]:
+    """batches.csv rows of one segment (global batch numbers from `start`)."""
+    return [
+        {"batch": start + j, "round": seg.round, "segment": seg.domain, "index": j, "severity": seg.severity,
+         "n": n, "error": err, "nonfinite": bad, "seconds": dt, "adapt_mb": adapt_mb, "peak_device_mb": peak}
+        for j, (err, bad, n, dt) in enumerate(zip(meter.batch_errors(), meter.batch_nonfinite(), meter.batch_count,
+                                                  times))
+    ]  # fmt: skip
+
+
+def domain_rows(meter, spec, seg, seconds: float, clean_after: float | None) -> list[dict[str, Any]]:
+    """domains.csv rows of one segment: one per domain seen (several for a mixed segment)."""
+    seg_summary = meter.summary()
+    rows = []
+    for d, res in meter.domain_results().items():
+        rows.append(
+            {
                 "round": seg.round,
                 "segment": seg.domain,
-                "domain": name,
+                "domain": spec.domain_names[d] if seg.domain == "mixed" else seg.domain,
                 "severity": seg.severity,
                 **{k: v for k, v in seg_summary.items() if k not in res},
                 **res,
-                "clean_error": after,
+                "clean_error": clean_after,
                 "seconds": seconds,
                 "images_per_s": seg_summary["n"] / max(seconds, 1e-9),
             }
-            dom_rows.append(row)
-    bar.close()
-    if cfg.clean_eval == "end":
-        after = clean_error(adapter, spec, cfg, device)
-    write_csv(folder / "batches.csv", batch_rows)
-    write_csv(folder / "domains.csv", dom_rows)
-    df = pd.DataFrame(dom_rows)
+        )
+    return rows
+
+
+def summarize(cfg: RunConfig, spec, rec: StreamRecord, prep: dict) -> dict[str, Any]:
+    """summary.json (schema: `rundir.Summary`; task/stream-specific scalars added after it)."""
+    df = pd.DataFrame(rec.domain_rows)
     domain_errors = df.groupby("domain", sort=False)["error"].mean().to_dict()
-    tot = overall.summary()
+    tot = rec.overall
+    first_bad = rec.first_diverged_batch
     summary = {
         "method": cfg.method,
         "stream": cfg.stream,
@@ -383,15 +474,19 @@ def _stream(adapter, spec, cfg, segments, datasets, device, folder: Path, quiet:
         "round_errors": df.groupby("round")["error"].mean().tolist(),
         **{k: v for k, v in tot.items() if k not in ("error", "n")},
         "n_samples": tot["n"],
-        "clean_error_before": before,
-        "clean_error_after": after,
-        "forgetting": forgetting(before, after),
-        "adapt_mb": mem["adapt_mb"],
-        "memory": mem,
-        "peak_device_mb": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
-        "images_per_s": tot["n"] / max(stream_s, 1e-9),
-        "stream_seconds": stream_s,
+        "clean_error_before": rec.clean_before,
+        "clean_error_after": rec.clean_after,
+        "forgetting": forgetting(rec.clean_before, rec.clean_after),
+        "adapt_mb": rec.memory["adapt_mb"],
+        "memory": rec.memory,
+        "peak_device_mb": rec.peak_device_mb,
+        "images_per_s": tot["n"] / max(rec.seconds, 1e-9),
+        "stream_seconds": rec.seconds,
+        "prepare_s": prep.get("seconds"),
+        "prepare_adapt_mb": prep.get("adapt_mb"),
+        "diverged": first_bad is not None,
+        "first_diverged_batch": first_bad,
     }
     if spec.summarize is not None:
         summary.update(spec.summarize(domain_errors))
-    return summary, dom_rows
+    return summary

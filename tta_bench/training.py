@@ -1,6 +1,14 @@
-"""Seeded supervised training of source models on a stream's clean source data (CPU-friendly)."""
+"""Seeded supervised training of source models on a stream's clean source data (CPU-friendly).
+
+Determinism: training (and every prepare stage, through `deterministic`) runs on one CPU thread, with its own
+RNG (the global one is restored afterwards), so a trained model is the same bit for bit whatever the machine's
+core count, the torch thread setting or what ran before; `zero_grads` leaves no `.grad` behind.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -21,6 +29,29 @@ def random_shift(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch
     return xr.gather(3, cols)
 
 
+@contextmanager
+def deterministic(device: torch.device | str = "cpu") -> Iterator[None]:
+    """One intra-op thread on the CPU (float reductions then do not depend on the thread count), restored after.
+
+    On CUDA nothing changes: GPU kernels' determinism is the device's (not forced here).
+    """
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def zero_grads(module: torch.nn.Module) -> None:
+    """Drop every parameter's `.grad` (None): no gradient leaks from training or a prepare stage into a stream."""
+    for p in module.parameters():
+        p.grad = None
+
+
 def train_classifier(
     model: nn.Module,
     data: Dataset,
@@ -33,10 +64,19 @@ def train_classifier(
 ) -> nn.Module:
     """Train `model` (inputs in [0,1], outputs logits) with Adam + cross-entropy, cosine schedule.
 
-    Deterministic for a given seed on CPU. `shift` pixels of random translation as augmentation.
+    Bit-identical for a given seed on CPU whatever the thread setting (see the module doc). `shift` pixels of
+    random translation as augmentation.
     """
+    with deterministic(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        _train(model, data, epochs, lr, batch_size, seed, shift, desc)
+    zero_grads(model)
+    return model.eval()
+
+
+def _train(model: nn.Module, data: Dataset, epochs: int, lr: float, batch_size: int, seed: int, shift: int,
+           desc: str) -> None:  # fmt: skip
     g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=g, drop_last=len(data) > batch_size)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs * len(loader)))
@@ -50,4 +90,3 @@ def train_classifier(
             loss.backward()
             opt.step()
             sched.step()
-    return model.eval()
