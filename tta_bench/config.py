@@ -6,8 +6,6 @@ worker count), so the same experiment run twice, or on another machine, lands in
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -85,15 +83,15 @@ class RunConfig:
         return d
 
     def run_id(self) -> str:
-        """Short stable hash of the resolved `identity()` (every default filled in): the run folder's name.
+        """Short stable hash of the resolved `identity()` (every default filled in) and of the stream's data
+        fingerprint (files' names, sizes, mtimes): the run folder's name (`tta_bench.runner.run_id`).
 
         Resolving first means `RunConfig(method="tent", stream="digits-c")` and the same config with Tent's
-        default lr spelled out name the same folder.
+        default lr spelled out name the same folder; a data file changed in place names a new one.
         """
-        from tta_bench.runner import resolve  # lazy: resolving loads the registries
+        from tta_bench.runner import run_id  # lazy: resolving loads the registries and opens the stream
 
-        blob = json.dumps(resolve(self).identity(), sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return run_id(self)
 
     def folder(self) -> Path:
         return Path(self.out) / self.run_id()

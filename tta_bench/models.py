@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
-import urllib.error
-import urllib.request
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +20,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from tta_bench.kernel import UserError
-from tta_bench.kernel import Registry, declared_options
+from tta_bench.kernel import Registry, declared_options, download, write_with
 
 MODELS = Registry("model", "python -m tta_bench list models")
 
@@ -88,37 +84,44 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 def fetch(url: str, dest: Path, sha256: str | None = None, what: str = "file") -> Path:
     """Return `dest`, downloading `url` there first if missing; verify the checksum (prefix allowed).
 
-    Offline or on a failed download: a UserError naming the file to place at `dest` by hand.
+    Offline or on a failed download: a UserError naming the file to place at `dest` by hand (`kernel.download`:
+    a unique temporary name beside `dest`, removed on failure).
     """
-    dest = Path(dest)
-    if not dest.exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with (
-                urllib.request.urlopen(url, timeout=30) as r,
-                tempfile.NamedTemporaryFile(dir=dest.parent, delete=False, suffix=".part") as tmp,
-            ):
-                while block := r.read(1 << 20):
-                    tmp.write(block)
-            os.replace(tmp.name, dest)
-        except (urllib.error.URLError, OSError, TimeoutError) as e:
-            raise UserError(
-                f"Could not download the {what} from {url} ({e}). If this machine is offline, download it "
-                f"elsewhere and place it at {dest} (set $TTA_BENCH_WEIGHTS to change the weights folder)."
-            ) from None
-    if sha256:
-        got = sha256_file(dest)
-        if not got.startswith(sha256):
-            raise UserError(
-                f"Checksum mismatch for {dest}: sha256 {got[:16]}..., expected {sha256[:16]}.... The file is "
-                f"corrupt or a different release; delete it and download again from {url}."
-            )
-    return dest
+    return download(url, dest, sha256=sha256, what=what, hint="(set $TTA_BENCH_WEIGHTS to change the weights folder)")
 
 
 # --- trained-on-first-use source models -----------------------------------------------------------------
 def recipe_hash(recipe: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def state_sha256(module: nn.Module) -> str:
+    """sha256 of a module's state (names, dtypes, shapes and bytes of every tensor, in order)."""
+    h = hashlib.sha256()
+    for k, v in module.state_dict().items():
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save_cache(path: Path, state: dict[str, torch.Tensor]) -> None:
+    """Write a cached state atomically (unique temporary name beside `path`, removed on failure)."""
+    write_with(Path(path), lambda f: torch.save(state, f))
+
+
+def load_cache(path: Path, device: torch.device | str = "cpu", what: str = "cache", quiet: bool = False):
+    """The state cached at `path`, or None when absent or unreadable (truncated, corrupt: reported, deleted)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable cache file is rebuilt, never fatal
+        if not quiet:
+            print(f"note: {what} {path} is unreadable ({type(e).__name__}); rebuilding it", file=sys.stderr)
+        path.unlink(missing_ok=True)
+        return None
 
 
 def cached_training(
@@ -130,20 +133,29 @@ def cached_training(
 ) -> nn.Module:
     """A model trained once and cached at `cache_dir/models/<tag>-<recipe hash>.pt`.
 
-    `build()` makes the untrained architecture, `train(model)` trains it in place (seeded by the recipe).
-    The cache key is a hash of `recipe`, so changing any ingredient retrains. Writes are atomic.
+    `build()` makes the untrained architecture, `train(model)` trains it in place (seeded by the recipe;
+    `training.train_classifier` is deterministic whatever the thread count). The cache key is a hash of
+    `recipe`, so changing any ingredient retrains. Writes are atomic; an unreadable cache file is reported
+    and retrained. `sha256` (recorded in config.json) is the hash of the trained weights themselves.
     """
     path = Path(cache_dir) / "models" / f"{tag}-{recipe_hash(recipe)}.pt"
     model = build()
-    if path.exists():
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    else:
+    state = load_cache(path, "cpu", "cached source model")
+    if state is None or not _loads(model, state):
+        model = build()
         train(model)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, path)
-    return describe(model.eval(), weights=str(path), sha256=sha256_file(path), recipe=recipe)
+        save_cache(path, model.state_dict())
+    for p in model.parameters():
+        p.grad = None  # nothing of training reaches the stream
+    return describe(model.eval(), weights=str(path), sha256=state_sha256(model), recipe=recipe)
+
+
+def _loads(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError):
+        return False
+    return True
 
 
 def load_zoo() -> None:
