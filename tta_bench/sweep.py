@@ -1,4 +1,5 @@
-"""`python -m tta_bench sweep`: run a grid of configs (locally or as Ray tasks), then regenerate the leaderboard.
+"""`python -m tta_bench sweep`: run a grid of configs (locally or as Ray tasks); the CLI then regenerates the
+leaderboard (`tta_bench.__main__`: the harness never imports the leaderboard).
 
 The grid is streams × models × methods × seeds, each with the shared run options. Every config is
 resolved first (names and options checked before anything runs), and its run folder is named by the hash
@@ -23,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from tta_bench.cli_options import add_run_arguments, config_kwargs
 from tta_bench.config import RunConfig
 from tta_bench.kernel import UserError
 
@@ -35,8 +37,6 @@ def _names(values: Iterable[str]) -> list[str]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from tta_bench.__main__ import add_run_arguments
-
     p.add_argument("--methods", nargs="+", required=True, help="adapter names (space- or comma-separated)")
     p.add_argument("--streams", nargs="+", required=True, help="stream names")
     p.add_argument("--models", nargs="+", default=None, help="model names (default: each stream's default model)")
@@ -46,13 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--processes", type=int, default=1, help="local executor: parallel worker processes (default 1)")
     p.add_argument("--ray-address", default=None, help="existing Ray cluster address (default: start a local one)")
     p.add_argument("--gpus-per-run", type=float, default=1.0, help="Ray: GPUs per run when GPUs exist (default 1)")
-    p.add_argument("--site", default="leaderboard_site", help="leaderboard site folder (default leaderboard_site/)")
-    p.add_argument("--no-leaderboard", action="store_true", help="do not regenerate the leaderboard at the end")
 
 
 def expand(args: argparse.Namespace) -> list[RunConfig]:
     """The grid as resolved RunConfigs (every default filled in, so `folder()` is the runner's folder)."""
-    from tta_bench.__main__ import config_kwargs
     from tta_bench.runner import resolve
 
     try:
@@ -116,11 +113,40 @@ def run_local(todo: list[RunConfig], env: dict[str, str], processes: int, force:
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     # spawn: fresh interpreters (no forked torch/CUDA state)
-    with ProcessPoolExecutor(processes, mp_context=mp.get_context("spawn")) as pool:
+    ctx, parent = mp.get_context("spawn"), os.getpid()
+    with ProcessPoolExecutor(processes, mp_context=ctx, initializer=die_with_parent, initargs=(parent,)) as pool:
         threads = max(1, (os.cpu_count() or 1) // processes)
         futures = [pool.submit(run_one, asdict(cfg), env, force, threads) for cfg in todo]
         for f in as_completed(futures):
             report(f.result())
+
+
+def die_with_parent(parent: int) -> None:
+    """Worker initializer: end this worker when the sweep process dies (even by SIGKILL), never orphan it.
+
+    Linux: the kernel sends SIGKILL on the parent's death (prctl PR_SET_PDEATHSIG); elsewhere a daemon thread
+    polls the parent pid once a second.
+    """
+    import ctypes
+    import signal
+    import sys
+    import threading
+
+    if sys.platform.startswith("linux"):
+        try:
+            if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0) == 0:  # 1 = PR_SET_PDEATHSIG
+                if os.getppid() != parent:  # the parent died before the call
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="die-with-parent").start()
 
 
 def import_ray():
@@ -173,11 +199,6 @@ def main(args: argparse.Namespace) -> int:
     failed = [o for o in done if o["error"]]
     for o in failed:
         print(f"\nrun failed: {o['label']} ({o['folder']})\n{o['error']}")
-    if not args.no_leaderboard:
-        from leaderboard.cli import report as lb_report
-        from leaderboard.site import build
-
-        print(lb_report(build(Path(configs[0].out), Path(args.site))))
     if failed:
         print(f"sweep: {len(failed)} of {len(todo)} run(s) failed (see above); re-run the sweep to retry them")
         return 1
