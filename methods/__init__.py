@@ -58,6 +58,7 @@ from methods.cotta import CoTTA  # noqa: E402
 from methods.eata import EATA, ETA  # noqa: E402
 from methods.ecotta import EcoTTA  # noqa: E402
 from methods.lame import LAME  # noqa: E402
+from methods.memo import MEMO  # noqa: E402
 from methods.norm import Norm  # noqa: E402
 from methods.ogen import OGEN  # noqa: E402
 from methods.rotta import RoTTA  # noqa: E402
@@ -83,6 +84,7 @@ __all__ = [
     "RoTTA",
     "RPL",
     "LAME",
+    "MEMO",
     "AlphaBN",
     "Core",
     "EcoTTA",

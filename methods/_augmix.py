@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from methods.base import BN_TYPES
+from tta_bench.kernel import UserError
 
 
 # --- AugMix operations (severity `level`, PIL image) ----------------------------------------------------
@@ -160,6 +161,11 @@ def augmix_views(
 def seeded_rng() -> np.random.Generator:
     """A numpy Generator seeded from torch's global RNG (so the harness's seed fixes every view)."""
     return np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+
+
+def check_crop(crop: str) -> None:
+    if crop not in ("auto", "pad", "resized"):
+        raise UserError(f"method option 'crop' must be 'auto', 'pad' or 'resized', got {crop!r}.")
 
 
 def default_crop(x: torch.Tensor) -> str:
