@@ -27,15 +27,19 @@ def report(site) -> str:
     return "\n".join(lines)
 
 
-def main(args: argparse.Namespace) -> int:
+def build_and_report(runs: Path, out: Path) -> str:
+    """Build the site from the run folders under `runs` into `out`; return `report` of it."""
     from leaderboard.site import build
 
+    return report(build(Path(runs), Path(out)))
+
+
+def main(args: argparse.Namespace) -> int:
     runs = Path(args.runs)
     if not runs.is_dir():
         raise UserError(
             f"Runs folder '{runs}' does not exist. Pass the folder that holds run folders with --runs "
             "(the --out of `python -m tta_bench run` / `sweep`, default runs/)."
         )
-    site = build(runs, Path(args.out))
-    print(report(site))
+    print(build_and_report(runs, Path(args.out)))
     return 0

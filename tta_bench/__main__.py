@@ -5,61 +5,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
+from tta_bench.cli_options import add_run_arguments, config_kwargs
 from tta_bench.kernel import UserError
-
-
-def add_run_arguments(p: argparse.ArgumentParser, many: bool = False) -> None:
-    """Options shared by `run` and `sweep` (sweep takes lists for method/stream/model/seed)."""
-    if not many:
-        p.add_argument("--method", required=True, help="adapter name (see `list methods`)")
-        p.add_argument("--stream", required=True, help="stream name (see `list streams`)")
-        p.add_argument("--model", default=None, help="model name (default: the stream's default model)")
-        p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--setting", default="continual", help="continual | episodic | gradual | mixed | non-iid")
-    p.add_argument("--severity", type=int, default=5, help="corruption severity 1-5 (default 5)")
-    p.add_argument("--batch-size", type=int, default=64, help="test batch size (default 64)")
-    p.add_argument("--rounds", type=int, default=1, help="repeat the stream N times (default 1)")
-    p.add_argument("--limit", type=int, default=None, help="samples per domain (default: all)")
-    p.add_argument("--precision", default="fp32", help="fp32 | amp (bf16 autocast)")
-    p.add_argument("--clean-eval", default="domain", help="forgetting measured after every domain | end | off")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
-    p.add_argument(
-        "--data-dir", default=None, help="datasets root (default $TTA_BENCH_DATA or ~/.cache/tta_bench/data)"
-    )
-    p.add_argument("--out", default="runs", help="folder for run folders (default runs/)")
-    p.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="SCOPE.KEY=VALUE",
-        help="override an option: method.<hp>, stream.<opt>, model.<opt> (repeatable)",
-    )
-    p.add_argument("--force", action="store_true", help="run again even if a completed run folder exists")
-
-
-def config_kwargs(args: argparse.Namespace) -> dict:
-    from tta_bench.config import parse_sets
-
-    sets = parse_sets(args.sets)
-    return dict(
-        setting=args.setting,
-        severity=args.severity,
-        batch_size=args.batch_size,
-        rounds=args.rounds,
-        limit=args.limit,
-        precision=args.precision,
-        clean_eval=args.clean_eval,
-        device=args.device,
-        workers=args.workers,
-        data_dir=args.data_dir,
-        out=args.out,
-        method_opts=sets["method"],
-        stream_opts=sets["stream"],
-        model_opts=sets["model"],
-    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -78,6 +27,18 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     print(list_entries(args.what))
     return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """The sweep, then (unless --no-leaderboard) the leaderboard of its --out folder: only the CLI joins the two."""
+    from tta_bench import sweep
+
+    status = sweep.main(args)
+    if not args.no_leaderboard:
+        from leaderboard.cli import build_and_report
+
+        print(build_and_report(Path(args.out), Path(args.site)))
+    return status
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
@@ -105,6 +66,14 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
             mod = importlib.import_module(module)
             mod.add_arguments(p)
             p.set_defaults(func=mod.main)
+            if name == "sweep":
+                p.add_argument(
+                    "--site", default="leaderboard_site", help="leaderboard site folder (default leaderboard_site/)"
+                )
+                p.add_argument(
+                    "--no-leaderboard", action="store_true", help="do not regenerate the leaderboard at the end"
+                )
+                p.set_defaults(func=cmd_sweep)
     return parser
 
 

@@ -1,0 +1,61 @@
+"""The run options shared by the `run` and `sweep` commands: their argparse definitions and the RunConfig fields
+they give. Part of the harness (the sweep uses it), so the CLI (`tta_bench.__main__`) is imported by nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from tta_bench.kernel import parse_sets
+
+
+def add_run_arguments(p: argparse.ArgumentParser, many: bool = False) -> None:
+    """Options shared by `run` and `sweep` (sweep takes lists for method/stream/model/seed)."""
+    if not many:
+        p.add_argument("--method", required=True, help="adapter name (see `list methods`)")
+        p.add_argument("--stream", required=True, help="stream name (see `list streams`)")
+        p.add_argument("--model", default=None, help="model name (default: the stream's default model)")
+        p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--setting", default="continual", help="continual | episodic | gradual | mixed | non-iid")
+    p.add_argument("--severity", type=int, default=5, help="corruption severity 1-5 (default 5)")
+    p.add_argument("--batch-size", type=int, default=64, help="test batch size (default 64)")
+    p.add_argument("--rounds", type=int, default=1, help="repeat the stream N times (default 1)")
+    p.add_argument("--limit", type=int, default=None, help="samples per domain (default: all)")
+    p.add_argument("--precision", default="fp32", help="fp32 | amp (bf16 autocast)")
+    p.add_argument("--clean-eval", default="domain", help="forgetting measured after every domain | end | off")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    p.add_argument(
+        "--data-dir", default=None, help="datasets root (default $TTA_BENCH_DATA or ~/.cache/tta_bench/data)"
+    )
+    p.add_argument("--out", default="runs", help="folder for run folders (default runs/)")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="SCOPE.KEY=VALUE",
+        help="override an option: method.<hp>, stream.<opt>, model.<opt> (repeatable)",
+    )
+    p.add_argument("--force", action="store_true", help="run again even if a completed run folder exists")
+
+
+def config_kwargs(args: argparse.Namespace) -> dict:
+    """The RunConfig keyword arguments the shared options give (all but method/stream/model/seed)."""
+    sets = parse_sets(args.sets)
+    return dict(
+        setting=args.setting,
+        severity=args.severity,
+        batch_size=args.batch_size,
+        rounds=args.rounds,
+        limit=args.limit,
+        precision=args.precision,
+        clean_eval=args.clean_eval,
+        device=args.device,
+        workers=args.workers,
+        data_dir=args.data_dir,
+        out=args.out,
+        method_opts=sets["method"],
+        stream_opts=sets["stream"],
+        model_opts=sets["model"],
+    )
