@@ -1,8 +1,10 @@
-"""Read run folders into tidy tables.
+"""Read run folders into tidy tables (file names, completeness and the summary schema: `tta_bench.rundir`).
 
 A run folder is complete when it holds `done` (written last by the runner); anything else under the runs
 directory that looks like a run folder (holds any of the runner's files, or is an empty hash-named folder)
-is counted as incomplete and ignored.
+is counted as incomplete and ignored. A complete folder that cannot be read (invalid or truncated
+summary.json/config.json/CSVs, a `run_id` that is not a hex run id) is skipped and listed in `unreadable`.
+Hidden entries (`.<id>.tmp-*` folders of runs in progress, locks) are never read.
 
 Tables (pandas DataFrames, one row per ...):
 - `runs`: completed run — identity columns, headline metrics, any other scalar of summary.json (e.g. `miou`,
@@ -21,23 +23,15 @@ from typing import Any
 
 import pandas as pd
 
-from tta_bench.runner import RUN_FILES, is_complete
+from tta_bench import rundir
+from tta_bench.kernel import UserError
 
 # Protocol fields: runs are only compared (same table) when all of these agree.
 PROTOCOL = ("stream", "setting", "severity", "batch_size", "limit", "rounds", "precision", "clean_eval", "stream_opts")
 # Columns of `runs` besides metrics (summary.json scalars not listed here become extra metric columns).
-FIXED = ("severity", "batch_size", "limit", "rounds", "n_samples", "device")
+FIXED = ("severity", "batch_size", "limit", "rounds", "n_samples", "device", "first_diverged_batch")
 IDENTITY = ("run_id", "table", "stream", "setting", "model", "method", "entry", "seed")
-METRICS = (
-    "mean_error",
-    "ece",
-    "clean_error_before",
-    "clean_error_after",
-    "forgetting",
-    "adapt_mb",
-    "peak_device_mb",
-    "images_per_s",
-)
+METRICS = rundir.HEADLINE_METRICS
 
 
 @dataclass
@@ -50,6 +44,7 @@ class Collection:
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # run_id -> config.json
     folders: dict[str, Path] = field(default_factory=dict)  # run_id -> run folder
     incomplete: list[Path] = field(default_factory=list)
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)  # complete folders that could not be read
 
 
 def find_run_folders(root: Path, exclude: Path | None = None) -> tuple[list[Path], list[Path]]:
@@ -68,9 +63,9 @@ def find_run_folders(root: Path, exclude: Path | None = None) -> tuple[list[Path
         if excluded is not None and d.resolve() == excluded:
             return
         children = sorted(d.iterdir())
-        if is_complete(d):
+        if rundir.is_complete(d):
             complete.append(d)
-        elif any((d / f).exists() for f in RUN_FILES) or not children:
+        elif any((d / f).exists() for f in rundir.RUN_FILES) or not children:
             incomplete.append(d)
         else:
             for c in children:
@@ -102,10 +97,23 @@ def table_key(cfg: dict[str, Any]) -> str:
 
 
 def load_run(folder: Path) -> tuple[dict[str, Any], dict[str, Any], pd.DataFrame, pd.DataFrame]:
-    """(config.json, summary.json, domains.csv, batches.csv) of one completed run folder."""
-    cfg = json.loads((folder / "config.json").read_text())
-    summary = json.loads((folder / "summary.json").read_text())
-    return cfg, summary, pd.read_csv(folder / "domains.csv"), pd.read_csv(folder / "batches.csv")
+    """(config.json, summary.json, domains.csv, batches.csv) of one completed run folder, validated.
+
+    Raises UserError naming the file when any of them is missing, truncated or invalid.
+    """
+    cfg = rundir.load_config(folder)
+    summary = dict(rundir.load_summary(folder))
+    frames = []
+    for name, columns in ((rundir.DOMAINS, rundir.DOMAIN_COLUMNS), (rundir.BATCHES, ("batch", "n", "error"))):
+        try:
+            df = pd.read_csv(folder / name)
+        except (OSError, ValueError) as e:
+            raise UserError(f"{folder / name} cannot be read ({type(e).__name__}: {e}).") from None
+        missing = [c for c in columns if c not in df.columns]
+        if missing:
+            raise UserError(f"{folder / name} lacks the column(s) {', '.join(missing)}.")
+        frames.append(df)
+    return cfg, summary, frames[0], frames[1]
 
 
 def entry_labels(runs: pd.DataFrame, opts: dict[str, dict[str, Any]]) -> pd.Series:
@@ -126,30 +134,26 @@ def collect(root: Path, exclude: Path | None = None) -> Collection:
     """Read every completed run folder under `root` into a `Collection` (incomplete ones listed, not read)."""
     complete, incomplete = find_run_folders(Path(root), exclude)
     rows, dom_frames, batch_frames = [], [], []
-    configs, folders, method_opts = {}, {}, {}
+    configs, folders, method_opts, unreadable = {}, {}, {}, []
     for folder in complete:
-        cfg, s, dom, bat = load_run(folder)
+        try:
+            cfg, s, dom, bat = load_run(folder)
+            row = run_row(cfg, s)
+        except (UserError, KeyError, TypeError, ValueError) as e:  # one bad folder never aborts the leaderboard
+            unreadable.append((folder, str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"))
+            continue
         rid = cfg["run_id"]
         if rid in configs:  # the same run copied twice: count it once
             continue
         configs[rid], folders[rid] = cfg, folder
         method_opts[rid] = cfg["config"].get("method_opts", {})
-        row = {"run_id": rid, "table": table_key(cfg)}
-        row.update({k: cfg["config"][k] for k in ("stream", "setting", "model", "method", "seed")})
-        row.update({k: cfg["config"][k] for k in ("severity", "batch_size", "limit", "rounds")})
-        row.update({k: _num(s.get(k)) for k in METRICS})
-        row["n_samples"] = s.get("n_samples")
-        # stream/task-specific scalars (e.g. balanced_error, auc, miou, harmonic means, stream_seconds)
-        row.update({k: float(v) for k, v in s.items() if k not in row and _scalar(v) and k not in FIXED})
-        row["device"] = cfg.get("execution", {}).get("device")
-        row.update({f"err:{d}": _num(e) for d, e in s.get("domain_errors", {}).items()})
         rows.append(row)
         dom_frames.append(dom.assign(run_id=rid))
         batch_frames.append(bat.assign(run_id=rid))
     runs = pd.DataFrame(rows)
     if runs.empty:
         empty = pd.DataFrame(columns=list(IDENTITY))
-        return Collection(empty, empty.copy(), empty.copy(), configs, folders, incomplete)
+        return Collection(empty, empty.copy(), empty.copy(), configs, folders, incomplete, unreadable)
     runs.insert(runs.columns.get_loc("method") + 1, "entry", entry_labels(runs, method_opts))
     runs = runs.sort_values(["table", "model", "entry", "seed"], kind="stable").reset_index(drop=True)
     ident = runs[list(IDENTITY)]
@@ -158,7 +162,24 @@ def collect(root: Path, exclude: Path | None = None) -> Collection:
     front = list(IDENTITY)
     domains = domains[front + [c for c in domains.columns if c not in front]]
     batches = batches[front + [c for c in batches.columns if c not in front]]
-    return Collection(runs, domains, batches, configs, folders, incomplete)
+    return Collection(runs, domains, batches, configs, folders, incomplete, unreadable)
+
+
+def run_row(cfg: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
+    """One row of `runs` from a run's config.json and (validated) summary.json."""
+    c = cfg["config"]
+    row: dict[str, Any] = {"run_id": cfg["run_id"], "table": table_key(cfg)}
+    row.update({k: c[k] for k in ("stream", "setting", "model", "method", "seed")})
+    row.update({k: c[k] for k in ("severity", "batch_size", "limit", "rounds")})
+    row.update({k: _num(s.get(k)) for k in METRICS})
+    row["n_samples"] = s.get("n_samples")
+    row["diverged"] = bool(s["diverged"])
+    row["first_diverged_batch"] = s["first_diverged_batch"]
+    # stream/task-specific scalars (e.g. balanced_error, auc, miou, harmonic means, stream_seconds)
+    row.update({k: float(v) for k, v in s.items() if k not in row and _scalar(v) and k not in FIXED})
+    row["device"] = cfg.get("execution", {}).get("device")
+    row.update({f"err:{d}": _num(e) for d, e in s.get("domain_errors", {}).items()})
+    return row
 
 
 def _scalar(v: Any) -> bool:

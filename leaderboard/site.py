@@ -8,6 +8,10 @@ Layout of `out/`:
   csv/summary_<table>.csv        the same, one file per table
   plots/<table>-{curve,heatmap,memory,forgetting}.{png,svg}
   configs/<run id>.json          copies of each run's config.json (rows link here)
+
+The site is built in a temporary folder beside `out` and swapped in whole (`tta_bench.rundir.replace_tree`):
+a build killed midway leaves the previous site intact, never an index.html linking to missing files. File
+names come only from validated hex run ids and from table slugs, never from file contents or paths.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from leaderboard import plots
 from leaderboard.collect import Collection, collect
 from leaderboard.stats import ALPHA, BASELINES, summarize
+from tta_bench import rundir
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 PLOT_KINDS = {
@@ -43,6 +48,7 @@ class Site:
     out: Path
     n_runs: int
     incomplete: list[Path]
+    unreadable: list[tuple[Path, str]]
     tables: list[str]
     summary: pd.DataFrame
     runs: pd.DataFrame
@@ -60,43 +66,58 @@ def build(runs_dir: Path | str, out: Path | str) -> Site:
     """Read every completed run folder under `runs_dir` and write the site into `out` (see module doc)."""
     runs_dir, out = Path(runs_dir), Path(out)
     col = collect(runs_dir, exclude=out)
-    for sub in ("csv", "plots", "configs"):  # only our own sub-folders are replaced
-        shutil.rmtree(out / sub, ignore_errors=True)
+    site = rundir.replace_tree(lambda tmp: write_site(col, runs_dir, tmp), out)
+    site.out = out
+    site.plots = [out / p.relative_to(p.parents[1]) for p in site.plots]
+    return site
+
+
+def write_site(col: Collection, runs_dir: Path, out: Path) -> Site:
+    """Write CSVs, plots, configs and index.html of `col` into the (new, empty) folder `out`."""
+    for sub in ("csv", "plots", "configs"):
         (out / sub).mkdir(parents=True)
     summary = summarize(col.runs, col.domains) if not col.runs.empty else pd.DataFrame()
     col.runs.to_csv(out / "csv" / "runs.csv", index=False)
     col.domains.to_csv(out / "csv" / "domains.csv", index=False)
     summary.to_csv(out / "csv" / "summary.csv", index=False)
-    tables, written = [], []
-    tables_ctx = []
+    tables, written, tables_ctx = [], [], []
     for table in col.runs["table"].unique() if not col.runs.empty else []:
         s = summary[summary["table"] == table].reset_index(drop=True)
         s = s.drop(columns=[c for c in s.columns if c.startswith("err:") and s[c].isna().all()])
         s.to_csv(out / "csv" / f"summary_{slug(table)}.csv", index=False)
-        data = {"summary": s, "batches": col.batches[col.batches["table"] == table]}
-        figs = []
-        for kind, (fn, source, caption) in PLOT_KINDS.items():
-            stem = fn(data[source], out / "plots" / f"{slug(table)}-{kind}")
-            if stem is not None:
-                written += [Path(f"{stem}{x}") for x in plots.SUFFIXES]
-                figs.append({"png": f"plots/{stem.name}.png", "svg": f"plots/{stem.name}.svg", "caption": caption})
+        figs, files = table_plots(table, s, col, out)
+        written += files
         tables.append(table)
         tables_ctx.append(table_context(table, s, col, figs))
     for rid, folder in col.folders.items():
-        shutil.copyfile(folder / "config.json", out / "configs" / f"{rid}.json")
+        if rundir.is_run_id(rid):  # collect admits only valid ids; never a path from a file's contents
+            shutil.copyfile(folder / rundir.CONFIG, out / "configs" / f"{rid}.json")
     disambiguate(tables_ctx)
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
     html = env.get_template("index.html").render(
         tables=tables_ctx,
         n_runs=len(col.runs),
         n_incomplete=len(col.incomplete),
+        unreadable=[{"path": str(p), "why": why} for p, why in col.unreadable],
         runs_dir=str(runs_dir),
         alpha=ALPHA,
         baselines=BASELINES,
     )
     (out / "index.html").write_text(html)
     shutil.copyfile(TEMPLATES / "style.css", out / "style.css")
-    return Site(out, len(col.runs), col.incomplete, tables, summary, col.runs, written)
+    return Site(out, len(col.runs), col.incomplete, col.unreadable, tables, summary, col.runs, written)
+
+
+def table_plots(table: str, s: pd.DataFrame, col: Collection, out: Path) -> tuple[list[dict], list[Path]]:
+    """The plots of one table: (figure entries for the page, files written)."""
+    data = {"summary": s, "batches": col.batches[col.batches["table"] == table]}
+    figs, written = [], []
+    for kind, (fn, source, caption) in PLOT_KINDS.items():
+        stem = fn(data[source], out / "plots" / f"{slug(table)}-{kind}")
+        if stem is not None:
+            written += [Path(f"{stem}{x}") for x in plots.SUFFIXES]
+            figs.append({"png": f"plots/{stem.name}.png", "svg": f"plots/{stem.name}.svg", "caption": caption})
+    return figs, written
 
 
 def disambiguate(tables: list[dict[str, Any]]) -> None:
@@ -164,6 +185,13 @@ def _key(v: Any) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
 
 
+def diverged_seeds(sel: pd.DataFrame) -> list[int]:
+    """Seeds of these runs whose predictions went non-finite (NaN/inf) somewhere in the stream."""
+    if "diverged" not in sel:
+        return []
+    return sorted(int(x) for x in sel.loc[sel["diverged"].astype(bool), "seed"])
+
+
 def table_context(table: str, s: pd.DataFrame, col: Collection, figs: list[dict]) -> dict[str, Any]:
     """Template context for one table: protocol, rows (display text + sort keys), plots."""
     rows = []
@@ -205,6 +233,7 @@ def table_context(table: str, s: pd.DataFrame, col: Collection, figs: list[dict]
                 "peak_key": _key(r["peak_device_mb_mean"]),
                 "ips": _fmt(r["images_per_s_mean"], 0),
                 "ips_key": _key(r["images_per_s_mean"]),
+                "diverged": diverged_seeds(sel),
                 "configs": [{"seed": int(x.seed), "href": f"configs/{x.run_id}.json"} for x in sel.itertuples()],
             }
         )

@@ -17,7 +17,6 @@ import warnings
 import numpy as np
 import pandas as pd
 from pandas.api.types import is_numeric_dtype
-from scipy import stats
 
 from leaderboard.collect import FIXED, IDENTITY, METRICS
 
@@ -38,6 +37,8 @@ def mean_std_ci(values: np.ndarray | pd.Series, confidence: float = 0.95) -> tup
     std = float(v.std(ddof=1))
     if std == 0.0:
         return mean, 0.0, mean, mean
+    from scipy import stats  # lazy: scipy.stats probes sys.modules['torch'] on import
+
     lo, hi = stats.t.interval(confidence, len(v) - 1, loc=mean, scale=std / math.sqrt(len(v)))
     return mean, std, float(lo), float(hi)
 
@@ -52,6 +53,8 @@ def paired_test(a: np.ndarray, b: np.ndarray) -> tuple[float, float, int]:
         return 0.0, 1.0, len(d)
     if len(d) < 2:
         return float(d.mean()), math.nan, len(d)
+    from scipy import stats
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # small-sample / ties notes
         p = stats.wilcoxon(d, zero_method="zsplit", alternative="two-sided").pvalue
