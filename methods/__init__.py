@@ -66,6 +66,7 @@ from methods.rpl import RPL  # noqa: E402
 from methods.sar import SAR  # noqa: E402
 from methods.source import Source  # noqa: E402
 from methods.tent import Tent  # noqa: E402
+from methods.tta_aug import TTAug  # noqa: E402
 
 __all__ = [
     "Adapter",
@@ -77,6 +78,7 @@ __all__ = [
     "Source",
     "Norm",
     "Tent",
+    "TTAug",
     "EATA",
     "ETA",
     "SAR",

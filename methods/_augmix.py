@@ -155,6 +155,8 @@ def augmix_views(
     """`n` views (n,C,H,W) of the single image `x` (C,H,W) in [0,1], on x's device and dtype."""
     img = to_pil(x)
     views = [augmix_view(img, rng, crop, augmix, severity, fill) for _ in range(n)]
+    if not views:
+        return x.new_zeros((0, *x.shape))
     return torch.stack(views).to(device=x.device, dtype=x.dtype)
 
 
