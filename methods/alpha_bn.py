@@ -13,7 +13,11 @@ the plain mix of the two variances as in the paper: it does **not** include the 
 pixels for dense inputs), so the method works unchanged for segmentation models. The default α = 0.9
 is the paper's; it equals the `(1 − 0.1)·source + 0.1·test` default of `AlphaBatchNorm` in
 mariodoebler/test-time-adaptation. α = 1 is the source model, α = 0 is `norm` (pure batch statistics).
-Running statistics are never written.
+Running statistics are never written. A model without BatchNorm (ViT, GroupNorm ResNets) is refused with a
+UserError: there are no statistics to mix.
+
+Presets: the suite's `cfgs/*/norm_alpha.yaml` (`BN.ALPHA: 0.1` = 1 − `source_weight`; its official batch size
+there is 1, single-sample adaptation).
 """
 
 from __future__ import annotations
@@ -22,8 +26,11 @@ import torch
 import torch.nn as nn
 
 from methods import register
+from methods._norms import require_batchnorm
 from methods.base import BN_TYPES, Adapter
 from tta_bench.kernel import UserError
+
+_SUITE = "mariodoebler/test-time-adaptation:"
 
 
 class MixedBatchNorm(nn.Module):
@@ -78,8 +85,16 @@ class AlphaBN(Adapter):
     """α-BN: BN statistics = source_weight·source + (1 − source_weight)·test batch. No training."""
 
     defaults = {"source_weight": 0.9}
+    ranges = {"source_weight": "[0,1]"}
+    presets = {
+        fam: {"source": f"{_SUITE}{path}/norm_alpha.yaml", "batch_size": 1, "options": {"source_weight": 0.9}}
+        for fam, path in (("cifar10-c", "classification/cfgs/cifar10_c"),
+                          ("cifar100-c", "classification/cfgs/cifar100_c"),
+                          ("imagenet-c", "classification/cfgs/imagenet_c"), ("segmentation", "segmentation/cfgs"))
+    }  # fmt: skip
 
     def configure(self) -> None:
+        require_batchnorm(self.model, "alpha_bn", "'tent' (trains LayerNorm/GroupNorm affine parameters) or 'source'")
         use_mixed_stats(self.model, self.hp.source_weight)
         self.model.requires_grad_(False)
 

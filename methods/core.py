@@ -16,6 +16,8 @@ L is 0 when no sample spreads probability over two classes, and it penalises the
 be retrieved; this row normalisation follows MCC's class-confusion loss (Jin et al., ECCV 2020) without
 its entropy re-weighting and temperature. Optimiser defaults are Tent's (Adam, lr 1e-3). The returned
 predictions are those of the forward pass before the update (Tent's convention).
+A model without BatchNorm (ViT, GroupNorm ResNets) is refused with a UserError (no statistics to calibrate).
+No presets: no official configuration of Core could be retrieved.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from methods import register
+from methods._norms import require_batchnorm
 from methods.alpha_bn import use_mixed_stats
 from methods.base import Adapter, make_optimizer, norm_affine_params, optimizer_defaults, train_only
 
@@ -55,8 +58,10 @@ class Core(Adapter):
         "steps": 1,
         "max_pixels": 16384,
     }
+    ranges = {"source_weight": "[0,1]", "max_pixels": ">=1"}
 
     def configure(self) -> None:
+        require_batchnorm(self.model, "core", "'tent' (entropy on LayerNorm/GroupNorm affine parameters) or 'source'")
         use_mixed_stats(self.model, self.hp.source_weight)
         params = train_only(self.model, norm_affine_params(self.model))
         self.optimizer = make_optimizer(params, self.hp)

@@ -17,9 +17,15 @@ step for step:
   before the update, as in the official code. `predict` returns the teacher's logits.
 The augmentation RNG is torch's global RNG in the official draw order; exactness is tested on the
 deterministic path (anchor confidence above `ap`) and the augmentation against torchvision's transforms.
-ImageNet values (`imagenet/cotta.py`, `imagenet/cfgs/10orders/cotta`): SGD lr 0.01 (momentum 0.9),
-batch 64, restore p 0.001, augmentation only when the anchor confidence < 0.1, symmetric cross-entropy
-(not implemented here: the CIFAR variant is the default of this suite). CIFAR-10-C official batch: 200.
+ImageNet variant (`imagenet/cotta.py`, `imagenet/cfgs/10orders/cotta/cotta0.yaml`, `imagenet/conf.py`): SGD lr
+0.01, momentum 0.9, Nesterov, batch 64, restore p 0.001, augmentations computed and used only when the anchor
+confidence < 0.1 (`always_augment=False`, `ap=0.1`), symmetric cross-entropy
+-½ Σ softmax(t) log softmax(s) - ½ Σ softmax(s) log softmax(t) (`loss="sce"`): the `imagenet-c` preset. The
+class defaults are the CIFAR-10-C variant (`cifar10-c` preset; CIFAR-100-C: `ap` 0.72, official batch 200).
+The `segmentation` preset is the suite's (mariodoebler/test-time-adaptation `segmentation/cfgs/cotta.yaml`,
+CarlaTTA); CoTTA's own Cityscapes→ACDC configuration is not in qinenergy/cotta.
+Normalisation layers: every weight/bias is trained whatever the layer type, so LayerNorm/GroupNorm models
+(ViTs) work unchanged; only BatchNorm switches to test-batch statistics.
 Batch size 1 works for BatchNorm over spatial positions.
 Dense (segmentation) outputs: confidences and the loss are averaged over pixels too, and the augmented
 teacher views are multi-scale + flip (`scales`), as in CoTTA's Cityscapes→ACDC experiments (see dense_views).
@@ -42,6 +48,10 @@ from methods.base import (
     optimizer_defaults,
     use_batch_stats,
 )
+from tta_bench.kernel import UserError
+
+_ADAM = {"optimizer": "adam", "lr": 1e-3, "betas": (0.9, 0.999), "wd": 0.0, "steps": 1, "mt": 0.999, "rst": 0.01,
+         "n_aug": 32, "loss": "ce", "always_augment": True}
 
 
 def weights_and_biases(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -84,9 +94,28 @@ class CoTTA(Adapter):
         "ap": 0.92,
         "n_aug": 32,
         "scales": (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0),
+        "loss": "ce",  # "ce" (CIFAR code) | "sce" (symmetric, ImageNet code)
+        "always_augment": True,  # CIFAR code: the n_aug teacher views are computed even when not used
     }
+    presets = {
+        "cifar10-c": {"source": "qinenergy/cotta:cifar/cfgs/cifar10/cotta.yaml", "batch_size": 200,
+                      "options": {**_ADAM, "ap": 0.92}},
+        "cifar100-c": {"source": "qinenergy/cotta:cifar/cfgs/cifar100/cotta.yaml", "batch_size": 200,
+                       "options": {**_ADAM, "ap": 0.72}},
+        "imagenet-c": {"source": "qinenergy/cotta:imagenet/cfgs/10orders/cotta/cotta0.yaml", "batch_size": 64,
+                       "options": {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": True, "wd": 0.0,
+                                   "steps": 1, "mt": 0.999, "rst": 0.001, "ap": 0.1, "n_aug": 32, "loss": "sce",
+                                   "always_augment": False},
+                       "note": "rst, ap, mt, the loss and Nesterov are in imagenet/cotta.py and imagenet/conf.py"},
+        "segmentation": {"source": "mariodoebler/test-time-adaptation:segmentation/cfgs/cotta.yaml", "batch_size": 1,
+                         "options": {"optimizer": "sgd", "lr": 2.5e-4, "momentum": 0.9, "nesterov": False, "wd": 5e-4,
+                                     "steps": 1, "mt": 0.999, "rst": 0.01, "ap": 0.9}},
+    }  # fmt: skip
+    ranges = {"mt": "[0,1]", "rst": "[0,1]", "ap": "[0,1]", "n_aug": ">=1", "scales": ">0"}
 
     def configure(self) -> None:
+        if self.hp.loss not in ("ce", "sce"):
+            raise UserError(f"cotta loss must be 'ce' or 'sce' (symmetric), got {self.hp.loss!r}.")
         use_batch_stats(self.model)
         self.model.train()
         self.model.requires_grad_(True)
@@ -108,13 +137,18 @@ class CoTTA(Adapter):
         with torch.no_grad():
             anchor_prob = self.anchor(x).softmax(1).max(1)[0]
             standard_ema = self.teacher(x)
-            if standard_ema.dim() > 2:  # dense outputs: geometry must be undone, see dense_views
+            use_aug = bool(anchor_prob.mean() < self.hp.ap)
+            if not (use_aug or self.hp.always_augment):
+                outputs_emas = []
+            elif standard_ema.dim() > 2:  # dense outputs: geometry must be undone, see dense_views
                 outputs_emas = dense_views(self.teacher, x, self.hp.scales)
             else:
                 outputs_emas = [self.teacher(tta_augment(x)) for _ in range(self.hp.n_aug)]
-        use_aug = bool(anchor_prob.mean() < self.hp.ap)
         outputs_ema = torch.stack(outputs_emas).mean(0) if use_aug else standard_ema
-        loss = cross_entropy_soft(outputs, outputs_ema.softmax(1)).mean()
+        loss = cross_entropy_soft(outputs, outputs_ema.softmax(1))
+        if self.hp.loss == "sce":  # ImageNet code: symmetric, the second term's gradient through the student's softmax
+            loss = 0.5 * loss + 0.5 * cross_entropy_soft(outputs_ema, outputs.float().softmax(1))
+        loss = loss.mean()
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -2,8 +2,11 @@
 
 Matches mr-eggplant/EATA `eata.py` (`forward_and_adapt_eata`, `update_model_probs`, `configure_model`,
 `collect_params`) and the Fisher computation in its `main.py`, step for step:
-- model in train mode, BatchNorm layers on test-batch statistics (running stats dropped), only their
-  affine parameters trained (SGD, lr 0.00025, momentum 0.9 — `main.py`, ImageNet, batch 64);
+- model in train mode, BatchNorm layers on test-batch statistics (running stats dropped), only the affine
+  parameters of BatchNorm/LayerNorm/GroupNorm trained (SGD, lr 0.00025, momentum 0.9 — `main.py`, ImageNet,
+  batch 64). The EATA repo's `collect_params` takes BatchNorm2d only; the authors' later copy in
+  mr-eggplant/SAR `eata.py` (used for their ViT-B/16 and GN results) and the suite add LayerNorm/GroupNorm,
+  which is what this port does (a BN model trains the same parameters either way);
 - one forward; per-sample entropy; reliable samples: entropy < E_0; redundant samples dropped when
   |cos(p̄, p_i)| >= d_margin against the moving average p̄ of the selected samples' probabilities
   (p̄ <- 0.9 p̄ + 0.1 mean, first value = mean; only once p̄ exists); loss = mean of
@@ -19,9 +22,10 @@ E_0 = 0.4 · ln C (`e_margin_frac`, 0.4 · ln 1000 for ImageNet), d_margin 0.05,
 fisher_size 2000. With few classes d_margin 0.05 rejects nearly every sample as redundant after the first
 batch (cos(p̄, p_i) of a confident 10-class prediction is ~0.3), so EATA behaves like `norm`; the CIFAR-10-C
 setting of the common benchmark mariodoebler/test-time-adaptation (`cfgs/cifar10_c/eata.yaml`, not the
-authors' code) is `--set method.d_margin=0.4 --set method.fisher_alpha=1.0 --set method.optimizer=adam
---set method.lr=0.001`. `eata` declares `needs_source` (the runner calls `prepare`); used as a library without
-`prepare`, it runs without the Fisher term, i.e. as `eta` (EATA without the regulariser, registered too).
+authors' code: Adam lr 1e-3, d_margin 0.4, fisher_alpha 1; CIFAR-100-C: d_margin 0.1) is the `cifar10-c` /
+`cifar100-c` preset, applied by the harness on those streams (tta_bench/presets.py). `eata` declares
+`needs_source` (the runner calls `prepare`); used as a library without `prepare`, it runs without the Fisher
+term, i.e. as `eta` (EATA without the regulariser, registered too).
 Difference: the official `reset()` keeps p̄; here `reset()` returns to the state after construction
 (p̄ cleared), as the Adapter contract requires. Batch size 1 works (BN over spatial positions).
 """
@@ -36,7 +40,7 @@ import torch.nn.functional as F
 
 from methods import register
 from methods.base import (
-    BN_TYPES,
+    NORM_TYPES,
     Adapter,
     entropy,
     make_optimizer,
@@ -45,6 +49,29 @@ from methods.base import (
     train_only,
     use_batch_stats,
 )
+
+_SUITE = "mariodoebler/test-time-adaptation:classification/cfgs"
+_ADAM = {"optimizer": "adam", "lr": 1e-3, "betas": (0.9, 0.999), "wd": 0.0, "steps": 1, "e_margin_frac": 0.4}
+_SGD = {"optimizer": "sgd", "lr": 0.00025, "momentum": 0.9, "nesterov": False, "wd": 0.0, "steps": 1,
+        "e_margin_frac": 0.4}
+EATA_PRESETS = {
+    "cifar10-c": {"source": f"{_SUITE}/cifar10_c/eata.yaml", "batch_size": 200,
+                  "options": {**_ADAM, "d_margin": 0.4, "fisher_alpha": 1.0, "fisher_size": 2000}},
+    "cifar100-c": {"source": f"{_SUITE}/cifar100_c/eata.yaml", "batch_size": 200,
+                   "options": {**_ADAM, "d_margin": 0.1, "fisher_alpha": 1.0, "fisher_size": 2000}},
+    "imagenet-c": {"source": "mr-eggplant/EATA:main.py", "batch_size": 64,
+                   "options": {**_SGD, "d_margin": 0.05, "fisher_alpha": 2000.0, "fisher_size": 2000}},
+}  # fmt: skip
+
+
+def _eta_presets() -> dict:
+    """ETA's: EATA's without the Fisher options; the suite's `eta.yaml` files hold the same values."""
+    out = {}
+    for fam, p in EATA_PRESETS.items():
+        src = p["source"].replace("eata.yaml", "eta.yaml")
+        opts = {k: v for k, v in p["options"].items() if k not in ("fisher_alpha", "fisher_size")}
+        out[fam] = {**p, "source": src, "options": opts}
+    return out
 
 
 def update_model_probs(current: torch.Tensor | None, new_probs: torch.Tensor) -> torch.Tensor | None:
@@ -69,13 +96,15 @@ class EATA(Adapter):
         "fisher_alpha": 2000.0,
         "fisher_size": 2000,
     }
+    ranges = {"e_margin_frac": ">=0", "fisher_alpha": ">=0", "fisher_size": ">=1"}
+    presets = EATA_PRESETS
     needs_source = True
     use_fisher = True
 
     def configure(self) -> None:
         use_batch_stats(self.model)
         self.model.train()  # the official configure_model puts the whole model in train mode
-        self.params = train_only(self.model, norm_affine_params(self.model, BN_TYPES))
+        self.params = train_only(self.model, norm_affine_params(self.model, NORM_TYPES))
         self.optimizer = make_optimizer(self.params, self.hp)
         if self.use_fisher:  # buffers, so the prepared Fishers travel with state_dict (runner cache)
             self.register_buffer("fisher_ready", torch.tensor(False))
@@ -148,5 +177,6 @@ class ETA(EATA):
     """EATA without the Fisher regulariser (the official `--algorithm eta`); needs no source data."""
 
     defaults = {k: v for k, v in EATA.defaults.items() if k not in ("fisher_alpha", "fisher_size")}
+    presets = _eta_presets()
     needs_source = False
     use_fisher = False

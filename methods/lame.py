@@ -13,6 +13,9 @@ Matches fiveai/LAME `src/adaptation/lame.py` (`LAME.run_step`, `laplacian_optimi
 - the official output is the probability matrix Y. The harness reads logits, so `output="log_probs"`
   (default) returns log Y (softmax(log Y) = Y: same predictions and calibration); `output="probs"`
   returns Y itself.
+Presets: LAME's one configuration (`overall_best.yaml`, for every benchmark) with the suite's batch sizes
+(mariodoebler/test-time-adaptation `cfgs/*/lame.yaml`: 200 on CIFAR, 64 on ImageNet). Any normalisation layer
+works (nothing is trained; the features are the classifier's input, e.g. a ViT's class token).
 Batch size 1: there is no neighbour; the model's probabilities are returned (the official rbf affinity
 gives NaN there).
 """
@@ -68,6 +71,16 @@ class LAME(Adapter):
 
     defaults = {"affinity": "rbf", "knn": 5, "sigma": 1.0, "force_symmetry": False, "bound_lambda": 1.0,
                 "max_steps": 100, "feature_layer": "", "output": "log_probs"}
+    ranges = {"affinity": ("rbf", "knn", "linear"), "knn": ">=1", "sigma": ">0", "bound_lambda": ">=0",
+              "max_steps": ">=1", "output": ("log_probs", "probs")}  # fmt: skip
+
+    presets = {
+        fam: {"source": f"mariodoebler/test-time-adaptation:classification/cfgs/{d}/lame.yaml", "batch_size": bs,
+              "options": {"affinity": "rbf", "knn": 5, "sigma": 1.0, "force_symmetry": False},
+              "note": "= fiveai/LAME configs/method/best/LAME/overall_best.yaml"}
+        for fam, d, bs in (("cifar10-c", "cifar10_c", 200), ("cifar100-c", "cifar100_c", 200),
+                           ("imagenet-c", "imagenet_c", 64))
+    }  # fmt: skip
 
     def configure(self) -> None:
         self.model.eval()

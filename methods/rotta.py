@@ -20,6 +20,10 @@ step for step:
   the newcomer's; then every item ages by one.
 - the returned logits are the teacher's, computed before any update in the batch (official `ema_out`).
 The official stream uses a Dirichlet class-order sampler (`--setting non-iid` here). Batch size 1 works.
+LayerNorm/GroupNorm layers (ViTs; RoTTA's own code only knows BN) keep their normalisation and their affine
+parameters are trained, as in mariodoebler/test-time-adaptation `methods/rotta.py` (`configure_model`).
+Presets: CIFAR-10-C and CIFAR-100-C share `configs/adapter/rotta.yaml` (batch 64); ImageNet-C is the suite's
+`cfgs/imagenet_c/rotta.yaml` (the same Adam lr 1e-3). All equal the class defaults.
 Short domains: the robust-BN statistics move by α per update, one update per `update_frequency` samples,
 so with 200 images per domain (3 updates) they lag a domain behind. Measured, ResNet-20 on CIFAR-10-C
 severity 5, continual: 58.8 % mean error at 200/domain (source 56.7 %), 51.6 % at 1,000/domain (source 58.6 %).
@@ -126,6 +130,10 @@ def timeliness_reweighting(ages: torch.Tensor) -> torch.Tensor:
     return torch.exp(-ages) / (1 + torch.exp(-ages))
 
 
+_OFFICIAL = {"optimizer": "adam", "lr": 1e-3, "betas": (0.9, 0.999), "wd": 0.0, "memory_size": 64,
+             "update_frequency": 64, "nu": 0.001, "alpha": 0.05, "lambda_t": 1.0, "lambda_u": 1.0}
+
+
 @register("rotta")
 class RoTTA(Adapter):
     """Robust BN + category-balanced memory bank + timeliness-reweighted teacher-student update."""
@@ -139,13 +147,29 @@ class RoTTA(Adapter):
         "lambda_t": 1.0,
         "lambda_u": 1.0,
     }
+    ranges = {"memory_size": ">=1", "update_frequency": ">=1", "nu": "[0,1]", "alpha": "[0,1]", "lambda_t": ">=0",
+              "lambda_u": ">=0"}  # fmt: skip
+
+    presets = {
+        fam: {"source": src, "batch_size": 64, "options": _OFFICIAL}
+        for fam, src in (("cifar10-c", "BIT-DA/RoTTA:configs/adapter/rotta.yaml"),
+                         ("cifar100-c", "BIT-DA/RoTTA:configs/adapter/rotta.yaml"),
+                         ("imagenet-c", "mariodoebler/test-time-adaptation:classification/cfgs/imagenet_c/rotta.yaml"))
+    }  # fmt: skip
 
     def configure(self) -> None:
         self.model.requires_grad_(False)
         for name, m in list(self.model.named_modules()):
             if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 self.model.set_submodule(name, RobustBN(m, self.hp.alpha))
+            elif isinstance(m, (nn.LayerNorm, nn.GroupNorm)):  # the suite's configure_model: trained as they are
+                m.requires_grad_(True)
         params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise UserError(
+                "rotta trains the affine parameters of BatchNorm/LayerNorm/GroupNorm layers; this model has none with "
+                "affine parameters. Use 'lame' or 'source'."
+            )
         self.optimizer = make_optimizer(params, self.hp)
         self.teacher = frozen_copy(self.model)
         self.reset_state()

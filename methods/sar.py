@@ -4,7 +4,10 @@ Matches mr-eggplant/SAR `sar.py` (`forward_and_adapt_sar`, `SAR.forward`, `confi
 `collect_params`, `update_ema`) and `sam.py` (SAM first/second step, from davda54/sam), step for step:
 - model in train mode; BatchNorm on test-batch statistics; affine parameters of BatchNorm/LayerNorm/
   GroupNorm trained, except modules whose name contains one of `skip_layers` (official: 'layer4',
-  'blocks.9', 'blocks.10', 'blocks.11', 'norm.') or is exactly 'norm' (top layers of ResNets/ViTs);
+  'blocks.9', 'blocks.10', 'blocks.11', 'norm.') or is 'norm' (top layers of ResNets and timm ViT-B/16).
+  Two additions keep that rule on this suite's models: a top-level 'norm' may sit inside one wrapper (the zoo
+  wraps every model, so timm's final `norm` is `model.norm`), and torchvision's ViT-B/16 names of the same
+  layers are skipped too ('encoder_layer_9', 'encoder_layer_10', 'encoder_layer_11', 'encoder.ln');
 - first forward; reliable samples: entropy < E_0 = 0.4 · ln C (0.4 · ln 1000 for ImageNet); loss = their
   mean entropy; SAM first step (ε = ρ g / (‖g‖ + 1e-12), ρ 0.05); second forward at θ + ε, same
   samples, filtered again by E_0; the mean (if not NaN) updates the moving average e_m
@@ -17,10 +20,12 @@ Matches mr-eggplant/SAR `sar.py` (`forward_and_adapt_sar`, `SAR.forward`, `confi
   contract) restores everything, momentum included, and clears e_m.
 
 Defaults: official ImageNet-C ResNet-50-BN values (`main.py`): SGD lr 0.00025, momentum 0.9 (the official
-rule for batch sizes below 32 is lr = 0.00025 / 64 · bs · 2; ViT-B: lr = 0.001 / 64 · bs), ρ 0.05,
-E_0 0.4 · ln C, e_m threshold 0.2. The official code has no CIFAR configuration (the common benchmark
-mariodoebler/test-time-adaptation uses Adam lr 1e-3 for CIFAR-10-C: `--set method.optimizer=adam
---set method.lr=0.001`). Batch size 1 works
+rule for batch sizes below 32 is lr = 0.00025 / 64 · bs · 2; ViT-B: lr = 0.001 / 64 · bs, i.e.
+`--set method.lr=0.001` at batch 64 — presets are per benchmark, not per architecture), ρ 0.05,
+E_0 0.4 · ln C, e_m threshold 0.2. The official code has no CIFAR configuration; the `cifar10-c`/`cifar100-c`
+presets are the suite's (mariodoebler/test-time-adaptation `cfgs/cifar10_c/sar.yaml` + `methods/sar.py`, whose
+`setup_optimizer` always builds SAM over SGD with momentum 0.9 at `OPTIM.LR` 1e-3: the yaml's `METHOD: Adam`
+is not used by SAR there). Batch size 1 works
 with BatchNorm over spatial positions (the paper's bs-1 experiments use GN/LN models).
 """
 
@@ -35,13 +40,18 @@ from methods import register
 from methods.base import Adapter, entropy, make_optimizer, optimizer_defaults, train_only, use_batch_stats
 
 SAR_NORMS = (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
+# torchvision's names of the layers the official list skips in timm's ViT-B/16 (blocks 9-11 and the final norm)
+TORCHVISION_VIT_TOP = ("encoder_layer_9", "encoder_layer_10", "encoder_layer_11", "encoder.ln")
+_SUITE = "mariodoebler/test-time-adaptation:classification/cfgs"
+_CIFAR = {"optimizer": "sgd", "lr": 1e-3, "momentum": 0.9, "nesterov": False, "wd": 0.0, "rho": 0.05,
+          "margin_e0_frac": 0.4, "reset_constant": 0.2}
 
 
 def sar_params(model: nn.Module, skip: tuple[str, ...]) -> list[nn.Parameter]:
     """Norm-layer affine parameters outside the skipped (top) layers, in model order (official collect_params)."""
     out = []
     for nm, m in model.named_modules():
-        if any(s in nm for s in skip) or nm == "norm":
+        if any(s in nm for s in skip) or (nm.split(".")[-1] == "norm" and nm.count(".") <= 1):
             continue
         if isinstance(m, SAR_NORMS):
             out += [p for n, p in m.named_parameters(recurse=False) if n in ("weight", "bias")]
@@ -58,8 +68,17 @@ class SAR(Adapter):
         "steps": 1,
         "margin_e0_frac": 0.4,
         "reset_constant": 0.2,
-        "skip_layers": ("layer4", "blocks.9", "blocks.10", "blocks.11", "norm."),
+        "skip_layers": ("layer4", "blocks.9", "blocks.10", "blocks.11", "norm.", *TORCHVISION_VIT_TOP),
     }
+    ranges = {"rho": ">=0", "margin_e0_frac": ">=0", "reset_constant": ">=0"}
+    presets = {
+        "cifar10-c": {"source": f"{_SUITE}/cifar10_c/sar.yaml", "batch_size": 200, "options": _CIFAR},
+        "cifar100-c": {"source": f"{_SUITE}/cifar100_c/sar.yaml", "batch_size": 200, "options": _CIFAR},
+        "imagenet-c": {"source": "mr-eggplant/SAR:main.py", "batch_size": 64,
+                       "options": {"optimizer": "sgd", "lr": 0.00025, "momentum": 0.9, "nesterov": False, "wd": 0.0,
+                                   "rho": 0.05, "margin_e0_frac": 0.4, "reset_constant": 0.2},
+                       "note": "ViT-B/16: lr 0.001 (main.py: 0.001 / 64 * batch size)"},
+    }  # fmt: skip
 
     def configure(self) -> None:
         use_batch_stats(self.model)
