@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 import corruptions
 from tta_bench.data.folders import ImageFiles, fixed_order, is_image_folder, list_image_folder, require
-from tta_bench.kernel import UserError, hash_text, read_cifar_pickle
+from tta_bench.kernel import UserError, fingerprint_files, hash_text, read_cifar_pickle
 from tta_bench.kernel import download as kernel_download
 from tta_bench.streams import StreamSpec, register, segment_seed
 
@@ -187,6 +187,19 @@ def download(v: Variant, dest: Path) -> Path:
     return dest / v.folder
 
 
+def data_fingerprint(files_root: Path | None, domains: list[str], clean: CleanSet | None) -> str:
+    """(name, size, mtime) of every file the stream reads: the published .npy files and the clean set's files."""
+    parts = []
+    if files_root is not None:
+        npys = [files_root / "labels.npy", *(files_root / f"{d}.npy" for d in domains)]
+        parts.append(fingerprint_files(npys, files_root))
+    if clean is not None:
+        root = Path(clean.path)
+        files = root.rglob("*") if clean.layout == "folder" else root.iterdir()
+        parts.append(clean.layout + ":" + fingerprint_files([p for p in files if p.is_file()], root))
+    return hash_text("|".join(parts))
+
+
 def stream_size(n_total: int, holdout: int) -> int:
     """Test images per domain the stream may show: all but the last `holdout` (the clean source split)."""
     if not 0 <= holdout < n_total:
@@ -282,6 +295,7 @@ def build(v: Variant, data_dir, seed: int, root, clean_dir, mode: str, holdout: 
             "stream_size": n_stream,
             "source_split": split_name,
             "source_fingerprint": f"{v.name}-{fp}" if fp else None,
+            "data_fingerprint": data_fingerprint(files_root if source_kind == "files" else None, domains, clean),
         },
     )
 
