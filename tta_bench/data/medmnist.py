@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from tta_bench.kernel import UserError
+from tta_bench.kernel import UserError, fingerprint_files
 from tta_bench.models import fetch
 from tta_bench.streams import StreamSpec, register, segment_seed
 
@@ -187,6 +187,7 @@ def splits(flag: str, path: Path, clean_size: int) -> tuple[dict[str, Uint8Image
         "gray": ds["test"].images.shape[1] == 1,
         "size": int(ds["test"].images.shape[-1]),
         "fingerprint": f"{flag}-{h.hexdigest()[:16]}",
+        "data_fingerprint": fingerprint_files([Path(path)], Path(path).parent),  # name, size, mtime
         "split": {s: len(ds[s]) for s in ("train", "val", "test", "clean")},
     }
     return ds, facts
