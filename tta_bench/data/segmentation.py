@@ -12,6 +12,7 @@ Samples are `(x, y)`: x (3,H,W) float RGB in [0,1]; y (H,W) int64 label map in t
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 import corruptions
-from tta_bench.kernel import UserError
+from tta_bench.kernel import UserError, fingerprint_files, hash_text
 from tta_bench.streams import StreamSpec, register, segment_seed
 
 IGNORE = 255
@@ -220,8 +221,15 @@ def _info(target: SegFiles, source: SegFiles | None, **extra: Any) -> dict[str, 
         "source": "files",
         "target_fingerprint": target.fingerprint(),
         "source_fingerprint": source.fingerprint() if source is not None else None,
+        "data_fingerprint": hash_text("|".join(_files_fingerprint(s) for s in (target, source) if s is not None)),
         **extra,
     }
+
+
+def _files_fingerprint(files: SegFiles) -> str:
+    """(relative name, size, mtime) of every image and label file of `files`."""
+    paths = [Path(p) for pair in files.pairs for p in pair]
+    return fingerprint_files(paths, Path(os.path.commonpath(paths)) if paths else None)
 
 
 # --- streams -----------------------------------------------------------------------------------------------
