@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
-from tta_bench.kernel import Registry, declared_options
+from tta_bench.kernel import Registry, UserError, close_matches, declared_options
 
 STREAMS = Registry("stream", "python -m tta_bench list streams", packages=("tta_bench.data",))  # loaded on first use
 GRADUAL_SEVERITIES = (1, 2, 3, 4, 5, 4, 3, 2, 1)  # CoTTA's gradual schedule, per corruption
@@ -26,6 +26,7 @@ COMMON_OPTIONS: dict[str, Any] = {
     "gamma": 0.1,  # Dirichlet concentration of the non-iid setting
     "window": 1000,  # images per window of the long-horizon metrics (tta_bench.protocols)
     "speed_ratio": None,  # realistic setting: fixed relative cost k (None: measured on the run's device)
+    "domains": None,  # a subset / custom order of the stream's domains, e.g. "fog,snow" (None: all, standard order)
 }
 REALISTIC_ONLY = ("speed_ratio",)  # dropped from the resolved options (and the run id) of the other settings
 
@@ -68,6 +69,9 @@ class StreamSpec:
     class_subsets: dict[str, Sequence[int]] = field(default_factory=dict)
     # Extra summary.json keys computed from {domain: error %} (e.g. base/new harmonic mean).
     summarize: Callable[[dict[str, float]], dict[str, Any]] | None = None
+    # Streams built against the source model (CCC's calibration): `calibrate(model, device, cache_dir, model_key)`
+    # is called by the runner before the stream and returns info recorded in config.json (stream_info.calibration).
+    calibrate: Callable[..., dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,8 @@ def dirichlet_order(labels: np.ndarray, gamma: float, rng: np.random.Generator, 
     shuffled within. Small gamma concentrates each class in few slots (strong label correlation); large
     gamma approaches an i.i.d. shuffle.
     """
+    if not gamma > 0:  # also NaN
+        raise UserError(f"stream.gamma (Dirichlet concentration) must be > 0, got {gamma!r} (--set stream.gamma=0.1).")
     classes = np.unique(labels)
     slots = slots or len(classes)
     bins: list[list[int]] = [[] for _ in range(slots)]
@@ -234,14 +240,18 @@ def batches(
         yield Batch(x, y, seg.domain, seg.severity, dom)
 
 
-def register(name: str, default_model: str, description: str | None = None) -> Callable[[Callable], Callable]:
+def register(
+    name: str, default_model: str, description: str | None = None, family: str | None = None
+) -> Callable[[Callable], Callable]:
     """Decorator for stream factories `fn(*, data_dir, seed, **options) -> StreamSpec`.
 
-    `default_model` is the model used when `--model` is not given (known before any data is read).
+    `default_model` is the model used when `--model` is not given (known before any data is read); `family` is
+    the benchmark family whose official method settings apply to it (tta_bench/presets.py; None: none).
     """
 
     def deco(fn: Callable) -> Callable:
         fn.default_model = default_model
+        fn.family = family
         STREAMS.add(name, fn, description)
         return fn
 
@@ -258,4 +268,40 @@ def stream_options(name: str) -> dict[str, Any]:
 def build_stream(name: str, data_dir: Any, seed: int, opts: dict[str, Any]) -> StreamSpec:
     """Create the registered stream `name`; `opts` are its resolved options (common ones dropped)."""
     own = {k: v for k, v in opts.items() if k not in COMMON_OPTIONS}
-    return STREAMS.get(name).factory(data_dir=data_dir, seed=seed, **own)
+    spec = STREAMS.get(name).factory(data_dir=data_dir, seed=seed, **own)
+    return select_domains(spec, normalize_domains(opts.get("domains")))
+
+
+def normalize_domains(value: Any) -> list[str] | None:
+    """`stream.domains` as a list of names: "fog, snow" or ["fog", "snow"] -> ["fog", "snow"]; None stays None."""
+    if value is None:
+        return None
+    names = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else None
+    if names is None or not all(isinstance(n, str) for n in names):
+        raise UserError(f"stream.domains must be comma-separated domain names (--domains fog,snow), got {value!r}.")
+    names = [n.strip() for n in names if n.strip()]
+    if not names:
+        raise UserError("stream.domains is empty: name at least one domain (--domains fog,snow), or omit it.")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise UserError(f"stream.domains names {', '.join(repeated)} twice; to repeat the stream use --rounds N.")
+    return names
+
+
+def check_domains(opts: dict[str, Any]) -> dict[str, Any]:
+    """Resolved stream options with `domains` in its normal form (so equal selections hash the same)."""
+    return {**opts, "domains": normalize_domains(opts.get("domains"))} if "domains" in opts else opts
+
+
+def select_domains(spec: StreamSpec, domains: list[str] | None) -> StreamSpec:
+    """`spec` restricted to `domains`, in that order (None: unchanged); unknown names are a UserError."""
+    if domains is None:
+        return spec
+    for d in domains:
+        if d not in spec.domain_names:
+            hint = close_matches(d, spec.domain_names)
+            raise UserError(
+                f"Stream '{spec.name}' has no domain '{d}'." + (f" Did you mean: {', '.join(hint)}?" if hint else "")
+                + f" Its domains, in order: {', '.join(spec.domain_names)} (--domains a,b,c)."
+            )  # fmt: skip
+    return replace(spec, domain_names=list(domains), info={**spec.info, "all_domains": list(spec.domain_names)})
