@@ -51,18 +51,25 @@ def get(name: str) -> type[Adapter]:
 
 
 # Registration happens on import; keep one line per adapter file.
+from methods.adacontrast import AdaContrast  # noqa: E402
 from methods.alpha_bn import AlphaBN  # noqa: E402
+from methods.cmf import CMF  # noqa: E402
 from methods.coop import CoOp  # noqa: E402
 from methods.core import Core  # noqa: E402
 from methods.cotta import CoTTA  # noqa: E402
+from methods.deyo import DeYO  # noqa: E402
 from methods.eata import EATA, ETA  # noqa: E402
 from methods.ecotta import EcoTTA  # noqa: E402
 from methods.lame import LAME  # noqa: E402
 from methods.memo import MEMO  # noqa: E402
 from methods.norm import Norm  # noqa: E402
 from methods.ogen import OGEN  # noqa: E402
+from methods.rdumb import RDumb  # noqa: E402
+from methods.rmt import RMT  # noqa: E402
+from methods.roid import ROID  # noqa: E402
 from methods.rotta import RoTTA  # noqa: E402
 from methods.rpl import RPL  # noqa: E402
+from methods.santa import SANTA  # noqa: E402
 from methods.sar import SAR  # noqa: E402
 from methods.source import Source  # noqa: E402
 from methods.tent import Tent  # noqa: E402
@@ -88,8 +95,15 @@ __all__ = [
     "LAME",
     "MEMO",
     "AlphaBN",
+    "AdaContrast",
     "Core",
     "EcoTTA",
     "CoOp",
     "OGEN",
+    "DeYO",
+    "ROID",
+    "RMT",
+    "CMF",
+    "SANTA",
+    "RDumb",
 ]
