@@ -28,7 +28,7 @@ import tta_bench
 from tta_bench import rundir
 from tta_bench import streams as st
 from tta_bench.config import RunConfig, cache_dir_default, check_options, weights_dir_default
-from tta_bench.kernel import UserError, hash_json
+from tta_bench.kernel import UserError, hash_json, read_json, write_json
 from tta_bench.memory import measure
 from tta_bench.metrics import forgetting, make_meter
 from tta_bench.models import ModelContext, build_model, load_cache, model_info, model_options, save_cache
@@ -218,13 +218,24 @@ def prepare(adapter, spec, cfg: RunConfig, ctx: ModelContext, weights: dict, qui
     info: dict[str, Any] = {"cache": str(path), "key": key}
     state = load_cache(path, ctx.device, "prepare-stage cache", quiet)
     if state is not None and _load_state(adapter, state):
-        info["cached"] = True
+        info.update(_prepare_facts(path), cached=True)  # the figures measured when it was made
     else:
-        info.update(_run_prepare(adapter, spec, cfg, ctx.device), cached=False)
+        facts = _run_prepare(adapter, spec, cfg, ctx.device)
         save_cache(path, adapter.state_dict())
+        write_json(path.with_suffix(".json"), facts)
+        info.update(facts, cached=False)
     zero_grads(adapter)
     adapter.snapshot()
     return info
+
+
+def _prepare_facts(path: Path) -> dict[str, Any]:
+    """adapt_mb and seconds of the prepare stage that made the cache at `path` (empty when not recorded)."""
+    try:
+        facts = read_json(path.with_suffix(".json"), "prepare-stage facts")
+    except UserError:
+        return {}
+    return {k: facts.get(k) for k in ("adapt_mb", "seconds")} if isinstance(facts, dict) else {}
 
 
 def _load_state(adapter: methods.Adapter, state: dict) -> bool:
