@@ -16,7 +16,7 @@ import torch.nn as nn
 from methods import Adapter
 from tta_bench import RunConfig, run
 from tta_bench.kernel import UserError
-from tta_bench.protocols import RealisticClock, check_stream_options, skipped_after
+from tta_bench.protocols import RealisticClock, adapted_summary, check_stream_options, clock_for, skipped_after
 
 
 class Counting(Adapter):
@@ -83,17 +83,19 @@ def test_measured_ratio_times_the_method_against_the_no_adapt_forward():
     assert adapter.adapt_calls == [0] and adapter.infer_calls == [1, 2, 3, 4, 5, 6]
 
 
-def test_speed_ratio_is_checked_and_only_kept_in_the_realistic_setting():
+def test_speed_ratio_is_checked_and_only_accepted_in_the_realistic_setting():
     opts = {"gamma": 0.1, "window": 1000, "speed_ratio": None}
-    assert "speed_ratio" not in check_stream_options("continual", opts)  # run ids of other settings unchanged
-    assert check_stream_options("realistic", {**opts, "speed_ratio": 2})["speed_ratio"] == 2.0
+    check_stream_options("continual", opts)
+    check_stream_options("realistic", {**opts, "speed_ratio": 2})
     with pytest.raises(UserError, match="only applies to --setting realistic"):
-        check_stream_options("continual", {**opts, "speed_ratio": 2})
+        RunConfig(method="tent", stream="digits-c", stream_opts={"speed_ratio": 2})
     for bad in (0, -1, "fast", True):
         with pytest.raises(UserError, match="positive number"):
-            check_stream_options("realistic", {**opts, "speed_ratio": bad})
+            RunConfig(method="tent", stream="digits-c", setting="realistic", stream_opts={"speed_ratio": bad})
     with pytest.raises(UserError, match="stream.window"):
         check_stream_options("continual", {**opts, "window": 0})
+    assert clock_for("continual", opts) is None and clock_for("realistic", opts).speed_ratio is None
+    assert adapted_summary(None, 7) == {"speed_ratio": None, "speed_ratio_measured": None, "batches_adapted": 7}
 
 
 def _cfg(runs_dir, **kw) -> RunConfig:

@@ -74,6 +74,10 @@ class RunConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
         if self.limit is not None and self.limit < 1:
             raise UserError(f"--limit must be a positive number of samples per domain, got {self.limit}.")
+        if self.stream_opts.get("speed_ratio") is not None or "window" in self.stream_opts:
+            from tta_bench.protocols import check_stream_options  # lazy: it imports torch
+
+            check_stream_options(self.setting, self.stream_opts)
 
     def identity(self) -> dict[str, Any]:
         """The hashed part of the config, JSON-ready."""

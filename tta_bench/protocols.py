@@ -37,31 +37,38 @@ COLLAPSE_MARGIN = 5.0  # percentage points below chance error that still count a
 DEFAULT_WINDOW = 1000  # images per window (stream.window)
 
 
-def check_stream_options(setting: str, opts: dict[str, Any]) -> dict[str, Any]:
-    """Validate the protocol options among resolved stream options; drop `speed_ratio` outside `realistic`.
-
-    Dropping it keeps the run ids of the other settings free of an option they do not use.
-    """
-    opts = dict(opts)
+def check_stream_options(setting: str, opts: dict[str, Any]) -> None:
+    """UserError for a bad `stream.window`, or a `stream.speed_ratio` that is not a positive number or is given
+    outside the realistic setting (RunConfig checks the user's options with it)."""
     k = opts.get("speed_ratio")
-    if setting != "realistic":
-        if k is not None:
-            raise UserError(
-                f"stream.speed_ratio={k!r} only applies to --setting realistic (the compute-aware protocol); "
-                f"drop it or pass --setting realistic."
-            )
-        opts.pop("speed_ratio", None)
-    elif k is not None:
-        if isinstance(k, bool) or not isinstance(k, (int, float)) or not k > 0:
-            raise UserError(
-                f"stream.speed_ratio must be a positive number (the method's cost relative to the source "
-                f"model's forward, e.g. 2 = adapt on every 2nd batch), got {k!r}. Omit it to measure it."
-            )
-        opts["speed_ratio"] = float(k)
+    if k is not None and setting != "realistic":
+        raise UserError(
+            f"stream.speed_ratio={k!r} only applies to --setting realistic (the compute-aware protocol); "
+            f"drop it or pass --setting realistic."
+        )
+    if k is not None and (isinstance(k, bool) or not isinstance(k, (int, float)) or not k > 0):
+        raise UserError(
+            f"stream.speed_ratio must be a positive number (the method's cost relative to the source "
+            f"model's forward, e.g. 2 = adapt on every 2nd batch), got {k!r}. Omit it to measure it."
+        )
     w = opts.get("window", DEFAULT_WINDOW)
     if isinstance(w, bool) or not isinstance(w, int) or w < 1:
         raise UserError(f"stream.window must be a positive number of images, got {w!r} (e.g. stream.window=500).")
-    return opts
+
+
+def clock_for(setting: str, opts: dict[str, Any], device: torch.device | None = None) -> RealisticClock | None:
+    """The realistic setting's clock for resolved stream options (`speed_ratio` None: measured), else None."""
+    if setting != "realistic":
+        return None
+    k = opts.get("speed_ratio")
+    return RealisticClock(None if k is None else float(k), device=device)
+
+
+def adapted_summary(clock: RealisticClock | None, n_batches: int) -> dict[str, Any]:
+    """summary.json keys every run has: batches adapted, and the ratio (None outside the realistic setting)."""
+    if clock is None:
+        return {"speed_ratio": None, "speed_ratio_measured": None, "batches_adapted": n_batches}
+    return clock.summary()
 
 
 class RealisticClock:

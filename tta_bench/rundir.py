@@ -74,6 +74,19 @@ class Summary(TypedDict):
     prepare_adapt_mb: Number | None
     diverged: bool  # some prediction was non-finite (NaN/inf): counted as an error, and the run is marked
     first_diverged_batch: int | None  # index (batches.csv `batch`) of the first such batch
+    # long-horizon metrics (tta_bench.protocols.long_horizon): error per `window` images, the worst full window,
+    # and `collapsed` when it is within protocols.COLLAPSE_MARGIN pp of chance error (`collapse_threshold`)
+    window: int
+    window_errors: list[Number | None]
+    worst_window: int | None
+    worst_window_error: Number | None
+    collapse_threshold: Number
+    collapsed: bool
+    # compute-aware `realistic` setting (tta_bench.protocols.RealisticClock): the relative cost used (None in other
+    # settings), whether it was measured on this device, and the batches the method adapted on (all, elsewhere)
+    speed_ratio: Number | None
+    speed_ratio_measured: bool | None
+    batches_adapted: int
 
 
 SUMMARY_KEYS = tuple(Summary.__annotations__)

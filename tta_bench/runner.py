@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 import methods
 import tta_bench
-from tta_bench import rundir
+from tta_bench import protocols, rundir
 from tta_bench import streams as st
 from tta_bench.config import RunConfig, cache_dir_default, check_options, weights_dir_default
 from tta_bench.kernel import UserError, hash_json, read_json, write_json
@@ -172,6 +172,9 @@ def build_adapter(cfg: RunConfig, spec: st.StreamSpec, ctx: ModelContext) -> tup
     if ctx.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     weights = model_info(model)
+    if spec.calibrate is not None:  # a stream built against the source model (CCC), before the method wraps it
+        key = {"model": cfg.model, "options": cfg.model_opts, "weights": weights}
+        spec.info["calibration"] = spec.calibrate(model, ctx.device, ctx.cache_dir, key)
     zero_grads(model)
     torch.manual_seed(cfg.seed)  # the adapter's own initialisation does not depend on whether training ran
     return methods.create(cfg.method, model, inplace=True, **cfg.method_opts).to(ctx.device), weights
@@ -338,6 +341,7 @@ class StreamRecord:
     clean_after: float | None = None
     seconds: float = 0.0
     peak_device_mb: float | None = None
+    protocol: dict[str, Any] = field(default_factory=dict)  # the realistic setting's figures (tta_bench.protocols)
 
     @property
     def first_diverged_batch(self) -> int | None:
@@ -384,11 +388,12 @@ def stream(adapter, spec, cfg: RunConfig, segments, datasets, device: torch.devi
         torch.cuda.reset_peak_memory_stats(device)
     overall = make_meter(spec, len(spec.domain_names), device)
     total = sum((len(d) + cfg.batch_size - 1) // cfg.batch_size for d in datasets)
+    clock = protocols.clock_for(cfg.setting, cfg.stream_opts, device)  # None: every batch adapted
     with tqdm(total=total, unit="batch", disable=True if quiet else None, dynamic_ncols=True) as bar:
         for seg, ds in zip(segments, datasets):
             if seg.reset:
                 adapter.reset()
-            meter, times, seconds = run_segment(adapter, spec, cfg, seg, ds, device, overall, bar)
+            meter, times, seconds = run_segment(adapter, spec, cfg, seg, ds, device, overall, bar, clock)
             rec.seconds += seconds
             peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
             rec.batch_rows += batch_rows(meter, seg, times, len(rec.batch_rows), rec.memory["adapt_mb"], peak)
@@ -398,12 +403,17 @@ def stream(adapter, spec, cfg: RunConfig, segments, datasets, device: torch.devi
     if cfg.clean_eval == "end":
         rec.clean_after = clean_error(adapter, spec, cfg, device)
     rec.overall = overall.summary()
+    rec.protocol = protocols.adapted_summary(clock, len(rec.batch_rows))
     rec.peak_device_mb = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
     return rec
 
 
-def run_segment(adapter, spec, cfg: RunConfig, seg, ds, device, overall, bar) -> tuple[Any, list[float], float]:
-    """One segment's batches through the adapter: (its meter, seconds per batch, seconds in all)."""
+def run_segment(adapter, spec, cfg: RunConfig, seg, ds, device, overall, bar, clock=None):
+    """One segment's batches through the adapter: (its meter, seconds per batch, seconds in all).
+
+    `clock` (realistic setting) decides per batch whether the method adapts or the current model predicts."""
+    if clock is not None:
+        clock.start_segment()
     cuda = device.type == "cuda"
     meter = make_meter(spec, len(spec.domain_names), device)
     mask = class_mask(spec, seg, device)
@@ -417,7 +427,7 @@ def run_segment(adapter, spec, cfg: RunConfig, seg, ds, device, overall, bar) ->
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(cfg, device):
-            out = adapter(x)
+            out = adapter(x) if clock is None else clock.step(adapter, x)
         if mask is not None:
             out = out.masked_fill(~mask, float("-inf"))
         meter.update(out, y, dom)
@@ -497,6 +507,9 @@ def summarize(cfg: RunConfig, spec, rec: StreamRecord, prep: dict) -> dict[str, 
         "prepare_adapt_mb": prep.get("adapt_mb"),
         "diverged": first_bad is not None,
         "first_diverged_batch": first_bad,
+        **rec.protocol,
+        **protocols.long_horizon([r["n"] for r in rec.batch_rows], [r["error"] for r in rec.batch_rows],
+                                 cfg.stream_opts.get("window", protocols.DEFAULT_WINDOW), spec.num_classes),
     }
     if spec.summarize is not None:
         summary.update(spec.summarize(domain_errors))

@@ -366,7 +366,7 @@ def _spec(name: str, ccc: CCC, num_classes: int, default_model: str, info: dict)
         severities=None,
         info={"difficulty_target_accuracy": ccc.target, "length": ccc.length, "speed": ccc.speed, **info},
     )
-    spec.info["source_fingerprint"] = ccc.pool.fingerprint()
+    spec.info["data_fingerprint"] = ccc.pool.fingerprint()  # part of the run id
     return spec
 
 
