@@ -70,3 +70,27 @@ def tta_augment(x: torch.Tensor, soft: bool = False, gaussian_std: float = 0.005
         x = TF.hflip(x)
     x = x + (torch.randn(x.size()) * gaussian_std + 0.0).to(x.device)
     return x.clamp(0.0, 1.0)
+
+
+def light_augment(x: torch.Tensor, padding_mode: str = "reflect") -> torch.Tensor:
+    """ROID's / CMF's augmentation: `get_tta_transforms(size, padding_mode="reflect", cotta_augs=False)` of
+    mariodoebler/test-time-adaptation `classification/augmentations/transforms_cotta.py`.
+
+    The pipeline of `tta_augment` (hard ranges, same draw order) without its Gaussian blur and noise, with reflect
+    padding: clip -> colour jitter -> pad n/2 -> random affine -> centre crop -> horizontal flip (p 0.5) -> clip.
+    """
+    r = HARD
+    n_h, n_w = x.shape[-2:]
+    x = color_jitter(x.clamp(0.0, 1.0), r)
+    x = TF.pad(x, [int(n_h / 2)], padding_mode=padding_mode)
+    height, width = x.shape[-2:]
+    angle = float(_uniform(*r["degrees"]))
+    max_dx, max_dy = float(width / 16), float(height / 16)
+    tx = int(round(_uniform(-max_dx, max_dx)))
+    ty = int(round(_uniform(-max_dy, max_dy)))
+    scale = float(_uniform(*r["scale"]))
+    x = TF.affine(x, angle, [tx, ty], scale, [0.0, 0.0], InterpolationMode.BILINEAR, fill=[0.0] * x.shape[-3])
+    x = TF.center_crop(x, [n_h, n_w])
+    if torch.rand(1) < 0.5:
+        x = TF.hflip(x)
+    return x.clamp(0.0, 1.0)

@@ -22,7 +22,7 @@ from tta_bench.zoo.small_cnn import SmallCNN
 
 # Hyper-parameters that keep the test fast (applied only where the adapter declares them).
 FAST = {"n_aug": 2, "update_frequency": 8, "memory_size": 16, "fisher_size": 16, "epochs": 1, "e_margin_frac": 1.0,
-        "margin_e0_frac": 1.0}
+        "margin_e0_frac": 1.0, "num_samples_warm_up": 16}
 BS1_WORKS = {"eata", "eta", "sar", "cotta", "rotta", "lame", "tent", "norm", "source"}
 N_CLASSES = 5
 
