@@ -72,8 +72,11 @@ from methods.rpl import RPL  # noqa: E402
 from methods.santa import SANTA  # noqa: E402
 from methods.sar import SAR  # noqa: E402
 from methods.source import Source  # noqa: E402
+from methods.tda import TDA  # noqa: E402
 from methods.tent import Tent  # noqa: E402
+from methods.tpt import TPT  # noqa: E402
 from methods.tta_aug import TTAug  # noqa: E402
+from methods.vte import VTE  # noqa: E402
 
 __all__ = [
     "Adapter",
@@ -86,6 +89,9 @@ __all__ = [
     "Norm",
     "Tent",
     "TTAug",
+    "TPT",
+    "VTE",
+    "TDA",
     "EATA",
     "ETA",
     "SAR",

@@ -1,0 +1,47 @@
+"""`vte`: Vision-Text-Space Ensemble for CLIP, training-free (Döbler, Marsden, Raichle & Yang, "A Lost
+Opportunity for Vision-Language Models: A Comparative Study of Online Test-Time Adaptation for VLMs", 2024).
+
+VTE's official code is the suite's `classification/methods/vte.py` (mariodoebler/test-time-adaptation, commit
+8b2ed63) with `models/model.py::ZeroShotCLIP` (`CLIP.PROMPT_MODE: ensemble`), `datasets/prompts.py` and
+`cfgs/imagenet_c/vte.yaml` (batch 1, 64 views). (The task named Farina et al. 2024 and mfarina/vte; that paper,
+"Frustratingly Easy Test-Time Adaptation of VLMs", is ZERO, a different method whose code is not available here.
+VTE is the suite's method, ported here.) Per test image x_i, nothing trained:
+  1. text space: class weights t_c = the ensemble of the 80 OpenAI ImageNet templates (`templates="clip80"`,
+     see methods/_clip_tta.py), computed once;
+  2. vision space: the batch = x_i and `n_aug` (63) views (RandomResizedCrop + flip; AugMix only with `augmix`,
+     as the suite does for its fine-grained "generalization" sets); L2-normalised image features f_v and
+     logits = exp(logit_scale) · f_v · tᵀ; keep the int(64 · 0.1) = 6 views of lowest softmax entropy;
+  3. prediction = exp(logit_scale) · mean_{v selected} f_v · tᵀ (the mean feature is not re-normalised).
+Deviations: float32 (the suite's ImageNet-C config loads fp16 weights); at least one view is selected; views from
+our AugMix/crop port (methods/_augmix.py). `predict` applies the same rule with views from a fixed seed.
+Cost per image: 1 + n_aug image-encoder forwards, no backward.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from methods import register
+from methods._augmix import select_confident
+from methods._clip_tta import CLIPTestTime, ensemble_text_features, templates_of
+
+_SUITE = "mariodoebler/test-time-adaptation:classification/cfgs/imagenet_c/vte.yaml@8b2ed63"
+
+
+@register("vte")
+class VTE(CLIPTestTime):
+    """Prompt-template ensemble x mean feature of the confident augmented views; training-free."""
+
+    defaults = {"n_aug": 63, "selection_p": 0.1, "augmix": False, "templates": "clip80"}
+    presets = {"imagenet-c": {"source": _SUITE, "options": {"n_aug": 63, "templates": "clip80"}}}
+
+    def configure(self) -> None:
+        super().configure()
+        text = ensemble_text_features(self.model, templates_of(self.hp.templates, self.model))
+        self.register_buffer("text", text, persistent=False)
+
+    @torch.no_grad()
+    def per_image(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.model.encode_image(self.views(x))
+        selected = select_confident(self.model.logits(feats, self.text), self.hp.selection_p)
+        return self.model.logits(feats[selected].mean(0, keepdim=True), self.text)
