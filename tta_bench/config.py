@@ -88,12 +88,12 @@ class RunConfig:
 
     def run_id(self) -> str:
         """Short stable hash of the resolved `identity()` (every default filled in) and of the stream's data
-        fingerprint (files' names, sizes, mtimes): the run folder's name (`tta_bench.runner.run_id`).
+        fingerprint (files' names, sizes, mtimes): the run folder's name (`tta_bench.identity.run_id`).
 
         Resolving first means `RunConfig(method="tent", stream="digits-c")` and the same config with Tent's
         default lr spelled out name the same folder; a data file changed in place names a new one.
         """
-        from tta_bench.runner import run_id  # lazy: resolving loads the registries and opens the stream
+        from tta_bench.identity import run_id  # lazy: resolving loads the registries and opens the stream
 
         return run_id(self)
 

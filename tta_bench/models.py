@@ -10,7 +10,6 @@ the model, not the stream) and may describe itself with `describe(model, weights
 from __future__ import annotations
 
 import hashlib
-import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,9 +19,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from tta_bench.kernel import Registry, declared_options, download, write_with
+from tta_bench.kernel import Registry, declared_options, download, hash_file, hash_json, write_with
 
-MODELS = Registry("model", "python -m tta_bench list models")
+MODELS = Registry("model", "python -m tta_bench list models", packages=("tta_bench.zoo",))  # loaded on first use
 
 
 @dataclass(frozen=True)
@@ -73,12 +72,9 @@ def build_model(name: str, spec: Any, ctx: ModelContext, opts: dict[str, Any]) -
 
 
 # --- weights -----------------------------------------------------------------------------------------
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def sha256_file(path: Path) -> str:
+    """sha256 hex digest of a weights file (`kernel.hash_file`)."""
+    return hash_file(path, "sha256")
 
 
 def fetch(url: str, dest: Path, sha256: str | None = None, what: str = "file") -> Path:
@@ -92,7 +88,8 @@ def fetch(url: str, dest: Path, sha256: str | None = None, what: str = "file") -
 
 # --- trained-on-first-use source models -----------------------------------------------------------------
 def recipe_hash(recipe: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """16 hex of the recipe's canonical JSON (`kernel.hash_json`)."""
+    return hash_json(recipe)
 
 
 def state_sha256(module: nn.Module) -> str:
@@ -159,14 +156,9 @@ def _loads(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
 
 
 def load_zoo() -> None:
-    """Import every module of tta_bench.zoo and tta_bench.data (registration happens on import)."""
-    import importlib
-    import pkgutil
+    """Import every module of tta_bench.zoo and tta_bench.data now (optional: MODELS and STREAMS import them on
+    their first lookup or listing; this only moves the import cost, e.g. before timing something)."""
+    from tta_bench.streams import STREAMS
 
-    import tta_bench.data
-    import tta_bench.zoo
-
-    for pkg in (tta_bench.zoo, tta_bench.data):
-        for m in pkgutil.iter_modules(pkg.__path__):
-            if not m.name.startswith("_"):
-                importlib.import_module(f"{pkg.__name__}.{m.name}")
+    MODELS.load()
+    STREAMS.load()

@@ -1,7 +1,8 @@
 """run(cfg) -> RunResult: stream a shifted dataset through an adapter and write the run folder.
 
 Read top to bottom as the data flows: `resolve` (names and options checked, defaults filled in) -> `open_stream`
-and `run_id` (the resolved config plus the data fingerprint) -> `run` (lock, reuse or build aside, commit) ->
+and `run_id` (the resolved config plus the data fingerprint; these three are `tta_bench.identity`'s) -> `run`
+(lock, reuse or build aside, commit) ->
 `execute`: `build_adapter` -> `prepare` (cached) -> `config_record` -> `stream` (segments, batches, meters) ->
 `summarize` -> files. The run folder layout and summary schema are `tta_bench.rundir`'s; a run is built in a
 private temporary folder and swapped in whole (`rundir.commit`), so nothing completed is ever lost.
@@ -14,7 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,12 @@ import methods
 import tta_bench
 from tta_bench import protocols, rundir
 from tta_bench import streams as st
-from tta_bench.config import RunConfig, cache_dir_default, check_options, weights_dir_default
+from tta_bench.config import RunConfig, cache_dir_default, weights_dir_default
+from tta_bench.identity import data_fingerprint, open_stream, resolve, run_id  # noqa: F401  (re-exported)
 from tta_bench.kernel import UserError, hash_json, read_json, write_json
 from tta_bench.memory import measure
 from tta_bench.metrics import forgetting, make_meter
-from tta_bench.models import ModelContext, build_model, load_cache, model_info, model_options, save_cache
+from tta_bench.models import ModelContext, build_model, load_cache, model_info, save_cache
 from tta_bench.training import deterministic, zero_grads
 
 RUN_FILES = rundir.RUN_FILES
@@ -44,51 +46,6 @@ class RunResult:
     summary: dict[str, Any]
     domains: pd.DataFrame
     skipped: bool  # True when a completed run folder was found and nothing was run
-
-
-# --- what to run --------------------------------------------------------------------------------------------
-def resolve(cfg: RunConfig) -> RunConfig:
-    """Check every name and option; return the config with all defaults filled in (what is hashed)."""
-    from tta_bench.models import load_zoo
-
-    load_zoo()
-    if cfg.data_dir is not None and not Path(cfg.data_dir).is_dir():
-        raise UserError(
-            f"Data directory {cfg.data_dir} does not exist. Pass --data-dir pointing at the folder that holds your "
-            "datasets (each in its usual folder name; layouts in the README's Streams section), or omit it to use "
-            "$TTA_BENCH_DATA / ~/.cache/tta_bench/data."
-        )
-    method_cls = methods.get(cfg.method)
-    spec_opts = check_options("stream", cfg.stream, cfg.stream_opts, st.stream_options(cfg.stream))
-    model = cfg.model or _default_model(cfg.stream)
-    return replace(
-        cfg,
-        model=model,
-        method_opts=check_options("method", cfg.method, cfg.method_opts, method_cls.defaults),
-        stream_opts=spec_opts,
-        model_opts=check_options("model", model, cfg.model_opts, model_options(model)),
-    )
-
-
-def _default_model(stream: str) -> str:
-    return st.STREAMS.get(stream).factory.default_model
-
-
-def open_stream(cfg: RunConfig) -> st.StreamSpec:
-    """The stream of a resolved config (data located and indexed; images are read lazily)."""
-    return st.build_stream(cfg.stream, cfg.resolved_data_dir(), cfg.seed, cfg.stream_opts)
-
-
-def data_fingerprint(spec: st.StreamSpec) -> str | None:
-    """What the stream read from disk (files' names, sizes, mtimes) or generated: a changed file, a new run id."""
-    return spec.info.get("data_fingerprint")
-
-
-def run_id(cfg: RunConfig, spec: st.StreamSpec | None = None) -> str:
-    """The run id (16 hex): hash of the resolved config's identity and the stream's data fingerprint."""
-    cfg = resolve(cfg)
-    spec = spec if spec is not None else open_stream(cfg)
-    return hash_json({**cfg.identity(), "data": data_fingerprint(spec)}, rundir.RUN_ID_LENGTH)
 
 
 def pick_device(name: str) -> torch.device:

@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def expand(args: argparse.Namespace) -> list[RunConfig]:
     """The grid as resolved RunConfigs (every default filled in, so `folder()` is the runner's folder)."""
-    from tta_bench.runner import resolve
+    from tta_bench.identity import resolve
 
     try:
         seeds = [int(s) for s in _names(args.seeds)]
