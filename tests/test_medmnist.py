@@ -149,7 +149,7 @@ def test_download_is_md5_checked_and_offline_message(tmp_path, monkeypatch):
     monkeypatch.setattr(med, "info", lambda flag: meta)
     fetched = []
 
-    def fake_fetch(url, dest, sha256=None, what="file"):  # what tta_bench.models.fetch does, minus the network
+    def fake_fetch(url, dest, what="file"):  # what tta_bench.kernel.download does, minus the network
         fetched.append(url)
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(good.read_bytes())

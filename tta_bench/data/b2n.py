@@ -39,11 +39,10 @@ from torch.utils.data import Dataset
 from tta_bench.data import natural  # noqa: F401  (registers the natural-shift streams imagenet-ds reuses)
 from tta_bench.data.digits import CLASS_NAMES as DIGIT_NAMES
 from tta_bench.data.digits import digits_32, split
-from tta_bench.data.folders import fixed_order, wnid_index
+from tta_bench.data.folders import fixed_order, list_image_folder, wnid_index
 from tta_bench.kernel import UserError, read_cifar_names, read_cifar_pickle
 from tta_bench.streams import STREAMS, StreamSpec, register
 
-IMG_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DS_DOMAINS = ("imagenet", "imagenet-v2", "imagenet-sketch", "imagenet-a", "imagenet-r")
 
 
@@ -107,17 +106,9 @@ class Images(Dataset):
 
 
 def image_folder(root: Path, label_of: Callable[[str], int | None] | None = None) -> tuple[list[Path], np.ndarray]:
-    """Files and labels of `root/<class>/<image>`; labels = sorted folder position, or `label_of(folder)`."""
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    files, labels = [], []
-    for i, c in enumerate(classes):
-        y = i if label_of is None else label_of(c)
-        if y is None:
-            continue
-        imgs = sorted(f for f in (root / c).iterdir() if f.suffix.lower() in IMG_EXTS)
-        files += imgs
-        labels += [y] * len(imgs)
-    return files, np.asarray(labels, dtype=np.int64)
+    """Files and labels of `root/<class>/<image>` (`folders.list_image_folder`, class folders in string order)."""
+    files, labels, _ = list_image_folder(root, label_of, what=f"ImageFolder {root}", natural=False)
+    return files, labels
 
 
 def need(path: Path, what: str, layout: str, where: str) -> Path:

@@ -47,15 +47,17 @@ def is_image_folder(root: Path) -> bool:
 
 
 def list_image_folder(
-    root: Path, label_of: Callable[[str], int | None] | None = None, what: str = "ImageFolder"
+    root: Path, label_of: Callable[[str], int | None] | None = None, what: str = "ImageFolder", natural: bool = True
 ) -> tuple[list[Path], np.ndarray, list[str]]:
     """(files, labels, class folder names) of an ImageFolder, sorted by class folder then file name.
 
     Without `label_of`, labels are positions of the folder names in sorted order (numeric names, e.g.
-    ImageNetV2's `0..999`, sort numerically). `label_of(name)` may return None to skip a folder.
+    ImageNetV2's `0..999`, sort numerically; `natural=False`: plain string order). `label_of(name)` may return
+    None to skip a folder. The one image-folder lister of the suite's streams.
     """
     root = Path(root)
-    classes = sorted((p.name for p in root.iterdir() if p.is_dir()), key=_natural) if root.is_dir() else []
+    key = _natural if natural else None
+    classes = sorted((p.name for p in root.iterdir() if p.is_dir()), key=key) if root.is_dir() else []
     if not classes:
         raise UserError(f"{what}: {root} has no class sub-folders; expected {root}/<class>/<image>.jpg.")
     files: list[Path] = []

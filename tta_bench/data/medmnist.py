@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from tta_bench.kernel import UserError, fingerprint_files
-from tta_bench.models import fetch
+from tta_bench.kernel import UserError, fingerprint_files, hash_file
+from tta_bench.kernel import download as fetch
 from tta_bench.streams import StreamSpec, register, segment_seed
 
 SIZES = (28, 64, 128, 224)
@@ -80,11 +80,7 @@ def file_name(flag: str, size: int) -> str:
 
 
 def md5_file(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+    return hash_file(path, "md5")
 
 
 def locate(flag: str, size: int, data_dir: Path | None, root: str | None, download: bool) -> Path:
@@ -116,7 +112,7 @@ def locate(flag: str, size: int, data_dir: Path | None, root: str | None, downlo
     suffix = "" if size == 28 else f"_{size}"
     url, md5 = meta[f"url{suffix}"], meta[f"MD5{suffix}"]
     try:
-        fetch(url, dest, None, what=f"MedMNIST file {name}")
+        fetch(url, dest, what=f"MedMNIST file {name}")  # MD5-checked below (a mismatch deletes the file)
     except UserError:
         raise UserError(
             f"MedMNIST file {name} is not at {dest} and could not be downloaded from {url} (offline?). Download it "
