@@ -7,8 +7,21 @@ hyper-parameters with defaults in the class attribute `defaults`, and says which
 (`trainable_parameters()`). No adapter reads a global config, a dataset name or a file path.
 
 Optional stage: `prepare(source)` (a warm-up / finetuning on clean source data before the stream);
-adapters that need it set `needs_source = True`. Prediction without adaptation (used by the harness to
-measure forgetting on clean data) is `predict(x)`; subclasses customise it through `infer(x)`.
+adapters that need it set `needs_source = True`, and may expose one step of it as a module (`prepare_step()`)
+for the harness's memory figure. Prediction without adaptation (used by the harness to measure forgetting on
+clean data) is `predict(x)`; subclasses customise it through `infer(x)`.
+
+The caller's model is never changed: `Adapter(model, **hp)` wraps a deep copy of it (parameters, buffers,
+hooks and all), so everything an adapter does (training weights, dropping or swapping BN layers, adding
+forward hooks, changing modes and requires_grad) happens to the copy, and a second adapter built on the same
+`model` starts from the same untouched source. `Adapter(model, inplace=True, **hp)` opts out: no copy (one
+set of weights less in memory), and `model` *is* `adapter.model`, adapted and changed in place (the harness
+does this: it builds a model for the adapter alone). tests/test_adapter_contract.py checks both for every
+registered adapter.
+
+State the harness reads or restores: `source_state` (what `reset()` restores; `snapshot()` retakes it, e.g.
+after `prepare`), `optimizer` (or None), `trainable_parameters()`. Adapters import from `tta_bench` only
+`tta_bench.kernel`.
 """
 
 from __future__ import annotations
