@@ -21,8 +21,16 @@ import methods
 from tta_bench.zoo.small_cnn import SmallCNN
 
 # Hyper-parameters that keep the test fast (applied only where the adapter declares them).
-FAST = {"n_aug": 2, "update_frequency": 8, "memory_size": 16, "fisher_size": 16, "epochs": 1, "e_margin_frac": 1.0,
-        "margin_e0_frac": 1.0, "num_samples_warm_up": 16}
+FAST = {
+    "n_aug": 2,
+    "update_frequency": 8,
+    "memory_size": 16,
+    "fisher_size": 16,
+    "epochs": 1,
+    "e_margin_frac": 1.0,
+    "margin_e0_frac": 1.0,
+    "num_samples_warm_up": 16,
+}
 BS1_WORKS = {"eata", "eta", "sar", "cotta", "rotta", "lame", "tent", "norm", "source"}
 N_CLASSES = 5
 
@@ -44,11 +52,11 @@ def tiny_cnn() -> nn.Module:
 def build_model(cls) -> nn.Module:
     if getattr(cls, "requires", None) == "clip":
         pytest.importorskip("open_clip")
-        from tta_bench.models import MODELS, load_zoo
+        from tta_bench.models import MODELS
 
-        load_zoo()
-        spec = types.SimpleNamespace(class_names=[f"class {i}" for i in range(N_CLASSES)], num_classes=N_CLASSES,
-                                     name="contract")
+        spec = types.SimpleNamespace(
+            class_names=[f"class {i}" for i in range(N_CLASSES)], num_classes=N_CLASSES, name="contract"
+        )
         return MODELS.get("clip-tiny").factory(spec, None)
     return tiny_cnn()
 

@@ -186,3 +186,17 @@ def test_the_leaderboard_imports_without_torch() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_registries_load_their_modules_on_first_lookup() -> None:
+    """No `load_zoo()` needed: STREAMS and MODELS import tta_bench.data / tta_bench.zoo on first use."""
+    code = (
+        "from tta_bench.models import MODELS\n"
+        "from tta_bench.streams import STREAMS\n"
+        "import methods, corruptions\n"
+        "assert 'digits-c' in STREAMS and STREAMS.get('cifar10-c').factory.default_model\n"
+        "assert 'small-cnn' in MODELS and 'clip-tiny' in MODELS.names()\n"
+        "assert 'tent' in methods.names() and 'fog' in corruptions.names()\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
