@@ -29,6 +29,7 @@ import types
 import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict, Union
 
@@ -101,6 +102,59 @@ HEADLINE_METRICS = (
     "peak_device_mb",
     "images_per_s",
 )
+
+
+# --- what a task is judged by -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Metric:
+    """A summary.json key shown as a result column: its label, unit and which direction is better."""
+
+    key: str
+    label: str
+    higher_is_better: bool
+    unit: str = "%"
+    meaning: str = ""
+
+    @property
+    def arrow(self) -> str:
+        return "↑" if self.higher_is_better else "↓"
+
+    def better(self, a: float, b: float) -> bool:
+        """True when value `a` is strictly better than `b`."""
+        return a > b if self.higher_is_better else a < b
+
+
+ERROR = Metric("mean_error", "error", False, meaning="top-1 error (%), mean over domains")
+BALANCED_ERROR = Metric("balanced_error", "balanced error", False, meaning="mean per-class error (%) over the stream")
+AUC = Metric("auc", "AUC", True, meaning="ROC AUC (%) of the positive class over the stream")
+MIOU = Metric("miou", "mIoU", True, meaning="mean intersection over union (%) over the stream's pixels")
+HM = Metric("harmonic_mean", "HM", True, meaning="harmonic mean (%) of base and new accuracy")
+BASE = Metric("base_acc", "base acc", True, meaning="accuracy (%) on the classes seen in few-shot training")
+NEW = Metric("new_acc", "new acc", True, meaning="accuracy (%) on the classes never seen in training")
+TARGET = Metric("target_acc", "target acc", True, meaning="accuracy (%), mean over the shifted datasets")
+SOURCE = Metric("source_acc", "source acc", True, meaning="accuracy (%) on the source dataset")
+# Each task's headline metrics, the first one ranks a table. A stream whose summary adds keys of its own (base-to-new
+# CLIP tracks: base/new accuracy and their harmonic mean) is headlined by those instead (STREAM_METRICS, first match).
+TASK_METRICS: dict[str, tuple[Metric, ...]] = {
+    "classification": (ERROR,),
+    "binary": (BALANCED_ERROR, AUC),
+    "segmentation": (MIOU,),
+}
+STREAM_METRICS: tuple[tuple[Metric, ...], ...] = ((HM, BASE, NEW), (TARGET, SOURCE))
+
+
+def headline(task: str | None, keys: Any = ()) -> tuple[Metric, ...]:
+    """The headline metrics of a run of `task` whose summary holds `keys` (first = the one a table ranks by).
+
+    `mean_error` stays available everywhere (it is in every summary); it is only not the headline of tasks that
+    declare another one."""
+    keys = set(keys)
+    for group in STREAM_METRICS:
+        if all(m.key in keys for m in group):
+            return group
+    return TASK_METRICS.get(task or "classification", (ERROR,))
+
+
 # batches.csv: one row per batch. `nonfinite`: predictions (samples or pixels) with NaN/inf outputs.
 BATCH_COLUMNS = (
     "batch",
