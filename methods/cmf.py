@@ -43,7 +43,7 @@ class CMF(ROID):
         super().configure()
         for i, (_, p) in enumerate(self.named):
             self.register_buffer(f"hidden_{i}", p.detach().clone())
-        self.process_noise = self.hp.q * sum(p.numel() for _, p in self.named) / 38400
+        self.process_noise = self.hp.q * (sum(p.numel() for _, p in self.named) / 38400)
 
     def reset_state(self) -> None:
         super().reset_state()
