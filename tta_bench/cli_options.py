@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from tta_bench.kernel import parse_sets
+from tta_bench.kernel import UserError, parse_sets
 
 
 def add_run_arguments(p: argparse.ArgumentParser, many: bool = False) -> None:
@@ -37,12 +37,29 @@ def add_run_arguments(p: argparse.ArgumentParser, many: bool = False) -> None:
         metavar="SCOPE.KEY=VALUE",
         help="override an option: method.<hp>, stream.<opt>, model.<opt> (repeatable)",
     )
+    p.add_argument(
+        "--preset",
+        default="auto",
+        help="official method settings: auto (those of the stream's benchmark family, default) | none (class "
+        "defaults) | cifar10-c | cifar100-c | imagenet-c | segmentation; --set method.<hp>= still wins",
+    )
+    p.add_argument(
+        "--domains",
+        default=None,
+        metavar="A,B,C",
+        help="run only these domains of the stream, in this order (same as --set stream.domains=A,B,C)",
+    )
     p.add_argument("--force", action="store_true", help="run again even if a completed run folder exists")
 
 
 def config_kwargs(args: argparse.Namespace) -> dict:
     """The RunConfig keyword arguments the shared options give (all but method/stream/model/seed)."""
     sets = parse_sets(args.sets)
+    domains = getattr(args, "domains", None)
+    if domains is not None:
+        if sets["stream"].get("domains", domains) != domains:
+            raise UserError("--domains and --set stream.domains disagree; give the domains once.")
+        sets["stream"]["domains"] = domains
     return dict(
         setting=args.setting,
         severity=args.severity,
@@ -51,6 +68,7 @@ def config_kwargs(args: argparse.Namespace) -> dict:
         limit=args.limit,
         precision=args.precision,
         clean_eval=args.clean_eval,
+        preset=getattr(args, "preset", "auto"),
         device=args.device,
         workers=args.workers,
         data_dir=args.data_dir,

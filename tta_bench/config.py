@@ -13,12 +13,15 @@ from typing import Any
 
 from tta_bench.kernel.errors import UserError
 from tta_bench.kernel.options import SCOPES, check_options, coerce, parse_sets, parse_value  # noqa: F401  (re-exported)
+from tta_bench.presets import CHOICES as PRESET_CHOICES
 
 SETTINGS = ("continual", "episodic", "gradual", "mixed", "non-iid", "realistic")
 PRECISIONS = ("fp32", "amp")
 CLEAN_EVAL = ("domain", "end", "off")
 # Fields that say where/how a run executes, not what it computes: excluded from the hash.
 _EXECUTION_FIELDS = ("device", "data_dir", "out", "workers")
+# Fields that only choose defaults of other fields (recorded in config.json, hashed through what they chose).
+_CHOOSER_FIELDS = ("preset",)
 
 
 def data_dir_default() -> Path:
@@ -51,6 +54,9 @@ class RunConfig:
     rounds: int = 1
     precision: str = "fp32"
     clean_eval: str = "domain"  # forgetting: clean error after every domain | only at the end | off
+    # Official method settings: "auto" (the stream's benchmark family) | "none" | a family (tta_bench/presets.py).
+    # Not hashed by itself: it acts through the resolved method options, which are.
+    preset: str = "auto"
     method_opts: dict[str, Any] = field(default_factory=dict)
     stream_opts: dict[str, Any] = field(default_factory=dict)
     model_opts: dict[str, Any] = field(default_factory=dict)
@@ -74,6 +80,8 @@ class RunConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
         if self.limit is not None and self.limit < 1:
             raise UserError(f"--limit must be a positive number of samples per domain, got {self.limit}.")
+        if self.preset not in PRESET_CHOICES:
+            raise UserError(f"Unknown preset '{self.preset}'. Choose one of: {', '.join(PRESET_CHOICES)} (--preset).")
         if self.stream_opts.get("speed_ratio") is not None or "window" in self.stream_opts:
             from tta_bench.protocols import check_stream_options  # lazy: it imports torch
 
@@ -82,7 +90,7 @@ class RunConfig:
     def identity(self) -> dict[str, Any]:
         """The hashed part of the config, JSON-ready."""
         d = asdict(self)
-        for k in _EXECUTION_FIELDS:
+        for k in (*_EXECUTION_FIELDS, *_CHOOSER_FIELDS):
             d.pop(k)
         return d
 

@@ -49,11 +49,22 @@ def list_entries(what: str = "all") -> str:
     import methods
     from tta_bench.models import MODELS, load_zoo
     from tta_bench.streams import SETTING_FNS, STREAMS
+def _presets_text(method_cls: type) -> str:
+    """Continuation lines under a method in `list methods`: its official presets per benchmark family."""
+    from tta_bench.presets import describe
+
+    return "".join(f"\n      preset {line}" for line in describe(method_cls))
+
+
 
     load_zoo()
     sections = {
-        "methods": [(e.name, e.description) for e in methods.METHODS.items()],
-        "streams": [(e.name, e.description + f" [default model: {e.factory.default_model}]") for e in STREAMS.items()],
+        "methods": [(e.name, e.description + _presets_text(e.factory)) for e in methods.METHODS.items()],
+        "streams": [
+            (e.name, e.description + f" [default model: {e.factory.default_model}; "
+             f"family: {getattr(e.factory, 'family', None) or '-'}]")
+            for e in STREAMS.items()
+        ],  # fmt: skip
         "models": [(e.name, e.description) for e in MODELS.items()],
         "corruptions": [(n, corruptions.describe(n)) for n in corruptions.names()],
         "settings": [(n, (f.__doc__ or "").strip().splitlines()[0]) for n, f in SETTING_FNS.items()],

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 import methods
 import tta_bench
-from tta_bench import protocols, rundir
+from tta_bench import presets, protocols, rundir
 from tta_bench import streams as st
 from tta_bench.config import RunConfig, cache_dir_default, weights_dir_default
 from tta_bench.identity import data_fingerprint, open_stream, resolve, run_id  # noqa: F401  (re-exported)
@@ -254,6 +254,7 @@ def config_record(cfg, rid: str, device, spec, weights: dict, segments, datasets
     return {
         "run_id": rid,
         "config": cfg.identity(),
+        "preset": presets.record(cfg, methods.get(cfg.method)),  # official settings applied (tta_bench/presets.py)
         "execution": {
             "device": str(device),
             "data_dir": str(cfg.resolved_data_dir()),

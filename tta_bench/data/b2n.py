@@ -220,7 +220,7 @@ def imagenet_b2n(*, data_dir=None, seed: int = 0, shots: int = 16, root: str | N
     return _folder_b2n("imagenet-b2n", r, seed, shots, image_size, imagenet_names())
 
 
-@register("imagenet-ds", default_model="clip-vit-b16")
+@register("imagenet-ds", default_model="clip-vit-b16", family="imagenet-c")
 def imagenet_ds(
     *,
     data_dir=None,

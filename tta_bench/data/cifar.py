@@ -321,9 +321,9 @@ def cifar_c(
 
 
 _DESCRIPTION = "{}: published .npy files (downloaded, MD5-checked) or generated from a clean test set"
-cifar10_c = register("cifar10-c", DEFAULTS["cifar10-c"], _DESCRIPTION.format("CIFAR-10-C"))(
+cifar10_c = register("cifar10-c", DEFAULTS["cifar10-c"], _DESCRIPTION.format("CIFAR-10-C"), family="cifar10-c")(
     partial(cifar_c, "cifar10-c")
 )
-cifar100_c = register("cifar100-c", DEFAULTS["cifar100-c"], _DESCRIPTION.format("CIFAR-100-C"))(
+cifar100_c = register("cifar100-c", DEFAULTS["cifar100-c"], _DESCRIPTION.format("CIFAR-100-C"), family="cifar100-c")(
     partial(cifar_c, "cifar100-c")
 )

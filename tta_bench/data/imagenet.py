@@ -74,7 +74,7 @@ def _clean_files(clean: Path, samples: str | None) -> tuple[list[Path], np.ndarr
     return [files[i] for i in order], labels[order], [], f"all-{len(files)}"
 
 
-@register("imagenet-c", default_model="resnet50")
+@register("imagenet-c", default_model="resnet50", family="imagenet-c")
 def imagenet_c(
     *,
     data_dir,

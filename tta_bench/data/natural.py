@@ -115,7 +115,7 @@ def folder_stream(
     )
 
 
-@register("imagenet-r", default_model="resnet50")
+@register("imagenet-r", default_model="resnet50", family="imagenet-c")
 def imagenet_r(*, data_dir, seed: int = 0, root: str | None = None) -> StreamSpec:
     """ImageNet-R: 30,000 renditions (art, cartoons, ...) of 200 classes; scored over those 200."""
     where = "https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar"
@@ -123,7 +123,7 @@ def imagenet_r(*, data_dir, seed: int = 0, root: str | None = None) -> StreamSpe
     return folder_stream("imagenet-r", data_dir, root, "imagenet-r", lab, where, IMAGENET_R)
 
 
-@register("imagenet-a", default_model="resnet50")
+@register("imagenet-a", default_model="resnet50", family="imagenet-c")
 def imagenet_a(*, data_dir, seed: int = 0, root: str | None = None) -> StreamSpec:
     """ImageNet-A: 7,500 natural adversarial examples of 200 classes; scored over those 200."""
     where = "https://people.eecs.berkeley.edu/~hendrycks/imagenet-a.tar"
@@ -131,14 +131,14 @@ def imagenet_a(*, data_dir, seed: int = 0, root: str | None = None) -> StreamSpe
     return folder_stream("imagenet-a", data_dir, root, "imagenet-a", lab, where, IMAGENET_A)
 
 
-@register("imagenet-sketch", default_model="resnet50")
+@register("imagenet-sketch", default_model="resnet50", family="imagenet-c")
 def imagenet_sketch(*, data_dir, seed: int = 0, root: str | None = None) -> StreamSpec:
     """ImageNet-Sketch: 50,889 black-and-white sketches of the 1,000 ImageNet classes."""
     where = "https://github.com/HaohanWang/ImageNet-Sketch"
     return folder_stream("imagenet-sketch", data_dir, root, "sketch", _wnid_label(None, "imagenet-sketch"), where)
 
 
-@register("imagenet-v2", default_model="resnet50")
+@register("imagenet-v2", default_model="resnet50", family="imagenet-c")
 def imagenet_v2(*, data_dir, seed: int = 0, root: str | None = None) -> StreamSpec:
     """ImageNetV2 matched-frequency: 10,000 new test images; folders are class indices 0..999."""
     where = "https://github.com/modestyachts/ImageNetV2 (imagenetv2-matched-frequency.tar.gz)"

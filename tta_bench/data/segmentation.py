@@ -233,7 +233,7 @@ def _files_fingerprint(files: SegFiles) -> str:
 
 
 # --- streams -----------------------------------------------------------------------------------------------
-@register("gta5-cityscapes", default_model="deeplabv2-resnet101")
+@register("gta5-cityscapes", default_model="deeplabv2-resnet101", family="segmentation")
 def gta5_cityscapes(
     *,
     data_dir: Path,
@@ -266,7 +266,7 @@ def gta5_cityscapes(
     )
 
 
-@register("cityscapes-acdc", default_model="espnet-cityscapes")
+@register("cityscapes-acdc", default_model="espnet-cityscapes", family="segmentation")
 def cityscapes_acdc(
     *,
     data_dir: Path,
@@ -317,7 +317,7 @@ def camvid_holdout(n_test: int, has_train: bool, holdout: int | None) -> int:
     return holdout
 
 
-@register("camvid-c", default_model="espnet-camvid")
+@register("camvid-c", default_model="espnet-camvid", family="segmentation")
 def camvid_c(
     *,
     data_dir: Path,
