@@ -426,6 +426,8 @@ def ccc_cifar_stream(
     """CCC from CIFAR-10's test set: `cifar-10-batches-py` (test_batch) or a 32x32 ImageFolder at `stream.clean_dir`."""
     target = _options(difficulty, length, speed, calib_size, target_accuracy)
     root = Path(clean_dir) if clean_dir else Path(data_dir or ".") / "cifar-10-batches-py"
+    if not (root / "test_batch").is_file() and not is_image_folder(root) and is_image_folder(root / "test"):
+        root = root / "test"  # e.g. cifar10-test-jpeg/test/<class>/
     if (root / "test_batch").is_file():
         x, y = read_cifar_pickle(root / "test_batch", b"labels")
         pool = Pool(np.asarray(y), x=torch.from_numpy(np.array(x, dtype=np.uint8)))
