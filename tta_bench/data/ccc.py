@@ -23,8 +23,9 @@ model (`calibrate`, cached under the cache dir by model, data fingerprint, seed 
 pre-computed ImageNet pickle (computed for ResNet-50 on un-cropped images), so the target holds for any model;
 randomness comes from seeded generators (per image: view and pool draw; per 50-image chunk: the corruption noise),
 so the stream is identical for any batch size; `ccc-cifar` keeps CIFAR's 32x32 images (random flip, no crop).
-CCC has no discrete domains: the stream is one domain, ``ccc``; curves over time are batches.csv and the window
-errors in summary.json.
+The pool's clean images (ImageNet: resize 256, centre crop 224) are the stream's `source` (prepare stages, e.g.
+EATA's Fisher) and `clean` (forgetting) sets. CCC has no discrete domains: the stream is one domain, ``ccc``;
+curves over time are batches.csv and the window errors in summary.json.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 import corruptions
-from tta_bench.data.folders import is_image_folder, list_image_folder
+from tta_bench.data.cifar import U8Images
+from tta_bench.data.folders import ImageFiles, is_image_folder, list_image_folder
 from tta_bench.kernel import UserError, fingerprint_files, hash_json, read_cifar_pickle, read_json, write_json
 from tta_bench.streams import StreamSpec, register, segment_seed
 
@@ -356,8 +358,16 @@ def _spec(name: str, ccc: CCC, num_classes: int, default_model: str, info: dict)
     def load(domain: str, severity: int | None, limit: int | None) -> CCCImages:
         return ccc.dataset(limit)
 
+    pool = ccc.pool  # clean, uncorrupted views: source data (prepare stages, e.g. EATA's Fisher) and forgetting
+    clean = (
+        ImageFiles(pool.files, pool.labels, 256, ccc.size)
+        if pool.files is not None
+        else U8Images(pool.x, torch.as_tensor(pool.labels))
+    )
     spec = StreamSpec(
         calibrate=ccc.calibrate,  # the runner calls it with the source model before the stream
+        source=clean,
+        clean=clean,
         name=name,
         domain_names=["ccc"],
         load=load,
