@@ -175,6 +175,7 @@ def run_row(cfg: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
     row["n_samples"] = s.get("n_samples")
     row["diverged"] = bool(s["diverged"])
     row["first_diverged_batch"] = s["first_diverged_batch"]
+    row["collapsed"] = bool(s.get("collapsed", False))  # a window near chance error (tta_bench.protocols)
     # stream/task-specific scalars (e.g. balanced_error, auc, miou, harmonic means, stream_seconds)
     row.update({k: float(v) for k, v in s.items() if k not in row and _scalar(v) and k not in FIXED})
     row["device"] = cfg.get("execution", {}).get("device")
