@@ -51,7 +51,7 @@ def tiny_cnn() -> nn.Module:
 
 def build_model(cls) -> nn.Module:
     if getattr(cls, "requires", None) == "clip":
-        pytest.importorskip("open_clip")
+        pytest.importorskip("open_clip", reason="CLIP prompt learners run on clip-tiny (open_clip, [test] extra)")
         from tta_bench.models import MODELS
 
         spec = types.SimpleNamespace(
