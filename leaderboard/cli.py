@@ -22,7 +22,9 @@ def report(site) -> str:
     for t in site.tables:
         s = site.summary[site.summary["table"] == t]
         best = s.iloc[0]
-        lines.append(f"  {t}: {len(s)} entries, best {best['entry']} {best['mean_error_mean']:.2f} %")
+        key = str(best.get("headline", "mean_error")).split(",")[0]  # the table's headline metric ranks it
+        name = {"mean_error": "error"}.get(key, key)
+        lines.append(f"  {t}: {len(s)} entries, best {best['entry']} ({name} {best[f'{key}_mean']:.2f} %)")
     lines.append(f"page: {(site.out / 'index.html').resolve()}")
     return "\n".join(lines)
 

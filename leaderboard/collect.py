@@ -24,12 +24,17 @@ from typing import Any
 import pandas as pd
 
 from tta_bench import rundir
-from tta_bench.kernel import UserError
+from tta_bench.kernel import UserError, hash_json
 
-# Protocol fields: runs are only compared (same table) when all of these agree.
-PROTOCOL = ("stream", "setting", "severity", "batch_size", "limit", "rounds", "precision", "clean_eval", "stream_opts")
+# Protocol fields: runs are only compared (same table) when all of these agree. The data is named by its fingerprint
+# (config.json `data_fingerprint`: files' names, sizes, mtimes), not by the path it was reached through, and the
+# sample count by the samples each domain actually held (`samples_per_domain`), not by the --limit asked for.
+PROTOCOL = ("stream", "setting", "severity", "batch_size", "samples", "rounds", "precision", "data", "stream_opts")
+# Stream options that only say where the data is found: left out of a table's identity when the run recorded a data
+# fingerprint (the same files reached through another path or a symlink are the same protocol).
+LOCATION_OPTIONS = ("root", "clean_dir", "source_root", "download")
 # Columns of `runs` besides metrics (summary.json scalars not listed here become extra metric columns).
-FIXED = ("severity", "batch_size", "limit", "rounds", "n_samples", "device", "first_diverged_batch")
+FIXED = ("severity", "batch_size", "limit", "rounds", "n_samples", "device", "first_diverged_batch", "task")
 IDENTITY = ("run_id", "table", "stream", "setting", "model", "method", "entry", "seed")
 METRICS = rundir.HEADLINE_METRICS
 
@@ -79,20 +84,40 @@ def find_run_folders(root: Path, exclude: Path | None = None) -> tuple[list[Path
     return complete, incomplete
 
 
+def samples_label(cfg: dict[str, Any]) -> str:
+    """`n<count>` when every domain held the same number of samples, else `n<min>-<max>~<total>`; from the
+    recorded `samples_per_domain` (or the --limit asked for, for runs that did not record it)."""
+    counts = [int(v) for v in (cfg.get("samples_per_domain") or {}).values()]
+    if not counts:
+        limit = cfg["config"].get("limit")
+        return f"n{limit if limit is not None else 'all'}"
+    lo, hi = min(counts), max(counts)
+    return f"n{lo}" if lo == hi else f"n{lo}-{hi}~{sum(counts)}"
+
+
+def protocol_opts(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The stream options that are part of the protocol (LOCATION_OPTIONS dropped when the data is fingerprinted)."""
+    fp = cfg.get("data_fingerprint")
+    return {k: v for k, v in cfg["config"].get("stream_opts", {}).items() if not (fp and k in LOCATION_OPTIONS)}
+
+
 def table_key(cfg: dict[str, Any]) -> str:
-    """Readable, unique name of a protocol group, e.g. `digits-c/continual/sev5/bs32/n64/r1/fp32/end`."""
+    """Readable, unique name of a protocol group (PROTOCOL), e.g. `digits-c/continual/sev5/bs32/n64/r1/fp32/data-3fa2`.
+
+    Paths never enter it: two runs on the same files reached through different paths land in one table."""
     c = cfg["config"]
+    fp = cfg.get("data_fingerprint")
     parts = [
         c["stream"],
         c["setting"],
         f"sev{c['severity']}",
         f"bs{c['batch_size']}",
-        f"n{c['limit'] if c['limit'] is not None else 'all'}",
+        samples_label(cfg),
         f"r{c['rounds']}",
         c["precision"],
-        f"clean-{c['clean_eval']}",
+        f"data-{hash_json(fp, 8)}" if fp else "data-?",
     ]
-    opts = ",".join(f"{k}={v}" for k, v in sorted(c.get("stream_opts", {}).items()))
+    opts = ",".join(f"{k}={v}" for k, v in sorted(protocol_opts(cfg).items()) if v is not None)  # None: not set
     return "/".join(parts) + (f"/{opts}" if opts else "")
 
 
@@ -171,6 +196,7 @@ def run_row(cfg: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {"run_id": cfg["run_id"], "table": table_key(cfg)}
     row.update({k: c[k] for k in ("stream", "setting", "model", "method", "seed")})
     row.update({k: c[k] for k in ("severity", "batch_size", "limit", "rounds")})
+    row["task"] = s.get("task")
     row.update({k: _num(s.get(k)) for k in METRICS})
     row["n_samples"] = s.get("n_samples")
     row["diverged"] = bool(s["diverged"])

@@ -1,8 +1,9 @@
 """Leaderboard plots (matplotlib, Agg canvas via `Figure`, no pyplot state), each saved as PNG and SVG.
 
-Per table: error over the stream (continual curves, domain and round boundaries marked), a per-domain
-error heatmap (entries × domains), adapted-memory vs error scatter (the EcoTTA trade-off), forgetting per
-entry. Every function returns the written file stem (without suffix), or None when there is nothing to plot.
+Per table: error over the stream (continual curves, batches and domain boundaries in stream order, rounds marked),
+a per-domain heatmap of the table's headline metric (entries × domains in stream order), adapted memory vs the
+headline metric (the EcoTTA trade-off), forgetting per entry.
+Every function returns the written file stem (without suffix), or None when there is nothing to plot.
 """
 
 from __future__ import annotations
@@ -64,45 +65,52 @@ def curves(batches: pd.DataFrame, stem: Path, smooth: int | None = None) -> Path
     return save(fig, stem)
 
 
-def heatmap(summary: pd.DataFrame, stem: Path) -> Path | None:
-    """Mean error (%) over seeds per entry (rows) and domain (columns), annotated."""
-    cols = [c for c in summary.columns if c.startswith("err:") and summary[c].notna().any()]
-    if summary.empty or not cols:
+def heatmap(grid: pd.DataFrame, stem: Path, label: str = "error %") -> Path | None:
+    """A per-domain metric (`label`, e.g. error % or mIoU %) per entry (rows, as given: ranked) and domain
+    (columns, as given: stream order), annotated. `grid`: entries × domains, NaN where not measured."""
+    if grid.empty or not grid.notna().any().any():
         return None
-    data = summary[cols].to_numpy(dtype=float)
-    models = summary["model"].nunique()
-    rows = [_label(m, e, models) for m, e in zip(summary["model"], summary["entry"])]
+    grid = grid.loc[:, grid.notna().any()]
+    data = grid.to_numpy(dtype=float)
+    cols, rows = [str(c) for c in grid.columns], [str(r) for r in grid.index]
     fig = Figure(figsize=(min(24.0, max(5.0, 0.55 * len(cols) + 2.5)), max(2.2, 0.42 * len(rows) + 1.6)))
     ax = fig.add_subplot()
-    im = ax.imshow(data, cmap="viridis_r", aspect="auto")
-    ax.set_xticks(range(len(cols)), [c[4:] for c in cols], rotation=60, ha="right", fontsize=8)
+    higher_better = not label.startswith(("error", "balanced error"))
+    im = ax.imshow(data, cmap="viridis" if higher_better else "viridis_r", aspect="auto")
+    ax.set_xticks(range(len(cols)), cols, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     if data.size <= 600 and len(cols) <= 40:
         mid = np.nanmean(data)
         for (i, j), v in np.ndenumerate(data):
+            dark = v < mid if higher_better else v > mid
             if not math.isnan(v):
-                ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="white" if v > mid else "black")
-    fig.colorbar(im, ax=ax, label="error %", fraction=0.04)
-    ax.set_title("error per domain (mean over seeds)", fontsize=10)
+                ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="white" if dark else "black")
+    fig.colorbar(im, ax=ax, label=label, fraction=0.04)
+    ax.set_title(f"{label.split(' %')[0]} per domain, in stream order (mean over seeds)", fontsize=10)
     return save(fig, stem)
 
 
-def memory_scatter(summary: pd.DataFrame, stem: Path) -> Path | None:
-    """Adapted memory (`adapt_mb`, MB) vs mean error (%), error bars = std over seeds."""
-    s = summary[summary["adapt_mb_mean"].notna() & summary["mean_error_mean"].notna()]
+def memory_scatter(summary: pd.DataFrame, stem: Path, metric=None) -> Path | None:
+    """Adapted memory (`adapt_mb`, MB) vs the table's headline metric (`metric`: a `tta_bench.rundir.Metric`,
+    default mean error %), error bars = std over seeds."""
+    key, label = (metric.key, f"{metric.label} % {metric.arrow}") if metric is not None else ("mean_error", "error %")
+    mean, std = f"{key}_mean", f"{key}_std"
+    if mean not in summary:
+        return None
+    s = summary[summary["adapt_mb_mean"].notna() & summary[mean].notna()]
     if s.empty:
         return None
     fig = Figure(figsize=(6, 4.2))
     ax = fig.add_subplot()
     models = s["model"].nunique()
     for i, (_, r) in enumerate(s.iterrows()):
-        yerr = None if math.isnan(r["mean_error_std"]) else r["mean_error_std"]
-        point = ax.errorbar(r["adapt_mb_mean"], r["mean_error_mean"], yerr=yerr, fmt="o", capsize=3)
+        yerr = None if std not in r or math.isnan(r[std]) else r[std]
+        point = ax.errorbar(r["adapt_mb_mean"], r[mean], yerr=yerr, fmt="o", capsize=3)
         ax.annotate(
             _label(r["model"], r["entry"], models),
-            (r["adapt_mb_mean"], r["mean_error_mean"]),
+            (r["adapt_mb_mean"], r[mean]),
             textcoords="offset points",
-            xytext=(5, -8 + 11 * (i % 3)),  # rows sorted by error: staggered upwards, no overprinting
+            xytext=(5, -8 + 11 * (i % 3)),  # rows sorted by the metric: staggered upwards, no overprinting
             fontsize=8,
             color=point.lines[0].get_color(),
         )
@@ -110,9 +118,9 @@ def memory_scatter(summary: pd.DataFrame, stem: Path) -> Path | None:
     if len(pos) and pos.max() / pos.min() > 20:
         ax.set_xscale("log")
     ax.set_xlabel("adapt_mb (params + grads + optimizer + copies + saved activations, MB)")
-    ax.set_ylabel("mean error %")
+    ax.set_ylabel(label)
     ax.grid(alpha=0.3)
-    ax.set_title("memory vs error", fontsize=10)
+    ax.set_title(f"memory vs {label.split(' %')[0]}", fontsize=10)
     return save(fig, stem)
 
 

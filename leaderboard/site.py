@@ -28,17 +28,12 @@ import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from leaderboard import plots
-from leaderboard.collect import Collection, collect
+from leaderboard.collect import LOCATION_OPTIONS, Collection, collect, protocol_opts
 from leaderboard.stats import ALPHA, BASELINES, summarize
 from tta_bench import rundir
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-PLOT_KINDS = {
-    "curve": (plots.curves, "batches", "Error over the stream (mean over seeds); dashed lines: round boundaries"),
-    "heatmap": (plots.heatmap, "summary", "Per-domain error (mean over seeds)"),
-    "memory": (plots.memory_scatter, "summary", "Adapted memory vs error (EcoTTA trade-off)"),
-    "forgetting": (plots.forgetting_bars, "summary", "Forgetting on held-out clean data"),
-}
+PLOT_KINDS = ("curve", "heatmap", "memory", "forgetting")
 
 
 @dataclass
@@ -96,6 +91,7 @@ def write_site(col: Collection, runs_dir: Path, out: Path) -> Site:
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
     html = env.get_template("index.html").render(
         tables=tables_ctx,
+        groups=stream_groups(tables_ctx),
         n_runs=len(col.runs),
         n_incomplete=len(col.incomplete),
         unreadable=[{"path": str(p), "why": why} for p, why in col.unreadable],
@@ -109,15 +105,66 @@ def write_site(col: Collection, runs_dir: Path, out: Path) -> Site:
 
 
 def table_plots(table: str, s: pd.DataFrame, col: Collection, out: Path) -> tuple[list[dict], list[Path]]:
-    """The plots of one table: (figure entries for the page, files written)."""
-    data = {"summary": s, "batches": col.batches[col.batches["table"] == table]}
+    """The plots of one table: (figure entries for the page, files written). Domains follow the stream's order."""
+    head = headline_of(s)
+    metric = s["paired_metric"].iat[0] if "paired_metric" in s and len(s) else "error"
+    label = head[0].label if metric != "error" else "error"
+    order = domain_order(table, col)
+    grid = domain_grid(s, col.domains[col.domains["table"] == table], metric, order)
+    batches = col.batches[col.batches["table"] == table]
+    made = {
+        "curve": (
+            plots.curves(batches, out / "plots" / f"{slug(table)}-curve"),
+            "Error over the stream, batches in stream order (mean over seeds); dashed lines: round boundaries",
+        ),
+        "heatmap": (
+            plots.heatmap(grid, out / "plots" / f"{slug(table)}-heatmap", label=f"{label} %"),
+            f"Per-domain {label} (mean over seeds), domains in stream order",
+        ),
+        "memory": (
+            plots.memory_scatter(s, out / "plots" / f"{slug(table)}-memory", head[0]),
+            f"Adapted memory vs {head[0].label} (EcoTTA trade-off)",
+        ),
+        "forgetting": (
+            plots.forgetting_bars(s, out / "plots" / f"{slug(table)}-forgetting"),
+            "Forgetting on held-out clean data",
+        ),
+    }
     figs, written = [], []
-    for kind, (fn, source, caption) in PLOT_KINDS.items():
-        stem = fn(data[source], out / "plots" / f"{slug(table)}-{kind}")
+    for kind in PLOT_KINDS:
+        stem, caption = made[kind]
         if stem is not None:
             written += [Path(f"{stem}{x}") for x in plots.SUFFIXES]
             figs.append({"png": f"plots/{stem.name}.png", "svg": f"plots/{stem.name}.svg", "caption": caption})
     return figs, written
+
+
+def domain_order(table: str, col: Collection) -> list[str]:
+    """The table's domains in stream order (config.json `domain_order`, first appearance), then any others seen."""
+    rids = col.runs.loc[col.runs["table"] == table, "run_id"].tolist()
+    order: list[str] = []
+    for rid in rids[:1]:
+        for d in col.configs[rid].get("domain_order", []):
+            for part in d.get("parts") or [[d.get("domain")]]:
+                name = part[0] if isinstance(part, list) and part else d.get("domain")
+                if isinstance(name, str) and name not in order:
+                    order.append(name)
+    seen = col.domains.loc[col.domains["table"] == table, "domain"].astype(str).tolist()
+    return [d for d in order if d in seen] + [d for d in dict.fromkeys(seen) if d not in order]
+
+
+def domain_grid(s: pd.DataFrame, domains: pd.DataFrame, metric: str, order: list[str]) -> pd.DataFrame:
+    """Entries (rows, ranked as in `s`, labelled `entry` or `entry (model)`) × domains (columns, in `order`):
+    the per-domain `metric` (domains.csv column), mean over seeds and rounds."""
+    if s.empty or domains.empty or metric not in domains:
+        return pd.DataFrame()
+    kept = domains[domains["entry"].isin(s["entry"])]
+    piv = kept.pivot_table(index=["model", "entry"], columns="domain", values=metric, aggfunc="mean")
+    piv = piv.reindex(columns=[d for d in order if d in piv.columns])
+    piv = piv.reindex(pd.MultiIndex.from_frame(s[["model", "entry"]]))
+    models = s["model"].nunique()
+    piv.index = [e if models == 1 else f"{e} ({m})" for m, e in piv.index]
+    return piv
 
 
 def disambiguate(tables: list[dict[str, Any]]) -> None:
@@ -137,22 +184,37 @@ def _distinct(values: list[Any]) -> str:
 
 
 def protocol(table: str, col: Collection) -> dict[str, str]:
-    """The protocol shown with a table: setting, samples per domain, batch size, order, versions, ..."""
+    """The protocol shown with a table: setting, samples per domain, batch size, order, data, versions, ...
+
+    Only what applies: no severity for a stream without severities, no clean-evaluation line for a stream without
+    a clean split."""
     rids = col.runs.loc[col.runs["table"] == table, "run_id"].tolist()
     cfgs = [col.configs[r] for r in rids]
     c0 = cfgs[0]["config"]
     samples = [n for c in cfgs for n in c.get("samples_per_domain", {}).values()]
+    dom_order = cfgs[0].get("domain_order", [])
     order = [
         f"{d['domain']}" + (f"@{d['severity']}" if d.get("severity") is not None else "")
-        for d in cfgs[0].get("domain_order", [])
+        for d in dom_order
         if d.get("round", 0) == 0
     ]
-    orders = {d.get("order", "sequential") for d in cfgs[0].get("domain_order", [])}
+    orders = {d.get("order", "sequential") for d in dom_order}
     versions = sorted({", ".join(f"{k} {v}" for k, v in c.get("versions", {}).items() if v) for c in cfgs})
-    return {
+    has_severity = any(d.get("severity") is not None for d in dom_order) or not dom_order
+    locations = sorted(
+        {
+            f"{k}={v}"
+            for c in cfgs
+            for k, v in c["config"].get("stream_opts", {}).items()
+            if k in LOCATION_OPTIONS and v not in (None, True, False)
+        }
+        | {f"data dir {c.get('execution', {}).get('data_dir')}" for c in cfgs if c.get("execution", {}).get("data_dir")}
+    )
+    fps = sorted({str(c.get("data_fingerprint")) for c in cfgs})
+    out = {
         "stream": c0["stream"],
         "setting": c0["setting"],
-        "severity": str(c0["severity"]),
+        "severity": str(c0["severity"]) if has_severity else "",
         "samples per domain": (
             f"{min(samples)}"
             if samples and min(samples) == max(samples)
@@ -160,18 +222,47 @@ def protocol(table: str, col: Collection) -> dict[str, str]:
             if samples
             else "–"
         ),
-        "limit": str(c0["limit"] if c0["limit"] is not None else "all"),
+        "limit asked": _distinct([c["config"]["limit"] if c["config"]["limit"] is not None else "all" for c in cfgs]),
         "batch size": str(c0["batch_size"]),
         "rounds": str(c0["rounds"]),
         "precision": c0["precision"],
-        "clean eval": c0["clean_eval"],
-        "stream options": ", ".join(f"{k}={v}" for k, v in c0.get("stream_opts", {}).items()) or "–",
+        "clean eval": _distinct([c["config"]["clean_eval"] for c in cfgs]),
+        "stream options": ", ".join(f"{k}={v}" for k, v in protocol_opts(cfgs[0]).items()) or "–",
+        "data fingerprint": ", ".join(fp if len(fp) <= 48 else fp[:45] + "…" for fp in fps),
+        "data found at": " | ".join(locations) or "–",
         "order": f"{' / '.join(sorted(orders))}: " + " → ".join(order),
         "models": _distinct([c["config"]["model"] for c in cfgs]),
         "devices": _distinct([c.get("execution", {}).get("device") for c in cfgs]),
         "library versions": " | ".join(versions) or "–",
         "git commits": _distinct([(c.get("git") or {}).get("commit", "")[:10] or None for c in cfgs]),
     }
+    return {k: v for k, v in out.items() if v != ""}
+
+
+# Protocol lines that make two tables of one stream separate tables (shown when a stream has several).
+SPLITTING = ("setting", "severity", "samples per domain", "batch size", "rounds", "precision", "data fingerprint",
+             "stream options")  # fmt: skip
+
+
+def stream_groups(tables: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tables grouped under their stream, in page order; a stream with several tables says what separates them."""
+    groups: dict[str, dict[str, Any]] = {}
+    for t in tables:
+        g = groups.setdefault(t["protocol"]["stream"], {"stream": t["protocol"]["stream"], "tables": [], "why": ""})
+        g["tables"].append(t)
+    for g in groups.values():
+        if len(g["tables"]) > 1:
+            diff = [
+                f"{k} ({' / '.join(dict.fromkeys(t['protocol'].get(k, '–') for t in g['tables']))})"
+                for k in SPLITTING
+                if len({t["protocol"].get(k, "–") for t in g["tables"]}) > 1
+            ]
+            g["why"] = (
+                f"{len(g['tables'])} tables: runs are ranked together only under one protocol, and these differ in "
+                + ("; ".join(diff) if diff else "their protocol")
+                + ". Data paths never split a table (the data is named by its fingerprint)."
+            )
+    return list(groups.values())
 
 
 def _fmt(v: Any, digits: int = 2) -> str:
@@ -192,22 +283,113 @@ def diverged_seeds(sel: pd.DataFrame) -> list[int]:
     return sorted(int(x) for x in sel.loc[sel["diverged"].astype(bool), "seed"])
 
 
+def headline_of(s: pd.DataFrame) -> tuple[rundir.Metric, ...]:
+    """The headline metrics recorded in a table's summary rows (`headline` column, see leaderboard.stats)."""
+    keys = str(s["headline"].iat[0]).split(",") if "headline" in s and len(s) else ["mean_error"]
+    known = {m.key: m for m in (rundir.ERROR, *[m for ms in rundir.TASK_METRICS.values() for m in ms])}
+    known.update({m.key: m for ms in rundir.STREAM_METRICS for m in ms})
+    return tuple(known.get(k, rundir.Metric(k, k, False)) for k in keys)
+
+
+def _metric_column(s: pd.DataFrame, m: rundir.Metric, name: str, title: str, digits: int = 2) -> dict[str, Any]:
+    """One result column: header, direction, and per row the text, sort key and whether it is the best."""
+    mean = s[f"{name}_mean"] if f"{name}_mean" in s else pd.Series([math.nan] * len(s))
+    std = s[f"{name}_std"] if f"{name}_std" in s else pd.Series([math.nan] * len(s))
+    vals = [v for v in mean if not (isinstance(v, float) and math.isnan(v))]
+    best = (max(vals) if m.higher_is_better else min(vals)) if len(vals) > 1 else None
+    cells = [
+        {
+            "text": _fmt(v, digits),
+            "small": f"± {_fmt(sd, digits)}" if _fmt(sd) != "–" else "",
+            "key": _key(v),
+            "best": best is not None and not math.isnan(v) and v == best,
+        }
+        for v, sd in zip(mean, std)
+    ]
+    return {"label": title, "better": "higher" if m.higher_is_better else "lower", "title": m.meaning, "cells": cells}
+
+
+def result_columns(s: pd.DataFrame, col: Collection, table: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """The table's result columns (headline metrics first, then error, ECE, forgetting, memory, speed), only those
+    with a value in some row; and notes on what is absent and why."""
+    head = headline_of(s)
+    cols, notes = [], []
+    for m in head:
+        cols.append(_metric_column(s, m, m.key, f"{m.label} % {m.arrow}"))
+    first = head[0]
+    if f"{first.key}_ci_low" in s:
+        cols.append(
+            {
+                "label": "95 % CI",
+                "better": "",
+                "title": f"95 % confidence interval of the mean {first.label} over seeds (Student t)",
+                "cells": [
+                    {"text": "–" if math.isnan(lo) else f"[{lo:.2f}, {hi:.2f}]", "small": "", "key": _key(v)}
+                    for lo, hi, v in zip(s[f"{first.key}_ci_low"], s[f"{first.key}_ci_high"], s[f"{first.key}_mean"])
+                ],
+            }
+        )
+    if first.key != "mean_error":
+        cols.append(_metric_column(s, rundir.ERROR, "mean_error", "error % ↓"))
+    pm = s["paired_metric"].iat[0] if "paired_metric" in s and len(s) else "error"
+    what = "error" if pm == "error" else first.label
+    for b in BASELINES:
+        if b not in set(s["entry"]):
+            continue
+        cells = []
+        for r in s.to_dict("records"):
+            d, p = r[f"delta_vs_{b}"], r[f"p_vs_{b}"]
+            cells.append(
+                {
+                    "text": ("–" if math.isnan(d) else f"{d:+.2f}") + ("*" if r[f"sig_vs_{b}"] else ""),
+                    "small": f"p {'< 0.001' if p < 0.001 else '= ' + _fmt(p, 3)}" if not math.isnan(d) else "",
+                    "key": _key(d),
+                    "best": False,
+                    "sig": bool(r[f"sig_vs_{b}"]),
+                }
+            )
+        cols.append({"label": f"Δ {what} vs {b}", "better": "", "title": f"paired per-domain {what} difference, pp",
+                     "cells": cells})  # fmt: skip
+    optional = (
+        (rundir.Metric("ece", "ECE", False, meaning="expected calibration error (%)"), "ECE % ↓", 2),
+        (rundir.Metric("forgetting", "forgetting", False, meaning="clean error after − before (pp)"),
+         "forgetting pp ↓", 2),
+        (rundir.Metric("adapt_mb", "adapt MB", False, meaning="params + grads + optimizer + copies + activations"),
+         "adapt MB ↓", 2),
+        (rundir.Metric("peak_device_mb", "peak MB", False, meaning="peak GPU memory"), "peak MB ↓", 2),
+        (rundir.Metric("images_per_s", "images/s", True, meaning="stream throughput"), "images/s ↑", 0),
+    )  # fmt: skip
+    for m, title, digits in optional:
+        c = _metric_column(s, m, m.key, title, digits)
+        if any(x["key"] != "" for x in c["cells"]):
+            cols.append(c)
+        elif m.key == "forgetting":
+            notes.append(forgetting_note(table, col))
+        elif m.key == "peak_device_mb":
+            notes.append("No peak MB column: device memory peaks are measured on GPU only (these runs ran on CPU).")
+    return cols, notes
+
+
+def forgetting_note(table: str, col: Collection) -> str:
+    """Why a table has no forgetting column (no clean split in the stream, or --clean-eval off)."""
+    sel = col.runs[col.runs["table"] == table]
+    cfgs = [col.configs[r] for r in sel["run_id"]]
+    if all(c["config"].get("clean_eval") == "off" for c in cfgs):
+        return "No forgetting column: these runs were made with --clean-eval off (no clean error measured)."
+    return (
+        "No forgetting column: this stream has no held-out clean (source-domain) split, so clean error before and "
+        "after the stream cannot be measured."
+    )
+
+
 def table_context(table: str, s: pd.DataFrame, col: Collection, figs: list[dict]) -> dict[str, Any]:
-    """Template context for one table: protocol, rows (display text + sort keys), plots."""
+    """Template context for one table: protocol, result columns (display text, sort keys, best marks), plots."""
+    columns, notes = result_columns(s, col, table)
     rows = []
     for rank, r in enumerate(s.to_dict("records"), 1):
         sel = col.runs[
             (col.runs["table"] == table) & (col.runs["model"] == r["model"]) & (col.runs["entry"] == r["entry"])
         ]
-        vs = {}
-        for b in BASELINES:
-            d, p = r[f"delta_vs_{b}"], r[f"p_vs_{b}"]
-            vs[b] = {
-                "text": "–" if math.isnan(d) else f"{d:+.2f}",
-                "p": "< 0.001" if p < 0.001 else f"= {_fmt(p, 3)}",
-                "sig": bool(r[f"sig_vs_{b}"]),
-                "key": _key(d),
-            }
         rows.append(
             {
                 "rank": rank,
@@ -215,34 +397,21 @@ def table_context(table: str, s: pd.DataFrame, col: Collection, figs: list[dict]
                 "model": r["model"],
                 "n_seeds": r["n_seeds"],
                 "seeds": r["seeds"],
-                "error": _fmt(r["mean_error_mean"]),
-                "error_std": _fmt(r["mean_error_std"]),
-                "error_key": _key(r["mean_error_mean"]),
-                "ci": "–"
-                if math.isnan(r["mean_error_ci_low"])
-                else f"[{r['mean_error_ci_low']:.2f}, {r['mean_error_ci_high']:.2f}]",
-                "vs": vs,
-                "ece": _fmt(r["ece_mean"]),
-                "ece_key": _key(r["ece_mean"]),
-                "forgetting": _fmt(r["forgetting_mean"]),
-                "forgetting_std": _fmt(r["forgetting_std"]),
-                "forgetting_key": _key(r["forgetting_mean"]),
-                "adapt_mb": _fmt(r["adapt_mb_mean"]),
-                "adapt_key": _key(r["adapt_mb_mean"]),
-                "peak_mb": _fmt(r["peak_device_mb_mean"]),
-                "peak_key": _key(r["peak_device_mb_mean"]),
-                "ips": _fmt(r["images_per_s_mean"], 0),
-                "ips_key": _key(r["images_per_s_mean"]),
+                "cells": [c["cells"][rank - 1] for c in columns],
                 "diverged": diverged_seeds(sel),
                 "configs": [{"seed": int(x.seed), "href": f"configs/{x.run_id}.json"} for x in sel.itertuples()],
             }
         )
     c = protocol(table, col)
+    head = headline_of(s)
     return {
         "key": table,
         "id": slug(table),
         "title": f"{c['stream']} · {c['setting']}",
         "protocol": c,
+        "columns": columns,
+        "headline": " and ".join(f"{m.label} ({m.arrow}, {m.meaning})" for m in head),
+        "notes": notes,
         "rows": rows,
         "figures": figs,
         "csv": f"csv/summary_{slug(table)}.csv",

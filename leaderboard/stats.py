@@ -3,9 +3,11 @@
 - mean and sample standard deviation (ddof=1) over seeds, and `n_seeds`;
 - 95 % confidence interval of the mean over seeds: Student t, `scipy.stats.t.interval(0.95, n-1, mean, std/sqrt(n))`
   (NaN with one seed);
-- paired test against the table's `source` and `norm` rows (same model): the per-domain errors paired by
+- paired test against the table's `source` and `norm` rows (same model): the per-domain errors (or the table's
+  headline metric where domains.csv holds it per domain: mIoU, balanced error) paired by
   (seed, round, domain), Wilcoxon signed-rank test (`scipy.stats.wilcoxon`, two-sided). `delta_vs_<b>` is
-  the mean paired difference (entry − baseline, percentage points; negative = fewer errors), `p_vs_<b>` its
+  the mean paired difference (entry − baseline, percentage points; for an error negative is better, for mIoU
+  positive), `p_vs_<b>` its
   p-value, `sig_vs_<b>` is True when p < ALPHA. Non-parametric because per-domain errors are far from normal.
 """
 
@@ -19,6 +21,7 @@ import pandas as pd
 from pandas.api.types import is_numeric_dtype
 
 from leaderboard.collect import FIXED, IDENTITY, METRICS
+from tta_bench import rundir
 
 BASELINES = ("source", "norm")
 ALPHA = 0.05
@@ -64,53 +67,82 @@ def paired_test(a: np.ndarray, b: np.ndarray) -> tuple[float, float, int]:
 PAIR_KEYS = ["seed", "round", "segment", "domain"]
 
 
-def versus(domains: pd.DataFrame, model: str, entry: str, baseline: str) -> tuple[float, float, int]:
-    """Paired comparison of `entry` with `baseline` (an entry name) for one table's per-domain errors."""
+def versus(
+    domains: pd.DataFrame, model: str, entry: str, baseline: str, metric: str = "error"
+) -> tuple[float, float, int]:
+    """Paired comparison of `entry` with `baseline` (an entry name) on one table's per-domain `metric`."""
     sub = domains[domains["model"] == model]
-    a = sub[sub["entry"] == entry][PAIR_KEYS + ["error"]]
-    b = sub[sub["entry"] == baseline][PAIR_KEYS + ["error"]]
+    a = sub[sub["entry"] == entry][PAIR_KEYS + [metric]]
+    b = sub[sub["entry"] == baseline][PAIR_KEYS + [metric]]
     if a.empty or b.empty:
         return math.nan, math.nan, 0
     m = a.merge(b, on=PAIR_KEYS, suffixes=("", "_base"))
-    return paired_test(m["error"].to_numpy(), m["error_base"].to_numpy())
+    return paired_test(m[metric].to_numpy(), m[f"{metric}_base"].to_numpy())
+
+
+def table_headline(runs: pd.DataFrame) -> tuple[rundir.Metric, ...]:
+    """The headline metrics of one table's runs (`tta_bench.rundir.headline` of their task and summary keys)."""
+    tasks = runs["task"].dropna() if "task" in runs else pd.Series(dtype=object)
+    keys = [c for c in runs.columns if is_numeric_dtype(runs[c]) and runs[c].notna().any()]
+    return rundir.headline(tasks.iat[0] if len(tasks) else None, keys)
+
+
+def paired_metric(domains: pd.DataFrame, metric: rundir.Metric) -> str:
+    """The domains.csv column the paired tests use: the table's headline metric where it is recorded per domain
+    (mIoU, balanced error), else the per-domain error."""
+    col = "error" if metric.key == "mean_error" else metric.key
+    return col if col in domains and domains[col].notna().any() else "error"
 
 
 def summarize(runs: pd.DataFrame, domains: pd.DataFrame) -> pd.DataFrame:
     """One row per (table, model, entry): seeds aggregated as described in the module docstring.
 
-    Columns: table, stream, setting, model, method, entry, n_seeds, seeds, `<metric>_mean` / `_std` for
-    AGGREGATED metrics and any extra scalar summary keys, mean_error_ci_low / _ci_high, `err:<domain>`
-    (mean over seeds), and per baseline delta_vs_<b>, p_vs_<b>, n_pairs_vs_<b>, sig_vs_<b>.
+    Columns: table, stream, setting, model, method, entry, n_seeds, seeds, `headline` (the table's headline metric
+    keys, comma-separated; the first ranks the table), `<metric>_mean` / `_std` for AGGREGATED metrics and any extra
+    scalar summary keys, `<headline>_ci_low` / `_ci_high` (and mean_error's), `err:<domain>` (mean over seeds), and
+    per baseline delta_vs_<b>, p_vs_<b>, n_pairs_vs_<b>, sig_vs_<b> on the per-domain `paired_metric` column.
+    Rows are ranked within each table by its first headline metric in its direction (best first). Runs that repeat
+    a (table, model, entry, seed), e.g. the same data reached through another path, count once (the last read).
     """
-    rows = []
+    runs = runs.drop_duplicates(["table", "model", "entry", "seed"], keep="last")
+    frames = []
     dom_cols = [c for c in runs.columns if c.startswith("err:")]
     known = set(IDENTITY) | set(FIXED) | set(METRICS)
     extras = [c for c in runs.columns if c not in known and not c.startswith("err:") and is_numeric_dtype(runs[c])]
-    for (table, model, entry), g in runs.groupby(["table", "model", "entry"], sort=False):
-        row = {
-            "table": table,
-            "stream": g["stream"].iat[0],
-            "setting": g["setting"].iat[0],
-            "model": model,
-            "method": g["method"].iat[0],
-            "entry": entry,
-            "n_seeds": int(g["seed"].nunique()),
-            "seeds": " ".join(str(s) for s in sorted(g["seed"].unique())),
-        }
-        for k in (*AGGREGATED, *extras):
-            mean, std, lo, hi = mean_std_ci(g[k])
-            row[f"{k}_mean"], row[f"{k}_std"] = mean, std
-            if k == "mean_error":
-                row["mean_error_ci_low"], row["mean_error_ci_high"] = lo, hi
-        for c in dom_cols:
-            row[c] = float(g[c].mean()) if g[c].notna().any() else math.nan
+    for table, t_runs in runs.groupby("table", sort=False):
+        head = table_headline(t_runs)
         tdom = domains[domains["table"] == table]
-        for b in BASELINES:
-            delta, p, n = versus(tdom, model, entry, b) if entry != b else (math.nan, math.nan, 0)
-            row[f"delta_vs_{b}"], row[f"p_vs_{b}"], row[f"n_pairs_vs_{b}"] = delta, p, n
-            row[f"sig_vs_{b}"] = bool(p < ALPHA) if not math.isnan(p) else False
-        rows.append(row)
-    out = pd.DataFrame(rows)
-    if not out.empty:
-        out = out.sort_values(["table", "mean_error_mean"], kind="stable").reset_index(drop=True)
-    return out
+        tdom = tdom[tdom["run_id"].isin(t_runs["run_id"])] if "run_id" in tdom else tdom
+        pcol = paired_metric(tdom, head[0])
+        rows = []
+        for (model, entry), g in t_runs.groupby(["model", "entry"], sort=False):
+            row = {
+                "table": table,
+                "stream": g["stream"].iat[0],
+                "setting": g["setting"].iat[0],
+                "model": model,
+                "method": g["method"].iat[0],
+                "entry": entry,
+                "n_seeds": int(g["seed"].nunique()),
+                "seeds": " ".join(str(s) for s in sorted(g["seed"].unique())),
+                "headline": ",".join(m.key for m in head),
+                "paired_metric": pcol,
+            }
+            for k in dict.fromkeys((*AGGREGATED, *extras)):
+                mean, std, lo, hi = mean_std_ci(g[k])
+                row[f"{k}_mean"], row[f"{k}_std"] = mean, std
+                if k == "mean_error" or any(m.key == k for m in head):
+                    row[f"{k}_ci_low"], row[f"{k}_ci_high"] = lo, hi
+            for c in dom_cols:
+                row[c] = float(g[c].mean()) if g[c].notna().any() else math.nan
+            for b in BASELINES:
+                delta, p, n = versus(tdom, model, entry, b, pcol) if entry != b else (math.nan, math.nan, 0)
+                row[f"delta_vs_{b}"], row[f"p_vs_{b}"], row[f"n_pairs_vs_{b}"] = delta, p, n
+                row[f"sig_vs_{b}"] = bool(p < ALPHA) if not math.isnan(p) else False
+            rows.append(row)
+        frame = pd.DataFrame(rows)
+        rank = f"{head[0].key}_mean"
+        if rank in frame:
+            frame = frame.sort_values(rank, ascending=not head[0].higher_is_better, kind="stable", na_position="last")
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
