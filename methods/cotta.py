@@ -25,7 +25,9 @@ class defaults are the CIFAR-10-C variant (`cifar10-c` preset; CIFAR-100-C: `ap`
 The `segmentation` preset is the suite's (mariodoebler/test-time-adaptation `segmentation/cfgs/cotta.yaml`,
 CarlaTTA); CoTTA's own Cityscapes→ACDC configuration is not in qinenergy/cotta.
 Normalisation layers: every weight/bias is trained whatever the layer type, so LayerNorm/GroupNorm models
-(ViTs) work unchanged; only BatchNorm switches to test-batch statistics.
+(ViTs) work unchanged; only BatchNorm switches to test-batch statistics. The official rule goes by parameter name:
+torchvision's ViT keeps its attention projection in `nn.MultiheadAttention.in_proj_weight`/`in_proj_bias`, which
+are not named weight/bias and stay fixed (timm's ViT `qkv` is an nn.Linear and is trained).
 Batch size 1 works for BatchNorm over spatial positions.
 Dense (segmentation) outputs: confidences and the loss are averaged over pixels too, and the augmented
 teacher views are multi-scale + flip (`scales`), as in CoTTA's Cityscapes→ACDC experiments (see dense_views).
