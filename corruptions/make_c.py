@@ -59,8 +59,11 @@ def main(args: argparse.Namespace) -> int:
     bad = [s for s in args.severities if s not in (1, 2, 3, 4, 5)]
     if bad or not args.severities:
         raise MakeCError(f"--severities must be integers in 1..5, got {args.severities}.")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.batch_size is not None and args.batch_size < 1:
+        raise MakeCError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    device = _device(args.device)
     src, out = Path(args.src), Path(args.out)
+    _check_out(out)
     if not src.is_dir():
         raise MakeCError(
             f"--src {src} is not a folder. make-c reads a clean dataset: for --format imagenet-c an "
@@ -77,6 +80,46 @@ def main(args: argparse.Namespace) -> int:
                                device)
     print(f"make-c: wrote {written} file(s) under {out}")
     return 0
+
+
+def _device(name: str | None) -> torch.device:
+    """The torch device named by --device (default: cuda when available, else cpu); a UserError if unusable."""
+    try:
+        device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise MakeCError(f"--device {name!r} is not a torch device: use cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MakeCError(f"--device {name}: PyTorch sees no CUDA device here; use --device cpu.")
+    return device
+
+
+def _check_out(out: Path) -> None:
+    """--out must be (or be creatable as) a folder this user can write."""
+    for q in (out.absolute(), *out.absolute().parents):
+        if q.exists():
+            if not q.is_dir() or not os.access(q, os.W_OK | os.X_OK):
+                raise MakeCError(f"--out {out}: {q} is not a writable folder. Pass a folder you can write to.")
+            return
+
+
+def _open_rgb(path: Path) -> Image.Image:
+    """The image at `path` as RGB (decoded now); a truncated or damaged file is a UserError naming it."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as e:
+        if isinstance(e, OSError) and not isinstance(e, Image.UnidentifiedImageError) and e.errno is not None:
+            raise
+        raise MakeCError(f"Cannot decode the image {path} ({type(e).__name__}: {e}); it is truncated or damaged. "
+                         "Replace or delete it, then run make-c again (finished outputs are kept).") from None
+
+
+def _existing(path: Path, mmap: bool = True) -> np.ndarray | None:
+    """An earlier output (to skip it when complete); None when it is damaged, so it is written again."""
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, EOFError, OSError):
+        return None
 
 
 def batch_generator(seed: int, name: str, severity: int, k: int, device: torch.device) -> torch.Generator:
@@ -114,8 +157,7 @@ def _load_224(path: Path) -> np.ndarray:
     """make_imagenet_c.py's input: RGB, Resize(256) (short side, bilinear, antialiased), CenterCrop(224)."""
     from torchvision.transforms import functional as tvf
 
-    with Image.open(path) as im:
-        im = im.convert("RGB")
+    im = _open_rgb(path)
     im = tvf.center_crop(tvf.resize(im, 256), 224)
     return np.asarray(im)
 
@@ -170,8 +212,8 @@ def load_cifar_source(src: Path) -> tuple[np.ndarray, np.ndarray]:
     classes = sorted({cls for cls, _ in items})
     images = []
     for _, path in items:
-        with Image.open(path) as im:
-            images.append(np.asarray(im.convert("RGB")))
+        with _open_rgb(path) as im:
+            images.append(np.asarray(im))
             if images[-1].shape != (32, 32, 3):
                 raise MakeCError(f"{path} is {im.size[0]}x{im.size[1]}; --format cifar-c needs 32x32 images "
                                  "(resize them first, or use --format imagenet-c for large images).")
@@ -190,12 +232,12 @@ def make_cifar_c(src: Path, out: Path, names: list[str], severities: list[int], 
     written = 0
     lab = np.tile(labels, 5).astype(np.uint8)
     lab_path = out / "labels.npy"
-    if not (lab_path.is_file() and np.array_equal(np.load(lab_path), lab)):
+    if not (lab_path.is_file() and np.array_equal(_existing(lab_path, mmap=False), lab)):
         write_with(lab_path, lambda f: np.save(f, lab))
         written += 1
     for name in tqdm(names, desc="make-c cifar-c", unit="corruption"):
         path = out / f"{name}.npy"
-        if path.is_file() and np.load(path, mmap_mode="r").shape == (5 * n, 32, 32, 3):
+        if path.is_file() and getattr(_existing(path), "shape", None) == (5 * n, 32, 32, 3):
             continue
         result = np.empty((5 * n, 32, 32, 3), np.uint8)
         for sev in range(1, 6):

@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from methods.base import Adapter
+from tta_bench.kernel import UserError
 
 PROMPT_DEFAULTS: dict[str, Any] = {
     "ctx_init": "a photo of a",
@@ -39,9 +40,13 @@ PROMPT_DEFAULTS: dict[str, Any] = {
 }
 
 
+class NeedsCLIP(UserError, TypeError):
+    """A prompt learner given a non-CLIP model: a user error in the CLI (exit 2), a TypeError to library code."""
+
+
 def require_clip(model: nn.Module, method: str) -> None:
     if not getattr(model, "is_clip", False):
-        raise TypeError(
+        raise NeedsCLIP(
             f"'{method}' learns CLIP prompts and needs a CLIP model (tta_bench.zoo.clip_zoo.CLIPClassifier, e.g. "
             f"--model clip-vit-b16 or clip-tiny), got {type(model).__name__}."
         )

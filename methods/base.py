@@ -52,6 +52,10 @@ class Adapter(nn.Module):
     # {family: {"source": "<owner/repo>:<path>[@<commit>]", "options": {hp: value, ...}}}. The harness applies the
     # preset of the stream's family on top of `defaults` (user --set overrides win); library use keeps `defaults`.
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    # Valid values of numeric / choice hyper-parameters beyond their type: {key: ">=1" | ">0" | ">=0" | "[0,1]" |
+    # "[0,1)" | (choice, ...)}. Merged over COMMON_RANGES (lr, steps, betas, ...); checked by `validate()` at
+    # construction and by the harness before a run starts, so a bad value is a one-line error, not a crash later.
+    ranges: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, model: nn.Module, *, inplace: bool = False, **hparams: Any) -> None:
         """Wrap `model` (a deep copy of it unless `inplace=True`: the caller's model is never changed).
@@ -61,10 +65,24 @@ class Adapter(nn.Module):
         """
         super().__init__()
         self.hp = SimpleNamespace(**check_options("method", self.name or type(self).__name__, hparams, self.defaults))
+        self.validate(vars(self.hp))
         self.model = model if inplace else copy.deepcopy(model)
         self.optimizer: torch.optim.Optimizer | None = None
         self.configure()
         self.snapshot()
+
+    @classmethod
+    def validate(cls, hp: dict[str, Any]) -> None:
+        """UserError naming the first option of `hp` (type-checked values) outside its declared range."""
+        for key, value in hp.items():
+            spec = cls.ranges.get(key, COMMON_RANGES.get(key)) if key in cls.defaults else None
+            if spec is not None and value is not None and not in_range(value, spec):
+                d = cls.defaults[key]
+                example = str(list(d)).replace(" ", "") if isinstance(d, tuple) else d
+                raise UserError(
+                    f"method '{cls.name or cls.__name__}' option '{key}' must be {range_text(spec)}, got {value!r}. "
+                    f"Example: --set method.{key}={example}."
+                )
 
     # --- to override -------------------------------------------------------------------------------
     def configure(self) -> None:
@@ -135,6 +153,37 @@ class Adapter(nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in vars(self.hp).items())
+
+
+# --- hyper-parameter ranges --------------------------------------------------------------------------
+COMMON_RANGES: dict[str, Any] = {
+    "lr": ">=0", "wd": ">=0", "momentum": ">=0", "betas": "[0,1)", "steps": ">=1",
+    "epochs": ">=0", "warmup_epochs": ">=0", "warmup_lr": ">=0", "optimizer": ("adam", "sgd", "adamw"),
+}  # fmt: skip
+
+
+def in_range(value: Any, spec: Any) -> bool:
+    """`value` (a number, a tuple of numbers, or a choice) satisfies `spec` (see `Adapter.ranges`)."""
+    if isinstance(spec, tuple):
+        return value in spec
+    if isinstance(value, (tuple, list)):
+        return all(in_range(v, spec) for v in value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:  # NaN is never in range
+        return False
+    if spec.startswith(">="):
+        return value >= float(spec[2:])
+    if spec.startswith(">"):
+        return value > float(spec[1:])
+    lo, hi = (float(v) for v in spec[1:-1].split(","))
+    return (lo <= value if spec[0] == "[" else lo < value) and (value <= hi if spec[-1] == "]" else value < hi)
+
+
+def range_text(spec: Any) -> str:
+    if isinstance(spec, tuple):
+        return "one of " + ", ".join(repr(c) for c in spec)
+    if spec[0] in "[(":
+        return "in " + spec.replace(",", ", ")
+    return spec.replace(">=", ">= ") if spec.startswith(">=") else spec.replace(">", "> ")
 
 
 # --- shared helpers ------------------------------------------------------------------------------------

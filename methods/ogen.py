@@ -57,6 +57,7 @@ class OGEN(PromptAdapter):
     """CoOp + class-conditional unknown-feature synthesis + adaptive self-distillation; frozen on the stream."""
 
     defaults = {**PROMPT_DEFAULTS, "k": 3, "heads": 4, "warmup_frac": 0.2, "window": 2, "distill": 1.0}
+    ranges = {"k": ">=1", "heads": ">=1", "warmup_frac": "[0,1]", "window": ">=1", "distill": ">=0"}
 
     def configure(self) -> None:
         super().configure()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from pathlib import Path
@@ -77,6 +78,10 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+# OSErrors that mean "this path cannot be used here", which the user fixes (not bugs).
+_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(argv)
@@ -84,7 +89,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)  # one paragraph, whatever the message holds
+        return 2
+    except OSError as e:  # the environment refused a path (permissions, a file where a folder belongs, disk full)
+        if e.errno not in _ENVIRONMENT_ERRNOS or not e.filename:
+            raise  # anything else (e.g. a missing file the code should have checked) is a bug: keep its traceback
+        print(
+            f"error: cannot write or read {e.filename}: {e.strerror}. Check the paths given (--out, --data-dir, "
+            "--src, --runs or a --set ...=PATH option): folders must be folders (not files) this user may write, "
+            "on a disk with free space.",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("interrupted: the run folder has no `done` marker and will be cleared on the next run", file=sys.stderr)

@@ -7,6 +7,7 @@ worker count), so the same experiment run twice, or on another machine, lands in
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,33 @@ def weights_dir_default() -> Path:
 def cache_dir_default() -> Path:
     """`$TTA_BENCH_CACHE` or `~/.cache/tta_bench/cache`: trained source models, warm-ups, prepares."""
     return Path(os.environ.get("TTA_BENCH_CACHE", Path.home() / ".cache" / "tta_bench" / "cache"))
+
+
+_DEVICE = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
+
+
+def check_device(device: str) -> None:
+    """UserError unless `device` is auto, cpu, mps, cuda[:N] or xpu[:N] (N an index of a visible GPU)."""
+    if not isinstance(device, str) or not _DEVICE.fullmatch(device):
+        raise UserError(f"--device {device!r} is not a device here: use auto, cpu, cuda, cuda:N (N: GPU index) or mps.")
+    if device.startswith("cuda:"):
+        import torch  # lazy: only when a GPU index is named
+
+        n = torch.cuda.device_count()
+        if int(device[5:]) >= n:
+            raise UserError(f"--device {device}: PyTorch sees {n} CUDA device(s); use cpu, auto or a smaller index.")
+
+
+def check_writable_folder(path: str | Path, option: str) -> None:
+    """UserError when `path` (a folder, created on demand) is under a file or a folder this process cannot write."""
+    p = Path(path).expanduser().absolute()
+    for q in (p, *p.parents):
+        if q.exists():
+            if not q.is_dir():
+                raise UserError(f"{option} {path}: {q} is a file, not a folder. Pass a folder (created if missing).")
+            if not os.access(q, os.W_OK | os.X_OK):
+                raise UserError(f"{option} {path}: {q} is not writable by this user. Pass a folder you can write to.")
+            return
 
 
 @dataclass(frozen=True)
@@ -80,12 +108,32 @@ class RunConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
         if self.limit is not None and self.limit < 1:
             raise UserError(f"--limit must be a positive number of samples per domain, got {self.limit}.")
-        if self.preset not in PRESET_CHOICES:
-            raise UserError(f"Unknown preset '{self.preset}'. Choose one of: {', '.join(PRESET_CHOICES)} (--preset).")
         if self.stream_opts.get("speed_ratio") is not None or "window" in self.stream_opts:
             from tta_bench.protocols import check_stream_options  # lazy: it imports torch
 
             check_stream_options(self.setting, self.stream_opts)
+        if self.preset not in PRESET_CHOICES:
+            raise UserError(f"Unknown preset '{self.preset}'. Choose one of: {', '.join(PRESET_CHOICES)} (--preset).")
+        for name in ("seed", "workers"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name} must be 0 or more, got {getattr(self, name)}.")
+        check_device(self.device)
+        check_writable_folder(self.out, "--out")
+        self._check_options()
+
+    def _check_options(self) -> None:
+        """Range checks of the given `--set` values (types and names are checked when the run resolves)."""
+        gamma = self.stream_opts.get("gamma")
+        if isinstance(gamma, (int, float)) and not isinstance(gamma, bool) and not gamma > 0:
+            raise UserError(
+                f"stream.gamma (the Dirichlet concentration of the non-iid setting) must be > 0, got {gamma!r}; small "
+                "values give strongly label-correlated order. Example: --set stream.gamma=0.1."
+            )
+        if self.method_opts:
+            import methods  # lazy: the registry imports torch
+
+            cls = methods.get(self.method)
+            cls.validate(check_options("method", self.method, self.method_opts, cls.defaults))
 
     def identity(self) -> dict[str, Any]:
         """The hashed part of the config, JSON-ready."""

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from tta_bench.kernel import Registry, declared_options, download, hash_file, hash_json, write_with
+from tta_bench.kernel import Registry, UserError, declared_options, download, hash_file, hash_json, write_with
 
 MODELS = Registry("model", "python -m tta_bench list models", packages=("tta_bench.zoo",))  # loaded on first use
 
@@ -75,6 +75,65 @@ def build_model(name: str, spec: Any, ctx: ModelContext, opts: dict[str, Any]) -
 def sha256_file(path: Path) -> str:
     """sha256 hex digest of a weights file (`kernel.hash_file`)."""
     return hash_file(path, "sha256")
+
+
+def check_model_options(model: str, values: dict[str, Any], minimum: dict[str, float], strict: tuple = ()) -> None:
+    """UserError naming the first option below its minimum (`strict`: options that must be above it)."""
+    for key, low in minimum.items():
+        v = values[key]
+        if not (v > low if key in strict else v >= low):
+            raise UserError(
+                f"model '{model}' option '{key}' must be {'>' if key in strict else '>='} {low}, got {v!r} "
+                f"(--set model.{key}=...)."
+            )
+
+
+def needs_source(model: str, spec: Any) -> None:
+    """UserError when a model trained on the stream's source split is asked for on a stream without one."""
+    if getattr(spec, "source", None) is None:
+        raise UserError(
+            f"Model '{model}' is trained on the stream's source split, and stream '{spec.name}' has none; choose a "
+            f"pretrained model with --model (default for this stream: {getattr(spec, 'default_model', '?')})."
+        )
+
+
+def load_state_file(path: Path | str) -> dict[str, Any]:
+    """The state_dict in a weights file (`torch.load(weights_only=True)` on the CPU: nothing in the file runs).
+
+    A `{"state_dict": ...}` checkpoint is unwrapped and `module.` prefixes are dropped. A missing, truncated or
+    damaged file, or one holding anything but tensors and plain data, is a UserError naming it.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"Model weights file not found: {path}. Pass an existing file with --set model.weights=PATH.")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - zip, pickle and storage errors all mean "not a usable weights file"
+        why = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UserError(
+            f"Cannot load the weights file {path} ({type(e).__name__}: {why}); it is truncated, damaged, not a "
+            "torch.save file, or holds objects other than tensors. Replace it (--set model.weights=PATH)."
+        ) from None
+    sd = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+    if not isinstance(sd, dict) or not all(isinstance(k, str) for k in sd):
+        raise UserError(f"The weights file {path} holds a {type(sd).__name__}, not a state_dict (name -> tensor).")
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def load_into(net: nn.Module, state: dict[str, Any], path: Path | str, strict: bool = True) -> None:
+    """`net.load_state_dict(state)`; weights of another architecture are a UserError naming the file."""
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=strict)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise UserError(
+            f"The weights file {path} does not fit {type(net).__name__}: {' '.join(str(e).split())[:300]}. Check that "
+            "the file is for this model (--model) and architecture options."
+        ) from None
+    if missing or unexpected:  # strict=False callers: report what did not match
+        raise UserError(
+            f"The weights file {path} does not fit {type(net).__name__}: missing keys {missing[:4]}, unexpected keys "
+            f"{unexpected[:4]}. Check that the file is for this model (--model)."
+        )
 
 
 def fetch(url: str, dest: Path, sha256: str | None = None, what: str = "file") -> Path:

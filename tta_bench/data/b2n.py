@@ -39,7 +39,7 @@ from torch.utils.data import Dataset
 from tta_bench.data import natural  # noqa: F401  (registers the natural-shift streams imagenet-ds reuses)
 from tta_bench.data.digits import CLASS_NAMES as DIGIT_NAMES
 from tta_bench.data.digits import digits_32, split
-from tta_bench.data.folders import fixed_order, list_image_folder, wnid_index
+from tta_bench.data.folders import fixed_order, image_errors, list_image_folder, wnid_index
 from tta_bench.kernel import UserError, read_cifar_names, read_cifar_pickle
 from tta_bench.streams import STREAMS, StreamSpec, register
 
@@ -93,7 +93,7 @@ class Images(Dataset):
         if isinstance(item, np.ndarray):
             a = item
         else:
-            with Image.open(item) as im:
+            with image_errors(item), Image.open(item) as im:
                 im = im.convert("RGB")
                 if self.size:
                     s = self.size / min(im.size)

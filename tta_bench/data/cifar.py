@@ -26,7 +26,15 @@ import torch
 from torch.utils.data import Dataset
 
 import corruptions
-from tta_bench.data.folders import ImageFiles, fixed_order, is_image_folder, list_image_folder, require
+from tta_bench.data.folders import (
+    ImageFiles,
+    check_labels,
+    fixed_order,
+    is_image_folder,
+    list_image_folder,
+    load_npy,
+    require,
+)
 from tta_bench.kernel import UserError, fingerprint_files, hash_text, read_cifar_pickle
 from tta_bench.kernel import download as kernel_download
 from tta_bench.streams import StreamSpec, register, segment_seed
@@ -112,6 +120,7 @@ class CleanSet:
 
 def _pickle_images(path: Path, v: Variant) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = read_cifar_pickle(path, v.label_key)
+    check_labels(np.asarray(y), v.num_classes, path)
     return torch.from_numpy(np.array(x, dtype=np.uint8)), torch.tensor(y, dtype=torch.int64)
 
 
@@ -123,6 +132,8 @@ def _folder_images(root: Path, n_classes: int) -> tuple[torch.Tensor, torch.Tens
     order = fixed_order(len(files), f"cifar-folder-{len(files)}")
     try:
         x = ImageFiles(files, labels, resize=None, crop=None).uint8(order)
+    except UserError:  # an image that cannot be decoded (named)
+        raise
     except ValueError:  # np.stack of differently sized images
         raise UserError(f"{root}: images of different sizes; CIFAR test images are all 32×32.") from None
     if x.shape[-2:] != (32, 32):
@@ -154,14 +165,15 @@ def check_files(root: Path, v: Variant, domains: list[str]) -> np.ndarray:
     lab = root / "labels.npy"
     if not lab.is_file():
         raise UserError(f"{root} has no labels.npy; the {v.folder} layout is {v.folder}/labels.npy + <corruption>.npy.")
-    labels = np.load(lab, mmap_mode="r")
+    labels = load_npy(lab)
     if labels.ndim != 1 or len(labels) % 5 or not len(labels):
         raise UserError(f"{lab} has shape {labels.shape}; {v.folder}'s labels.npy is (50000,) (5 severities × 10,000).")
+    check_labels(labels, v.num_classes, lab)
     for d in domains:
         f = root / f"{d}.npy"
         if not f.is_file():
             raise UserError(f"{v.folder} is incomplete: {f} is missing. Re-download {v.url} (or delete the folder).")
-        a = np.load(f, mmap_mode="r")
+        a = load_npy(f)
         if a.shape != (len(labels), 32, 32, 3) or a.dtype != np.uint8:
             raise UserError(
                 f"{f} has shape {a.shape} dtype {a.dtype}; {v.folder} files are uint8 (50000, 32, 32, 3) (NHWC, "

@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from tta_bench.data.folders import image_errors
 from tta_bench.kernel import UserError
 from tta_bench.streams import StreamSpec, register
 
@@ -41,7 +42,7 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        with Image.open(self.paths[i]) as im:
+        with image_errors(self.paths[i]), Image.open(self.paths[i]) as im:
             im = im.convert("RGB")
             if im.size != (self.size, self.size):
                 im = im.resize((self.size, self.size), Image.BILINEAR)

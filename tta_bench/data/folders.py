@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -96,11 +97,61 @@ def resize_crop(img: Image.Image, resize: int = 256, crop: int = 224) -> Image.I
 
 def read_u8(path: Path, resize: int | None = None, crop: int | None = None) -> np.ndarray:
     """Decode an image file to (H,W,3) uint8 RGB; with `crop`, resize+centre-crop unless already crop×crop."""
-    with Image.open(path) as im:
+    with image_errors(path), Image.open(path) as im:
         im = im.convert("RGB")
         if crop is not None and im.size != (crop, crop):
             im = resize_crop(im, resize or crop, crop)
         return np.array(im, dtype=np.uint8)  # a writable copy
+
+
+def image_array(path: Path, mode: str | None = "RGB") -> np.ndarray:
+    """Decode an image file to an array (`mode` None keeps the stored mode, e.g. a label map's palette ids)."""
+    with image_errors(path), Image.open(path) as im:
+        return np.array(im.convert(mode) if mode else im)
+
+
+@contextmanager
+def image_errors(path: Path) -> Iterator[None]:
+    """A truncated, damaged or non-image file read inside this block is a UserError naming it (Pillow's own
+    errors name no file, or only a temporary one)."""
+    try:
+        yield
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        if isinstance(e, OSError) and not isinstance(e, Image.UnidentifiedImageError) and e.errno is not None:
+            raise  # a real I/O error (permissions, missing file): the CLI reports it with its path
+        raise UserError(
+            f"Cannot decode the image {path} ({type(e).__name__}: {e}); it is truncated, damaged or not an image. "
+            "Replace it with the original file (or delete it)."
+        ) from None
+
+
+def load_npy(path: Path, mmap: bool = True) -> np.ndarray:
+    """A `.npy` array (memory-mapped by default), never unpickling objects; a truncated, damaged or non-NumPy
+    file is a UserError naming it."""
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        if isinstance(e, OSError) and e.errno is not None:
+            raise
+        raise UserError(
+            f"Cannot read {path} as a NumPy .npy array ({e}); it is truncated, damaged or not a .npy file. "
+            "Replace it with the original download."
+        ) from None
+
+
+def check_labels(labels: np.ndarray, num_classes: int, where: Path | str) -> None:
+    """UserError unless `labels` are integer class ids in 0..num_classes-1 (a float or out-of-range label would
+    be scored silently against the wrong class)."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu" and labels.dtype != bool:
+        raise UserError(
+            f"{where}: labels have dtype {labels.dtype}; class labels must be integer ids 0..{num_classes - 1}."
+        )
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise UserError(
+            f"{where}: labels range over {labels.min()}..{labels.max()}, but this dataset has {num_classes} classes "
+            f"(ids 0..{num_classes - 1}); the file belongs to another dataset or is damaged."
+        )
 
 
 class ImageFiles(Dataset):

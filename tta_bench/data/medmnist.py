@@ -131,10 +131,17 @@ def locate(flag: str, size: int, data_dir: Path | None, root: str | None, downlo
 def read_npz(path: Path) -> dict[str, torch.Tensor]:
     """The six arrays of a MedMNIST `.npz`, images as uint8 `(N, C, H, W)`, labels int64 `(N,)`."""
     try:
-        data = np.load(path)
-        files = set(data.files)
+        with np.load(path, allow_pickle=False) as npz:  # every member read here: a damaged one fails now, named
+            data = {k: npz[k] for k in npz.files if k in KEYS}
+            files = set(npz.files)
+        bad = [k for k, v in data.items() if not isinstance(v, np.ndarray)]
+        if bad:  # NpzFile returns a member that is not a .npy as raw bytes
+            raise ValueError(f"member {bad[0]} is not a .npy array")
     except Exception as e:  # noqa: BLE001 - any unreadable file is the user's layout problem
-        raise UserError(f"Could not read {path} as a MedMNIST .npz ({e}).") from None
+        raise UserError(
+            f"Could not read {path} as a MedMNIST .npz ({type(e).__name__}: {e}); it is truncated, damaged or not "
+            "a MedMNIST file. Replace it with the original download (or delete it to download it again)."
+        ) from None
     missing = [k for k in KEYS if k not in files]
     if missing:
         raise UserError(
@@ -154,6 +161,10 @@ def read_npz(path: Path) -> dict[str, torch.Tensor]:
         if lab.ndim == 2 and lab.shape[1] > 1:
             raise UserError(f"{path}: {split}_labels has {lab.shape[1]} columns (multi-label); only single-label "
                             f"classification datasets are streamed.")  # fmt: skip
+        if lab.dtype.kind not in "iu" or (lab.size and lab.min() < 0):
+            low = lab.min() if lab.size and lab.dtype.kind in "iuf" else None
+            raise UserError(f"{path}: {split}_labels must be integer class ids >= 0; got dtype {lab.dtype}, "
+                            f"minimum {low}. The file is damaged or not a MedMNIST file.")  # fmt: skip
         out[f"{split}_images"] = torch.from_numpy(np.ascontiguousarray(img.transpose(0, 3, 1, 2)))
         out[f"{split}_labels"] = torch.from_numpy(lab.reshape(-1).astype(np.int64))
     return out

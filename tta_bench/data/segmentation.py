@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import Dataset
 
 import corruptions
+from tta_bench.data.folders import image_array
 from tta_bench.kernel import UserError, fingerprint_files, hash_text
 from tta_bench.streams import StreamSpec, register, segment_seed
 
@@ -102,8 +102,8 @@ class SegFiles(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         img_path, lab_path = self.pairs[i]
-        img = np.asarray(Image.open(img_path).convert("RGB"))
-        lab = self.table[np.asarray(Image.open(lab_path))]
+        img = image_array(img_path, "RGB")
+        lab = self.table[image_array(lab_path, None)]
         x = torch.from_numpy(img.copy()).permute(2, 0, 1).float().div_(255)
         y = torch.from_numpy(lab.astype(np.int64))
         if y.shape != x.shape[-2:]:

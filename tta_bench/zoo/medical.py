@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tta_bench.models import MODELS, ModelContext, cached_training
+from tta_bench.models import MODELS, ModelContext, cached_training, check_model_options, needs_source
 from tta_bench.training import train_classifier
 
 
@@ -64,8 +64,10 @@ def medical_resnet(
     batch_size: int = 64,
 ) -> nn.Module:  # fmt: skip
     """Small BatchNorm ResNet, trained on the stream's source split on first use and cached by its recipe."""
-    if spec.source is None:
-        raise ValueError(f"medical-resnet trains on a stream's source split, and stream '{spec.name}' has none.")
+    needs_source("medical-resnet", spec)
+    check_model_options("medical-resnet", {"width": width, "blocks": blocks, "source_epochs": source_epochs, "lr": lr,
+                        "batch_size": batch_size}, {"width": 1, "blocks": 1, "source_epochs": 0, "lr": 0,
+                        "batch_size": 1}, strict=("lr",))  # fmt: skip
     x0, _ = spec.source[0]
     if x0.shape[0] != 3:
         raise ValueError(f"medical-resnet takes 3-channel inputs; stream '{spec.name}' yields {tuple(x0.shape)}.")

@@ -18,7 +18,17 @@ import torch.nn.functional as F
 import torchvision
 
 from tta_bench.kernel import UserError
-from tta_bench.models import IMAGENET_MEAN, IMAGENET_STD, MODELS, ModelContext, Normalized, describe, sha256_file
+from tta_bench.models import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MODELS,
+    ModelContext,
+    Normalized,
+    describe,
+    load_into,
+    load_state_file,
+    sha256_file,
+)
 
 INFERENCE_MODES = ("whole", "resize", "slide")
 # DeepLab v2 (Caffe) input: BGR, 0..255, mean subtracted, no scaling (AdaptSegNet's IMG_MEAN).
@@ -112,13 +122,7 @@ def _load_file(net: nn.Module, path: str, fix=lambda sd: sd) -> str:
     p = Path(path).expanduser()
     if not p.is_file():
         raise UserError(f"Model weights file not found: {p} (--set model.weights=PATH to a state_dict).")
-    sd = torch.load(p, map_location="cpu", weights_only=True)
-    sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
-    sd = fix({k.removeprefix("module."): v for k, v in sd.items()})
-    try:
-        net.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        raise UserError(f"Weights in {p} do not fit this architecture: {str(e)[:400]}") from None
+    load_into(net, fix(load_state_file(p)), p)
     return sha256_file(p)
 
 

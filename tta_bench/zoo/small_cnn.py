@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from tta_bench.models import MODELS, ModelContext, cached_training
+from tta_bench.models import MODELS, ModelContext, cached_training, check_model_options, needs_source
 from tta_bench.training import train_classifier
 
 
@@ -44,8 +44,9 @@ class SmallCNN(nn.Module):
 @MODELS.register("small-cnn")
 def small_cnn(spec, ctx: ModelContext, *, width: int = 16, source_epochs: int = 12, lr: float = 3e-3) -> nn.Module:
     """Small BatchNorm CNN (4 stages), trained on the stream's source split on first use and cached."""
-    if spec.source is None:
-        raise ValueError(f"small-cnn trains on a stream's source split, and stream '{spec.name}' has none.")
+    needs_source("small-cnn", spec)
+    check_model_options("small-cnn", {"width": width, "source_epochs": source_epochs, "lr": lr},
+                        {"width": 1, "source_epochs": 0, "lr": 0}, strict=("lr",))  # fmt: skip
     x0, _ = spec.source[0]
     recipe = {
         "arch": "small-cnn-v2",
