@@ -200,3 +200,15 @@ def test_registries_load_their_modules_on_first_lookup() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_adapters_and_corruptions_load_only_the_kernel_of_the_harness() -> None:
+    """At run time too: importing every adapter and corruption loads no harness module and no leaderboard."""
+    code = (
+        "import sys, methods, corruptions\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'leaderboard'\n"
+        "             or m.startswith('tta_bench.') and not m.startswith('tta_bench.kernel'))\n"
+        "assert not bad, bad\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
