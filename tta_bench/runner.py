@@ -22,7 +22,6 @@ from typing import Any
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 import methods
 import tta_bench
@@ -34,6 +33,7 @@ from tta_bench.kernel import UserError, hash_json, read_json, write_json
 from tta_bench.memory import measure
 from tta_bench.metrics import forgetting, make_meter
 from tta_bench.models import ModelContext, build_model, load_cache, model_info, save_cache
+from tta_bench.progress import progress, quiet_while
 from tta_bench.training import deterministic, zero_grads
 
 RUN_FILES = rundir.RUN_FILES
@@ -88,7 +88,8 @@ def run(cfg: RunConfig, force: bool = False, quiet: bool = False) -> RunResult:
             _say(quiet, f"removed the remains of an interrupted run: {p}")
         tmp = rundir.temp_folder(out, rid)
         try:
-            summary, domains = execute(cfg, spec, rid, tmp, quiet)
+            with quiet_while(quiet):  # training and prepare progress too
+                summary, domains = execute(cfg, spec, rid, tmp, quiet)
             rundir.commit(tmp, out / rid)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -180,7 +181,7 @@ def prepare(adapter, spec, cfg: RunConfig, ctx: ModelContext, weights: dict, qui
     if state is not None and _load_state(adapter, state):
         info.update(_prepare_facts(path), cached=True)  # the figures measured when it was made
     else:
-        facts = _run_prepare(adapter, spec, cfg, ctx.device)
+        facts = _run_prepare(adapter, spec, cfg, ctx.device, quiet)
         save_cache(path, adapter.state_dict())
         write_json(path.with_suffix(".json"), facts)
         info.update(facts, cached=False)
@@ -206,13 +207,16 @@ def _load_state(adapter: methods.Adapter, state: dict) -> bool:
     return True
 
 
-def _run_prepare(adapter, spec, cfg: RunConfig, device: torch.device) -> dict[str, Any]:
+def _run_prepare(adapter, spec, cfg: RunConfig, device: torch.device, quiet: bool = True) -> dict[str, Any]:
     t0 = time.perf_counter()
     x0 = next(iter(_loader(spec.source, cfg.batch_size, device, 0)))[0].to(device)
     adapt_mb = measure_prepare(adapter, x0)
     torch.manual_seed(cfg.seed)
     with deterministic(device):  # one thread on CPU: the cached state does not depend on the machine's cores
-        adapter.prepare(_loader(spec.source, cfg.batch_size, device, cfg.workers, shuffle=True, seed=cfg.seed))
+        source = _loader(spec.source, cfg.batch_size, device, cfg.workers, shuffle=True, seed=cfg.seed)
+        # every pass over the source data is shown (warm-up epochs, a Fisher pass, prompt learning)
+        with progress(source, desc=f"prepare {cfg.method}", unit="batch", disable=quiet) as shown:
+            adapter.prepare(shown)
     return {"adapt_mb": adapt_mb, "seconds": time.perf_counter() - t0}
 
 
@@ -311,16 +315,19 @@ def _autocast(cfg: RunConfig, device: torch.device):
 
 
 @torch.no_grad()
-def clean_error(adapter, spec, cfg: RunConfig, device: torch.device) -> float | None:
+def clean_error(adapter, spec, cfg: RunConfig, device: torch.device, quiet: bool = True) -> float | None:
     """Error (%) of the adapter's current state on the held-out clean sample, without adapting on it."""
     if spec.clean is None or cfg.clean_eval == "off":
         return None
     meter = make_meter(spec, 1, device)
-    for x, y in _loader(spec.clean, cfg.batch_size, device, 0):
+    loader = _loader(spec.clean, cfg.batch_size, device, 0)
+    shown = progress(loader, desc="clean evaluation", unit="batch", announce=False, leave=False, disable=quiet)
+    for x, y in shown:
         x, y = x.to(device), y.to(device)
         with _autocast(cfg, device):
             out = adapter.predict(x)
         meter.update(out, y, torch.zeros(len(y), dtype=torch.long, device=device))
+    shown.close()
     return meter.summary()["error"]
 
 
@@ -341,13 +348,13 @@ def stream(adapter, spec, cfg: RunConfig, segments, datasets, device: torch.devi
     first = next(st.batches(datasets[0], segments[0], cfg.batch_size, cfg.seed, cfg.stream_opts["gamma"]))
     with _autocast(cfg, device):
         rec.memory = measure(adapter, first.x.to(device))
-    rec.clean_before = rec.clean_after = clean_error(adapter, spec, cfg, device)
+    rec.clean_before = rec.clean_after = clean_error(adapter, spec, cfg, device, quiet)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     overall = make_meter(spec, len(spec.domain_names), device)
     total = sum((len(d) + cfg.batch_size - 1) // cfg.batch_size for d in datasets)
     clock = protocols.clock_for(cfg.setting, cfg.stream_opts, device)  # None: every batch adapted
-    with tqdm(total=total, unit="batch", disable=True if quiet else None, dynamic_ncols=True) as bar:
+    with progress(total=total, desc="stream", unit="batch", disable=quiet) as bar:
         for seg, ds in zip(segments, datasets):
             if seg.reset:
                 adapter.reset()
@@ -356,10 +363,11 @@ def stream(adapter, spec, cfg: RunConfig, segments, datasets, device: torch.devi
             peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
             rec.batch_rows += batch_rows(meter, seg, times, len(rec.batch_rows), rec.memory["adapt_mb"], peak)
             if cfg.clean_eval == "domain":
-                rec.clean_after = clean_error(adapter, spec, cfg, device)
+                rec.clean_after = clean_error(adapter, spec, cfg, device, quiet)
             rec.domain_rows += domain_rows(meter, spec, seg, seconds, rec.clean_after)
+            bar.log(domain_line(seg, rec.domain_rows, seconds, rec.clean_after))
     if cfg.clean_eval == "end":
-        rec.clean_after = clean_error(adapter, spec, cfg, device)
+        rec.clean_after = clean_error(adapter, spec, cfg, device, quiet)
     rec.overall = overall.summary()
     rec.protocol = protocols.adapted_summary(clock, len(rec.batch_rows))
     rec.peak_device_mb = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
@@ -394,11 +402,21 @@ def run_segment(adapter, spec, cfg: RunConfig, seg, ds, device, overall, bar, cl
         times.append(now - t_prev)
         t_prev = now
         bar.update(1)
-        if i % 10 == 0 and bar.disable is False:
-            bar.set_postfix(err=f"{meter.running_error():.1f}%")  # the one sync: only when a bar is shown
+        if i % 10 == 0 and bar.shows_postfix:  # the one sync: only when a live bar is drawn
+            bar.bar.set_postfix_str(f"err {meter.running_error():.1f}%")
     if cuda:
         torch.cuda.synchronize(device)
     return meter, times, time.perf_counter() - t0
+
+
+def domain_line(seg, rows: list[dict[str, Any]], seconds: float, clean: float | None) -> str:
+    """The plain progress line of a finished segment: its error (and headline metric, when the task has one)."""
+    mine = [r for r in rows if r["round"] == seg.round and r["segment"] == seg.domain]
+    err = sum(r["error"] * r["n"] for r in mine) / max(1, sum(r["n"] for r in mine))
+    extra = "".join(f", {k} {mine[-1][k]:.1f} %" for k in ("miou", "balanced_error") if mine[-1].get(k) is not None)
+    after = f", clean error {clean:.1f} %" if clean is not None else ""
+    n = sum(r["n"] for r in mine)
+    return f"r{seg.round} {seg.domain}: error {err:.1f} %{extra}{after} ({n} samples, {seconds:.1f} s)"
 
 
 def batch_rows(meter, seg, times: list[float], start: int, adapt_mb, peak) -> list[dict[str, Any]]:

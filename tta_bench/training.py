@@ -14,7 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+
+from tta_bench.progress import progress
 
 
 def random_shift(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
@@ -81,12 +82,15 @@ def _train(model: nn.Module, data: Dataset, epochs: int, lr: float, batch_size: 
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs * len(loader)))
     model.train()
-    for _ in tqdm(range(epochs), desc=desc, unit="epoch", leave=False, disable=None):
-        for x, y in loader:
-            if shift:
-                x = random_shift(x, shift, g)
-            loss = F.cross_entropy(model(x), y.long().view(-1))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+    last = [float("nan")]  # the last batch's loss of the latest epoch (shown with the progress)
+    with progress(range(epochs), desc=desc, unit="epoch", postfix=lambda: f"loss {last[0]:.3f}") as shown:
+        for _ in shown:
+            for x, y in loader:
+                if shift:
+                    x = random_shift(x, shift, g)
+                loss = F.cross_entropy(model(x), y.long().view(-1))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+            last[0] = float(loss.detach())

@@ -1,7 +1,8 @@
 """The kernel: what every part of the suite shares, with no third-party import and no import of the rest.
 
 errors (UserError and name hints), options (`--set` parsing and type coercion), the one Registry, and files
-(atomic writes, strict JSON, hashing, checked downloads, a restricted unpickler). `methods/`, `corruptions/`
+(atomic writes, strict JSON, hashing, checked downloads, a restricted unpickler), progress (of long loops: a bar on
+terminals once the harness installs one, plain lines otherwise). `methods/`, `corruptions/`
 and `leaderboard/` import from `tta_bench` only this package (and the leaderboard the run-folder schema).
 """
 
@@ -26,6 +27,7 @@ from tta_bench.kernel.files import (
     write_with,
 )
 from tta_bench.kernel.options import SCOPES, check_options, coerce, parse_sets, parse_value
+from tta_bench.kernel.progress import progress
 from tta_bench.kernel.registry import Entry, Registry, declared_options
 
 __all__ = [
@@ -55,4 +57,5 @@ __all__ = [
     "Entry",
     "Registry",
     "declared_options",
+    "progress",
 ]
