@@ -188,27 +188,20 @@ def test_the_leaderboard_imports_without_torch() -> None:
     assert r.returncode == 0, r.stderr[-2000:]
 
 
-def test_registries_load_their_modules_on_first_lookup() -> None:
-    """No `load_zoo()` needed: STREAMS and MODELS import tta_bench.data / tta_bench.zoo on first use."""
-    code = (
-        "from tta_bench.models import MODELS\n"
-        "from tta_bench.streams import STREAMS\n"
-        "import methods, corruptions\n"
-        "assert 'digits-c' in STREAMS and STREAMS.get('cifar10-c').factory.default_model\n"
-        "assert 'small-cnn' in MODELS and 'clip-tiny' in MODELS.names()\n"
-        "assert 'tent' in methods.names() and 'fog' in corruptions.names()\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
-
-
-def test_adapters_and_corruptions_load_only_the_kernel_of_the_harness() -> None:
-    """At run time too: importing every adapter and corruption loads no harness module and no leaderboard."""
+def test_adapters_load_only_the_kernel_and_registries_load_their_modules() -> None:
+    """At run time too: importing every adapter and corruption loads nothing of the harness but the kernel, nor the
+    leaderboard. And no `load_zoo()` is needed: STREAMS and MODELS import tta_bench.data / tta_bench.zoo on first
+    use."""
     code = (
         "import sys, methods, corruptions\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'leaderboard'\n"
         "             or m.startswith('tta_bench.') and not m.startswith('tta_bench.kernel'))\n"
         "assert not bad, bad\n"
+        "from tta_bench.models import MODELS\n"
+        "from tta_bench.streams import STREAMS\n"
+        "assert 'digits-c' in STREAMS and STREAMS.get('cifar10-c').factory.default_model\n"
+        "assert 'small-cnn' in MODELS and 'clip-tiny' in MODELS.names()\n"
+        "assert 'tent' in methods.names() and 'fog' in corruptions.names()\n"
     )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
