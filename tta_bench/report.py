@@ -36,11 +36,24 @@ def results_table(result: RunResult) -> str:
         f"{_fmt(s['images_per_s'])} images/s",
         f"{'completed run found (not run again; --force to redo)' if result.skipped else 'results'}: {result.folder}",
     ]
+    if s.get("diverged"):
+        lines.insert(
+            -1,
+            f"DIVERGED: non-finite predictions (NaN/inf) from batch {s.get('first_diverged_batch')} on, counted as "
+            "errors (see `nonfinite` in batches.csv)",
+        )
     return "\n".join(lines)
 
 
 def print_result(result: RunResult) -> None:
     print(results_table(result))
+
+
+def _presets_text(method_cls: type) -> str:
+    """Continuation lines under a method in `list methods`: its official presets per benchmark family."""
+    from tta_bench.presets import describe
+
+    return "".join(f"\n      preset {line}" for line in describe(method_cls))
 
 
 def list_entries(what: str = "all") -> str:
@@ -49,13 +62,6 @@ def list_entries(what: str = "all") -> str:
     import methods
     from tta_bench.models import MODELS, load_zoo
     from tta_bench.streams import SETTING_FNS, STREAMS
-def _presets_text(method_cls: type) -> str:
-    """Continuation lines under a method in `list methods`: its official presets per benchmark family."""
-    from tta_bench.presets import describe
-
-    return "".join(f"\n      preset {line}" for line in describe(method_cls))
-
-
 
     load_zoo()
     sections = {

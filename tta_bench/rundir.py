@@ -25,6 +25,7 @@ import os
 import secrets
 import shutil
 import signal
+import time
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -238,14 +239,18 @@ def load_config(folder: Path) -> dict[str, Any]:
 # --- writing: kill points for crash tests ----------------------------------------------------------------
 _KILL = {"count": 0}
 KILL_ENV = "TTA_BENCH_TEST_KILL_AT"
+SLOW_ENV = "TTA_BENCH_TEST_SLOW_WRITES"
 
 
 def kill_point() -> None:
-    """Count a write step; SIGKILL this process at step `$TTA_BENCH_TEST_KILL_AT` (crash tests only)."""
+    """Count a write step; SIGKILL this process at step `$TTA_BENCH_TEST_KILL_AT`, or sleep
+    `$TTA_BENCH_TEST_SLOW_WRITES` seconds before each step (crash and concurrency tests only)."""
     _KILL["count"] += 1
-    at = os.environ.get(KILL_ENV)
+    at, slow = os.environ.get(KILL_ENV), os.environ.get(SLOW_ENV)
     if at and int(at) == _KILL["count"]:
         os.kill(os.getpid(), signal.SIGKILL)
+    if slow:
+        time.sleep(float(slow))
 
 
 def write_file(path: Path, data: str | bytes) -> None:
