@@ -9,6 +9,7 @@ subprocess to check the real `python -m tta_bench` entry point too. The census t
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import pickle
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from torch.utils.data import Dataset
 
 from tta_bench.__main__ import main
 
@@ -707,3 +709,49 @@ def test_entry_point_exits_2(name: str, tmp_path: Path):
     assert "Traceback" not in r.stderr and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
     assert all(n in r.stderr for n in case.needles), r.stderr
     assert not (tmp_path / "MARKER").exists()
+
+
+# --- the top-level handler ------------------------------------------------------------------------------------------
+class _Undecodable(Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int):
+        from tta_bench.kernel import UserError
+
+        raise UserError("Cannot decode the image /data/x.JPEG (OSError: image file is truncated); replace it.")
+
+
+def _command(monkeypatch, fn) -> None:
+    import tta_bench.__main__ as cli
+
+    monkeypatch.setattr(cli, "cmd_list", lambda args: fn())
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("a bug"), FileNotFoundError(2, "No such file", "/x"), KeyError("k")])
+def test_a_genuine_bug_keeps_its_traceback(exc, monkeypatch):
+    def fail():
+        raise exc
+
+    _command(monkeypatch, fail)
+    with pytest.raises(type(exc)):
+        main(["list"])
+
+
+def test_a_path_the_system_refuses_is_exit_2(monkeypatch, capsys):
+    def fail():
+        raise PermissionError(errno.EACCES, "Permission denied", "/ro/runs/abc")
+
+    _command(monkeypatch, fail)
+    assert main(["list"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "/ro/runs/abc" in err and "--out" in err
+
+
+def test_a_user_error_raised_in_a_dataloader_worker_is_one_line(monkeypatch, capsys):
+    from torch.utils.data import DataLoader
+
+    _command(monkeypatch, lambda: list(DataLoader(_Undecodable(), num_workers=1)))
+    assert main(["list"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: Cannot decode the image /data/x.JPEG (OSError: image file is truncated); replace it.\n"

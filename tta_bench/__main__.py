@@ -89,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as e:
-        print("error: " + " ".join(str(e).split()), file=sys.stderr)  # one paragraph, whatever the message holds
+        msg = str(e)
+        if "\nOriginal Traceback" in msg:  # re-raised from a DataLoader worker: the worker's own message only
+            msg = msg.rstrip().splitlines()[-1].partition(": ")[2] or msg
+        print("error: " + " ".join(msg.split()), file=sys.stderr)  # one paragraph, whatever the message holds
         return 2
     except OSError as e:  # the environment refused a path (permissions, a file where a folder belongs, disk full)
         if e.errno not in _ENVIRONMENT_ERRNOS or not e.filename:
