@@ -45,7 +45,7 @@ from torch.utils.data import Dataset
 
 import corruptions
 from tta_bench.data.cifar import U8Images
-from tta_bench.data.folders import ImageFiles, is_image_folder, list_image_folder
+from tta_bench.data.folders import ImageFiles, image_errors, is_image_folder, list_image_folder
 from tta_bench.kernel import UserError, fingerprint_files, hash_json, read_cifar_pickle, read_json, write_json
 from tta_bench.streams import StreamSpec, register, segment_seed
 
@@ -156,7 +156,7 @@ class Pool:
 
     def image(self, i: int) -> Image.Image:
         if self.files is not None:
-            with Image.open(self.files[i]) as im:
+            with image_errors(self.files[i]), Image.open(self.files[i]) as im:
                 return im.convert("RGB")
         return Image.fromarray(self.x[i].permute(1, 2, 0).numpy())
 
