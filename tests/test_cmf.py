@@ -8,6 +8,7 @@ import copy
 import torch
 from test_eata import confident_cnn, data
 from test_roid import official_configure, prior_corrected, roid_loss, suite_pipeline
+from test_santa import assert_trains_layernorm, stream_batches, tiny_vit
 
 from methods import CMF, ROID
 
@@ -102,3 +103,8 @@ def test_cmf_without_parameter_ensembling_is_roid_without_source_merging() -> No
         torch.testing.assert_close(p, q)
     cmf.reset()
     assert cmf.hidden_var == 0.0 and cmf.class_probs_ema is None
+
+
+def test_cmf_adapts_layernorm_on_a_tiny_vit() -> None:
+    adapter = CMF(tiny_vit())
+    assert_trains_layernorm(adapter, stream_batches(2, seed=70))

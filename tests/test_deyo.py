@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 from test_adapter_contract import N_CLASSES
 from test_eata import confident_cnn, data
+from test_santa import assert_trains_layernorm, stream_batches, tiny_vit
 
 from methods import DeYO
 from methods.deyo import shuffle_patches
@@ -140,3 +141,8 @@ def test_official_name_rules_skip_layer4_and_final_norm() -> None:
     model.add_module("norm", nn.LayerNorm(3))
     trained = {id(p) for p in DeYO(model, inplace=True).trainable_parameters()}
     assert trained == {id(model.layer3.weight), id(model.layer3.bias)}
+
+
+def test_deyo_adapts_layernorm_on_a_tiny_vit() -> None:
+    adapter = DeYO(tiny_vit(), margin=1.0, plpd_threshold=-1.0)
+    assert_trains_layernorm(adapter, stream_batches(2, seed=70))

@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from test_adapter_contract import N_CLASSES
 from test_eata import confident_cnn, data
+from test_santa import assert_trains_layernorm, stream_batches, tiny_vit
 
 from methods import RDumb
 
@@ -84,3 +85,8 @@ def test_reset_happens_exactly_every_n_steps() -> None:
     assert any(not torch.equal(adapter.state_dict()[k], source[k]) for k in source)
     adapter.reset()
     assert adapter.total_steps == 0 and adapter.num_resets == 0 and adapter.probs is None
+
+
+def test_rdumb_adapts_layernorm_on_a_tiny_vit() -> None:
+    adapter = RDumb(tiny_vit(), e_margin_frac=1.0)
+    assert_trains_layernorm(adapter, stream_batches(2, seed=70))

@@ -12,7 +12,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from test_cotta import official_pipeline
 from test_eata import confident_cnn
-from test_santa import encoder, official_prototypes, prototype_views, source_batches, stream_batches, supcon
+from test_santa import (
+    assert_trains_layernorm,
+    encoder,
+    official_prototypes,
+    prototype_views,
+    source_batches,
+    stream_batches,
+    supcon,
+    tiny_vit,
+)
 
 from methods import RMT
 
@@ -125,3 +134,9 @@ def test_replay_cycles_the_buffer_in_order_and_keeps_float_images() -> None:
     assert torch.equal(
         torch.cat([y1, y2]), torch.cat([source[0][1], source[1][1][:2]])[[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]]
     )
+
+
+def test_rmt_adapts_layernorm_on_a_tiny_vit() -> None:
+    adapter = RMT(tiny_vit(), num_samples_warm_up=16)
+    adapter.prepare(source_batches())
+    assert_trains_layernorm(adapter, stream_batches(2, seed=70))

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import torchvision.transforms as T
 from test_cotta import JitterPro
 from test_eata import confident_cnn, data
+from test_santa import assert_trains_layernorm, stream_batches, tiny_vit
 
 from methods import ROID
 from methods._augment import light_augment
@@ -158,3 +159,8 @@ def test_masked_samples_get_no_weight_and_batch_of_one_is_refused() -> None:
     assert 0 < int(keep.sum()) < len(keep) and torch.all(weights[~keep] == 0) and torch.all(weights[keep] >= 1)
     with pytest.raises(ValueError, match="at least 2"):
         adapter(data(1, seed=24, bs=1)[0])
+
+
+def test_roid_adapts_layernorm_on_a_tiny_vit() -> None:
+    adapter = ROID(tiny_vit())
+    assert_trains_layernorm(adapter, stream_batches(2, seed=70))

@@ -22,6 +22,27 @@ def source_batches(n: int = 2, bs: int = 8, seed: int = 51) -> list[tuple[torch.
     return [(torch.randint(0, 256, (bs, 3, 32, 32), generator=g) / 255, torch.arange(bs) % 5) for _ in range(n)]
 
 
+def tiny_vit() -> nn.Module:
+    """A 2-block torchvision ViT (LayerNorm only, 5 classes) with a random head (torchvision's is zero)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    vit = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=5
+    )
+    nn.init.normal_(vit.heads.head.weight, std=2.0)
+    return vit.eval()
+
+
+def assert_trains_layernorm(adapter, xs) -> None:
+    """Adapting changes LayerNorm affine parameters and gives finite logits."""
+    norms = [m for m in adapter.model.modules() if isinstance(m, nn.LayerNorm)]
+    before = [m.weight.detach().clone() for m in norms]
+    for x in xs:
+        assert torch.isfinite(adapter(x)).all()
+    assert any(not torch.equal(m.weight, b) for m, b in zip(norms, before))
+
+
 def stream_batches(n: int, seed: int, bs: int = 8) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return [torch.rand(bs, 3, 32, 32, generator=g) for _ in range(n)]
@@ -153,3 +174,9 @@ def test_prototypes_need_every_class_and_library_use_without_prepare_has_no_cont
         a = plain(x)
         torch.manual_seed(step)
         torch.testing.assert_close(a, no_cont(x))
+
+
+def test_santa_adapts_layernorm_on_a_tiny_vit() -> None:
+    adapter = SANTA(tiny_vit())
+    adapter.prepare(source_batches())
+    assert_trains_layernorm(adapter, stream_batches(2, seed=70))
