@@ -541,6 +541,32 @@ def _(tmp):
                     stream="imagenet-c")  # fmt: skip
 
 
+@case("camelyon-metadata-garbage", "metadata.csv")
+def _(tmp):
+    (tmp / "cam").mkdir()
+    (tmp / "cam" / "metadata.csv").write_bytes(b"\xff\xfe\x00garbage\x00" * 50)
+    return run_args(tmp, "--set", f"stream.root={tmp / 'cam'}", stream="camelyon17")
+
+
+@case("camelyon-metadata-missing-columns", "metadata.csv", "columns")
+def _(tmp):
+    (tmp / "cam").mkdir()
+    (tmp / "cam" / "metadata.csv").write_text("idx,a,b\n0,1,2\n")
+    return run_args(tmp, "--set", f"stream.root={tmp / 'cam'}", stream="camelyon17")
+
+
+@case("confounded-csv-garbage", "split.csv")
+def _(tmp):
+    (tmp / "split.csv").write_bytes(b"\xff\xfe\x00garbage\x00" * 50)
+    return run_args(tmp, "--set", f"stream.root={tmp / 'split.csv'}", stream="confounded")
+
+
+@case("confounded-labels-negative", "split.csv", "-1")
+def _(tmp):
+    (tmp / "split.csv").write_text("path,label,group,split\na.png,-1,g,train\nb.png,0,g,test\n")
+    return run_args(tmp, "--set", f"stream.root={tmp / 'split.csv'}", stream="confounded")
+
+
 # --- 7. model weights -------------------------------------------------------------------------------------------------
 def weights_run(tmp: Path, path: Path) -> list[str]:
     return run_args(tmp, "--model", "resnet20-cifar10", "--set", f"model.weights={path}")

@@ -83,7 +83,10 @@ def find_root(data_dir: Path | None, root: str | None) -> Path:
 
 
 def read_metadata(root: Path) -> pd.DataFrame:
-    df = pd.read_csv(root / "metadata.csv", index_col=0, dtype={"patient": "str"})
+    try:
+        df = pd.read_csv(root / "metadata.csv", index_col=0, dtype={"patient": "str"})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"Cannot read {root / 'metadata.csv'} ({type(e).__name__}: {e}); expected {LAYOUT}.") from None
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise UserError(
