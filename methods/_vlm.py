@@ -113,6 +113,16 @@ class PromptAdapter(Adapter):
 
     requires: ClassVar[str] = "clip"
     needs_source = True
+    option_docs = {
+        "ctx_init": "initial words of the learned prompt context",
+        "epochs": "prompt-learning epochs over the few-shot source data (prepare)",
+        "lr": "SGD learning rate of prompt learning",
+        "momentum": "SGD momentum of prompt learning",
+        "wd": "weight decay of prompt learning",
+        "warmup_epochs": "constant-lr warm-up epochs before the cosine schedule",
+        "warmup_lr": "learning rate during the warm-up epochs",
+        "augment": "random crop + flip of the source images each epoch (else cached features)",
+    }
     defaults = PROMPT_DEFAULTS
 
     def __init__(self, model: nn.Module, **hparams: Any) -> None:

@@ -84,6 +84,9 @@ def use_mixed_stats(model: nn.Module, source_weight: float) -> int:
 class AlphaBN(Adapter):
     """α-BN: BN statistics = source_weight·source + (1 − source_weight)·test batch. No training."""
 
+    option_docs = {
+        "source_weight": "α: weight of the source (running) BN statistics mixed with the test batch's",
+    }
     defaults = {"source_weight": 0.9}
     ranges = {"source_weight": "[0,1]"}
     presets = {

@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from methods._doc import document
 from tta_bench.kernel import UserError, check_options
 
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -56,6 +57,13 @@ class Adapter(nn.Module):
     # "[0,1)" | (choice, ...)}. Merged over COMMON_RANGES (lr, steps, betas, ...); checked by `validate()` at
     # construction and by the harness before a run starts, so a bad value is a one-line error, not a crash later.
     ranges: ClassVar[dict[str, Any]] = {}
+    # {option: one-line meaning}; shown by help(Cls), IDEs (a generated "Options" docstring section and keyword
+    # signature, methods/_doc.py) and `python -m tta_bench list methods -v`. Optimizer keys are documented already.
+    option_docs: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        document(cls)
 
     def __init__(self, model: nn.Module, *, inplace: bool = False, **hparams: Any) -> None:
         """Wrap `model` (a deep copy of it unless `inplace=True`: the caller's model is never changed).

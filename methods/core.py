@@ -52,6 +52,10 @@ def as_samples(logits: torch.Tensor, max_pixels: int) -> torch.Tensor:
 class Core(Adapter):
     """α-BN statistics, BN affine parameters trained with the pairwise class-correlation loss."""
 
+    option_docs = {
+        "source_weight": "α of the α-BN statistics mix (source weight)",
+        "max_pixels": "dense outputs: at most this many pixels per batch enter the loss",
+    }
     defaults = {
         "source_weight": 0.9,
         **optimizer_defaults("adam", lr=1e-3),

@@ -88,6 +88,15 @@ def dense_views(teacher: nn.Module, x: torch.Tensor, scales: tuple) -> list[torc
 class CoTTA(Adapter):
     """EMA teacher with augmentation-averaged pseudo-labels, student update and stochastic restore."""
 
+    option_docs = {
+        "mt": "EMA rate of the mean teacher",
+        "rst": "stochastic restore probability per weight element",
+        "ap": "augment the teacher's prediction when the anchor model's confidence is below ap",
+        "n_aug": "augmented views averaged by the teacher",
+        "scales": "multi-scale factors of the teacher's views for dense (segmentation) outputs",
+        "loss": "consistency loss: ce (soft cross-entropy) or sce (symmetric, the ImageNet variant)",
+        "always_augment": "always use the augmentation-averaged teacher (CIFAR variant) instead of the ap rule",
+    }
     defaults = {
         **optimizer_defaults("adam", lr=1e-3),
         "steps": 1,

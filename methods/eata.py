@@ -88,6 +88,12 @@ def update_model_probs(current: torch.Tensor | None, new_probs: torch.Tensor) ->
 class EATA(Adapter):
     """Entropy minimisation on reliable, non-redundant samples, with a Fisher anti-forgetting regulariser."""
 
+    option_docs = {
+        "e_margin_frac": "reliable samples: entropy below e_margin_frac · ln C (E_0)",
+        "d_margin": "non-redundant samples: |cos| to the moving mean probability below d_margin",
+        "fisher_alpha": "weight of the Fisher anti-forgetting regulariser (0 or no prepare: ETA)",
+        "fisher_size": "clean source samples used to estimate the Fisher information in prepare",
+    }
     defaults = {
         **optimizer_defaults("sgd", lr=0.00025),
         "steps": 1,

@@ -71,6 +71,15 @@ class EcoTTA(Adapter):
     """Frozen network + K lightweight meta networks, entropy + self-distilled regularisation."""
 
     needs_source = True
+    option_docs = {
+        "partitions": "K: partitions of the frozen encoder, one meta network each",
+        "split": "explicit block counts per partition (e.g. 3,3,6,6); () = near-equal split",
+        "reg_weight": "λ of the self-distilled regulariser",
+        "e_margin": "confident samples: entropy below e_margin · ln C enter the loss",
+        "warmup_epochs": "epochs of the meta networks' warm-up on source data (prepare)",
+        "warmup_lr": "learning rate of the warm-up",
+        "meta_init": "meta network initialisation: identity (calibrated) or default (PyTorch's)",
+    }
     defaults = {
         "partitions": 4,
         "split": (),

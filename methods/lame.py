@@ -69,6 +69,16 @@ def laplacian_optimization(unary: torch.Tensor, kernel: torch.Tensor, bound_lamb
 class LAME(Adapter):
     """Laplacian regularised correction of the model's probabilities; never updates the model."""
 
+    option_docs = {
+        "affinity": "affinity kernel between the batch's features: rbf, knn or linear",
+        "knn": "neighbours per sample in the kNN/rbf affinity",
+        "sigma": "rbf bandwidth factor (unused by knn/linear)",
+        "force_symmetry": "symmetrise the affinity matrix",
+        "bound_lambda": "weight λ of the Laplacian term",
+        "max_steps": "maximum bound-optimisation iterations",
+        "feature_layer": "module whose input is the feature (default '': the last nn.Linear)",
+        "output": "returned values: log_probs (log of LAME's assignment) or probs",
+    }
     defaults = {"affinity": "rbf", "knn": 5, "sigma": 1.0, "force_symmetry": False, "bound_lambda": 1.0,
                 "max_steps": 100, "feature_layer": "", "output": "log_probs"}
     ranges = {"affinity": ("rbf", "knn", "linear"), "knn": ">=1", "sigma": ">0", "bound_lambda": ">=0",

@@ -56,6 +56,13 @@ def window_size(t: int, total: int, m0: int) -> int:
 class OGEN(PromptAdapter):
     """CoOp + class-conditional unknown-feature synthesis + adaptive self-distillation; frozen on the stream."""
 
+    option_docs = {
+        "k": "known classes whose text features the generator attends over (nearest in text space)",
+        "heads": "attention heads of the feature generator",
+        "warmup_frac": "fraction of the epochs in which only the generator's MSE terms train",
+        "window": "initial window m0 of the adaptive local mean teacher",
+        "distill": "weight of the self-distillation term",
+    }
     defaults = {**PROMPT_DEFAULTS, "k": 3, "heads": 4, "warmup_frac": 0.2, "window": 2, "distill": 1.0}
     ranges = {"k": ">=1", "heads": ">=1", "warmup_frac": "[0,1]", "window": ">=1", "distill": ">=0"}
 

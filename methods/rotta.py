@@ -138,6 +138,14 @@ _OFFICIAL = {"optimizer": "adam", "lr": 1e-3, "betas": (0.9, 0.999), "wd": 0.0, 
 class RoTTA(Adapter):
     """Robust BN + category-balanced memory bank + timeliness-reweighted teacher-student update."""
 
+    option_docs = {
+        "memory_size": "capacity of the category-balanced memory bank (CSTU)",
+        "update_frequency": "adapt once per this many test samples, on the memory bank",
+        "nu": "EMA rate of the teacher",
+        "alpha": "momentum of the robust BN statistics (RBN)",
+        "lambda_t": "weight of timeliness (age) in the memory's heuristic score",
+        "lambda_u": "weight of uncertainty (entropy) in the memory's heuristic score",
+    }
     defaults = {
         **optimizer_defaults("adam", lr=1e-3),
         "memory_size": 64,

@@ -62,6 +62,13 @@ def sar_params(model: nn.Module, skip: tuple[str, ...]) -> list[nn.Parameter]:
 class SAR(Adapter):
     """Reliable entropy minimisation with SAM, and recovery when the entropy EMA collapses."""
 
+    option_docs = {
+        "rho": "SAM neighbourhood radius ρ",
+        "steps": "SAM update steps per test batch",
+        "margin_e0_frac": "reliable samples: entropy below margin_e0_frac · ln C (E_0)",
+        "reset_constant": "model recovery when the EMA of the loss falls below this",
+        "skip_layers": "norm layers whose name contains one of these are not adapted (the top layers)",
+    }
     defaults = {
         **optimizer_defaults("sgd", lr=0.00025),
         "rho": 0.05,

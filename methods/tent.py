@@ -36,6 +36,9 @@ from methods.base import (
 class Tent(Adapter):
     """Entropy minimisation on BatchNorm affine parameters with test-batch statistics."""
 
+    option_docs = {
+        "steps": "entropy-minimisation steps per test batch (the returned logits are the first forward's)",
+    }
     defaults = {**optimizer_defaults("adam", lr=1e-3), "steps": 1}
     presets = {
         "cifar10-c": {"source": "DequanWang/tent:cfgs/tent.yaml", "batch_size": 200,

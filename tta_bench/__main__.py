@@ -26,7 +26,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from tta_bench.report import list_entries
 
-    print(list_entries(args.what))
+    print(list_entries(args.what, verbose=args.verbose))
     return 0
 
 
@@ -53,6 +53,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     p.add_argument(
         "what", nargs="?", default="all", choices=["all", "methods", "streams", "models", "corruptions", "settings"]
     )
+    p.add_argument("-v", "--verbose", action="store_true", help="methods: every option with its default and meaning")
     p.set_defaults(func=cmd_list)
     # Implemented in other packages, each module with add_arguments(parser) and main(args) -> int.
     delegated = {

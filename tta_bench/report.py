@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tta_bench import rundir
+from tta_bench.kernel import UserError
 from tta_bench.runner import RunResult
 
 
@@ -11,29 +13,61 @@ def _fmt(v: Any, unit: str = "") -> str:
     return "-" if v is None else f"{v:.2f}{unit}" if isinstance(v, float) else f"{v}{unit}"
 
 
+def _applies_severity(df) -> bool:
+    return "severity" in df and df["severity"].notna().any()
+
+
+def forgetting_text(s: dict[str, Any], folder) -> str:
+    """The clean-error line: before -> after (forgetting), or why forgetting is absent."""
+    if s.get("forgetting") is not None:
+        return (
+            f"clean error {_fmt(s['clean_error_before'], ' %')} -> {_fmt(s['clean_error_after'], ' %')} "
+            f"(forgetting {_fmt(s['forgetting'], ' pp')})"
+        )
+    try:
+        clean_eval = rundir.load_config(folder)["config"].get("clean_eval")
+    except (UserError, OSError, KeyError):
+        clean_eval = None
+    if clean_eval == "off":
+        return "forgetting not measured (--clean-eval off)"
+    return "forgetting not measured: this stream has no held-out clean split"
+
+
 def results_table(result: RunResult) -> str:
-    """Per-domain table (rows: domains; a column per round), then the run's headline figures."""
+    """Per-domain table (rows: domains; the task's headline per-domain metric(s) and error, or a column per round),
+    then the run's headline figures first (mIoU, balanced error and AUC, base/new/HM, or error) and only what
+    applies (no severity for streams without one, peak device memory only where measured)."""
     df, s = result.domains, result.summary
-    piv = df.pivot_table(index="domain", columns="round", values="error", sort=False)
+    head = rundir.headline(s.get("task"), [k for k, v in s.items() if v is not None])
+    cols = [(f"{m.label} %", m.key) for m in head if m.key in df and df[m.key].notna().any()] + [("error %", "error")]
+    rounds = sorted(df["round"].unique())
+    if len(rounds) > 1:
+        title, key = cols[0]
+        piv = df.pivot_table(index="domain", columns="round", values=key, sort=False)
+        headers = [f"{title.split(' %')[0]} r{r}" for r in rounds]
+        values = [piv[r] for r in rounds]
+    else:
+        piv = df.pivot_table(index="domain", values=[k for _, k in cols], sort=False)
+        headers = [t for t, _ in cols]
+        values = [piv[k] for _, k in cols]
     width = max([len("domain")] + [len(str(d)) for d in piv.index])
-    rounds = list(piv.columns)
-    head = f"{'domain':<{width}}  " + "  ".join(f"{'error %' if len(rounds) == 1 else f'round {r}':>9}" for r in rounds)
-    lines = [
-        f"{s['method']} on {s['stream']} ({s['model']}, {s['setting']}, severity {s['severity']}, seed {s['seed']})",
-        head,
-        "-" * len(head),
-    ]
-    for dom, row in piv.iterrows():
-        lines.append(f"{dom:<{width}}  " + "  ".join(f"{row[r]:9.2f}" for r in rounds))
-    lines.append("-" * len(head))
-    lines.append(f"{'mean':<{width}}  " + "  ".join(f"{piv[r].mean():9.2f}" for r in rounds))
+    cw = max([9] + [len(h) for h in headers])
+    header = f"{'domain':<{width}}  " + "  ".join(f"{h:>{cw}}" for h in headers)
+    sev = f", severity {s['severity']}" if _applies_severity(df) else ""
+    lines = [f"{s['method']} on {s['stream']} ({s['model']}, {s['setting']}{sev}, seed {s['seed']})", header]
+    lines.append("-" * len(header))
+    for dom in piv.index:
+        lines.append(f"{dom:<{width}}  " + "  ".join(f"{v[dom]:{cw}.2f}" for v in values))
+    lines.append("-" * len(header))
+    lines.append(f"{'mean':<{width}}  " + "  ".join(f"{v.mean():{cw}.2f}" for v in values))
+    headline = "   ".join(f"{m.label} {_fmt(s.get(m.key), ' %')} ({m.arrow})" for m in head)
+    error = "" if head[0].key == "mean_error" else f"   mean error {_fmt(s['mean_error'], ' %')}"
+    peak = f"   peak device memory {_fmt(s['peak_device_mb'], ' MB')}" if s.get("peak_device_mb") is not None else ""
     lines += [
         "",
-        f"mean error {_fmt(s['mean_error'], ' %')}   ECE {_fmt(s.get('ece'), ' %')}   "
-        f"clean error {_fmt(s['clean_error_before'], ' %')} -> {_fmt(s['clean_error_after'], ' %')} "
-        f"(forgetting {_fmt(s['forgetting'], ' pp')})",
-        f"adapt memory {_fmt(s['adapt_mb'], ' MB')}   peak device memory {_fmt(s['peak_device_mb'], ' MB')}   "
-        f"{_fmt(s['images_per_s'])} images/s",
+        f"{headline}{error}   ECE {_fmt(s.get('ece'), ' %')}",
+        forgetting_text(s, result.folder),
+        f"adapt memory {_fmt(s['adapt_mb'], ' MB')}{peak}   {_fmt(s['images_per_s'])} images/s",
         f"{'completed run found (not run again; --force to redo)' if result.skipped else 'results'}: {result.folder}",
     ]
     if s.get("diverged"):
@@ -56,8 +90,16 @@ def _presets_text(method_cls: type) -> str:
     return "".join(f"\n      preset {line}" for line in describe(method_cls))
 
 
-def list_entries(what: str = "all") -> str:
-    """One line per registered method / stream / model / corruption / setting, with its description."""
+def _options_text(method_cls: type) -> str:
+    """Continuation lines under a method in `list methods -v`: each option, its default and meaning."""
+    from methods._doc import option_lines
+
+    return "".join(f"\n      option {line}" for line in option_lines(method_cls)) or "\n      (no options)"
+
+
+def list_entries(what: str = "all", verbose: bool = False) -> str:
+    """One line per registered method / stream / model / corruption / setting, with its description; `verbose`:
+    each method's options (default and meaning) too."""
     import corruptions
     import methods
     from tta_bench.models import MODELS, load_zoo
@@ -65,7 +107,10 @@ def list_entries(what: str = "all") -> str:
 
     load_zoo()
     sections = {
-        "methods": [(e.name, e.description + _presets_text(e.factory)) for e in methods.METHODS.items()],
+        "methods": [
+            (e.name, e.description + (_options_text(e.factory) if verbose else "") + _presets_text(e.factory))
+            for e in methods.METHODS.items()
+        ],
         "streams": [
             (e.name, e.description + f" [default model: {e.factory.default_model}; "
              f"family: {getattr(e.factory, 'family', None) or '-'}]")
