@@ -218,6 +218,18 @@ simple("device-cuda-index-out-of-range", ["--device", "cuda:7"], "cuda:7", "--de
 simple("data-dir-missing", ["--data-dir", "/nonexistent/tta"], "/nonexistent/tta", "--data-dir")
 
 
+def test_run_config_fields_have_types():
+    """Library use (and sweeps) build RunConfig directly: a wrong type is a UserError naming the field."""
+    from tta_bench.config import RunConfig
+    from tta_bench.kernel import UserError
+
+    for kw, name in [({"severity": "5"}, "--severity"), ({"limit": 2.5}, "--limit"), ({"seed": True}, "--seed"),
+                     ({"batch_size": None}, "--batch-size"), ({"device": 0}, "--device")]:  # fmt: skip
+        with pytest.raises(UserError, match=name):
+            RunConfig(method="tent", stream="digits-c", **kw)
+    RunConfig(method="tent", stream="digits-c", seed=np.int64(3), limit=None)  # numpy integers are whole numbers
+
+
 @case("data-dir-is-file", "--data-dir")
 def _(tmp):
     (tmp / "f").write_text("x")
@@ -256,6 +268,9 @@ simple("set-steps-negative", ["--set", "method.steps=-2"], "steps", ">= 1")
 simple("set-lr-negative", ["--set", "method.lr=-0.001"], "'lr'", ">= 0")
 simple("set-wd-negative", ["--set", "method.wd=-1"], "'wd'", ">= 0")
 simple("set-nesterov-type", ["--set", "method.nesterov=3"], "nesterov", "expects bool")
+simple("set-stream-type", ["--setting", "non-iid", "--set", "stream.gamma=wide"], "'gamma'", "expects float")
+simple("set-model-type", ["--set", "model.width=wide"], "'width'", "expects int")
+simple("set-list-for-a-number", ["--set", "method.lr=[0.1,0.2]"], "'lr'", "expects float")
 CASES.append(Case("set-norm-has-no-options", lambda t: run_args(t, "--set", "method.lr=1", method="norm"), ("'lr'",)))
 
 

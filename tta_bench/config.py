@@ -6,6 +6,7 @@ worker count), so the same experiment run twice, or on another machine, lands in
 
 from __future__ import annotations
 
+import numbers
 import os
 import re
 from dataclasses import asdict, dataclass, field, fields
@@ -101,6 +102,11 @@ class RunConfig:
             raise UserError(f"Unknown precision '{self.precision}'. Choose fp32 or amp (--precision).")
         if self.clean_eval not in CLEAN_EVAL:
             raise UserError(f"--clean-eval must be one of {', '.join(CLEAN_EVAL)}, got '{self.clean_eval}'.")
+        for name in ("severity", "batch_size", "seed", "rounds", "workers", "limit"):
+            v = getattr(self, name)
+            whole = isinstance(v, numbers.Integral) and not isinstance(v, bool)
+            if not whole and not (name == "limit" and v is None):
+                raise UserError(f"--{name.replace('_', '-')} takes a whole number, got {v!r} ({type(v).__name__}).")
         if not 1 <= self.severity <= 5:
             raise UserError(f"Severity must be 1..5, got {self.severity} (--severity).")
         for name in ("batch_size", "rounds"):
