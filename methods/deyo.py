@@ -22,6 +22,7 @@ Deviation: BatchNorm1d/3d are handled like BatchNorm2d (the official configures 
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import torch
 import torch.nn as nn
@@ -57,7 +58,7 @@ def shuffle_patches(x: torch.Tensor, patch_len: int) -> torch.Tensor:
     return TF.resize(x, [side, side], antialias=True)
 
 
-def destroy(x: torch.Tensor, hp) -> torch.Tensor:
+def destroy(x: torch.Tensor, hp: SimpleNamespace) -> torch.Tensor:
     """The object-destroying transformation x -> x' (no grad)."""
     if hp.aug_type == "patch":
         return shuffle_patches(x, hp.patch_len)
