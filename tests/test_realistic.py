@@ -15,7 +15,10 @@ import torch.nn as nn
 
 from methods import Adapter
 from tta_bench import RunConfig, run
+from tta_bench import streams as st
+from tta_bench.data.cifar import U8Images
 from tta_bench.kernel import UserError
+from tta_bench.models import MODELS
 from tta_bench.protocols import RealisticClock, adapted_summary, check_stream_options, clock_for, skipped_after
 
 
@@ -98,24 +101,50 @@ def test_speed_ratio_is_checked_and_only_accepted_in_the_realistic_setting():
     assert adapted_summary(None, 7) == {"speed_ratio": None, "speed_ratio_measured": None, "batches_adapted": 7}
 
 
+def _tiny_spec(*, data_dir, seed: int = 0) -> st.StreamSpec:
+    """Test stream: 3 synthetic domains of 32 8x8 images (domain k is brighter), 4 classes."""
+
+    def load(domain: str, severity, limit):
+        k = int(domain[1])
+        x = ((k / 3 + 0.2 * torch.rand(32, 3, 8, 8, generator=torch.Generator().manual_seed(k))) * 255).to(torch.uint8)
+        return U8Images(x[:limit], (torch.arange(32) % 4)[:limit])
+
+    return st.StreamSpec("realistic-tiny", ["d0", "d1", "d2"], load, 4, "realistic-tiny-net", severities=None)
+
+
+def _tiny_net(spec, ctx) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, 4))  # fmt: skip
+
+
+@pytest.fixture
+def tiny_registered():
+    st.register("realistic-tiny", default_model="realistic-tiny-net")(_tiny_spec)
+    MODELS.add("realistic-tiny-net", _tiny_net)
+    yield
+    st.STREAMS._entries.pop("realistic-tiny")
+    MODELS._entries.pop("realistic-tiny-net")
+
+
 def _cfg(runs_dir, **kw) -> RunConfig:
-    base = dict(method="tent", stream="digits-c", limit=32, batch_size=16, clean_eval="off", out=str(runs_dir))
+    base = dict(method="tent", stream="realistic-tiny", batch_size=8, clean_eval="off", out=str(runs_dir))
     return RunConfig(**{**base, **kw})
 
 
-def test_realistic_at_k1_equals_continual_and_k2_adapts_every_second_batch(runs_dir, one_thread):
+def test_realistic_at_k1_equals_continual_and_k2_adapts_every_second_batch(runs_dir, tiny_registered):
     cont = run(_cfg(runs_dir), quiet=True).summary
     k1 = run(_cfg(runs_dir, setting="realistic", stream_opts={"speed_ratio": 1}), quiet=True).summary
     assert k1["mean_error"] == cont["mean_error"] and k1["domain_errors"] == cont["domain_errors"]
     assert k1["window_errors"] == cont["window_errors"]
-    assert k1["batches_adapted"] == 15 * 2 and k1["speed_ratio"] == 1.0 and k1["speed_ratio_measured"] is False
-    assert cont["batches_adapted"] == 30 and cont["speed_ratio"] is None
+    assert k1["batches_adapted"] == 3 * 4 and k1["speed_ratio"] == 1.0 and k1["speed_ratio_measured"] is False
+    assert cont["batches_adapted"] == 12 and cont["speed_ratio"] is None and cont["mean_error"] > 0
     k2 = run(_cfg(runs_dir, setting="realistic", stream_opts={"speed_ratio": 2}), quiet=True)
-    assert k2.summary["batches_adapted"] == 15 and k2.summary["batches_not_adapted"] == 15  # 2 batches/domain
+    assert k2.summary["batches_adapted"] == 6 and k2.summary["batches_not_adapted"] == 6  # 4 batches/domain
     assert (
         _cfg(runs_dir, setting="realistic", stream_opts={"speed_ratio": 3}).run_id()
         != _cfg(runs_dir, setting="realistic", stream_opts={"speed_ratio": 2}).run_id()
     )
     measured = run(_cfg(runs_dir, setting="realistic"), quiet=True).summary
     assert measured["speed_ratio_measured"] is True and measured["speed_ratio"] > 0
-    assert 15 <= measured["batches_adapted"] <= 30
+    assert 3 <= measured["batches_adapted"] <= 12
