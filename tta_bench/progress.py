@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tta_bench.kernel.progress import Progress, is_terminal, progress, quiet_while, set_bar_factory, set_quiet
+from tta_bench.kernel.progressbar import Progress, is_terminal, progress, quiet_while, set_bar_factory, set_quiet
 
 __all__ = ["Progress", "is_terminal", "progress", "quiet_while", "set_quiet", "tqdm_bar"]
 

@@ -27,7 +27,7 @@ from tta_bench.kernel.files import (
     write_with,
 )
 from tta_bench.kernel.options import SCOPES, check_options, coerce, parse_sets, parse_value
-from tta_bench.kernel.progress import progress
+from tta_bench.kernel.progressbar import progress
 from tta_bench.kernel.registry import Entry, Registry, declared_options
 
 __all__ = [

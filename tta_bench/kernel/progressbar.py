@@ -84,8 +84,7 @@ class Progress:
         if not self.off and factory is not None and is_terminal():
             self.bar = factory(total=total, desc=desc, unit=unit, leave=leave)
         elif not self.off and announce:
-            per = f"{total} {unit}{' per pass' if iterable is not None else ''}"
-            self._line(f"{desc}: started" + (f" ({per})" if total else ""))
+            self._line(f"{desc}: started" + (f" ({total} {unit})" if total else ""))
 
     # --- display ------------------------------------------------------------------------------------------
     @property
