@@ -94,6 +94,8 @@ class AdaContrast(Adapter):
         "beta": 1.0,
         "eta": 1.0,
     }
+    ranges = {"queue_size": ">=1", "m": "[0,1]", "temperature": ">0", "num_neighbors": ">=1", "warmup_samples": ">=0",
+              "alpha": ">=0", "beta": ">=0", "eta": ">=0"}  # fmt: skip
     presets = {
         f: {"source": _SUITE.format(f.replace("-", "_")), "options": dict(_OPTS)}
         for f in ("cifar10-c", "cifar100-c", "imagenet-c")

@@ -33,6 +33,7 @@ class CMF(ROID):
         "gamma": 0.99,
         "q": 0.005,
     }
+    ranges = {**ROID.ranges, "alpha": "[0,1]", "gamma": "[0,1]", "q": ">=0"}
     presets = {
         "cifar10-c": {"source": SUITE.format("cifar10_c", "cmf"), "options": {}},
         "cifar100-c": {"source": SUITE.format("cifar100_c", "cmf"), "options": {}},

@@ -90,6 +90,8 @@ class DeYO(Adapter):
         "row_start": 56,
         "column_start": 56,
     }
+    ranges = {"margin": ">=0", "margin_e0": ">=0", "aug_type": ("patch", "pixel", "occ"), "patch_len": ">=1",
+              "occlusion_size": ">=1", "row_start": ">=0", "column_start": ">=0"}  # fmt: skip
     presets = {
         "cifar10-c": {"source": SUITE.format("cifar10_c"), "options": {}},
         "cifar100-c": {"source": SUITE.format("cifar100_c"), "options": {}},

@@ -45,6 +45,7 @@ class MEMO(Adapter):
         "prior_strength": 9,
         "crop": "auto",
     }
+    ranges = {"n_aug": ">=1", "prior_strength": ">=0"}
     presets = {
         "cifar10-c": {"source": _SUITE.format("cifar10_c"), "options": {"lr": 0.005, "n_aug": 32, "prior_strength": 9}},
         "cifar100-c": {

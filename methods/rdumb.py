@@ -28,6 +28,7 @@ class RDumb(ETA):
     """ETA that resets itself to the source model every `reset_every` steps."""
 
     defaults = {**ETA.defaults, **optimizer_defaults("adam", lr=1e-3), "d_margin": 0.4, "reset_every": 1000}
+    ranges = {**ETA.ranges, "reset_every": ">=1"}
     presets = {
         "cifar10-c": {"source": SUITE.format("cifar10_c"), "options": {}},
         "cifar100-c": {"source": SUITE.format("cifar100_c"), "options": {}},

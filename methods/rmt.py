@@ -64,6 +64,9 @@ class RMT(PrototypeContrast):
         "max_proto_samples": 100000,
         "replay_size": 10000,
     }
+    ranges = {"mt": "[0,1]", "lambda_ce_src": ">=0", "lambda_ce_trg": ">=0", "lambda_cont": ">=0", "temperature": ">0",
+              "projection_dim": ">=1", "num_samples_warm_up": ">=0", "max_proto_samples": ">=1",
+              "replay_size": ">=1"}  # fmt: skip
     needs_source = True
     presets = {
         "cifar10-c": {"source": SUITE.format("cifar10_c"), "options": {}},

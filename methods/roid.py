@@ -69,6 +69,7 @@ class ROID(Adapter):
         "momentum_probs": 0.9,
         "temperature": 1 / 3,
     }
+    ranges = {"momentum_src": "[0,1]", "momentum_probs": "[0,1]", "temperature": ">0"}
     presets = {
         "cifar10-c": {"source": SUITE.format("cifar10_c", "roid"), "options": {}},
         "cifar100-c": {"source": SUITE.format("cifar100_c", "roid"), "options": {}},

@@ -51,6 +51,8 @@ class SANTA(PrototypeContrast):
         "projection_dim": 128,
         "max_proto_samples": 100000,
     }
+    ranges = {"lambda_ce_trg": ">=0", "lambda_cont": ">=0", "temperature": ">0", "projection_dim": ">=1",
+              "max_proto_samples": ">=1"}  # fmt: skip
     needs_source = True
     presets = {
         "cifar10-c": {"source": SUITE.format("cifar10_c"), "options": {}},

@@ -73,6 +73,9 @@ class TDA(CLIPTestTime):
         "neg_mask_lower": 0.03,
         "neg_mask_upper": 1.0,
     }
+    ranges = {"n_aug": ">=0", "selection_p": "(0,1]", "pos_shot_capacity": ">=0", "pos_alpha": ">=0", "pos_beta": ">=0",
+              "neg_shot_capacity": ">=0", "neg_alpha": ">=0", "neg_beta": ">=0", "neg_entropy_lower": "[0,1]",
+              "neg_entropy_upper": "[0,1]", "neg_mask_lower": "[0,1]", "neg_mask_upper": "[0,1]"}  # fmt: skip
     presets = {"imagenet-c": {"source": _TDA, "options": {k: v for k, v in defaults.items() if k != "augmix"}}}
 
     def configure(self) -> None:

@@ -43,6 +43,7 @@ class TPT(CLIPTestTime):
         "augmix": False,
         "ctx_init": "a photo of a",
     }
+    ranges = {"n_aug": ">=0", "selection_p": "(0,1]"}
     presets = {"imagenet-c": {"source": _SUITE, "options": {"optimizer": "adamw", "lr": 5e-3, "wd": 0.01}}}
 
     def configure(self) -> None:

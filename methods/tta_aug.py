@@ -32,6 +32,7 @@ class TTAug(Adapter):
     """Mean logits over the image and its AugMix views; BN with a 0.9 source prior; nothing trained."""
 
     defaults = {"n_aug": 32, "bn_prior": 0.9, "crop": "auto"}
+    ranges = {"n_aug": ">=1", "bn_prior": "[0,1]"}
     presets = {"cifar10-c": _CONF, "cifar100-c": _CONF, "imagenet-c": _CONF}
 
     def configure(self) -> None:

@@ -33,6 +33,7 @@ class VTE(CLIPTestTime):
     """Prompt-template ensemble x mean feature of the confident augmented views; training-free."""
 
     defaults = {"n_aug": 63, "selection_p": 0.1, "augmix": False, "templates": "clip80"}
+    ranges = {"n_aug": ">=0", "selection_p": "(0,1]"}
     presets = {"imagenet-c": {"source": _SUITE, "options": {"n_aug": 63, "templates": "clip80"}}}
 
     def configure(self) -> None:
