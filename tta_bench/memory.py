@@ -9,7 +9,8 @@
   The source checkpoint an adapter keeps for `reset()` is not counted (it can live on disk).
 - `peak_device_mb`: `torch.cuda.max_memory_allocated` during the step (CUDA only, else None).
 
-`measure(adapter, x)` runs the step on a deep copy, so the adapter itself is not changed.
+`measure(adapter, x)` runs the step on a deep copy, so the adapter itself is not changed; `StepMemory` measures
+a step the caller runs (the harness: the stream's first batch, so no extra step is paid).
 """
 
 from __future__ import annotations
@@ -102,39 +103,67 @@ def _unpack(obj: Any) -> torch.Tensor:
     return obj.t if isinstance(obj, _Held) else obj
 
 
+class StepMemory:
+    """Context manager measuring the adaptation step run inside it on `adapter` itself (no copy, no extra step).
+
+    The harness wraps the stream's first real step in it, so `adapt_mb` costs no additional adaptation step:
+
+        with StepMemory(adapter, x) as mem:
+            out = adapter(x)
+        mem.result  # the dict `measure` returns
+
+    Saved-tensor hooks only wrap what autograd saves; the step's numbers are unchanged.
+    """
+
+    def __init__(self, adapter: nn.Module, x: torch.Tensor) -> None:
+        self.adapter, self.x = adapter, x
+        self.result: dict[str, float | None] = {}
+
+    def __enter__(self) -> StepMemory:
+        a = self.adapter
+        self.model_t = module_tensors(getattr(a, "model", a))
+        self.all_t = module_tensors(a)
+        self.cuda = self.x.is_cuda
+        if self.cuda:
+            torch.cuda.synchronize(self.x.device)
+            torch.cuda.reset_peak_memory_stats(self.x.device)
+        self.tracker = SavedTensorTracker(exclude=self.all_t).__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.tracker.__exit__(*exc)
+        if exc[0] is not None:
+            return
+        a = self.adapter
+        model_keys = {_storage_key(t) for t in self.model_t}
+        copies = [t for t in self.all_t if _storage_key(t) not in model_keys]
+        trainable = (
+            a.trainable_parameters()
+            if hasattr(a, "trainable_parameters")
+            else [p for p in a.parameters() if p.requires_grad]
+        )
+        peak = None
+        if self.cuda:
+            torch.cuda.synchronize(self.x.device)
+            peak = torch.cuda.max_memory_allocated(self.x.device) / MB
+        parts = {
+            "params_mb": tensor_bytes(self.model_t) / MB,
+            "grads_mb": sum(p.numel() * p.element_size() for p in trainable) / MB,
+            "optimizer_mb": tensor_bytes(optimizer_tensors(getattr(a, "optimizer", None))) / MB,
+            "copies_mb": tensor_bytes(copies) / MB,
+            "saved_mb": self.tracker.peak / MB,
+        }
+        self.result = {"adapt_mb": sum(parts.values()), **parts, "peak_device_mb": peak}
+
+
 def measure(adapter: nn.Module, x: torch.Tensor) -> dict[str, float | None]:
     """Memory (MB, 2^20 bytes) of one adaptation step of `adapter` on batch `x`, on a deep copy.
 
     Returns `adapt_mb` and its parts (`params_mb`, `grads_mb`, `optimizer_mb`, `copies_mb`, `saved_mb`)
-    and `peak_device_mb` (None off CUDA).
+    and `peak_device_mb` (None off CUDA). The harness measures its first real step instead (`StepMemory`).
     """
     a = copy.deepcopy(adapter)
-    model = getattr(a, "model", a)
-    model_t = module_tensors(model)
-    all_t = module_tensors(a)
-    model_keys = {_storage_key(t) for t in model_t}
-    copies = [t for t in all_t if _storage_key(t) not in model_keys]
-    trainable = (
-        a.trainable_parameters()
-        if hasattr(a, "trainable_parameters")
-        else [p for p in a.parameters() if p.requires_grad]
-    )
-    cuda = x.is_cuda
-    if cuda:
-        torch.cuda.synchronize(x.device)
-        torch.cuda.reset_peak_memory_stats(x.device)
-    with SavedTensorTracker(exclude=all_t) as tracker:
+    with StepMemory(a, x) as mem:
         a(x)
-    peak = None
-    if cuda:
-        torch.cuda.synchronize(x.device)
-        peak = torch.cuda.max_memory_allocated(x.device) / MB
-    parts = {
-        "params_mb": tensor_bytes(model_t) / MB,
-        "grads_mb": sum(p.numel() * p.element_size() for p in trainable) / MB,
-        "optimizer_mb": tensor_bytes(optimizer_tensors(getattr(a, "optimizer", None))) / MB,
-        "copies_mb": tensor_bytes(copies) / MB,
-        "saved_mb": tracker.peak / MB,
-    }
     del a
-    return {"adapt_mb": sum(parts.values()), **parts, "peak_device_mb": peak}
+    return mem.result

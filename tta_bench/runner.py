@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from tta_bench import streams as st
 from tta_bench.config import RunConfig, cache_dir_default, weights_dir_default
 from tta_bench.identity import data_fingerprint, open_stream, resolve, run_id  # noqa: F401  (re-exported)
 from tta_bench.kernel import UserError, hash_json, read_json, write_json
-from tta_bench.memory import measure
+from tta_bench.memory import StepMemory, measure
 from tta_bench.metrics import forgetting, make_meter
 from tta_bench.models import ModelContext, build_model, load_cache, model_info, save_cache
 from tta_bench.progress import progress, quiet_while
@@ -345,9 +346,7 @@ def stream(adapter, spec, cfg: RunConfig, segments, datasets, device: torch.devi
     """Every segment through the adapter, in order; per-batch and per-domain rows, clean error, memory, time."""
     cuda = device.type == "cuda"
     rec = StreamRecord()
-    first = next(st.batches(datasets[0], segments[0], cfg.batch_size, cfg.seed, cfg.stream_opts["gamma"]))
-    with _autocast(cfg, device):
-        rec.memory = measure(adapter, first.x.to(device))
+    rec.memory = {}  # adapt_mb: measured on the stream's first real step (run_segment), no extra step
     rec.clean_before = rec.clean_after = clean_error(adapter, spec, cfg, device, quiet)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
@@ -358,10 +357,10 @@ def stream(adapter, spec, cfg: RunConfig, segments, datasets, device: torch.devi
         for seg, ds in zip(segments, datasets):
             if seg.reset:
                 adapter.reset()
-            meter, times, seconds = run_segment(adapter, spec, cfg, seg, ds, device, overall, bar, clock)
+            meter, times, seconds = run_segment(adapter, spec, cfg, seg, ds, device, overall, bar, clock, rec.memory)
             rec.seconds += seconds
             peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
-            rec.batch_rows += batch_rows(meter, seg, times, len(rec.batch_rows), rec.memory["adapt_mb"], peak)
+            rec.batch_rows += batch_rows(meter, seg, times, len(rec.batch_rows), rec.memory.get("adapt_mb"), peak)
             if cfg.clean_eval == "domain":
                 rec.clean_after = clean_error(adapter, spec, cfg, device, quiet)
             rec.domain_rows += domain_rows(meter, spec, seg, seconds, rec.clean_after)
@@ -374,10 +373,11 @@ def stream(adapter, spec, cfg: RunConfig, segments, datasets, device: torch.devi
     return rec
 
 
-def run_segment(adapter, spec, cfg: RunConfig, seg, ds, device, overall, bar, clock=None):
+def run_segment(adapter, spec, cfg: RunConfig, seg, ds, device, overall, bar, clock=None, memory=None):
     """One segment's batches through the adapter: (its meter, seconds per batch, seconds in all).
 
-    `clock` (realistic setting) decides per batch whether the method adapts or the current model predicts."""
+    `clock` (realistic setting) decides per batch whether the method adapts or the current model predicts.
+    `memory`: an empty dict is filled with the memory of this segment's first step (`tta_bench.memory.StepMemory`)."""
     if clock is not None:
         clock.start_segment()
     cuda = device.type == "cuda"
@@ -386,14 +386,17 @@ def run_segment(adapter, spec, cfg: RunConfig, seg, ds, device, overall, bar, cl
     bar.set_description(f"r{seg.round} {seg.domain}")
     t0 = t_prev = time.perf_counter()
     times = []
-    batches = st.batches(ds, seg, cfg.batch_size, cfg.seed, cfg.stream_opts["gamma"], cfg.workers, cuda)
+    defer = st.defer_on(device)  # generated corruptions: on the run device in this loop (CUDA), else in the loader
+    batches = st.batches(ds, seg, cfg.batch_size, cfg.seed, cfg.stream_opts["gamma"], cfg.workers, cuda, defer)
     for i, b in enumerate(batches):
-        x = b.x.to(device, non_blocking=True)
+        x = st.to_device(ds, b, device)
         y, dom = b.y.to(device, non_blocking=True), b.domain_ids.to(device, non_blocking=True)
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(cfg, device):
+        with _autocast(cfg, device), StepMemory(adapter, x) if memory == {} else nullcontext() as mem:
             out = adapter(x) if clock is None else clock.step(adapter, x)
+        if mem is not None:
+            memory.update(mem.result)
         if mask is not None:
             out = out.masked_fill(~mask, float("-inf"))
         meter.update(out, y, dom)

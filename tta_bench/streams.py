@@ -9,6 +9,7 @@ Settings never live inside methods: an adapter only sees `forward(x)` and `reset
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -40,6 +41,9 @@ class Batch:
     domain: str
     severity: int | None
     domain_ids: torch.Tensor  # (N,) index into StreamSpec.domain_names, per sample
+    # (N,) positions in the segment dataset when `x` still has to be finished on the run device (clean uint8
+    # images of a generated stream, corrupted by `to_device`); None when `x` is final.
+    index: torch.Tensor | None = None
 
 
 @dataclass
@@ -165,9 +169,13 @@ class _Tagged(Dataset):
     their samples as tensors (TensorDataset-like, `.tensors`) are sliced without a per-sample Python loop.
     """
 
-    def __init__(self, parts: list[tuple[Dataset, int]]) -> None:
+    def __init__(self, parts: list[tuple[Dataset, int]], defer: bool = False) -> None:
         self.parts = parts
         self.offsets = np.cumsum([0] + [len(d) for d, _ in parts])
+        # Datasets with `raw(idx)` (clean uint8 batch) and `finish(x, idx)` (-> float [0,1] where x is): finished
+        # here in the loader, or (`defer`) by `finish` on the run device; the images are the same either way.
+        self.finishable = all(hasattr(d, "raw") and hasattr(d, "finish") for d, _ in parts)
+        self.defer = defer and self.finishable
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -181,7 +189,10 @@ class _Tagged(Dataset):
             ds, _ = self.parts[k]
             local = idx[sel] - self.offsets[k]
             tensors = getattr(ds, "tensors", None)
-            if tensors is not None:
+            if self.finishable:
+                x, y = ds.raw(local), torch.as_tensor(np.asarray(ds.targets)[local])
+                x = x if self.defer else ds.finish(x, local)
+            elif tensors is not None:
                 t = torch.as_tensor(local)
                 x, y = tensors[0][t], tensors[1][t]
             else:
@@ -191,7 +202,23 @@ class _Tagged(Dataset):
             xs.append(x), ys.append(y), pos.append(sel)
         order = torch.as_tensor(np.argsort(np.concatenate(pos), kind="stable"))
         doms = torch.as_tensor(np.asarray([self.parts[k][1] for k in part], dtype=np.int64))
+        if self.defer:
+            return torch.cat(xs)[order], torch.cat(ys)[order], doms, torch.as_tensor(idx)
         return torch.cat(xs)[order], torch.cat(ys)[order], doms
+
+    def finish(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Deferred images `x` (clean uint8, on the run device) at dataset positions `index` -> float [0,1]."""
+        idx = index.cpu().numpy()
+        part = np.searchsorted(self.offsets, idx, side="right") - 1
+        out = None
+        for k in np.unique(part):
+            sel = np.flatnonzero(part == k)
+            ds, _ = self.parts[k]
+            t = torch.as_tensor(sel, device=x.device)
+            y = ds.finish(x[t], idx[sel] - self.offsets[k])
+            out = torch.empty((len(idx), *y.shape[1:]), dtype=y.dtype, device=y.device) if out is None else out
+            out[t] = y
+        return out
 
     def labels(self) -> np.ndarray:
         """Class labels of every item (for label-dependent orders); uses `ds.targets` when present."""
@@ -208,6 +235,22 @@ def segment_seed(seed: int, *parts: object) -> int:
     return int.from_bytes(h[:8], "little") >> 1
 
 
+def defer_on(device: torch.device) -> bool:
+    """Whether generated images are corrupted in the batch loop on `device` (CUDA: yes; CPU: in the loader, where
+    workers run in parallel). `TTA_BENCH_DEVICE_DATA=1|0` forces it either way (the images are the same)."""
+    forced = os.environ.get("TTA_BENCH_DEVICE_DATA")
+    if forced in ("0", "1"):
+        return forced == "1"
+    return torch.device(device).type != "cpu"
+
+
+def to_device(ds: _Tagged, b: Batch, device: torch.device) -> torch.Tensor:
+    """Batch `b`'s images on `device`, float [0,1]: moved (non-blocking from pinned memory), and finished there
+    when they were deferred (`batches(defer=True)`: clean uint8 in, corrupted on the device)."""
+    x = b.x.to(device, non_blocking=True)
+    return x if b.index is None else ds.finish(x, b.index)
+
+
 def segment_dataset(spec: StreamSpec, seg: Segment, limit: int | None) -> _Tagged:
     return _Tagged([(spec.load(d, s, limit), spec.domain_names.index(d)) for d, s in seg.parts])
 
@@ -220,8 +263,12 @@ def batches(
     gamma: float = 0.1,
     workers: int = 0,
     pin_memory: bool = False,
+    defer: bool = False,
 ) -> Iterator[Batch]:
-    """Yield the Batches of one segment's dataset (on the CPU; the runner moves them to the device)."""
+    """Yield the Batches of one segment's dataset (on the CPU; the runner moves them to the device with `to_device`).
+
+    `defer`: datasets that can (generated corruptions) hand clean uint8 images and their positions instead, and
+    `to_device` corrupts them on the run device; the images are the same as without it on that device."""
     rng = np.random.default_rng(segment_seed(seed, seg.domain, seg.severity, seg.round))
     if seg.order == "shuffle":
         order = rng.permutation(len(ds))
@@ -229,6 +276,8 @@ def batches(
         order = dirichlet_order(ds.labels(), gamma, rng)
     else:
         order = np.arange(len(ds))
+    if defer and ds.finishable:
+        ds = _Tagged(ds.parts, defer=True)
     loader = DataLoader(  # each sampler element is a list of indices: the dataset returns the whole batch
         ds,
         sampler=BatchSampler(order.tolist(), batch_size, drop_last=False),
@@ -236,8 +285,8 @@ def batches(
         num_workers=workers,
         pin_memory=pin_memory,
     )
-    for x, y, dom in loader:
-        yield Batch(x, y, seg.domain, seg.severity, dom)
+    for x, y, dom, *index in loader:
+        yield Batch(x, y, seg.domain, seg.severity, dom, index[0] if index else None)
 
 
 def register(

@@ -35,12 +35,12 @@ from tta_bench.data.folders import (
     load_npy,
     require,
 )
+from tta_bench.data.generated import corrupt_images
 from tta_bench.kernel import UserError, fingerprint_files, hash_text, read_cifar_pickle
 from tta_bench.kernel import download as kernel_download
 from tta_bench.streams import StreamSpec, register, segment_seed
 
 N_TEST = 10_000  # test images per severity in the published files (the code reads the count from labels.npy)
-CHUNK = 1000  # images corrupted per call (bounded memory; fixed, so results do not depend on it)
 
 
 @dataclass(frozen=True)
@@ -90,22 +90,26 @@ class U8Images(Dataset):
 
 
 class LazyCorrupted(U8Images):
-    """Clean uint8 images corrupted on first access (whole set, seeded), stored back as uint8 like the files."""
+    """Clean uint8 images corrupted when read, each image with its own seeded generator
+    (`tta_bench.data.generated`), rounded to uint8 levels like the published files.
+
+    `raw(idx)` / `finish(x, idx)` let the harness corrupt a batch on the run device instead (CUDA runs); any
+    batching, worker count or placement gives the same images on one device."""
 
     def __init__(self, clean: torch.Tensor, y: torch.Tensor, name: str, severity: int, seed: int) -> None:
         super().__init__(clean, y)
-        self.name, self.severity, self.seed, self.done = name, severity, seed, False
+        self.name, self.severity, self.seed = name, severity, seed
+
+    def raw(self, idx) -> torch.Tensor:
+        """The clean uint8 images at positions `idx` (N,3,H,W)."""
+        return self.x[torch.as_tensor(idx, dtype=torch.long)]
+
+    def finish(self, x: torch.Tensor, idx) -> torch.Tensor:
+        """Clean uint8 images `x` at positions `idx` -> corrupted float [0,1], on `x`'s device."""
+        return corrupt_images(x, idx, self.name, self.severity, self.seed, quantize=True)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        if not self.done:
-            g = torch.Generator().manual_seed(self.seed)
-            parts = [
-                corruptions.corrupt(c.float().div(255.0), self.name, self.severity, generator=g)
-                for c in self.x.split(CHUNK)
-            ]
-            self.x = torch.cat(parts).mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
-            self.done = True
-        return super().__getitem__(i)
+        return self.finish(self.raw([i]), [i])[0], int(self.y[i])
 
 
 # --- clean test / train sets ------------------------------------------------------------------------------

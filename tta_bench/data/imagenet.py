@@ -29,6 +29,7 @@ from tta_bench.data.folders import (
     robustbench_helper,
     wnid_index,
 )
+from tta_bench.data.generated import corrupt_images
 from tta_bench.kernel import UserError
 from tta_bench.streams import StreamSpec, register, segment_seed
 
@@ -49,16 +50,23 @@ def wnid_label(name: str) -> int:
 
 
 class CorruptedFiles(ImageFiles):
-    """Images resized 256 / cropped 224, each corrupted with its own seeded generator: `(x, y)` float [0,1]."""
+    """Images resized 256 / cropped 224, each corrupted with its own seeded generator: `(x, y)` float [0,1].
+
+    `raw(idx)` (decoded clean crops, uint8) / `finish(x, idx)` (corrupt them where `x` is) let the harness corrupt
+    on the run device (`tta_bench.data.generated`); every path gives image i the same pixels on one device."""
 
     def __init__(self, files, labels, name: str, severity: int, seed: int) -> None:
         super().__init__(files, labels, 256, 224)
         self.name, self.severity, self.seed = name, severity, seed
 
+    def raw(self, idx) -> torch.Tensor:
+        return self.uint8(idx)
+
+    def finish(self, x: torch.Tensor, idx) -> torch.Tensor:
+        return corrupt_images(x, idx, self.name, self.severity, self.seed, quantize=False)
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        x, y = super().__getitem__(i)
-        g = torch.Generator().manual_seed(segment_seed(self.seed, i))
-        return corruptions.corrupt(x[None], self.name, self.severity, generator=g)[0], y
+        return self.finish(self.raw([i]), [i])[0], int(self.targets[i])
 
 
 def _clean_files(clean: Path, samples: str | None) -> tuple[list[Path], np.ndarray, list[Path], str]:

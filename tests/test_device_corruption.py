@@ -1,0 +1,117 @@
+"""Generated corruptions seeded per image (tta_bench.data.generated): the loader path and the batch-loop path
+(`streams.batches(defer=True)` + `streams.to_device`) give the same images, whatever the batch size, the batch
+order or the loader workers; deterministic corruptions equal the former whole-set corruption; on CUDA
+(when present) deterministic corruptions match the CPU within a grey level, stochastic ones in distribution."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import corruptions
+from tta_bench import streams as st
+from tta_bench.data.cifar import LazyCorrupted
+from tta_bench.data.generated import corrupt_images
+
+DETERMINISTIC = ("brightness", "contrast", "defocus_blur", "zoom_blur", "pixelate", "jpeg_compression")
+STOCHASTIC = ("gaussian_noise", "shot_noise", "impulse_noise", "glass_blur", "motion_blur", "snow", "frost", "fog",
+              "elastic_transform")  # fmt: skip
+N = 12
+
+
+@pytest.fixture(scope="module")
+def clean() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (N, 3, 32, 32), generator=g, dtype=torch.uint8)
+    x[: N // 2] = torch.nn.functional.avg_pool2d(x[: N // 2].float(), 3, 1, 1).to(torch.uint8)  # smooth images too
+    return x, torch.arange(N) % 10
+
+
+def _segment(ds):
+    seg = st.Segment("d", 5, 0, False, (("d", 5),), "shuffle")
+    return st._Tagged([(ds, 0)]), seg
+
+
+def _stream_images(ds, batch_size: int, defer: bool, workers: int = 0) -> torch.Tensor:
+    """All images of the (shuffled) segment, put back in dataset order."""
+    tagged, seg = _segment(ds)
+    order = np.random.default_rng(st.segment_seed(0, seg.domain, seg.severity, seg.round)).permutation(len(ds))
+    xs = [st.to_device(tagged, b, torch.device("cpu")) for b in st.batches(tagged, seg, batch_size, 0, 0.1, workers,
+                                                                            False, defer)]  # fmt: skip
+    out = torch.cat(xs)
+    return out[torch.as_tensor(np.argsort(order))]
+
+
+@pytest.mark.parametrize("name", ["gaussian_noise", "fog", "brightness", "defocus_blur"])
+def test_same_images_any_batch_size_order_and_place(clean, name, one_thread):
+    x, y = clean
+    ds = LazyCorrupted(x, y, name, 3, seed=123)
+    ref = torch.stack([ds[i][0] for i in range(N)])  # one image at a time, in the dataset
+    for bs, defer in ((1, False), (5, False), (N, False), (5, True), (N, True)):
+        got = _stream_images(ds, bs, defer)
+        assert torch.equal(got, ref), (name, bs, defer)
+    assert (ref - x.float() / 255).abs().mean() > 0.005  # it did corrupt
+
+
+def test_worker_count_does_not_change_the_images(clean):
+    x, y = clean
+    ds = LazyCorrupted(x, y, "shot_noise", 4, seed=7)
+    assert torch.equal(_stream_images(ds, 5, False, workers=0), _stream_images(ds, 5, False, workers=2))
+
+
+@pytest.mark.parametrize("name", DETERMINISTIC)
+def test_deterministic_corruptions_equal_the_whole_set_corruption(clean, name, one_thread):
+    """What LazyCorrupted computed before per-image seeding: the whole set in one call, rounded to uint8."""
+    x, y = clean
+    before = corruptions.corrupt(x.float() / 255, name, 2, generator=torch.Generator().manual_seed(5))
+    before = before.mul(255).round().clamp(0, 255).div(255)
+    now = torch.stack([LazyCorrupted(x, y, name, 2, seed=5)[i][0] for i in range(N)])
+    assert torch.equal(now, before)
+    assert torch.equal(_stream_images(LazyCorrupted(x, y, name, 2, seed=5), 5, True), before)
+
+
+@pytest.mark.parametrize("name", STOCHASTIC)
+def test_stochastic_corruptions_are_per_image(clean, name, one_thread):
+    """Image i's pixels depend on (seed, i) only: corrupting it alone or in a batch gives the same pixels, another
+    seed gives other pixels."""
+    x, _ = clean
+    idx = [3, 7, 1]
+    batch = corrupt_images(x[idx], idx, name, 3, seed=11)
+    alone = torch.cat([corrupt_images(x[[i]], [i], name, 3, seed=11) for i in idx])
+    assert torch.equal(batch, alone)
+    assert not torch.equal(batch, corrupt_images(x[idx], idx, name, 3, seed=12))
+
+
+def test_stream_dataset_labels_follow_images(clean):
+    x, y = clean
+    tagged, seg = _segment(LazyCorrupted(x, y, "contrast", 1, seed=0))
+    for b in st.batches(tagged, seg, 5, defer=True):
+        assert b.index is not None and b.x.dtype == torch.uint8
+        assert torch.equal(b.y, y[b.index])
+
+
+def test_defer_on_follows_device_and_env(monkeypatch):
+    monkeypatch.delenv("TTA_BENCH_DEVICE_DATA", raising=False)
+    assert not st.defer_on(torch.device("cpu")) and st.defer_on(torch.device("cuda"))
+    monkeypatch.setenv("TTA_BENCH_DEVICE_DATA", "1")
+    assert st.defer_on(torch.device("cpu"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["brightness", "contrast", "defocus_blur", "pixelate", "gaussian_noise", "fog"])
+def test_cuda_device_corruption_matches_cpu(clean, name):
+    """Deterministic: within one grey level of the CPU images. Stochastic: another RNG (Philox), so only the
+    distribution agrees: the mean absolute change from the clean image within 10 % of the CPU one."""
+    x, y = clean
+    ds = LazyCorrupted(x, y, name, 3, seed=1)
+    tagged, _ = _segment(ds)
+    idx = torch.arange(N)
+    cpu = tagged.finish(x, idx)
+    cuda = tagged.finish(x.cuda(), idx).cpu()
+    if name in DETERMINISTIC or name in ("pixelate",):
+        assert (cuda - cpu).abs().max() <= 1 / 255 + 1e-6
+    else:
+        c0 = x.float() / 255
+        a, b = (cpu - c0).abs().mean(), (cuda - c0).abs().mean()
+        assert abs(a - b) <= 0.1 * a
