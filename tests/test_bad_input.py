@@ -218,6 +218,18 @@ simple("device-cuda-index-out-of-range", ["--device", "cuda:7"], "cuda:7", "--de
 simple("data-dir-missing", ["--data-dir", "/nonexistent/tta"], "/nonexistent/tta", "--data-dir")
 
 
+def test_every_declared_range_names_a_hyper_parameter_and_admits_its_defaults():
+    import methods
+
+    for name in methods.names():
+        cls = methods.get(name)
+        declared = set().union(*(getattr(k, "defaults", {}) for k in cls.__mro__))  # a subclass may drop some
+        assert set(cls.ranges) <= declared, f"{name}: ranges for undeclared options {set(cls.ranges) - declared}"
+        cls.validate(dict(cls.defaults))
+        for preset in cls.presets.values():
+            cls.validate({k: v for k, v in preset.get("options", {}).items() if k in cls.defaults})
+
+
 def test_run_config_fields_have_types():
     """Library use (and sweeps) build RunConfig directly: a wrong type is a UserError naming the field."""
     from tta_bench.config import RunConfig
@@ -294,6 +306,9 @@ method_case("lame-sigma-0", "lame", "sigma=0", "sigma", "> 0")
 method_case("alpha-bn-weight-above-1", "alpha_bn", "source_weight=1.5", "source_weight", "[0, 1]")
 method_case("ecotta-partitions-0", "ecotta", "partitions=0", "partitions", ">= 1")
 method_case("ecotta-warmup-epochs-negative", "ecotta", "warmup_epochs=-1", "warmup_epochs", ">= 0")
+method_case("roid-temperature-0", "roid", "temperature=0", "temperature", "> 0")
+method_case("tpt-selection-p-0", "tpt", "selection_p=0", "selection_p", "(0, 1]")
+method_case("deyo-aug-type-unknown", "deyo", "aug_type=blur", "aug_type", "'patch'")
 simple("stream-gamma-negative", ["--setting", "non-iid", "--set", "stream.gamma=-1"], "stream.gamma", "> 0")
 simple("stream-gamma-zero", ["--setting", "non-iid", "--set", "stream.gamma=0"], "stream.gamma", "> 0")
 simple("model-width-0", ["--set", "model.width=0"], "model.width", ">= 1")
