@@ -242,7 +242,7 @@ def test_run_config_fields_have_types():
     RunConfig(method="tent", stream="digits-c", seed=np.int64(3), limit=None)  # numpy integers are whole numbers
 
 
-@case("data-dir-is-file", "--data-dir")
+@case("data-dir-is-file", "--data-dir", "not a folder")
 def _(tmp):
     (tmp / "f").write_text("x")
     return run_args(tmp, "--data-dir", str(tmp / "f"))

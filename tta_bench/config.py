@@ -125,6 +125,8 @@ class RunConfig:
                 raise UserError(f"--{name} must be 0 or more, got {getattr(self, name)}.")
         check_device(self.device)
         check_writable_folder(self.out, "--out")
+        if self.data_dir is not None and Path(self.data_dir).exists() and not Path(self.data_dir).is_dir():
+            raise UserError(f"--data-dir {self.data_dir} is a file, not a folder. Pass the datasets folder.")
         self._check_options()
 
     def _check_options(self) -> None:
