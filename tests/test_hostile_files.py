@@ -69,8 +69,8 @@ def test_no_unrestricted_unpickling_anywhere():
     assert len(files) > 50
     found = [hit for p in files for hit in unsafe_loads(p.read_text(), p.relative_to(REPO).as_posix())]
     assert found == [], "unrestricted deserialisation:\n" + "\n".join(found)
-    # the one use of pickle is the kernel's restricted Unpickler subclass
-    users = [p for p in files if "import pickle" in p.read_text()]
+    # the one unpickler is the kernel's restricted subclass (writing pickles, e.g. a benchmark's fixtures, is fine)
+    users = [p for p in files if "Unpickler" in p.read_text()]
     assert [p.relative_to(REPO).as_posix() for p in users] == ["tta_bench/kernel/files.py"]
 
 
