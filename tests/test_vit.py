@@ -215,3 +215,29 @@ def test_timm_offline_error_names_the_file(tmp_path, monkeypatch):
         MODELS.get("timm").factory(spec, ctx, name="vit_tiny_patch16_224.augreg_in21k_ft_in1k")
     with pytest.raises(UserError, match="vit_tiny_patch16_224"):
         MODELS.get("timm").factory(spec, ctx, name="vit_tiny_patch16_2244")
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_harness_runs_sar_on_a_timm_vit_with_the_imagenet_preset(shared_data, tmp_path):
+    """End to end: imagenet-c generated from the shared ImageNet sample, a timm ViT (random weights from a file),
+    SAR's imagenet-c preset applied and recorded, the ViT's 0.5 normalisation recorded, a two-domain subset."""
+    timm = pytest.importorskip("timm")
+    import json
+
+    from tta_bench.config import RunConfig
+    from tta_bench.runner import run
+
+    name = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+    torch.save(timm.create_model(name, pretrained=False).state_dict(), tmp_path / "vit.pth")
+    cfg = RunConfig(method="sar", stream="imagenet-c", model="timm", limit=4, batch_size=4, device="cpu",
+                    model_opts={"name": name, "weights": str(tmp_path / "vit.pth")}, out=str(tmp_path / "runs"),
+                    stream_opts={"clean_dir": str(shared_data / "imagenet-sample" / "images"),
+                                 "domains": "fog,gaussian_noise"})  # fmt: skip
+    result = run(cfg, quiet=True)
+    config = json.loads((result.folder / "config.json").read_text())
+    assert config["preset"]["family"] == "imagenet-c" and config["preset"]["source"] == "mr-eggplant/SAR:main.py"
+    assert config["config"]["method_opts"]["lr"] == 0.00025
+    assert config["model_info"]["input"]["mean"] == [0.5, 0.5, 0.5]
+    assert [d["domain"] for d in config["domain_order"]] == ["fog", "gaussian_noise"]
+    assert result.summary["n_samples"] == 8
