@@ -5,15 +5,16 @@ a batch and hands the per-batch errors to `long_horizon(...)` after the stream.
 
 Realistic setting (Alfarra et al., "Evaluation of Test-Time Adaptation Under Computational Time Constraints",
 ICML 2024; official code MotasemAlfarra/Online_Test_Time_Adaptation, `utils/online_eval.py`,
-`delayed_eval_online`, matched at commit of the mirror read in 2026-12): the stream does not wait for the
-method. When the method is free (`delay == 0`) it adapts on the batch and returns its predictions; its relative
-cost ``k = t_method / t_source`` is measured on that same batch (both forwards timed, CUDA synchronised around
-each), and the next ``max(0, ceil(k * eta) - 1)`` batches arrive while it is busy: they are predicted by the
-*current* model without adaptation (`model.model(images)` in the official code; here `adapter.predict(x)`,
-which additionally restores buffers so the no-adapt prediction has no side effect). With a given
-``stream.speed_ratio=k`` the same rule runs with the fixed ratio (``eta = 1``): the method adapts on exactly
-every ``ceil(k)``-th batch, independent of the device. A measured ratio makes a run device-dependent (it is
-recorded in summary.json, the given one is part of the run id).
+`delayed_eval_online` at 8e21fad, called once per corruption): the stream does not wait for the method. When
+the method is free (`delay == 0`) it adapts on the batch and returns its predictions; its relative cost
+``k = t_method / t_source`` is measured on that same batch (both forwards timed, CUDA synchronised around each),
+and the next ``max(0, ceil(k * eta) - 1)`` batches arrive while it is busy: they are predicted by the *current*
+model without adaptation (`model.model(images)` in the official code; here `adapter.predict(x)`, which also
+restores buffers so the no-adapt prediction has no side effect). With a given ``stream.speed_ratio=k`` the same
+rule runs with the fixed ratio (``eta = 1``): the method adapts on exactly every ``ceil(k)``-th batch, independent
+of the device. A measured ratio makes a run device-dependent (summary.json records the median over adapted
+batches; a given ratio is part of the run id). Every domain starts with the method free (the official loop
+restarts with ``delay = 0`` per corruption).
 
 Long-horizon metrics (every run): the error of consecutive windows of ``window`` images (at batch granularity:
 a batch belongs to the window its first image falls in), the worst full window, and ``collapsed`` when a full
