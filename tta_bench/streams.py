@@ -172,8 +172,9 @@ class _Tagged(Dataset):
     def __init__(self, parts: list[tuple[Dataset, int]], defer: bool = False) -> None:
         self.parts = parts
         self.offsets = np.cumsum([0] + [len(d) for d, _ in parts])
-        # Datasets with `raw(idx)` (clean uint8 batch) and `finish(x, idx)` (-> float [0,1] where x is): finished
-        # here in the loader, or (`defer`) by `finish` on the run device; the images are the same either way.
+        # Datasets with `raw(idx)` (clean uint8 images, or encoded files) and `finish(x, idx, device)` (-> float
+        # [0,1] on the device): finished here in the loader (`load_batch(idx)` when they have one), or (`defer`) by
+        # `finish` on the run device; the images are the same either way on one device.
         self.finishable = all(hasattr(d, "raw") and hasattr(d, "finish") for d, _ in parts)
         self.defer = defer and self.finishable
 
@@ -190,8 +191,11 @@ class _Tagged(Dataset):
             local = idx[sel] - self.offsets[k]
             tensors = getattr(ds, "tensors", None)
             if self.finishable:
-                x, y = ds.raw(local), torch.as_tensor(np.asarray(ds.targets)[local])
-                x = x if self.defer else ds.finish(x, local)
+                y = torch.as_tensor(np.asarray(ds.targets)[local])
+                if self.defer:
+                    x = ds.raw(local)
+                else:
+                    x = ds.load_batch(local) if hasattr(ds, "load_batch") else ds.finish(ds.raw(local), local)
             elif tensors is not None:
                 t = torch.as_tensor(local)
                 x, y = tensors[0][t], tensors[1][t]
@@ -203,19 +207,27 @@ class _Tagged(Dataset):
         order = torch.as_tensor(np.argsort(np.concatenate(pos), kind="stable"))
         doms = torch.as_tensor(np.asarray([self.parts[k][1] for k in part], dtype=np.int64))
         if self.defer:
+            if isinstance(xs[0], list):  # encoded files: a list of byte tensors
+                flat = [a for part_x in xs for a in part_x]
+                return [flat[j] for j in order.tolist()], torch.cat(ys)[order], doms, torch.as_tensor(idx)
             return torch.cat(xs)[order], torch.cat(ys)[order], doms, torch.as_tensor(idx)
         return torch.cat(xs)[order], torch.cat(ys)[order], doms
 
-    def finish(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """Deferred images `x` (clean uint8, on the run device) at dataset positions `index` -> float [0,1]."""
+    def finish(self, x, index: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+        """Deferred images `x` (clean uint8 on the run device, or a list of encoded files) at dataset positions
+        `index` -> float [0,1] on `device` (default: `x`'s)."""
         idx = index.cpu().numpy()
         part = np.searchsorted(self.offsets, idx, side="right") - 1
         out = None
         for k in np.unique(part):
             sel = np.flatnonzero(part == k)
             ds, _ = self.parts[k]
-            t = torch.as_tensor(sel, device=x.device)
-            y = ds.finish(x[t], idx[sel] - self.offsets[k])
+            if isinstance(x, list):
+                y = ds.finish([x[j] for j in sel.tolist()], idx[sel] - self.offsets[k], device)
+                t = torch.as_tensor(sel, device=y.device)
+            else:
+                t = torch.as_tensor(sel, device=x.device)
+                y = ds.finish(x[t], idx[sel] - self.offsets[k], device)
             out = torch.empty((len(idx), *y.shape[1:]), dtype=y.dtype, device=y.device) if out is None else out
             out[t] = y
         return out
@@ -247,8 +259,8 @@ def defer_on(device: torch.device) -> bool:
 def to_device(ds: _Tagged, b: Batch, device: torch.device) -> torch.Tensor:
     """Batch `b`'s images on `device`, float [0,1]: moved (non-blocking from pinned memory), and finished there
     when they were deferred (`batches(defer=True)`: clean uint8 in, corrupted on the device)."""
-    x = b.x.to(device, non_blocking=True)
-    return x if b.index is None else ds.finish(x, b.index)
+    x = b.x.to(device, non_blocking=True) if torch.is_tensor(b.x) else b.x  # a list: encoded files, decoded there
+    return x if b.index is None else ds.finish(x, b.index, device)
 
 
 def segment_dataset(spec: StreamSpec, seg: Segment, limit: int | None) -> _Tagged:

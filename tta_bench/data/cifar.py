@@ -104,8 +104,9 @@ class LazyCorrupted(U8Images):
         """The clean uint8 images at positions `idx` (N,3,H,W)."""
         return self.x[torch.as_tensor(idx, dtype=torch.long)]
 
-    def finish(self, x: torch.Tensor, idx) -> torch.Tensor:
-        """Clean uint8 images `x` at positions `idx` -> corrupted float [0,1], on `x`'s device."""
+    def finish(self, x: torch.Tensor, idx, device: torch.device | None = None) -> torch.Tensor:
+        """Clean uint8 images `x` at positions `idx` -> corrupted float [0,1], on `device` (default `x`'s)."""
+        x = x if device is None else x.to(device)
         return corrupt_images(x, idx, self.name, self.severity, self.seed, quantize=True)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 import corruptions
+from tta_bench.data.decode import EncodedFiles
 from tta_bench.data.folders import (
     ImageFiles,
     fixed_order,
@@ -49,24 +50,26 @@ def wnid_label(name: str) -> int:
     return idx[name]
 
 
-class CorruptedFiles(ImageFiles):
+class CorruptedFiles(EncodedFiles):
     """Images resized 256 / cropped 224, each corrupted with its own seeded generator: `(x, y)` float [0,1].
 
-    `raw(idx)` (decoded clean crops, uint8) / `finish(x, idx)` (corrupt them where `x` is) let the harness corrupt
-    on the run device (`tta_bench.data.generated`); every path gives image i the same pixels on one device."""
+    In the loader (CPU runs) Pillow decodes (`load_batch`); on CUDA runs the harness defers the batch: the files'
+    bytes (`raw`) are decoded, cropped and corrupted on the device (`finish`, `tta_bench.data.decode` and
+    `tta_bench.data.generated`). Image i gets the same generator, so the same pixels, on every path of a device."""
 
     def __init__(self, files, labels, name: str, severity: int, seed: int) -> None:
         super().__init__(files, labels, 256, 224)
         self.name, self.severity, self.seed = name, severity, seed
 
-    def raw(self, idx) -> torch.Tensor:
-        return self.uint8(idx)
+    def load_batch(self, idx) -> torch.Tensor:
+        return corrupt_images(self.uint8(idx), idx, self.name, self.severity, self.seed, quantize=False)
 
-    def finish(self, x: torch.Tensor, idx) -> torch.Tensor:
+    def finish(self, data, idx, device: torch.device | None = None) -> torch.Tensor:
+        x = super().finish(data, idx, device)  # decoded + eval transform on the device, float [0,1]
         return corrupt_images(x, idx, self.name, self.severity, self.seed, quantize=False)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.finish(self.raw([i]), [i])[0], int(self.targets[i])
+        return self.load_batch([i])[0], int(self.targets[i])
 
 
 def _clean_files(clean: Path, samples: str | None) -> tuple[list[Path], np.ndarray, list[Path], str]:
@@ -122,7 +125,7 @@ def imagenet_c(
         index = _index_files(files_root, samples)
         info.update(files=str(files_root), samples=len(index[0]))
 
-        def load(domain: str, severity: int | None, limit: int | None) -> ImageFiles:
+        def load(domain: str, severity: int | None, limit: int | None) -> EncodedFiles:
             rel, labels = index
             d = files_root / domain / str(severity)
             if not d.is_dir():
@@ -134,7 +137,7 @@ def imagenet_c(
                     f"ImageNet-C is incomplete: {len(missing)} of {len(paths)} images missing under {d}, e.g. "
                     f"{missing[0]}. Re-extract the tars from {WHERE} (layout {LAYOUT})."
                 )
-            return ImageFiles(paths, labels[: len(paths)], 256, 224)
+            return EncodedFiles(paths, labels[: len(paths)], 256, 224)  # decoded on the device on CUDA runs
     else:
         files, labels, rest, which = _clean_files(clean, samples)
         info.update(clean_dir=str(clean), samples=which, stream_size=len(files))

@@ -20,7 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from tta_bench.data.folders import ImageFiles, fixed_order, imagenet_wnids, list_image_folder, wnid_index
+from tta_bench.data.decode import EncodedFiles
+from tta_bench.data.folders import fixed_order, imagenet_wnids, list_image_folder, wnid_index
 from tta_bench.kernel import UserError
 from tta_bench.streams import StreamSpec, register
 
@@ -99,8 +100,8 @@ def folder_stream(
     order = fixed_order(len(files), f"{name}-{len(files)}")
     files, labels = [files[i] for i in order], labels[order]
 
-    def load(domain: str, severity: int | None, limit: int | None) -> ImageFiles:
-        return ImageFiles(files[:limit], labels[:limit], 256, 224)
+    def load(domain: str, severity: int | None, limit: int | None) -> EncodedFiles:
+        return EncodedFiles(files[:limit], labels[:limit], 256, 224)  # decoded on the device on CUDA runs
 
     return StreamSpec(
         name=name,
