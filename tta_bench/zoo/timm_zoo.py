@@ -7,7 +7,8 @@ reported ViT-B/16; mr-eggplant/SAR `main.py`: `timm.create_model('vit_base_patch
 Input normalisation is read from timm itself (the checkpoint's `pretrained_cfg` mean/std: 0.5/0.5 for the
 AugReg ViTs, ImageNet statistics for others), never hard-coded; the model takes inputs in [0, 1]. Preprocessing:
 the streams' resize 256 / centre crop 224 is used, not timm's crop_pct resize (e.g. 0.9: resize 248, bicubic), so
-the pixels seen differ slightly from timm's eval (the checkpoint's values are recorded in model_info.input).
+the pixels seen differ slightly from timm's eval (the checkpoint's values are recorded in model_info.input);
+fixed-size models trained at another resolution (e.g. `vit_base_patch16_384`) get the crop resized (bicubic).
 
 Weights, in order: `--set model.weights=PATH` (a state dict: .safetensors, .pth, .bin), then
 `$TTA_BENCH_WEIGHTS/timm/<name>.{safetensors,pth,bin}`, then timm's own download (Hugging Face cache,
@@ -23,6 +24,7 @@ import torch.nn as nn
 
 from tta_bench.kernel import UserError, close_matches
 from tta_bench.models import MODELS, ModelContext, Normalized, describe, load_into, load_state_file, sha256_file
+from tta_bench.zoo.torchvision_zoo import ResizedInput
 
 VIT_B16 = "vit_base_patch16_224.augreg_in21k_ft_in1k"
 SUFFIXES = (".safetensors", ".pth", ".bin")
@@ -91,6 +93,9 @@ def _factory(default_name: str):
         cfg = net.pretrained_cfg
         info = {k: cfg.get(k) for k in ("mean", "std", "input_size", "crop_pct", "interpolation")}
         model = Normalized(net, cfg["mean"], cfg["std"])
+        size = cfg.get("input_size", (3, 224, 224))[-1]
+        if cfg.get("fixed_input_size") and size != 224:  # e.g. a ViT at 384: the streams' 224 crops resized
+            model = ResizedInput(model, size)
         return describe(model, weights=path or f"hf-hub:{cfg.get('hf_hub_id')}",
                         sha256=sha256_file(Path(path)) if path else None, timm_name=name, input=info)  # fmt: skip
 
