@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -213,7 +214,16 @@ simple("workers-negative", ["--workers", "-1"], "--workers")
 simple("seed-negative", ["--seed", "-1"], "--seed")
 simple("device-tpu", ["--device", "tpu"], "tpu", "--device")
 simple("device-cuda-index-garbage", ["--device", "cuda:x"], "cuda:x", "--device")
-CASES.append(Case("prompt-method-on-non-clip-model", lambda t: run_args(t, method="coop"), ("coop", "CLIP")))
+
+
+@case("prompt-method-on-non-clip-model", "coop", "CLIP")
+def _(tmp):
+    from tta_bench.zoo.cifar_resnet import CifarResNet
+
+    torch.save(CifarResNet(20).state_dict(), tmp / "r20.th")  # a model from a file: nothing to train
+    return run_args(tmp, "--model", "resnet20-cifar10", "--set", f"model.weights={tmp / 'r20.th'}", method="coop")
+
+
 simple("device-cuda-index-out-of-range", ["--device", "cuda:7"], "cuda:7", "--device")
 simple("data-dir-missing", ["--data-dir", "/nonexistent/tta"], "/nonexistent/tta", "--data-dir")
 
@@ -725,7 +735,8 @@ def test_census_size():
 
 
 @pytest.mark.parametrize(
-    "case", [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(reason=c.xfail)] if c.xfail else []) for c in CASES]
+    "case",
+    [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(reason=c.xfail, run=False)] if c.xfail else []) for c in CASES],
 )
 def test_bad_input_exits_2_with_one_paragraph(case: Case, tmp_path: Path, capsys, one_thread):
     argv = case.build(tmp_path)
