@@ -31,7 +31,7 @@ from tta_bench.data.folders import (
     wnid_index,
 )
 from tta_bench.data.generated import corrupt_images
-from tta_bench.kernel import UserError
+from tta_bench.kernel import UserError, fingerprint_files
 from tta_bench.streams import StreamSpec, register, segment_seed
 
 LAYOUT = "<root>/<corruption>/<severity 1..5>/<wnid>/<image>.JPEG"
@@ -141,6 +141,7 @@ def imagenet_c(
     else:
         files, labels, rest, which = _clean_files(clean, samples)
         info.update(clean_dir=str(clean), samples=which, stream_size=len(files))
+        info["data_fingerprint"] = fingerprint_files([*files, *rest], clean)  # every image it may read
         if rest:
             pick = fixed_order(len(rest), "imagenet-clean")[:clean_size]
             spec_clean = ImageFiles([rest[i] for i in pick], [wnid_label(rest[i].parent.name) for i in pick])

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tta_bench.data.decode import EncodedFiles
 from tta_bench.data.folders import fixed_order, imagenet_wnids, list_image_folder, wnid_index
-from tta_bench.kernel import UserError
+from tta_bench.kernel import UserError, fingerprint_files
 from tta_bench.streams import StreamSpec, register
 
 IMAGENET_R = """
@@ -112,7 +112,8 @@ def folder_stream(
         severities=None,
         class_names=list(imagenet_wnids()),
         class_subsets={name: sorted(wnid_index()[w] for w in subset)} if subset else {},
-        info={"source": "files", "root": str(path), "images": len(files), "class_folders": len(classes)},
+        info={"source": "files", "root": str(path), "images": len(files), "class_folders": len(classes),
+              "data_fingerprint": fingerprint_files(files, path)},  # fmt: skip
     )
 
 
