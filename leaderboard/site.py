@@ -291,7 +291,9 @@ def headline_of(s: pd.DataFrame) -> tuple[rundir.Metric, ...]:
     return tuple(known.get(k, rundir.Metric(k, k, False)) for k in keys)
 
 
-def _metric_column(s: pd.DataFrame, m: rundir.Metric, name: str, title: str, digits: int = 2) -> dict[str, Any]:
+def _metric_column(
+    s: pd.DataFrame, m: rundir.Metric, name: str, title: str, digits: int = 2, with_std: bool = True
+) -> dict[str, Any]:
     """One result column: header, direction, and per row the text, sort key and whether it is the best."""
     mean = s[f"{name}_mean"] if f"{name}_mean" in s else pd.Series([math.nan] * len(s))
     std = s[f"{name}_std"] if f"{name}_std" in s else pd.Series([math.nan] * len(s))
@@ -300,7 +302,7 @@ def _metric_column(s: pd.DataFrame, m: rundir.Metric, name: str, title: str, dig
     cells = [
         {
             "text": _fmt(v, digits),
-            "small": f"± {_fmt(sd, digits)}" if _fmt(sd) != "–" else "",
+            "small": f"± {_fmt(sd, digits)}" if with_std and _fmt(sd) != "–" else "",
             "key": _key(v),
             "best": best is not None and not math.isnan(v) and v == best,
         }
@@ -360,7 +362,7 @@ def result_columns(s: pd.DataFrame, col: Collection, table: str) -> tuple[list[d
         (rundir.Metric("images_per_s", "images/s", True, meaning="stream throughput"), "images/s ↑", 0),
     )  # fmt: skip
     for m, title, digits in optional:
-        c = _metric_column(s, m, m.key, title, digits)
+        c = _metric_column(s, m, m.key, title, digits, with_std=m.key == "forgetting")
         if any(x["key"] != "" for x in c["cells"]):
             cols.append(c)
         elif m.key == "forgetting":
