@@ -225,6 +225,9 @@ def _(tmp):
 
 
 simple("device-cuda-index-out-of-range", ["--device", "cuda:7"], "cuda:7", "--device")
+simple("device-mps-absent", ["--device", "mps"], "--device mps", "no MPS device")
+if not torch.cuda.is_available():  # on a GPU machine --device cuda is fine
+    simple("device-cuda-absent", ["--device", "cuda"], "--device cuda", "CUDA")
 simple("data-dir-missing", ["--data-dir", "/nonexistent/tta"], "/nonexistent/tta", "--data-dir")
 
 

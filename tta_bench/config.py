@@ -21,7 +21,7 @@ SETTINGS = ("continual", "episodic", "gradual", "mixed", "non-iid", "realistic")
 PRECISIONS = ("fp32", "amp")
 CLEAN_EVAL = ("domain", "end", "off")
 # Fields that say where/how a run executes, not what it computes: excluded from the hash.
-_EXECUTION_FIELDS = ("device", "data_dir", "out", "workers")
+_EXECUTION_FIELDS = ("device", "data_dir", "out", "workers", "compile")
 # Fields that only choose defaults of other fields (recorded in config.json, hashed through what they chose).
 _CHOOSER_FIELDS = ("preset",)
 
@@ -48,12 +48,18 @@ def check_device(device: str) -> None:
     """UserError unless `device` is auto, cpu, mps, cuda[:N] or xpu[:N] (N an index of a visible GPU)."""
     if not isinstance(device, str) or not _DEVICE.fullmatch(device):
         raise UserError(f"--device {device!r} is not a device here: use auto, cpu, cuda, cuda:N (N: GPU index) or mps.")
-    if device.startswith("cuda:"):
-        import torch  # lazy: only when a GPU index is named
+    if device in ("auto", "cpu"):
+        return
+    import torch  # lazy: only when an accelerator is named
 
-        n = torch.cuda.device_count()
-        if int(device[5:]) >= n:
-            raise UserError(f"--device {device}: PyTorch sees {n} CUDA device(s); use cpu, auto or a smaller index.")
+    kind, _, index = device.partition(":")
+    backends = {"cuda": torch.cuda, "mps": getattr(torch.backends, "mps", None), "xpu": getattr(torch, "xpu", None)}
+    backend = backends[kind]
+    if backend is None or not backend.is_available():
+        raise UserError(f"--device {device}: PyTorch sees no {kind.upper()} device here. Use --device cpu or auto.")
+    n = backend.device_count() if index and hasattr(backend, "device_count") else None
+    if n is not None and int(index) >= n:
+        raise UserError(f"--device {device}: PyTorch sees {n} {kind.upper()} device(s): use a lower index or cpu.")
 
 
 def check_writable_folder(path: str | Path, option: str) -> None:
@@ -94,6 +100,7 @@ class RunConfig:
     data_dir: str | None = None
     out: str = "runs"
     workers: int = 0
+    compile: bool = False  # torch.compile the adapted model (results within float tolerance of eager; runner.compiled)
 
     def __post_init__(self) -> None:
         if self.setting not in SETTINGS:
@@ -120,6 +127,8 @@ class RunConfig:
             check_stream_options(self.setting, self.stream_opts)
         if self.preset not in PRESET_CHOICES:
             raise UserError(f"Unknown preset '{self.preset}'. Choose one of: {', '.join(PRESET_CHOICES)} (--preset).")
+        if not isinstance(self.compile, bool):
+            raise UserError(f"compile must be true or false (--compile), got {self.compile!r}.")
         for name in ("seed", "workers"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name} must be 0 or more, got {getattr(self, name)}.")
