@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,8 +163,16 @@ def state_sha256(module: nn.Module) -> str:
 
 
 def save_cache(path: Path, state: dict[str, torch.Tensor]) -> None:
-    """Write a cached state atomically (unique temporary name beside `path`, removed on failure)."""
-    write_with(Path(path), lambda f: torch.save(state, f))
+    """Write a cached state atomically (unique temporary name beside `path`, removed on failure; the
+    temporaries of writers killed more than an hour ago are removed too)."""
+    path = Path(path)
+    for old in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            if time.time() - old.stat().st_mtime > 3600:
+                old.unlink()
+        except OSError:
+            pass  # another process removed or renamed it
+    write_with(path, lambda f: torch.save(state, f))
 
 
 def load_cache(path: Path, device: torch.device | str = "cpu", what: str = "cache", quiet: bool = False):
