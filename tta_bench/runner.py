@@ -67,6 +67,17 @@ def load_result(folder: Path) -> RunResult:
     return RunResult(Path(folder), dict(summary), pd.read_csv(Path(folder) / rundir.DOMAINS), skipped=True)
 
 
+def _reusable(folder: Path | None, quiet: bool) -> RunResult | None:
+    """The result in complete folder `folder`, or None (none, or damaged: it is run again and replaced)."""
+    if folder is None:
+        return None
+    try:
+        return load_result(folder)
+    except (UserError, OSError, ValueError) as e:
+        _say(quiet, f"note: the completed run folder {folder} is unreadable ({e}); running it again")
+        return None
+
+
 def _say(quiet: bool, text: str) -> None:
     if not quiet:
         print(text, file=sys.stderr, flush=True)
@@ -78,13 +89,13 @@ def run(cfg: RunConfig, force: bool = False, quiet: bool = False) -> RunResult:
     cfg = resolve(cfg)
     spec = open_stream(cfg)
     rid, out = run_id(cfg, spec), Path(cfg.out)
-    found = rundir.find_complete(out, rid)
+    found = _reusable(rundir.find_complete(out, rid), quiet)
     if found is not None and not force:
-        return load_result(found)
+        return found
     with rundir.run_lock(out, rid, on_wait=lambda: _say(quiet, f"waiting for another run of {out / rid} ...")):
-        found = rundir.recover(out, rid)
+        found = _reusable(rundir.recover(out, rid), quiet)
         if found is not None and not force:
-            return load_result(found)  # finished by the run we waited for
+            return found  # finished by the run we waited for
         for p in rundir.clean_stale(out, rid):
             _say(quiet, f"removed the remains of an interrupted run: {p}")
         tmp = rundir.temp_folder(out, rid)
