@@ -122,7 +122,7 @@ class CoTTA(Adapter):
                          "options": {"optimizer": "sgd", "lr": 2.5e-4, "momentum": 0.9, "nesterov": False, "wd": 5e-4,
                                      "steps": 1, "mt": 0.999, "rst": 0.01, "ap": 0.9}},
     }  # fmt: skip
-    ranges = {"mt": "[0,1]", "rst": "[0,1]", "ap": "[0,1]", "n_aug": ">=1", "scales": ">0"}
+    ranges = {"mt": "[0,1]", "rst": "[0,1]", "ap": "[0,1]", "n_aug": ">=1", "scales": ">0", "loss": ("ce", "sce")}
 
     def configure(self) -> None:
         if self.hp.loss not in ("ce", "sce"):
