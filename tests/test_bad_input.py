@@ -610,6 +610,9 @@ def _(tmp):
     return run_args(tmp, "--set", f"stream.root={tmp / 'split.csv'}", stream="confounded")
 
 
+simple("model-classes-mismatch", ["--model", "resnet18"], "resnet18", "1,000", "10")
+
+
 # --- 7. model weights -------------------------------------------------------------------------------------------------
 def weights_run(tmp: Path, path: Path) -> list[str]:
     return run_args(tmp, "--model", "resnet20-cifar10", "--set", f"model.weights={path}")

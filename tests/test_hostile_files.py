@@ -269,3 +269,20 @@ def test_damaged_npy_is_named(tmp_path):
         with pytest.raises(UserError, match=name):
             load_npy(tmp_path / name)
     assert load_npy(tmp_path / "a.npy").shape == (10, 4)
+
+
+@pytest.mark.parametrize("content", ["garbage", "other-architecture"])
+def test_damaged_torchvision_weights_in_the_weights_dir_are_named(content, tmp_path):
+    import torchvision.models as tvm
+
+    from tta_bench.models import MODELS, ModelContext
+
+    w = tvm.get_model_weights("resnet18")["IMAGENET1K_V1"]
+    path = tmp_path / "torchvision" / w.url.rsplit("/", 1)[-1]
+    path.parent.mkdir()
+    if content == "garbage":
+        path.write_bytes(os.urandom(5000))
+    else:
+        torch.save(torch.nn.Linear(2, 2).state_dict(), path)
+    with pytest.raises(UserError, match=path.name):
+        MODELS.get("resnet18").factory(None, ModelContext(tmp_path, tmp_path / "cache", torch.device("cpu")))

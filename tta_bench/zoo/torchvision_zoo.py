@@ -20,7 +20,7 @@ import torch.nn as nn
 import torchvision.models as tvm
 
 from tta_bench.kernel import UserError
-from tta_bench.models import MODELS, ModelContext, Normalized, describe, load_state_file, sha256_file
+from tta_bench.models import MODELS, ModelContext, Normalized, describe, load_into, load_state_file, sha256_file
 
 # registered name -> (torchvision builder name, default weights): V1 weights are the TTA papers' sources
 # (Tent, CoTTA, EATA use torchvision's original ResNet-50, as does RobustBench's Standard_R50).
@@ -86,7 +86,7 @@ def _factory(name: str, arch: str, default_tag: str):
         size = w.meta.get("min_size", (224, 224))[0] if arch.startswith("vit") else 224  # ViTs: fixed input size
         net = tvm.get_model(arch, weights=None, **({"image_size": size} if size != 224 else {}))
         sd, path = state_dict_for(w, ctx.weights_dir)
-        net.load_state_dict(sd)
+        load_into(net, sd, path)
         t = w.transforms()
         model = Normalized(net, t.mean, t.std)
         model = ResizedInput(model, size) if size != 224 else model
