@@ -130,3 +130,41 @@ def test_calibration_reaches_the_target_and_difficulties_are_ordered(digits_mode
     key = again.cache_key({"model": "small-cnn"})
     assert key != again.cache_key({"model": "other"}) and key != CCC(pool, 40.0, 1000, 100, 1, None).cache_key({})
     assert Step("a", 1, "b", 0) != Step("a", 1, "b", 1)
+
+
+def _tiny_cifar_net(spec, ctx) -> torch.nn.Module:
+    """Test model for the runner check: a small random BatchNorm CNN (10 classes)."""
+    torch.manual_seed(0)
+    nn = torch.nn
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 10))  # fmt: skip
+
+
+def test_ccc_cifar_through_the_runner(tmp_path, runs_dir):
+    from PIL import Image
+
+    from tta_bench import RunConfig, run
+    from tta_bench.models import MODELS
+    from tta_bench.rundir import load_config
+
+    rng = np.random.default_rng(0)
+    for c in range(10):  # an ImageFolder of 32x32 images, 2 per class
+        (tmp_path / "pool" / f"class{c}").mkdir(parents=True)
+        for k in range(2):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+                tmp_path / "pool" / f"class{c}" / f"{k}.png"
+            )
+    MODELS.add("ccc-tiny-net", _tiny_cifar_net)
+    try:
+        opts = {"clean_dir": str(tmp_path / "pool"), "length": 120, "speed": 40, "calib_size": 10, "window": 40}
+        cfg = RunConfig(method="tent", stream="ccc-cifar", model="ccc-tiny-net", batch_size=16, stream_opts=opts,
+                        clean_eval="off", out=str(runs_dir))  # fmt: skip
+        out = run(cfg, quiet=True)
+        s, info = out.summary, load_config(out.folder)["stream_info"]
+        assert s["n_samples"] == 120 and list(s["domain_errors"]) == ["ccc"] and len(s["window_errors"]) == 3
+        assert len(info["calibration"]["walk"]) == 3 and info["calibration"]["cells_measured"] > 0
+        again = run(RunConfig(**{**cfg.__dict__, "method": "source"}), quiet=True)  # same model: calibration cached
+        assert load_config(again.folder)["stream_info"]["calibration"]["cells_measured"] == 0
+        assert load_config(again.folder)["stream_info"]["calibration"]["walk"] == info["calibration"]["walk"]
+    finally:
+        MODELS._entries.pop("ccc-tiny-net")
