@@ -491,6 +491,16 @@ def _(tmp):
     return [*cifar_run(tmp, stream="cifar100-b2n"), "--model", "clip-tiny"]
 
 
+@case("b2n-labels-outside-classes", "train", "0..99")
+def _(tmp):
+    d = data_dir(tmp) / "cifar-100-python"
+    ok = {b"data": np.zeros((4, 3072), np.uint8), b"fine_labels": [0, 1, 2, 3]}
+    cifar_pickle(d / "train", {b"data": np.zeros((4, 3072), np.uint8), b"fine_labels": [0, 1, 2, 300]})
+    cifar_pickle(d / "test", ok)
+    cifar_pickle(d / "meta", {b"fine_label_names": [b"a", b"b", b"c", b"d"]})
+    return [*cifar_run(tmp, stream="cifar100-b2n"), "--model", "clip-tiny"]
+
+
 @case("b2n-meta-truncated", "meta")
 def _(tmp):
     d = data_dir(tmp) / "cifar-100-python"

@@ -39,7 +39,7 @@ from torch.utils.data import Dataset
 from tta_bench.data import natural  # noqa: F401  (registers the natural-shift streams imagenet-ds reuses)
 from tta_bench.data.digits import CLASS_NAMES as DIGIT_NAMES
 from tta_bench.data.digits import digits_32, split
-from tta_bench.data.folders import fixed_order, image_errors, list_image_folder, wnid_index
+from tta_bench.data.folders import check_labels, fixed_order, image_errors, list_image_folder, wnid_index
 from tta_bench.kernel import UserError, read_cifar_names, read_cifar_pickle
 from tta_bench.streams import STREAMS, StreamSpec, register
 
@@ -181,6 +181,7 @@ def cifar100_b2n(*, data_dir=None, seed: int = 0, shots: int = 16, root: str | N
     for part in ("train", "test"):
         f = need(d / part, "CIFAR-100", "cifar-100-python/{train,test,meta}", "the CIFAR site")
         x, y = read_cifar_pickle(f, b"fine_labels")
+        check_labels(np.asarray(y), 100, f)
         sets[part] = Images(x.transpose(0, 2, 3, 1), np.asarray(y))
     names = [n.replace("_", " ") for n in read_cifar_names(d / "meta")]
     return b2n_spec(
