@@ -110,7 +110,7 @@ def table_key(cfg: dict[str, Any]) -> str:
     parts = [
         c["stream"],
         c["setting"],
-        f"sev{c['severity']}",
+        f"sev{c['severity']}" if has_severity(cfg) else "",
         f"bs{c['batch_size']}",
         samples_label(cfg),
         f"r{c['rounds']}",
@@ -118,7 +118,13 @@ def table_key(cfg: dict[str, Any]) -> str:
         f"data-{hash_json(fp, 8)}" if fp else "data-?",
     ]
     opts = ",".join(f"{k}={v}" for k, v in sorted(protocol_opts(cfg).items()) if v is not None)  # None: not set
-    return "/".join(parts) + (f"/{opts}" if opts else "")
+    return "/".join(p for p in parts if p) + (f"/{opts}" if opts else "")
+
+
+def has_severity(cfg: dict[str, Any]) -> bool:
+    """Whether the stream has severities (some domain of config.json `domain_order` has one; True if unrecorded)."""
+    order = cfg.get("domain_order") or []
+    return not order or any(d.get("severity") is not None for d in order)
 
 
 def load_run(folder: Path) -> tuple[dict[str, Any], dict[str, Any], pd.DataFrame, pd.DataFrame]:

@@ -201,6 +201,12 @@ def protocol(table: str, col: Collection) -> dict[str, str]:
     orders = {d.get("order", "sequential") for d in dom_order}
     versions = sorted({", ".join(f"{k} {v}" for k, v in c.get("versions", {}).items() if v) for c in cfgs})
     has_severity = any(d.get("severity") is not None for d in dom_order) or not dom_order
+    sel = col.runs[col.runs["table"] == table]
+    has_clean = (
+        "clean_error_before" not in sel
+        or sel["clean_error_before"].notna().any()
+        or all(c["config"].get("clean_eval") == "off" for c in cfgs)
+    )  # a stream without a clean split: no clean-evaluation line
     locations = sorted(
         {
             f"{k}={v}"
@@ -226,8 +232,8 @@ def protocol(table: str, col: Collection) -> dict[str, str]:
         "batch size": str(c0["batch_size"]),
         "rounds": str(c0["rounds"]),
         "precision": c0["precision"],
-        "clean eval": _distinct([c["config"]["clean_eval"] for c in cfgs]),
-        "stream options": ", ".join(f"{k}={v}" for k, v in protocol_opts(cfgs[0]).items()) or "–",
+        "clean eval": _distinct([c["config"]["clean_eval"] for c in cfgs]) if has_clean else "",
+        "stream options": ", ".join(f"{k}={v}" for k, v in protocol_opts(cfgs[0]).items() if v is not None) or "–",
         "data fingerprint": ", ".join(fp if len(fp) <= 48 else fp[:45] + "…" for fp in fps),
         "data found at": " | ".join(locations) or "–",
         "order": f"{' / '.join(sorted(orders))}: " + " → ".join(order),
@@ -298,7 +304,8 @@ def _metric_column(
     mean = s[f"{name}_mean"] if f"{name}_mean" in s else pd.Series([math.nan] * len(s))
     std = s[f"{name}_std"] if f"{name}_std" in s else pd.Series([math.nan] * len(s))
     vals = [v for v in mean if not (isinstance(v, float) and math.isnan(v))]
-    best = (max(vals) if m.higher_is_better else min(vals)) if len(vals) > 1 else None
+    # the best value, marked only where values differ (a column of equal values has no best)
+    best = (max(vals) if m.higher_is_better else min(vals)) if len(set(vals)) > 1 else None
     cells = [
         {
             "text": _fmt(v, digits),
@@ -412,7 +419,8 @@ def table_context(table: str, s: pd.DataFrame, col: Collection, figs: list[dict]
         "title": f"{c['stream']} · {c['setting']}",
         "protocol": c,
         "columns": columns,
-        "headline": " and ".join(f"{m.label} ({m.arrow}, {m.meaning})" for m in head),
+        "headline": f"{head[0].label} ({head[0].arrow}, {head[0].meaning})"
+        + "".join(f"; also headline: {m.label} ({m.arrow}, {m.meaning})" for m in head[1:]),
         "notes": notes,
         "rows": rows,
         "figures": figs,
