@@ -94,6 +94,16 @@ class AdaContrast(Adapter):
         "beta": 1.0,
         "eta": 1.0,
     }
+    option_docs = {
+        "queue_size": "entries of the MoCo queue and of the kNN feature bank",
+        "m": "EMA rate of the key encoder",
+        "temperature": "temperature of the instance-contrast logits",
+        "num_neighbors": "neighbours voting in the soft kNN pseudo-labels",
+        "warmup_samples": "samples labelled by the model's own argmax before kNN refinement starts",
+        "alpha": "weight of the pseudo-label cross-entropy",
+        "beta": "weight of the instance-contrast loss",
+        "eta": "weight of the diversity loss",
+    }
     ranges = {"queue_size": ">=1", "m": "[0,1]", "temperature": ">0", "num_neighbors": ">=1", "warmup_samples": ">=0",
               "alpha": ">=0", "beta": ">=0", "eta": ">=0"}  # fmt: skip
     presets = {

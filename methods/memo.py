@@ -13,8 +13,8 @@ for every image x_i of the batch
 BatchNorm layers normalise with prior · source + (1 - prior) · batch statistics (`PriorBN`), prior =
 `prior_strength` / (`prior_strength` + 1), batch statistics detached, as in the official ImageNet code (N = 16);
 the suite applies its `AlphaBatchNorm` with α = 0.1, i.e. prior_strength = 9, which the CIFAR presets use (the
-authors' CIFAR models use GroupNorm, where the prior does nothing). `prior_strength < 0` keeps pure source
-statistics (the official `prior = 1`).
+authors' CIFAR models use GroupNorm, where the prior does nothing). `prior_strength = -1` keeps pure source
+statistics (the official `prior = 1` for a negative strength).
 Defaults: the authors' CIFAR-10 values (SGD lr 0.005, 32 views, 1 step). ImageNet-C: lr 0.00025, 64 views,
 N = 16 (authors' ImageNet script). Deviations: the suite's SGD uses momentum 0.9 with Nesterov on this single
 step (an effective lr x1.9); we keep the authors' plain SGD. AugMix runs through our PIL port with a numpy
@@ -45,7 +45,12 @@ class MEMO(Adapter):
         "prior_strength": 9,
         "crop": "auto",
     }
-    ranges = {"n_aug": ">=1", "prior_strength": ">=0"}
+    option_docs = {
+        "n_aug": "AugMix views of each test point per step (the marginal-entropy batch)",
+        "prior_strength": "BN prior N: statistics = N/(N+1) source + 1/(N+1) batch; -1 keeps source statistics",
+        "crop": "pre-augmentation: pad (CIFAR: pad-4 random crop), resized (RandomResizedCrop), auto (by size)",
+    }
+    ranges = {"n_aug": ">=1", "prior_strength": ">=-1", "crop": ("auto", "pad", "resized")}
     presets = {
         "cifar10-c": {"source": _SUITE.format("cifar10_c"), "options": {"lr": 0.005, "n_aug": 32, "prior_strength": 9}},
         "cifar100-c": {

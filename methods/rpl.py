@@ -44,6 +44,7 @@ class RPL(Adapter):
     """Generalised cross-entropy on hard pseudo-labels; norm-layer affine parameters, test-batch BN statistics."""
 
     defaults = {**optimizer_defaults("adam", lr=1e-3), "steps": 1, "q": 0.8}
+    option_docs = {"q": "exponent of the generalised cross-entropy (1 - p^q) / q; q -> 0 is CE, q = 1 is MAE"}
     ranges = {"q": "(0,1]"}
     presets = {
         "cifar10-c": {"source": _SUITE.format("cifar10_c"), "options": {"optimizer": "adam", "lr": 1e-3, "wd": 0.0}},

@@ -73,9 +73,26 @@ class TDA(CLIPTestTime):
         "neg_mask_lower": 0.03,
         "neg_mask_upper": 1.0,
     }
+    option_docs = {
+        "n_aug": "augmented views per image (0: the image alone, TDA's ImageNet setting; 63 for ImageNet-A/V/R/S)",
+        "augmix": "AugMix on top of crop + flip for the views",
+        "selection_p": "fraction of lowest-entropy views averaged (with n_aug > 0)",
+        "templates": "prompt-template ensemble of the zero-shot weights: tda7, clip80, model",
+        "pos_shot_capacity": "positive cache entries per class",
+        "pos_alpha": "weight of the positive cache logits",
+        "pos_beta": "sharpness of the positive cache affinity",
+        "neg_shot_capacity": "negative cache entries per class",
+        "neg_alpha": "weight of the negative cache logits (subtracted)",
+        "neg_beta": "sharpness of the negative cache affinity",
+        "neg_entropy_lower": "a test feature enters the negative cache above this normalised entropy",
+        "neg_entropy_upper": "... and below this one",
+        "neg_mask_lower": "negative pseudo-label: classes whose probability is above this ...",
+        "neg_mask_upper": "... and below this",
+    }
     ranges = {"n_aug": ">=0", "selection_p": "(0,1]", "pos_shot_capacity": ">=0", "pos_alpha": ">=0", "pos_beta": ">=0",
               "neg_shot_capacity": ">=0", "neg_alpha": ">=0", "neg_beta": ">=0", "neg_entropy_lower": "[0,1]",
-              "neg_entropy_upper": "[0,1]", "neg_mask_lower": "[0,1]", "neg_mask_upper": "[0,1]"}  # fmt: skip
+              "neg_entropy_upper": "[0,1]", "neg_mask_lower": "[0,1]", "neg_mask_upper": "[0,1]",
+              "templates": ("tda7", "clip80", "model")}  # fmt: skip
     presets = {"imagenet-c": {"source": _TDA, "options": {k: v for k, v in defaults.items() if k != "augmix"}}}
 
     def configure(self) -> None:

@@ -43,6 +43,12 @@ class TPT(CLIPTestTime):
         "augmix": False,
         "ctx_init": "a photo of a",
     }
+    option_docs = {
+        "n_aug": "augmented views of each test image (plus the image itself)",
+        "selection_p": "fraction of lowest-entropy views kept for the loss",
+        "augmix": "AugMix on top of crop + flip (the official does it for fine-grained sets, not ImageNet)",
+        "ctx_init": "initial prompt context (its token count is the context length)",
+    }
     ranges = {"n_aug": ">=0", "selection_p": "(0,1]"}
     presets = {"imagenet-c": {"source": _SUITE, "options": {"optimizer": "adamw", "lr": 5e-3, "wd": 0.01}}}
 

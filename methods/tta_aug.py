@@ -32,7 +32,12 @@ class TTAug(Adapter):
     """Mean logits over the image and its AugMix views; BN with a 0.9 source prior; nothing trained."""
 
     defaults = {"n_aug": 32, "bn_prior": 0.9, "crop": "auto"}
-    ranges = {"n_aug": ">=1", "bn_prior": "[0,1]"}
+    option_docs = {
+        "n_aug": "AugMix views averaged with the image",
+        "bn_prior": "weight of the source statistics in BN (1: source statistics only)",
+        "crop": "pre-augmentation: pad (CIFAR: pad-4 random crop), resized (RandomResizedCrop), auto (by size)",
+    }
+    ranges = {"n_aug": ">=1", "bn_prior": "[0,1]", "crop": ("auto", "pad", "resized")}
     presets = {"cifar10-c": _CONF, "cifar100-c": _CONF, "imagenet-c": _CONF}
 
     def configure(self) -> None:

@@ -33,7 +33,13 @@ class VTE(CLIPTestTime):
     """Prompt-template ensemble x mean feature of the confident augmented views; training-free."""
 
     defaults = {"n_aug": 63, "selection_p": 0.1, "augmix": False, "templates": "clip80"}
-    ranges = {"n_aug": ">=0", "selection_p": "(0,1]"}
+    option_docs = {
+        "n_aug": "augmented views of each test image (plus the image itself)",
+        "selection_p": "fraction of lowest-entropy views whose mean feature is classified",
+        "augmix": "AugMix on top of crop + flip (the suite does it for fine-grained sets, not ImageNet)",
+        "templates": "prompt-template ensemble: clip80 (OpenAI ImageNet), tda7, model (the model's template)",
+    }
+    ranges = {"n_aug": ">=0", "selection_p": "(0,1]", "templates": ("clip80", "tda7", "model")}
     presets = {"imagenet-c": {"source": _SUITE, "options": {"n_aug": 63, "templates": "clip80"}}}
 
     def configure(self) -> None:

@@ -13,7 +13,20 @@ import torch.nn.functional as F
 from test_adapter_contract import tiny_cnn
 
 from methods import MEMO
-from methods._augmix import OPS, augmix_views, marginal_entropy, preaugment, select_confident, to_pil, to_tensor
+from methods._augmix import (
+    OPS,
+    _apply_luts,
+    _autocontrast_lut,
+    _equalize_lut,
+    _posterize,
+    _solarize,
+    augmix_views,
+    marginal_entropy,
+    preaugment,
+    select_confident,
+    to_pil,
+    to_tensor,
+)
 
 
 def fixed_views(x: torch.Tensor, n: int = 6) -> torch.Tensor:
@@ -122,6 +135,30 @@ def test_augmix_views_and_ops() -> None:
     for name, op in OPS.items():
         out = op(img, 1, rng, 0)
         assert out.size == img.size and out.mode == img.mode, name
+
+
+def test_colour_ops_equal_pillow() -> None:
+    """The numpy lookup tables reproduce Pillow's ImageOps pixel for pixel (RGB and L, spread and flat images)."""
+    from PIL import Image, ImageOps
+
+    rng = np.random.default_rng(0)
+    for k in range(20):
+        shape = (16, 16, 3) if k % 2 else (16, 16)
+        a = [
+            rng.integers(0, 256, shape),
+            rng.integers(100, 140, shape),
+            np.full(shape, 77),
+            np.where(rng.random(shape) < 0.5, 0, 255),
+            (rng.random(shape) ** 3 * 255).astype(int),
+        ][k % 5]
+        img = Image.fromarray(a.astype(np.uint8), "RGB" if k % 2 else "L")
+        for want, got in (
+            (ImageOps.autocontrast(img), _apply_luts(img, _autocontrast_lut)),
+            (ImageOps.equalize(img), _apply_luts(img, _equalize_lut)),
+            (ImageOps.posterize(img, 4), _posterize(img, 4)),
+            (ImageOps.solarize(img, 240), _solarize(img, 240)),
+        ):
+            assert np.array_equal(np.asarray(want), np.asarray(got))
 
 
 def test_marginal_entropy_and_selection() -> None:
