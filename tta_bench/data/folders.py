@@ -116,6 +116,8 @@ def image_errors(path: Path) -> Iterator[None]:
     errors name no file, or only a temporary one)."""
     try:
         yield
+    except UserError:
+        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         if isinstance(e, OSError) and not isinstance(e, Image.UnidentifiedImageError) and e.errno is not None:
             raise  # a real I/O error (permissions, missing file): the CLI reports it with its path
