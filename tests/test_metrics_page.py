@@ -265,3 +265,20 @@ def test_other_sample_counts_are_another_table_grouped_under_the_stream(tmp_path
     assert html.count('class="stream-group"') == 1  # both tables under one stream heading
     assert "2 tables: runs are ranked together only under one protocol" in html
     assert "differ in samples per domain (16 / 8)." in html
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("stream,sub", [("camvid-c", "camvid"), ("pneumoniamnist-c", "medmnist/pneumoniamnist.npz")])
+def test_real_data_reached_through_a_symlink_has_the_same_fingerprint(shared_data, tmp_path, stream, sub):
+    """The stream's data fingerprint (what names the data in a table's identity) does not depend on the path."""
+    from tta_bench import streams as st
+    from tta_bench.kernel import check_options
+
+    link = tmp_path / "elsewhere" / Path(sub).name
+    link.parent.mkdir()
+    link.symlink_to(shared_data / sub)
+    prints = []
+    for root in (shared_data / sub, link):
+        opts = check_options("stream", stream, {"root": str(root)}, st.stream_options(stream))
+        prints.append(st.build_stream(stream, tmp_path, 0, opts).info["data_fingerprint"])
+    assert prints[0] and prints[0] == prints[1]
