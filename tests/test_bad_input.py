@@ -398,6 +398,12 @@ def _(tmp):
     return files_run(tmp, tmp / "nowhere")
 
 
+@case("cifar-c-root-empty-no-download", "empty/labels.npy", "stream.root")
+def _(tmp):
+    (tmp / "empty").mkdir()
+    return files_run(tmp, tmp / "empty")
+
+
 @case("cifar-c-holdout-too-large", "stream.holdout")
 def _(tmp):
     root = cifar_c_files(tmp)

@@ -246,8 +246,8 @@ def build(v: Variant, data_dir, seed: int, root, clean_dir, mode: str, holdout: 
         clean = find_clean(v, [data_dir], folders=False)  # ImageFolders only when named by stream.clean_dir
     if mode == "files" or (mode == "auto" and clean is None):
         if not have_files:
-            if not dl:
-                require(files_root, v.folder, f"{v.folder}/<corruption>.npy + labels.npy", v.url)
+            if not dl:  # the folder may exist (e.g. empty): name the file that is missing
+                require(files_root / "labels.npy", v.folder, f"{v.folder}/<corruption>.npy + labels.npy", v.url)
             files_root = download(v, files_root.parent)
         source_kind = "files"
     elif clean is None:
