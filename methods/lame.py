@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from methods import register
 from methods.base import Adapter
-from tta_bench.kernel import UserError
+from tta_bench.kernel import UserError, close_matches
 
 
 def affinity(feats: torch.Tensor, kind: str, knn: int) -> torch.Tensor:
@@ -102,6 +102,12 @@ class LAME(Adapter):
         if not self.feature_layer:
             raise UserError("lame needs the classifier layer whose input are the features: the model has no "
                              "nn.Linear; name it with --set method.feature_layer=<module name>.")
+        names = dict(self.model.named_modules())
+        if self.feature_layer not in names:
+            hint = close_matches(self.feature_layer, [n for n in names if n])
+            raise UserError(f"lame: the model has no module '{self.feature_layer}' (method.feature_layer)."
+                            + (f" Did you mean: {', '.join(hint)}?" if hint else "")
+                            + f" Its linear layers: {', '.join(linear) or '(none)'}.")  # fmt: skip
 
     @torch.no_grad()
     def infer(self, x: torch.Tensor) -> torch.Tensor:

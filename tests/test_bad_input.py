@@ -194,6 +194,13 @@ CASES.append(
 )
 CASES.append(
     Case(
+        "lame-feature-layer-unknown",
+        lambda t: run_args(t, "--set", "method.feature_layer=head", method="lame"),
+        ("'head'", "feature_layer"),
+    )
+)
+CASES.append(
+    Case(
         "ecotta-meta-init-unknown",
         lambda t: run_args(t, "--set", "method.meta_init=zeros", method="ecotta"),
         ("zeros", "meta_init"),
