@@ -427,7 +427,8 @@ def domain_line(seg, rows: list[dict[str, Any]], seconds: float, clean: float | 
     """The plain progress line of a finished segment: its error (and headline metric, when the task has one)."""
     mine = [r for r in rows if r["round"] == seg.round and r["segment"] == seg.domain]
     err = sum(r["error"] * r["n"] for r in mine) / max(1, sum(r["n"] for r in mine))
-    extra = "".join(f", {k} {mine[-1][k]:.1f} %" for k in ("miou", "balanced_error") if mine[-1].get(k) is not None)
+    names = {"miou": "mIoU", "balanced_error": "balanced error"}
+    extra = "".join(f", {v} {mine[-1][k]:.1f} %" for k, v in names.items() if mine[-1].get(k) is not None)
     after = f", clean error {clean:.1f} %" if clean is not None else ""
     n = sum(r["n"] for r in mine)
     return f"r{seg.round} {seg.domain}: error {err:.1f} %{extra}{after} ({n} samples, {seconds:.1f} s)"
