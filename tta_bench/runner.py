@@ -417,7 +417,7 @@ def run_segment(adapter, spec, cfg: RunConfig, seg, ds, device, overall, bar, cl
         t_prev = now
         bar.update(1)
         if i % 10 == 0 and bar.shows_postfix:  # the one sync: only when a live bar is drawn
-            bar.bar.set_postfix_str(f"err {meter.running_error():.1f}%")
+            bar.set_postfix(f"err {meter.running_error():.1f}%")
     if cuda:
         torch.cuda.synchronize(device)
     return meter, times, time.perf_counter() - t0

@@ -100,6 +100,11 @@ class Progress:
         if self.bar is not None:
             self.bar.set_description(desc)
 
+    def set_postfix(self, text: str) -> None:
+        """Text after a live bar's counts (e.g. the running error); call it only when `shows_postfix`."""
+        if self.bar is not None:
+            self.bar.set_postfix_str(text)
+
     def log(self, text: str) -> None:
         """A line of its own in plain mode (e.g. a domain's result); nothing on a live bar or when quiet."""
         if not self.off and self.bar is None:
