@@ -91,7 +91,8 @@ class EcoTTA(Adapter):
         "warmup_lr": 5e-2,
         "meta_init": "identity",
     }
-    ranges = {"partitions": ">=1", "reg_weight": ">=0", "e_margin": ">=0", "meta_init": ("identity", "default")}
+    ranges = {"partitions": ">=1", "split": ">=1", "reg_weight": ">=0", "e_margin": ">=0",
+              "meta_init": ("identity", "default")}  # fmt: skip
 
     def configure(self) -> None:
         if self.hp.meta_init not in ("identity", "default"):
