@@ -26,6 +26,9 @@ def add_run_arguments(p: argparse.ArgumentParser, many: bool = False) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
     p.add_argument(
+        "--compile", action="store_true", help="torch.compile the adapted model (falls back to eager with a warning)"
+    )
+    p.add_argument(
         "--data-dir", default=None, help="datasets root (default $TTA_BENCH_DATA or ~/.cache/tta_bench/data)"
     )
     p.add_argument("--out", default="runs", help="folder for run folders (default runs/)")
@@ -71,6 +74,7 @@ def config_kwargs(args: argparse.Namespace) -> dict:
         preset=getattr(args, "preset", "auto"),
         device=args.device,
         workers=args.workers,
+        compile=getattr(args, "compile", False),
         data_dir=args.data_dir,
         out=args.out,
         method_opts=sets["method"],

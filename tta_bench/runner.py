@@ -28,6 +28,7 @@ import methods
 import tta_bench
 from tta_bench import presets, protocols, rundir
 from tta_bench import streams as st
+from tta_bench.accel import compile_adapter
 from tta_bench.config import RunConfig, cache_dir_default, weights_dir_default
 from tta_bench.identity import data_fingerprint, open_stream, resolve, run_id  # noqa: F401  (re-exported)
 from tta_bench.kernel import UserError, hash_json, read_json, write_json
@@ -116,6 +117,8 @@ def execute(cfg: RunConfig, spec: st.StreamSpec, rid: str, folder: Path, quiet: 
     adapter, weights = build_adapter(cfg, spec, ctx)
     segments = st.schedule(cfg.setting, spec, cfg.severity, cfg.rounds)
     prep = prepare(adapter, spec, cfg, ctx, weights, quiet)
+    if cfg.compile:  # after prepare: the prepare stage and its cache stay eager
+        compile_adapter(adapter)
     datasets = [st.segment_dataset(spec, s, cfg.limit) for s in segments]
     record = config_record(cfg, rid, device, spec, weights, segments, datasets, prep)
     rundir.write_json_file(folder / rundir.CONFIG, record)
@@ -276,6 +279,7 @@ def config_record(cfg, rid: str, device, spec, weights: dict, segments, datasets
             "data_dir": str(cfg.resolved_data_dir()),
             "out": cfg.out,
             "workers": cfg.workers,
+            "compile": cfg.compile,
             "threads": torch.get_num_threads(),
             "host": platform.node(),
         },
