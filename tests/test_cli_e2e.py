@@ -11,25 +11,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tta_bench import rundir
 from tta_bench.__main__ import main
 
 LIMIT = 200  # samples per domain: keeps the three runs to seconds on 2 cores
-SUMMARY_KEYS = {
-    "method",
-    "stream",
-    "model",
-    "setting",
-    "seed",
-    "mean_error",
-    "domain_errors",
-    "ece",
-    "clean_error_before",
-    "clean_error_after",
-    "forgetting",
-    "adapt_mb",
-    "peak_device_mb",
-    "images_per_s",
-}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +28,7 @@ def three_runs(tmp_path_factory) -> dict[str, Path]:
             )
             == 0
         )
-        (folder,) = [p for p in out.iterdir() if p not in folders.values()]
+        (folder,) = [p for p in out.iterdir() if p not in folders.values() and rundir.is_run_id(p.name)]
         folders[method] = folder
     return folders
 
@@ -52,13 +37,7 @@ def test_run_folder_files_and_columns(three_runs):
     import corruptions
 
     for method, folder in three_runs.items():
-        assert sorted(p.name for p in folder.iterdir()) == [
-            "batches.csv",
-            "config.json",
-            "domains.csv",
-            "done",
-            "summary.json",
-        ]
+        assert sorted(p.name for p in folder.iterdir()) == sorted(rundir.RUN_FILES)
         cfg = json.loads((folder / "config.json").read_text())
         assert cfg["config"]["method"] == method and cfg["config"]["model"] == "small-cnn"
         assert cfg["run_id"] == folder.name
@@ -70,43 +49,21 @@ def test_run_folder_files_and_columns(three_runs):
         assert cfg["stream_info"]["source"] == "generated"
 
         batches = pd.read_csv(folder / "batches.csv")
-        assert list(batches.columns) == [
-            "batch",
-            "round",
-            "segment",
-            "index",
-            "severity",
-            "n",
-            "error",
-            "seconds",
-            "adapt_mb",
-            "peak_device_mb",
-        ]
+        assert list(batches.columns)[: len(rundir.BATCH_COLUMNS)] == list(rundir.BATCH_COLUMNS)
         assert batches["n"].sum() == 15 * LIMIT and batches["batch"].tolist() == list(range(len(batches)))
         assert batches["error"].between(0, 100).all()
 
         domains = pd.read_csv(folder / "domains.csv")
         assert domains["domain"].tolist() == list(corruptions.BENCHMARK)
-        assert {
-            "round",
-            "segment",
-            "domain",
-            "severity",
-            "error",
-            "ece",
-            "n",
-            "clean_error",
-            "seconds",
-            "images_per_s",
-        } <= set(domains.columns)
+        assert {*rundir.DOMAIN_COLUMNS, "ece"} <= set(domains.columns)
         assert (domains["n"] == LIMIT).all() and (domains["severity"] == 5).all()
         # per-domain error == sample-weighted mean of its batch errors
         for dom, grp in batches.groupby("segment"):
             want = (grp["error"] * grp["n"]).sum() / grp["n"].sum()
             assert domains.set_index("domain").loc[dom, "error"] == pytest.approx(want)
 
-        s = json.loads((folder / "summary.json").read_text())
-        assert SUMMARY_KEYS <= set(s)
+        s = rundir.load_summary(folder)  # every key of the schema, with its type
+        assert s["diverged"] is False and s["first_diverged_batch"] is None
         assert s["mean_error"] == pytest.approx(domains["error"].mean())
         assert s["domain_errors"] == pytest.approx(domains.set_index("domain")["error"].to_dict())
         assert s["forgetting"] == pytest.approx(s["clean_error_after"] - s["clean_error_before"])
