@@ -332,6 +332,10 @@ method_case("tpt-selection-p-0", "tpt", "selection_p=0", "selection_p", "(0, 1]"
 method_case("deyo-aug-type-unknown", "deyo", "aug_type=blur", "aug_type", "'patch'")
 simple("stream-gamma-negative", ["--setting", "non-iid", "--set", "stream.gamma=-1"], "stream.gamma", "> 0")
 simple("stream-gamma-zero", ["--setting", "non-iid", "--set", "stream.gamma=0"], "stream.gamma", "> 0")
+CASES.append(Case("stream-clean-size-negative", lambda t: cifar_run(t, "--set", "stream.clean_size=-1"),
+                   ("stream.clean_size", ">= 0")))  # fmt: skip
+CASES.append(Case("stream-shots-0", lambda t: run_args(t, "--set", "stream.shots=0", stream="digits-b2n"),
+                  ("stream.shots", ">= 1")))  # fmt: skip
 simple("model-width-0", ["--set", "model.width=0"], "model.width", ">= 1")
 simple("model-source-epochs-negative", ["--set", "model.source_epochs=-1"], "source_epochs", ">= 0")
 simple("model-lr-negative", ["--set", "model.lr=-1"], "model.lr", "> 0")

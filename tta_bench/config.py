@@ -146,6 +146,10 @@ class RunConfig:
                 f"stream.gamma (the Dirichlet concentration of the non-iid setting) must be > 0, got {gamma!r}; small "
                 "values give strongly label-correlated order. Example: --set stream.gamma=0.1."
             )
+        if self.stream_opts:
+            from tta_bench.streams import check_counts  # lazy: streams imports torch
+
+            check_counts(self.stream_opts)
         if self.method_opts:
             import methods  # lazy: the registry imports torch
 

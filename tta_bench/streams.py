@@ -376,8 +376,22 @@ def stream_options(name: str) -> dict[str, Any]:
     return {**COMMON_OPTIONS, **own}
 
 
+# Stream options that count images (any stream that declares one): their smallest sensible value.
+COUNT_OPTIONS: dict[str, int] = {"clean_size": 0, "clean_n": 0, "holdout": 0, "shots": 1, "source_limit": 1,
+                                 "image_size": 1}  # fmt: skip
+
+
+def check_counts(opts: dict[str, Any]) -> None:
+    """UserError naming the first counting option (COUNT_OPTIONS) given a number below its minimum."""
+    for key, low in COUNT_OPTIONS.items():
+        v = opts.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v < low:
+            raise UserError(f"stream.{key} counts images and must be >= {low}, got {v!r} (--set stream.{key}=...).")
+
+
 def build_stream(name: str, data_dir: Any, seed: int, opts: dict[str, Any]) -> StreamSpec:
     """Create the registered stream `name`; `opts` are its resolved options (common ones dropped)."""
+    check_counts(opts)
     own = {k: v for k, v in opts.items() if k not in COMMON_OPTIONS}
     spec = STREAMS.get(name).factory(data_dir=data_dir, seed=seed, **own)
     return select_domains(spec, normalize_domains(opts.get("domains")))
