@@ -2,7 +2,7 @@
 seed, independence of the batch size, and calibration against a small source model (the digits small-cnn).
 
 Stated tolerance: the source model's accuracy on a calibrated stream is within 6 percentage points of the target
-when the target is reachable on the 0..5 severity grid (here 70/50/30 % on digits; measured gaps 0.6-3.9 pp), and
+when the target is reachable on the 0..5 severity grid (here 70 and 30 % on digits; measured gaps 0.6 and 1.7 pp), and
 within 5 pp of the calibration's own prediction for the walk.
 """
 
@@ -114,7 +114,7 @@ def _source_accuracy(model, ds: CCCImages) -> float:
 def test_calibration_reaches_the_target_and_difficulties_are_ordered(digits_model, tmp_path, one_thread):
     pool = _pool()
     accs = {}
-    for target in (70.0, 50.0, 30.0):
+    for target in (70.0, 30.0):
         ccc = CCC(pool, target, 1000, 100, 0, size=None, calib_size=200)
         info = ccc.calibrate(digits_model, torch.device("cpu"), tmp_path, {"model": "small-cnn"})
         acc = _source_accuracy(digits_model, ccc.dataset())
