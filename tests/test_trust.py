@@ -331,3 +331,30 @@ def test_damaged_complete_folder_is_run_again(first_result, tmp_path):
     res = run(replace(cfg, out=str(out)), quiet=True)
     assert not res.skipped and metrics(res.summary) == metrics(first.summary)
     assert strict_load(out / first.folder.name / "summary.json")["method"] == "source"
+
+
+# --- sweep workers ---------------------------------------------------------------------------------------------
+_PARENT = """
+import os, sys, time, multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
+from tta_bench.sweep import die_with_parent
+if __name__ == "__main__":
+    pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=die_with_parent,
+                               initargs=(os.getpid(),))
+    print(pool.submit(os.getpid).result(), flush=True)
+    pool.submit(time.sleep, 600)
+    time.sleep(600)
+"""
+
+
+def test_sweep_workers_die_with_their_parent(tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(_PARENT)
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+    os.kill(parent.pid, 9)
+    parent.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and Path(f"/proc/{worker}").exists():
+        time.sleep(0.1)
+    assert not Path(f"/proc/{worker}").exists() or "Z" in Path(f"/proc/{worker}/stat").read_text().split()[2]
