@@ -19,6 +19,9 @@ def report(site) -> str:
     if site.incomplete:
         lines.append(f"ignored {len(site.incomplete)} incomplete run folder(s) (no `done` marker):")
         lines += [f"  {p}" for p in site.incomplete[:10]] + (["  ..."] if len(site.incomplete) > 10 else [])
+    if getattr(site, "unreadable", None):
+        lines.append(f"skipped {len(site.unreadable)} unreadable run folder(s) (listed on the page):")
+        lines += [f"  {p}: {why}" for p, why in site.unreadable[:10]] + (["  ..."] if len(site.unreadable) > 10 else [])
     for t in site.tables:
         s = site.summary[site.summary["table"] == t]
         best = s.iloc[0]
