@@ -25,9 +25,10 @@ def report(site) -> str:
     for t in site.tables:
         s = site.summary[site.summary["table"] == t]
         best = s.iloc[0]
-        key = str(best.get("headline", "mean_error")).split(",")[0]  # the table's headline metric ranks it
-        name = {"mean_error": "error"}.get(key, key)
-        lines.append(f"  {t}: {len(s)} entries, best {best['entry']} ({name} {best[f'{key}_mean']:.2f} %)")
+        from leaderboard.site import headline_of
+
+        m = headline_of(s)[0]  # the table's headline metric ranks it
+        lines.append(f"  {t}: {len(s)} entries, best {best['entry']} ({m.label} {best[f'{m.key}_mean']:.2f} %)")
     lines.append(f"page: {(site.out / 'index.html').resolve()}")
     return "\n".join(lines)
 
