@@ -754,12 +754,8 @@ def sweep(tmp: Path, *extra: str) -> list[str]:
 
 CASES.append(Case("sweep-method-unknown", lambda t: sweep(t, "--methods", "tent,tnet"), ("tnet", "tent")))
 CASES.append(Case("sweep-seeds-not-ints", lambda t: sweep(t, "--methods", "tent", "--seeds", "0,a"), ("--seeds",)))
-SWEEP_GAP = "tta_bench/sweep.py checks neither an empty grid nor --processes < 1 (sweep.py is outside this change)"
-CASES.append(Case("sweep-empty-methods", lambda t: sweep(t, "--methods", ","), ("--methods",), xfail=SWEEP_GAP))
-CASES.append(
-    Case("sweep-processes-0", lambda t: sweep(t, "--methods", "tent", "--processes", "0"), ("--processes",),
-         xfail=SWEEP_GAP)
-)  # fmt: skip
+CASES.append(Case("sweep-empty-methods", lambda t: sweep(t, "--methods", ","), ("--methods",)))
+CASES.append(Case("sweep-processes-0", lambda t: sweep(t, "--methods", "tent", "--processes", "0"), ("--processes",)))
 CASES.append(Case("sweep-bad-set", lambda t: sweep(t, "--methods", "tent", "--set", "method.steps=0"), ("steps",)))
 
 

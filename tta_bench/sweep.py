@@ -56,6 +56,11 @@ def expand(args: argparse.Namespace) -> list[RunConfig]:
         seeds = [int(s) for s in _names(args.seeds)]
     except ValueError as e:
         raise UserError(f"--seeds takes integers, e.g. --seeds 0 1 2 ({e}).") from None
+    for flag, values in (("--methods", args.methods), ("--streams", args.streams), ("--seeds", args.seeds)):
+        if not _names(values):
+            raise UserError(f"{flag} names nothing ({' '.join(values)!r}): give at least one, e.g. {flag} tent.")
+    if args.processes < 1:
+        raise UserError(f"--processes must be at least 1 (local worker processes), got {args.processes}.")
     kwargs = config_kwargs(args)
     kwargs["out"] = str(Path(kwargs["out"]).resolve())  # workers may run elsewhere: no relative paths
     if kwargs["data_dir"]:
