@@ -189,9 +189,14 @@ def test_kill_at_every_write_of_a_forced_rerun_keeps_the_result(first_result):
     assert leftovers == []  # an interrupted run's temporaries are removed by the next run of its id
 
 
-def test_concurrent_duplicate_waits_and_reuses_even_when_the_first_is_killed(first_result, tmp_path):
+@pytest.mark.parametrize(
+    "steps",
+    [(None, 1, 6, 7), pytest.param(tuple(range(1, 8)), marks=pytest.mark.slow)],  # slow: every write step
+    ids=["some-writes", "every-write"],
+)
+def test_concurrent_duplicate_waits_and_reuses_even_when_the_first_is_killed(first_result, tmp_path, steps):
     cfg, first = first_result
-    for kill_at in (None, 1, 4):
+    for kill_at in steps:  # write steps of the forced re-run (see the test above); None: not killed
         out = tmp_path / f"k{kill_at}"
         shutil.copytree(first.folder, out / first.folder.name)
         c = replace(cfg, out=str(out))
