@@ -386,6 +386,10 @@ def replace_tree(build: Callable[[Path], Any], out: Path) -> Any:
     files are replaced. A crash during `build` leaves `out` untouched.
     """
     out = Path(out)
+    for stale in out.parent.glob(f".{out.name}.tmp-*-*"):  # left by a killed build
+        pid = stale.name.rsplit(".tmp-", 1)[1].split("-")[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir(parents=True)
     try:
