@@ -34,6 +34,8 @@ from PIL import Image, ImageOps
 from methods.base import BN_TYPES
 from tta_bench.kernel import UserError
 
+PER_POINT = "one test point at a time inside any batch: the harness batch size does not change the result"
+
 
 # --- AugMix operations (severity `level`, PIL image) ----------------------------------------------------
 def _level(rng: np.random.Generator, n: float) -> float:

@@ -107,8 +107,8 @@ class AdaContrast(Adapter):
     ranges = {"queue_size": ">=1", "m": "[0,1]", "temperature": ">0", "num_neighbors": ">=1", "warmup_samples": ">=0",
               "alpha": ">=0", "beta": ">=0", "eta": ">=0"}  # fmt: skip
     presets = {
-        f: {"source": _SUITE.format(f.replace("-", "_")), "options": dict(_OPTS)}
-        for f in ("cifar10-c", "cifar100-c", "imagenet-c")
+        f: {"source": _SUITE.format(f.replace("-", "_")), "batch_size": b, "options": dict(_OPTS)}
+        for f, b in (("cifar10-c", 200), ("cifar100-c", 200), ("imagenet-c", 64))
     }
 
     def configure(self) -> None:

@@ -27,10 +27,20 @@ from __future__ import annotations
 import torch
 
 from methods import register
-from methods._augmix import augmix_views, check_crop, default_crop, marginal_entropy, seeded_rng, use_prior_bn
+from methods._augmix import (
+    PER_POINT,
+    augmix_views,
+    check_crop,
+    default_crop,
+    marginal_entropy,
+    seeded_rng,
+    use_prior_bn,
+)
 from methods.base import Adapter, make_optimizer, optimizer_defaults
 
 _AUTHORS = "zhangmarvin/memo:imagenet-exps/script_test_in.py+test_calls/test_adapt.py@228b290"
+_PER = {"batch_size": 1, "note": PER_POINT}
+_CIFAR = {"lr": 0.005, "n_aug": 32, "prior_strength": 9}
 _SUITE = "mariodoebler/test-time-adaptation:classification/cfgs/{}/memo.yaml+conf.py(BN.ALPHA=0.1)@8b2ed63"
 
 
@@ -52,12 +62,9 @@ class MEMO(Adapter):
     }
     ranges = {"n_aug": ">=1", "prior_strength": ">=-1", "crop": ("auto", "pad", "resized")}
     presets = {
-        "cifar10-c": {"source": _SUITE.format("cifar10_c"), "options": {"lr": 0.005, "n_aug": 32, "prior_strength": 9}},
-        "cifar100-c": {
-            "source": _SUITE.format("cifar100_c"),
-            "options": {"lr": 0.005, "n_aug": 32, "prior_strength": 9},
-        },
-        "imagenet-c": {"source": _AUTHORS, "options": {"lr": 0.00025, "n_aug": 64, "prior_strength": 16}},
+        "cifar10-c": {"source": _SUITE.format("cifar10_c"), **_PER, "options": _CIFAR},
+        "cifar100-c": {"source": _SUITE.format("cifar100_c"), **_PER, "options": _CIFAR},
+        "imagenet-c": {"source": _AUTHORS, **_PER, "options": {"lr": 0.00025, "n_aug": 64, "prior_strength": 16}},
     }
 
     def configure(self) -> None:

@@ -29,6 +29,7 @@ from methods.base import (
     use_batch_stats,
 )
 
+_ADAM = {"optimizer": "adam", "lr": 1e-3, "wd": 0.0}
 _SUITE = "mariodoebler/test-time-adaptation:classification/cfgs/{}/rpl.yaml@8b2ed63"
 
 
@@ -47,10 +48,11 @@ class RPL(Adapter):
     option_docs = {"q": "exponent of the generalised cross-entropy (1 - p^q) / q; q -> 0 is CE, q = 1 is MAE"}
     ranges = {"q": "(0,1]"}
     presets = {
-        "cifar10-c": {"source": _SUITE.format("cifar10_c"), "options": {"optimizer": "adam", "lr": 1e-3, "wd": 0.0}},
-        "cifar100-c": {"source": _SUITE.format("cifar100_c"), "options": {"optimizer": "adam", "lr": 1e-3, "wd": 0.0}},
+        "cifar10-c": {"source": _SUITE.format("cifar10_c"), "batch_size": 200, "options": _ADAM},
+        "cifar100-c": {"source": _SUITE.format("cifar100_c"), "batch_size": 200, "options": _ADAM},
         "imagenet-c": {
             "source": _SUITE.format("imagenet_c"),
+            "batch_size": 64,
             "options": {"optimizer": "sgd", "lr": 5e-4, "momentum": 0.9, "nesterov": True, "wd": 0.0},
         },
     }

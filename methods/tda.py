@@ -93,7 +93,15 @@ class TDA(CLIPTestTime):
               "neg_shot_capacity": ">=0", "neg_alpha": ">=0", "neg_beta": ">=0", "neg_entropy_lower": "[0,1]",
               "neg_entropy_upper": "[0,1]", "neg_mask_lower": "[0,1]", "neg_mask_upper": "[0,1]",
               "templates": ("tda7", "clip80", "model")}  # fmt: skip
-    presets = {"imagenet-c": {"source": _TDA, "options": {k: v for k, v in defaults.items() if k != "augmix"}}}
+    presets = {
+        "imagenet-c": {
+            "source": _TDA,
+            "batch_size": 1,
+            "note": "ImageNet (I) config; for -A/-V/-R/-Sketch TDA uses n_aug=63 with AugMix and pos_alpha/pos_beta "
+            "2.0/5.0 (A), 1.0/8.0 (V, R), 2.363/7.45 (S) (configs/imagenet_{a,v,r,s}.yaml)",
+            "options": {k: v for k, v in defaults.items() if k != "augmix"},
+        }
+    }
 
     def configure(self) -> None:
         super().configure()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from methods import register
-from methods._augmix import marginal_entropy, select_confident
+from methods._augmix import PER_POINT, marginal_entropy, select_confident
 from methods._clip_tta import CLIPTestTime
 from methods._vlm import PromptLearner
 from methods.base import make_optimizer, optimizer_defaults
@@ -50,7 +50,14 @@ class TPT(CLIPTestTime):
         "ctx_init": "initial prompt context (its token count is the context length)",
     }
     ranges = {"n_aug": ">=0", "selection_p": "(0,1]"}
-    presets = {"imagenet-c": {"source": _SUITE, "options": {"optimizer": "adamw", "lr": 5e-3, "wd": 0.01}}}
+    presets = {
+        "imagenet-c": {
+            "source": _SUITE,
+            "batch_size": 1,
+            "note": PER_POINT,
+            "options": {"optimizer": "adamw", "lr": 5e-3, "wd": 0.01, "n_aug": 63},
+        }
+    }
 
     def configure(self) -> None:
         super().configure()

@@ -18,11 +18,13 @@ from __future__ import annotations
 import torch
 
 from methods import register
-from methods._augmix import augmix_views, check_crop, default_crop, seeded_rng, use_prior_bn
+from methods._augmix import PER_POINT, augmix_views, check_crop, default_crop, seeded_rng, use_prior_bn
 from methods.base import Adapter
 
 _CONF = {
     "source": "mariodoebler/test-time-adaptation:classification/conf.py(TEST.N_AUGMENTATIONS, BN.ALPHA)@8b2ed63",
+    "batch_size": 1,
+    "note": PER_POINT,
     "options": {"n_aug": 32, "bn_prior": 0.9},
 }
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from methods import register
-from methods._augmix import select_confident
+from methods._augmix import PER_POINT, select_confident
 from methods._clip_tta import CLIPTestTime, ensemble_text_features, templates_of
 
 _SUITE = "mariodoebler/test-time-adaptation:classification/cfgs/imagenet_c/vte.yaml@8b2ed63"
@@ -40,7 +40,14 @@ class VTE(CLIPTestTime):
         "templates": "prompt-template ensemble: clip80 (OpenAI ImageNet), tda7, model (the model's template)",
     }
     ranges = {"n_aug": ">=0", "selection_p": "(0,1]", "templates": ("clip80", "tda7", "model")}
-    presets = {"imagenet-c": {"source": _SUITE, "options": {"n_aug": 63, "templates": "clip80"}}}
+    presets = {
+        "imagenet-c": {
+            "source": _SUITE,
+            "batch_size": 1,
+            "note": PER_POINT,
+            "options": {"n_aug": 63, "templates": "clip80"},
+        }
+    }
 
     def configure(self) -> None:
         super().configure()
