@@ -34,7 +34,9 @@ from PIL import Image, ImageOps
 from methods.base import BN_TYPES
 from tta_bench.kernel import UserError
 
-PER_POINT = "one test point at a time inside any batch: the harness batch size does not change the result"
+PER_POINT = (
+    "one test point at a time inside any batch: the harness batch size changes only which random views are drawn"
+)
 
 
 # --- AugMix operations (severity `level`, PIL image) ----------------------------------------------------
