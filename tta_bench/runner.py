@@ -195,6 +195,8 @@ def prepare(adapter, spec, cfg: RunConfig, ctx: ModelContext, weights: dict, qui
     state = load_cache(path, ctx.device, "prepare-stage cache", quiet)
     if state is not None and _load_state(adapter, state):
         info.update(_prepare_facts(path), cached=True)  # the figures measured when it was made
+        took = f", made in {info['seconds']:.1f} s" if info.get("seconds") is not None else ""
+        _say(quiet, f"prepare {cfg.method}: cached state loaded ({path.name}{took})")
     else:
         facts = _run_prepare(adapter, spec, cfg, ctx.device, quiet)
         save_cache(path, adapter.state_dict())
