@@ -15,11 +15,11 @@ BatchNorm layers normalise with prior · source + (1 - prior) · batch statistic
 the suite applies its `AlphaBatchNorm` with α = 0.1, i.e. prior_strength = 9, which the CIFAR presets use (the
 authors' CIFAR models use GroupNorm, where the prior does nothing). `prior_strength = -1` keeps pure source
 statistics (the official `prior = 1` for a negative strength).
-Defaults: the authors' CIFAR-10 values (SGD lr 0.005, 32 views, 1 step). ImageNet-C: lr 0.00025, 64 views,
-N = 16 (authors' ImageNet script). Deviations: the suite's SGD uses momentum 0.9 with Nesterov on this single
-step (an effective lr x1.9); we keep the authors' plain SGD. AugMix runs through our PIL port with a numpy
-Generator seeded from torch's RNG (see methods/_augmix.py). Cost: (n_aug + 1) forwards and n_aug backwards per
-image, plus a state reset per image.
+Defaults: the authors' CIFAR-10 values (SGD lr 0.005, 32 views, 1 step) with the suite's prior 9.
+ImageNet-C: lr 0.00025, 64 views, N = 16 (authors' ImageNet script). Deviations: the suite's SGD uses
+momentum 0.9 with Nesterov on this single step (an effective lr x1.9); we keep the authors' plain SGD.
+AugMix runs through our PIL/numpy port with a numpy Generator seeded from torch's RNG (methods/_augmix.py).
+Cost: (n_aug + 1) forwards and n_aug backwards per image, plus a state reset per image.
 """
 
 from __future__ import annotations
