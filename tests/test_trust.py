@@ -220,18 +220,28 @@ def test_second_identical_run_waits_and_reuses(tmp_path):
     script = (
         "import sys, torch; torch.set_num_threads(1); from tta_bench.config import RunConfig; "
         "from tta_bench.runner import run; r = run(RunConfig(method='source', stream='digits-c', limit=8, "
-        f"batch_size=8, out={str(tmp_path)!r}), quiet=False); print('SKIPPED' if r.skipped else 'RAN', r.folder)"
+        f"batch_size=8, out={str(tmp_path / 'runs')!r}), quiet=False); "
+        "print('SKIPPED' if r.skipped else 'RAN', r.folder)"
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1", rundir.SLOW_ENV: "0.7"}  # the first run holds its lock longer
-    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=env)]  # fmt: skip
-    while not list(tmp_path.glob(".*.tmp-*")):
+    hold = tmp_path / "hold"
+    hold.touch()  # the first run stops at its first write (holding the lock) while this file exists
+    env = {**os.environ, "OMP_NUM_THREADS": "1", rundir.HOLD_ENV: str(hold)}
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env)  # fmt: skip
+
+    first = start()
+    while not list((tmp_path / "runs").glob(".*.tmp-*")):
         time.sleep(0.05)
-    procs.append(subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True, env={**env, rundir.SLOW_ENV: "0"}))  # fmt: skip
-    outs = [p.communicate(timeout=300) for p in procs]
+    second = start()
+    lines = []
+    while not any("waiting for another run" in line for line in lines):
+        lines.append(second.stderr.readline())
+        assert lines[-1], lines  # EOF before waiting: it did not wait
+    hold.unlink()
+    outs = [first.communicate(timeout=300), second.communicate(timeout=300)]
     assert [o[0].split()[0] for o in outs] == ["RAN", "SKIPPED"], outs
-    assert "waiting for another run" in outs[1][1]
     assert outs[0][0].split()[1] == outs[1][0].split()[1] and rundir.is_complete(Path(outs[0][0].split()[1]))
 
 

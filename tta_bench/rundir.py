@@ -240,17 +240,21 @@ def load_config(folder: Path) -> dict[str, Any]:
 _KILL = {"count": 0}
 KILL_ENV = "TTA_BENCH_TEST_KILL_AT"
 SLOW_ENV = "TTA_BENCH_TEST_SLOW_WRITES"
+HOLD_ENV = "TTA_BENCH_TEST_HOLD_WHILE"
 
 
 def kill_point() -> None:
-    """Count a write step; SIGKILL this process at step `$TTA_BENCH_TEST_KILL_AT`, or sleep
-    `$TTA_BENCH_TEST_SLOW_WRITES` seconds before each step (crash and concurrency tests only)."""
+    """Count a write step; SIGKILL this process at step `$TTA_BENCH_TEST_KILL_AT`; before each step sleep
+    `$TTA_BENCH_TEST_SLOW_WRITES` seconds and wait while the file `$TTA_BENCH_TEST_HOLD_WHILE` exists
+    (crash and concurrency tests only)."""
     _KILL["count"] += 1
-    at, slow = os.environ.get(KILL_ENV), os.environ.get(SLOW_ENV)
+    at, slow, hold = os.environ.get(KILL_ENV), os.environ.get(SLOW_ENV), os.environ.get(HOLD_ENV)
     if at and int(at) == _KILL["count"]:
         os.kill(os.getpid(), signal.SIGKILL)
     if slow:
         time.sleep(float(slow))
+    while hold and Path(hold).exists():
+        time.sleep(0.05)
 
 
 def write_file(path: Path, data: str | bytes) -> None:
