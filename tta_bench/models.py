@@ -198,7 +198,9 @@ def cached_training(
 ) -> nn.Module:
     """A model trained once and cached at `cache_dir/models/<tag>-<recipe hash>.pt`.
 
-    `build()` makes the untrained architecture, `train(model)` trains it in place (seeded by the recipe;
+    `build()` makes the untrained architecture (initialised under the recipe's `seed`, default 0, whatever the
+    caller's RNG state: a run of another seed on a cold cache trains the same model), `train(model)` trains it
+    in place (seeded by the recipe;
     `training.train_classifier` is deterministic whatever the thread count). The cache key is a hash of
     `recipe`, so changing any ingredient retrains. Writes are atomic; an unreadable cache file is reported
     and retrained. `sha256` (recorded in config.json) is the hash of the trained weights themselves.
@@ -207,7 +209,9 @@ def cached_training(
     model = build()
     state = load_cache(path, "cpu", "cached source model")
     if state is None or not _loads(model, state):
-        model = build()
+        with torch.random.fork_rng(devices=[]):  # initialised from the recipe's seed, not the caller's RNG state
+            torch.manual_seed(int(recipe.get("seed", 0)))
+            model = build()
         train(model)
         save_cache(path, model.state_dict())
     for p in model.parameters():
