@@ -373,3 +373,18 @@ def test_sweep_workers_die_with_their_parent(tmp_path):
     while time.time() < deadline and Path(f"/proc/{worker}").exists():
         time.sleep(0.1)
     assert not Path(f"/proc/{worker}").exists() or "Z" in Path(f"/proc/{worker}/stat").read_text().split()[2]
+
+
+def test_cached_training_ignores_the_callers_rng_state(tmp_path):
+    from tta_bench.models import cached_training
+
+    def train(model: torch.nn.Module) -> None:
+        with torch.no_grad():
+            model.weight.mul_(2)
+
+    shas = []
+    for caller_seed in (0, 1):
+        torch.manual_seed(caller_seed)  # e.g. the run's seed
+        m = cached_training(lambda: torch.nn.Linear(4, 2), train, {"seed": 0}, tmp_path / str(caller_seed), "t")
+        shas.append(m.tta_info["sha256"])
+    assert shas[0] == shas[1]
