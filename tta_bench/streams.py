@@ -31,7 +31,6 @@ COMMON_OPTIONS: dict[str, Any] = {
     "speed_ratio": None,  # realistic setting: fixed relative cost k (None: measured on the run's device)
     "domains": None,  # a subset / custom order of the stream's domains, e.g. "fog,snow" (None: all, standard order)
 }
-REALISTIC_ONLY = ("speed_ratio",)  # dropped from the resolved options (and the run id) of the other settings
 
 
 @dataclass
