@@ -106,7 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     except KeyboardInterrupt:
-        print("interrupted: the run folder has no `done` marker and will be cleared on the next run", file=sys.stderr)
+        print(
+            "interrupted: completed results are untouched; the unfinished run's private temporary folder is removed "
+            "on the next run",
+            file=sys.stderr,
+        )
         return 130
 
 
