@@ -69,7 +69,7 @@ def decode_batch(
     if jpeg:
         try:
             imgs = decode_jpeg([data[i] for i in jpeg], mode=ImageReadMode.RGB, device=device)
-        except RuntimeError:  # a damaged file (or a mode nvjpeg lacks): one at a time, on the CPU, named
+        except (RuntimeError, ValueError):  # a damaged file (or a mode nvjpeg lacks): one at a time, on the CPU
             imgs = [_decode_one(data[i], names[i] if names else None).to(device) for i in jpeg]
         for i, im in zip(jpeg, imgs):
             out[i] = im

@@ -11,6 +11,13 @@ Streams that generate their corruptions from clean images (`cifar10-c`/`cifar100
   image per call, each with its generator. Which kind a corruption is, is observed on its first image (the
   generator's state moves or not) and remembered.
 
+Cost: a stochastic corruption runs one call per image, so it loses the batching of `corruptions.corrupt` (measured
+on CPU, 64 CIFAR images: fog 1.4 ms batched vs ~30-110 ms per image, Gaussian noise 1.2 vs 11 ms; see
+`python -m benchmarks.throughput --corruption-costs`). Against a ResNet-20 adaptation step on one CPU thread that is
+~5-10 % of a run, against WRN-28-10 or ResNet-50 well under 1 %; on a GPU the per-image calls are launch-bound
+(benchmarks/gpu_check.sh measures them). Drawing per-image randomness inside a batched call (each corruption taking
+one generator per image) would remove it; it needs the corruption functions' cooperation.
+
 Where it runs: a stream dataset with `raw(idx)` (clean uint8 images) and `finish(x, idx)` (corrupt them) is
 finished in the loader on CPU runs and in the batch loop, on the run device, on CUDA runs
 (`tta_bench.streams.batches(defer=...)`, `streams.to_device`). On one device both places give identical images.
