@@ -161,3 +161,15 @@ def test_runner_same_run_with_corruption_in_the_loop_or_in_the_loader(tmp_path, 
         out[flag] = run(cfg, quiet=True).summary
     assert out["0"]["domain_errors"] == out["1"]["domain_errors"]
     assert out["0"]["adapt_mb"] == out["1"]["adapt_mb"] and out["0"]["adapt_mb"] > 0
+
+
+def test_published_files_batches_are_sliced_and_finish_anywhere(clean):
+    """CIFAR-C .npy data (U8Images): the stream slices uint8 batches; converting on the run device (deferred)
+    gives the loader's floats exactly."""
+    from tta_bench.data.cifar import U8Images
+
+    x, y = clean
+    ds = U8Images(x, y)
+    ref = torch.stack([ds[i][0] for i in range(N)])
+    for defer in (False, True):
+        assert torch.equal(_stream_images(ds, 5, defer), ref)

@@ -88,6 +88,14 @@ class U8Images(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.x[i].float().div(255.0), int(self.y[i])
 
+    def raw(self, idx) -> torch.Tensor:
+        """The uint8 images at positions `idx` (N,3,H,W): a stream batch is sliced, not built image by image."""
+        return self.x[torch.as_tensor(idx, dtype=torch.long)]
+
+    def finish(self, x: torch.Tensor, idx, device: torch.device | None = None) -> torch.Tensor:
+        """uint8 images -> float [0,1] on `device` (CUDA runs: the uint8 batch crosses the bus, 4x fewer bytes)."""
+        return (x if device is None else x.to(device, non_blocking=True)).float().div_(255.0)
+
 
 class LazyCorrupted(U8Images):
     """Clean uint8 images corrupted when read, each image with its own seeded generator
@@ -99,10 +107,6 @@ class LazyCorrupted(U8Images):
     def __init__(self, clean: torch.Tensor, y: torch.Tensor, name: str, severity: int, seed: int) -> None:
         super().__init__(clean, y)
         self.name, self.severity, self.seed = name, severity, seed
-
-    def raw(self, idx) -> torch.Tensor:
-        """The clean uint8 images at positions `idx` (N,3,H,W)."""
-        return self.x[torch.as_tensor(idx, dtype=torch.long)]
 
     def finish(self, x: torch.Tensor, idx, device: torch.device | None = None) -> torch.Tensor:
         """Clean uint8 images `x` at positions `idx` -> corrupted float [0,1], on `device` (default `x`'s)."""
