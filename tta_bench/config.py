@@ -100,7 +100,7 @@ class RunConfig:
     data_dir: str | None = None
     out: str = "runs"
     workers: int = 0
-    compile: bool = False  # torch.compile the adapted model (results within float tolerance of eager; runner.compiled)
+    compile: bool = False  # torch.compile the adapted model (within float tolerance of eager: tta_bench/accel.py)
 
     def __post_init__(self) -> None:
         if self.setting not in SETTINGS:
