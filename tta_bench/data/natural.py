@@ -112,8 +112,13 @@ def folder_stream(
         severities=None,
         class_names=list(imagenet_wnids()),
         class_subsets={name: sorted(wnid_index()[w] for w in subset)} if subset else {},
-        info={"source": "files", "root": str(path), "images": len(files), "class_folders": len(classes),
-              "data_fingerprint": fingerprint_files(files, path)},  # fmt: skip
+        info={
+            "source": "files",
+            "root": str(path),
+            "images": len(files),
+            "class_folders": len(classes),
+            "data_fingerprint": fingerprint_files(files, path),
+        },  # fmt: skip
     )
 
 
