@@ -64,7 +64,7 @@ if [ "$DRY" -eq 1 ]; then
     step "throughput CIFAR model" 300 \
         python -m benchmarks.throughput --device cpu --model resnet20 --methods tent,eata,cotta,ecotta --batch-size 8 \
         --limit 8 --domains fog --repeats 1 --n-aug 2 --out "$DEST/throughput_wrn28.json"
-    step "compile + amp vs plain fp32 eager" 300 \
+    step "amp vs plain fp32 eager (dry: without --compile, which takes minutes on a CPU)" 300 \
         python -m benchmarks.throughput --device cpu --model resnet20 --methods tent --precision amp --batch-size 8 \
         --limit 8 --domains contrast --repeats 1 --out "$DEST/throughput_amp.json"
     step "memory table" 300 \
