@@ -68,10 +68,18 @@ def main() -> None:
     p.add_argument("--ref-images", type=int, default=16)
     p.add_argument("--severities", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     p.add_argument("--corruptions", nargs="+", default=list(corruptions.BENCHMARK + corruptions.EXTRA))
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch and OpenCV, both sides (default: each library's choice)")
-    p.add_argument("--repeats", type=int, default=1,
-                   help="timed passes per corruption, ours and the reference alternating; the best of each counts")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch and OpenCV, both sides (default: each library's choice)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="timed passes per corruption, ours and the reference alternating; the best of each counts",
+    )
     p.add_argument("--quick", action="store_true", help="16 images, severity 3, 4 reference images")
     args = p.parse_args()
     args.repeats = max(1, args.repeats)
@@ -85,9 +93,11 @@ def main() -> None:
     x = base.repeat((args.images + 2) // 3, 1, 1, 1)[: args.images].float().to(args.device)
     u8 = np.uint8(np.clip(base.permute(0, 2, 3, 1).numpy() * 255 + 1e-6, 0, 255))
     ref_imgs = np.concatenate([u8] * ((args.ref_images + 2) // 3))[: args.ref_images]
-    print(f"device={args.device} torch threads={torch.get_num_threads()} OpenCV threads={cv2.getNumThreads()} "
-          f"batch={tuple(x.shape)} severities={args.severities} reference images={len(ref_imgs)} "
-          f"repeats={args.repeats}")
+    print(
+        f"device={args.device} torch threads={torch.get_num_threads()} OpenCV threads={cv2.getNumThreads()} "
+        f"batch={tuple(x.shape)} severities={args.severities} reference images={len(ref_imgs)} "
+        f"repeats={args.repeats}"
+    )
     print(f"{'corruption':<18} {'ours img/s':>11} {'ref img/s':>10} {'speed-up':>9}")
     tot_ours = tot_ref = 0.0
     for name in args.corruptions:

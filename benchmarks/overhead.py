@@ -23,8 +23,9 @@ from tta_bench.runner import run
 from tta_bench.streams import build_stream, stream_options
 
 
-def bare_tent_seconds_per_batch(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]], bs: int,
-                                device: torch.device) -> float:
+def bare_tent_seconds_per_batch(
+    model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]], bs: int, device: torch.device
+) -> float:
     """Tent written out by hand (Wang et al. 2021): BN batch statistics, Adam on BN affine, entropy loss."""
     model.eval()
     params = []
@@ -42,7 +43,7 @@ def bare_tent_seconds_per_batch(model: nn.Module, data: list[tuple[torch.Tensor,
     t0 = time.perf_counter()
     for x_all, y_all in data:
         for i in range(0, len(x_all), bs):
-            x, y = x_all[i:i + bs].to(device), y_all[i:i + bs].to(device)
+            x, y = x_all[i : i + bs].to(device), y_all[i : i + bs].to(device)
             out = model(x)
             loss = -(out.softmax(1) * out.log_softmax(1)).sum(1).mean()
             loss.backward()
@@ -69,8 +70,15 @@ def main() -> None:
     data = [spec.load(d, 5, args.limit).tensors for d in spec.domain_names]
     bare, harness = [], []
     with tempfile.TemporaryDirectory() as out:
-        cfg = RunConfig(method="tent", stream="digits-c", batch_size=args.batch_size, limit=args.limit,
-                        clean_eval="off", device=args.device, out=out)
+        cfg = RunConfig(
+            method="tent",
+            stream="digits-c",
+            batch_size=args.batch_size,
+            limit=args.limit,
+            clean_eval="off",
+            device=args.device,
+            out=out,
+        )
         for _ in range(args.repeats):
             bare.append(bare_tent_seconds_per_batch(copy.deepcopy(source), data, args.batch_size, device))
             s = run(cfg, force=True, quiet=True).summary

@@ -84,8 +84,9 @@ def local_shuffle(x: torch.Tensor, delta: int, iterations: int, gen: torch.Gener
     return flat.reshape(n, c, h, w)
 
 
-@register("glass_blur", "Gaussian blur, local pixel shuffling (the reference's copy loop), Gaussian blur",
-          native_gray=True)
+@register(
+    "glass_blur", "Gaussian blur, local pixel shuffling (the reference's copy loop), Gaussian blur", native_gray=True
+)
 def glass_blur(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
     sigma, delta, iterations = params("glass_blur", severity, *x.shape[-2:])
     delta = max(1, int(round(delta)))
@@ -116,7 +117,7 @@ def motion_blur_batch(x: torch.Tensor, radius: float, sigma: float, angles_deg: 
     """
     n, _, h, w = x.shape
     width = 2 * int(round(radius)) + 1
-    k = torch.exp(-torch.arange(width, dtype=torch.float64) ** 2 / (2 * sigma**2))
+    k = torch.exp(-(torch.arange(width, dtype=torch.float64) ** 2) / (2 * sigma**2))
     k = (k / k.sum()).to(x.device)
     a, b = motion_offsets(width, angles_deg)
     keep = (a.abs() < h) & (b.abs() < w)

@@ -98,7 +98,7 @@ def _box_sum_axis(a: np.ndarray, axis: int, n: int, plan: _BoxDown, out: np.ndar
     if plan.stride is not None:
         q = plan.stride
         a = a[:, :n] if axis == 1 else a[:, :, :n]
-        view = a.reshape(a.shape[:axis] + (n_out, q) + a.shape[axis + 1:])
+        view = a.reshape(a.shape[:axis] + (n_out, q) + a.shape[axis + 1 :])
         part = [view[(slice(None),) * (axis + 1) + (k,)] for k in range(q)]
         if q == 1:
             np.copyto(out, part[0])
@@ -196,8 +196,9 @@ def _affine_sources(pts_jitter: torch.Tensor, h: int, w: int) -> torch.Tensor:
     side ``min(H, W) // 3`` around the centre; ``cv2.warpAffine`` samples ``dst(p) = src(M^-1 p)``.
     """
     cx, cy, s = float(w // 2), float(h // 2), float(min(h, w) // 3)
-    pts1 = torch.tensor([[cx + s, cy + s], [cx + s, cy - s], [cx - s, cy - s]], dtype=torch.float64,
-                        device=pts_jitter.device)
+    pts1 = torch.tensor(
+        [[cx + s, cy + s], [cx + s, cy - s], [cx - s, cy - s]], dtype=torch.float64, device=pts_jitter.device
+    )
     pts2 = pts1[None] + pts_jitter  # (N, 3, 2)
     p = torch.cat((pts1, torch.ones(3, 1, dtype=torch.float64, device=pts1.device)), 1)
     mt = torch.linalg.solve(p[None], pts2)  # (N, 3, 2): [x y 1] @ mt = mapped point
@@ -205,14 +206,18 @@ def _affine_sources(pts_jitter: torch.Tensor, h: int, w: int) -> torch.Tensor:
     a[:, :, :2] = mt
     a[:, 2, 2] = 1
     inv = torch.linalg.inv(a)  # row-vector convention: [x y 1] @ inv = source point
-    ys, xs = torch.meshgrid(torch.arange(h, device=p.device, dtype=torch.float64),
-                            torch.arange(w, device=p.device, dtype=torch.float64), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(h, device=p.device, dtype=torch.float64),
+        torch.arange(w, device=p.device, dtype=torch.float64),
+        indexing="ij",
+    )
     grid = torch.stack((xs, ys, torch.ones_like(xs)), -1)  # (H, W, 3)
     return torch.einsum("hwk,nkj->nhwj", grid, inv[:, :, :2])
 
 
-def elastic_warp(x: torch.Tensor, pts_jitter: torch.Tensor, noise: torch.Tensor, alpha: float,
-                 sigma: float) -> torch.Tensor:
+def elastic_warp(
+    x: torch.Tensor, pts_jitter: torch.Tensor, noise: torch.Tensor, alpha: float, sigma: float
+) -> torch.Tensor:
     """Deterministic part of the reference's elastic transform on ``(N, C, H, W)``.
 
     ``pts_jitter`` ``(N, 3, 2)``: affine point jitter in pixels; ``noise`` ``(N, 2, H, W)``: the
@@ -227,8 +232,9 @@ def elastic_warp(x: torch.Tensor, pts_jitter: torch.Tensor, noise: torch.Tensor,
     grid = (src * norm - 1).to(x.dtype)
     x = torch.nn.functional.grid_sample(x, grid, "bilinear", "reflection", align_corners=True)
     disp = _ops.gaussian_blur(noise, sigma, truncate=3.0, mode="symmetric") * alpha  # (N, 2, H, W)
-    ys, xs = torch.meshgrid(torch.arange(h, device=x.device, dtype=x.dtype),
-                            torch.arange(w, device=x.device, dtype=x.dtype), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(h, device=x.device, dtype=x.dtype), torch.arange(w, device=x.device, dtype=x.dtype), indexing="ij"
+    )
     gx = (2 * (xs + disp[:, 0]) + 1) / w - 1
     gy = (2 * (ys + disp[:, 1]) + 1) / h - 1
     grid = torch.stack((gx, gy), -1)
@@ -257,8 +263,16 @@ def _jpeg_roundtrip(img: np.ndarray, quality: int) -> np.ndarray:
 # 4:2:0 chroma, no Huffman optimisation, no restart markers. Both call libjpeg-turbo's
 # ``jpeg_set_quality(q, force_baseline=TRUE)`` and its default islow DCT, so the decoded pixels are
 # identical (asserted in tests/test_corruptions.py for every quality the tables use).
-_CV_JPEG = (cv2.IMWRITE_JPEG_OPTIMIZE, 0, cv2.IMWRITE_JPEG_PROGRESSIVE, 0, cv2.IMWRITE_JPEG_RST_INTERVAL, 0,
-            cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420)
+_CV_JPEG = (
+    cv2.IMWRITE_JPEG_OPTIMIZE,
+    0,
+    cv2.IMWRITE_JPEG_PROGRESSIVE,
+    0,
+    cv2.IMWRITE_JPEG_RST_INTERVAL,
+    0,
+    cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+    cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420,
+)
 _U8_TO_FLOAT = np.arange(256, dtype=np.float32) * np.float32(1 / 255)  # decoded byte k -> float32 k / 255
 
 

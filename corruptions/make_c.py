@@ -44,8 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--src", required=True, help="clean dataset (see the layouts in corruptions/make_c.py)")
     parser.add_argument("--out", required=True, help="output folder (e.g. data/CIFAR-10-C or data/ImageNet-C)")
     parser.add_argument("--format", required=True, choices=["imagenet-c", "cifar-c"], dest="format")
-    parser.add_argument("--corruptions", nargs="+", default=list(corruptions.BENCHMARK),
-                        help="corruption names (default: the 15 benchmark corruptions)")
+    parser.add_argument(
+        "--corruptions",
+        nargs="+",
+        default=list(corruptions.BENCHMARK),
+        help="corruption names (default: the 15 benchmark corruptions)",
+    )
     parser.add_argument("--severities", nargs="+", type=int, default=[1, 2, 3, 4, 5])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=None, help="default: 100 (imagenet-c), 1000 (cifar-c)")
@@ -73,11 +77,11 @@ def main(args: argparse.Namespace) -> int:
             "Point --src at that folder."
         )
     if args.format == "imagenet-c":
-        written = make_imagenet_c(src, out, args.corruptions, args.severities, args.seed, args.batch_size or 100,
-                                  device)
+        written = make_imagenet_c(
+            src, out, args.corruptions, args.severities, args.seed, args.batch_size or 100, device
+        )
     else:
-        written = make_cifar_c(src, out, args.corruptions, args.severities, args.seed, args.batch_size or 1000,
-                               device)
+        written = make_cifar_c(src, out, args.corruptions, args.severities, args.seed, args.batch_size or 1000, device)
     print(f"make-c: wrote {written} file(s) under {out}")
     return 0
 
@@ -110,8 +114,10 @@ def _open_rgb(path: Path) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as e:
         if isinstance(e, OSError) and not isinstance(e, Image.UnidentifiedImageError) and e.errno is not None:
             raise
-        raise MakeCError(f"Cannot decode the image {path} ({type(e).__name__}: {e}); it is truncated or damaged. "
-                         "Replace or delete it, then run make-c again (finished outputs are kept).") from None
+        raise MakeCError(
+            f"Cannot decode the image {path} ({type(e).__name__}: {e}); it is truncated or damaged. "
+            "Replace or delete it, then run make-c again (finished outputs are kept)."
+        ) from None
 
 
 def _existing(path: Path, mmap: bool = True) -> np.ndarray | None:
@@ -166,14 +172,17 @@ def _save_jpeg(arr: np.ndarray, path: Path) -> None:
     write_with(path, lambda f: Image.fromarray(arr).save(f, "JPEG", quality=85, optimize=True), fsync=False)
 
 
-def make_imagenet_c(src: Path, out: Path, names: list[str], severities: list[int], seed: int, batch_size: int,
-                    device: torch.device) -> int:
+def make_imagenet_c(
+    src: Path, out: Path, names: list[str], severities: list[int], seed: int, batch_size: int, device: torch.device
+) -> int:
     """Write ``<out>/<corruption>/<severity>/<wnid>/<name>``; returns the number of files written."""
     items = list_image_folder(src)
     batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
     written = 0
-    with ThreadPoolExecutor(max_workers=4) as pool, tqdm(total=len(names) * len(severities) * len(items),
-                                                          desc="make-c imagenet-c", unit="img") as bar:
+    with (
+        ThreadPoolExecutor(max_workers=4) as pool,
+        tqdm(total=len(names) * len(severities) * len(items), desc="make-c imagenet-c", unit="img") as bar,
+    ):
         for name in names:
             for sev in severities:
                 for k, batch in enumerate(batches):
@@ -215,18 +224,23 @@ def load_cifar_source(src: Path) -> tuple[np.ndarray, np.ndarray]:
         with _open_rgb(path) as im:
             images.append(np.asarray(im))
             if images[-1].shape != (32, 32, 3):
-                raise MakeCError(f"{path} is {im.size[0]}x{im.size[1]}; --format cifar-c needs 32x32 images "
-                                 "(resize them first, or use --format imagenet-c for large images).")
+                raise MakeCError(
+                    f"{path} is {im.size[0]}x{im.size[1]}; --format cifar-c needs 32x32 images "
+                    "(resize them first, or use --format imagenet-c for large images)."
+                )
     labels = np.array([classes.index(cls) for cls, _ in items], dtype=np.int64)
     return np.stack(images), labels
 
 
-def make_cifar_c(src: Path, out: Path, names: list[str], severities: list[int], seed: int, batch_size: int,
-                 device: torch.device) -> int:
+def make_cifar_c(
+    src: Path, out: Path, names: list[str], severities: list[int], seed: int, batch_size: int, device: torch.device
+) -> int:
     """Write ``<out>/<corruption>.npy`` and ``<out>/labels.npy``; returns the number of files written."""
     if sorted(severities) != [1, 2, 3, 4, 5]:
-        raise MakeCError(f"--format cifar-c stores all five severities in each <corruption>.npy (RobustBench "
-                         f"slices them by position); drop --severities {' '.join(map(str, severities))}.")
+        raise MakeCError(
+            f"--format cifar-c stores all five severities in each <corruption>.npy (RobustBench "
+            f"slices them by position); drop --severities {' '.join(map(str, severities))}."
+        )
     images, labels = load_cifar_source(src)
     n = len(images)
     written = 0

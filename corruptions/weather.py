@@ -20,8 +20,7 @@ from .blur import motion_blur_batch
 from .tables import FROST_TEXTURE_SCALE, family, next_power_of_2, params, scale
 
 
-@register("snow", "falling snow flakes (zoomed, thresholded, motion-blurred noise), whitened image",
-          native_gray=True)
+@register("snow", "falling snow flakes (zoomed, thresholded, motion-blurred noise), whitened image", native_gray=True)
 def snow(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
     n, _, h, w = x.shape
     loc, sd, zoom, thresh, radius, sigma, blend = params("snow", severity, h, w)
@@ -35,8 +34,9 @@ def snow(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.T
     return x + layer + torch.flip(layer, dims=(-2, -1))
 
 
-def plasma_fractal(n: int, mapsize: int, wibbledecay: float, gen: torch.Generator | None,
-                   device: torch.device) -> torch.Tensor:
+def plasma_fractal(
+    n: int, mapsize: int, wibbledecay: float, gen: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
     """``n`` diamond-square height maps ``(n, mapsize, mapsize)`` in [0, 1] (float32).
 
     Same recursion as the reference's ``plasma_fractal`` (after FLHerne/mapgen): corners start at

@@ -21,10 +21,26 @@ import torch
 import torchvision.transforms.functional as TF
 from torchvision.transforms import InterpolationMode
 
-HARD = {"brightness": (0.6, 1.4), "contrast": (0.7, 1.3), "saturation": (0.5, 1.5), "hue": (-0.06, 0.06),
-        "gamma": (0.7, 1.3), "degrees": (-15.0, 15.0), "scale": (0.9, 1.1), "sigma": (0.001, 0.5)}
-SOFT = {"brightness": (0.8, 1.2), "contrast": (0.85, 1.15), "saturation": (0.75, 1.25), "hue": (-0.03, 0.03),
-        "gamma": (0.85, 1.15), "degrees": (-8.0, 8.0), "scale": (0.95, 1.05), "sigma": (0.001, 0.25)}
+HARD = {
+    "brightness": (0.6, 1.4),
+    "contrast": (0.7, 1.3),
+    "saturation": (0.5, 1.5),
+    "hue": (-0.06, 0.06),
+    "gamma": (0.7, 1.3),
+    "degrees": (-15.0, 15.0),
+    "scale": (0.9, 1.1),
+    "sigma": (0.001, 0.5),
+}
+SOFT = {
+    "brightness": (0.8, 1.2),
+    "contrast": (0.85, 1.15),
+    "saturation": (0.75, 1.25),
+    "hue": (-0.03, 0.03),
+    "gamma": (0.85, 1.15),
+    "degrees": (-8.0, 8.0),
+    "scale": (0.95, 1.05),
+    "sigma": (0.001, 0.25),
+}
 _JITTER = ("brightness", "contrast", "saturation", "hue", "gamma")  # index order of ColorJitterPro
 
 

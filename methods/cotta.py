@@ -52,8 +52,18 @@ from methods.base import (
 )
 from tta_bench.kernel import UserError
 
-_ADAM = {"optimizer": "adam", "lr": 1e-3, "betas": (0.9, 0.999), "wd": 0.0, "steps": 1, "mt": 0.999, "rst": 0.01,
-         "n_aug": 32, "loss": "ce", "always_augment": True}
+_ADAM = {
+    "optimizer": "adam",
+    "lr": 1e-3,
+    "betas": (0.9, 0.999),
+    "wd": 0.0,
+    "steps": 1,
+    "mt": 0.999,
+    "rst": 0.01,
+    "n_aug": 32,
+    "loss": "ce",
+    "always_augment": True,
+}
 
 
 def weights_and_biases(model: nn.Module) -> list[tuple[str, nn.Parameter]]:

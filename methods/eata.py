@@ -52,8 +52,15 @@ from methods.base import (
 
 _SUITE = "mariodoebler/test-time-adaptation:classification/cfgs"
 _ADAM = {"optimizer": "adam", "lr": 1e-3, "betas": (0.9, 0.999), "wd": 0.0, "steps": 1, "e_margin_frac": 0.4}
-_SGD = {"optimizer": "sgd", "lr": 0.00025, "momentum": 0.9, "nesterov": False, "wd": 0.0, "steps": 1,
-        "e_margin_frac": 0.4}
+_SGD = {
+    "optimizer": "sgd",
+    "lr": 0.00025,
+    "momentum": 0.9,
+    "nesterov": False,
+    "wd": 0.0,
+    "steps": 1,
+    "e_margin_frac": 0.4,
+}
 EATA_PRESETS = {
     "cifar10-c": {"source": f"{_SUITE}/cifar10_c/eata.yaml", "batch_size": 200,
                   "options": {**_ADAM, "d_margin": 0.4, "fisher_alpha": 1.0, "fisher_size": 2000}},

@@ -79,8 +79,16 @@ class LAME(Adapter):
         "feature_layer": "module whose input is the feature (default '': the last nn.Linear)",
         "output": "returned values: log_probs (log of LAME's assignment) or probs",
     }
-    defaults = {"affinity": "rbf", "knn": 5, "sigma": 1.0, "force_symmetry": False, "bound_lambda": 1.0,
-                "max_steps": 100, "feature_layer": "", "output": "log_probs"}
+    defaults = {
+        "affinity": "rbf",
+        "knn": 5,
+        "sigma": 1.0,
+        "force_symmetry": False,
+        "bound_lambda": 1.0,
+        "max_steps": 100,
+        "feature_layer": "",
+        "output": "log_probs",
+    }
     ranges = {"affinity": ("rbf", "knn", "linear"), "knn": ">=1", "sigma": ">0", "bound_lambda": ">=0",
               "max_steps": ">=1", "output": ("log_probs", "probs")}  # fmt: skip
 
@@ -100,8 +108,10 @@ class LAME(Adapter):
         linear = [n for n, m in self.model.named_modules() if isinstance(m, nn.Linear)]
         self.feature_layer = self.hp.feature_layer or (linear[-1] if linear else "")
         if not self.feature_layer:
-            raise UserError("lame needs the classifier layer whose input are the features: the model has no "
-                             "nn.Linear; name it with --set method.feature_layer=<module name>.")
+            raise UserError(
+                "lame needs the classifier layer whose input are the features: the model has no "
+                "nn.Linear; name it with --set method.feature_layer=<module name>."
+            )
         names = dict(self.model.named_modules())
         if self.feature_layer not in names:
             hint = close_matches(self.feature_layer, [n for n in names if n])

@@ -130,8 +130,18 @@ def timeliness_reweighting(ages: torch.Tensor) -> torch.Tensor:
     return torch.exp(-ages) / (1 + torch.exp(-ages))
 
 
-_OFFICIAL = {"optimizer": "adam", "lr": 1e-3, "betas": (0.9, 0.999), "wd": 0.0, "memory_size": 64,
-             "update_frequency": 64, "nu": 0.001, "alpha": 0.05, "lambda_t": 1.0, "lambda_u": 1.0}
+_OFFICIAL = {
+    "optimizer": "adam",
+    "lr": 1e-3,
+    "betas": (0.9, 0.999),
+    "wd": 0.0,
+    "memory_size": 64,
+    "update_frequency": 64,
+    "nu": 0.001,
+    "alpha": 0.05,
+    "lambda_t": 1.0,
+    "lambda_u": 1.0,
+}
 
 
 @register("rotta")

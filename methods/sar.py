@@ -43,8 +43,16 @@ SAR_NORMS = (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
 # torchvision's names of the layers the official list skips in timm's ViT-B/16 (blocks 9-11 and the final norm)
 TORCHVISION_VIT_TOP = ("encoder_layer_9", "encoder_layer_10", "encoder_layer_11", "encoder.ln")
 _SUITE = "mariodoebler/test-time-adaptation:classification/cfgs"
-_CIFAR = {"optimizer": "sgd", "lr": 1e-3, "momentum": 0.9, "nesterov": False, "wd": 0.0, "rho": 0.05,
-          "margin_e0_frac": 0.4, "reset_constant": 0.2}
+_CIFAR = {
+    "optimizer": "sgd",
+    "lr": 1e-3,
+    "momentum": 0.9,
+    "nesterov": False,
+    "wd": 0.0,
+    "rho": 0.05,
+    "margin_e0_frac": 0.4,
+    "reset_constant": 0.2,
+}
 
 
 def sar_params(model: nn.Module, skip: tuple[str, ...]) -> list[nn.Parameter]:

@@ -72,8 +72,19 @@ def test_global_rng_and_other_dtypes(name: str, small: torch.Tensor):
     assert gray.shape == (2, 1, 32, 32) and 0 <= gray.min() and gray.max() <= 1
 
 
-STOCHASTIC = {"gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "glass_blur", "motion_blur",
-              "snow", "frost", "fog", "elastic_transform", "spatter"}
+STOCHASTIC = {
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "speckle_noise",
+    "glass_blur",
+    "motion_blur",
+    "snow",
+    "frost",
+    "fog",
+    "elastic_transform",
+    "spatter",
+}
 
 
 @pytest.mark.parametrize("name", sorted(STOCHASTIC))
@@ -103,8 +114,7 @@ def test_gray_input():
     luma = (rgb * torch.tensor([0.299, 0.587, 0.114])[None, :, None, None]).sum(1, keepdim=True)
     assert torch.allclose(one, luma, atol=1e-6)
     blurred = corruptions.corrupt(gray, "defocus_blur", 3)
-    assert torch.allclose(blurred, corruptions.corrupt(gray.expand(-1, 3, -1, -1), "defocus_blur", 3)[:, :1],
-                          atol=1e-6)
+    assert torch.allclose(blurred, corruptions.corrupt(gray.expand(-1, 3, -1, -1), "defocus_blur", 3)[:, :1], atol=1e-6)
 
 
 def test_errors(small: torch.Tensor):
@@ -133,8 +143,9 @@ def test_filter2d_paths_agree():
         for radius, alias in ((6, 0.5), (10, 0.5), (1, 0.2), (3, 0.1)):
             k = disk_kernel(radius, alias)
             r = k.shape[0] // 2
-            exact = _ops.fft_correlate(_ops.pad2d(x.double(), r, r, r, r, "reflect101"),
-                                       torch.from_numpy(k)[None, None], hw)
+            exact = _ops.fft_correlate(
+                _ops.pad2d(x.double(), r, r, r, r, "reflect101"), torch.from_numpy(k)[None, None], hw
+            )
             for y in (_ops.filter2d(x.float(), k), _ops.filter2d(x.double(), k)):
                 assert y.shape == x.shape and y.dtype in (torch.float32, torch.float64)
                 tol = 1e-5 if y.dtype == torch.float32 else 1e-9
@@ -219,8 +230,10 @@ def test_severity_increases_distance(size: int):
     x = photos(size, copies=1 if size == 224 else 4)
     failures = []
     for name in OURS:
-        d = [(corruptions.corrupt(x, name, s, torch.Generator().manual_seed(0)) - x).abs().mean().item()
-             for s in SEVERITIES]
+        d = [
+            (corruptions.corrupt(x, name, s, torch.Generator().manual_seed(0)) - x).abs().mean().item()
+            for s in SEVERITIES
+        ]
         allowed = NOT_MONOTONE.get((name, size), set())
         for s in (1, 2, 3, 4):
             if s not in allowed and d[s] < d[s - 1] * (1 - REL_TOL):
@@ -275,8 +288,9 @@ def test_impulse_cpu_path_flips_at_the_table_rate():
     for s in (1, 5):
         amount = params("impulse_noise", s, 64, 64)
         for dtype in (torch.float32, torch.float64):
-            y, again = (corruptions.corrupt(x.to(dtype), "impulse_noise", s, torch.Generator().manual_seed(3))
-                        for _ in range(2))
+            y, again = (
+                corruptions.corrupt(x.to(dtype), "impulse_noise", s, torch.Generator().manual_seed(3)) for _ in range(2)
+            )
             assert torch.equal(y, again)
             assert int((y == 0.5).sum() + (y == 1).sum() + (y == 0).sum()) == y.numel()
             salt, pepper = (y == 1).double().mean().item(), (y == 0).double().mean().item()
@@ -294,8 +308,12 @@ def test_cpu_jpeg_codec_matches_pillow_at_every_table_quality():
     from corruptions import digital
 
     qualities = (5, 7, 10, 15, 18, 20, 25, 30, 40, 50, 58, 65, 80, 85, 95)
-    batches = [photos(224)[:2], photos(32), photos(28)[:1],
-               torch.rand(2, 3, 17, 45, generator=torch.Generator().manual_seed(1))]
+    batches = [
+        photos(224)[:2],
+        photos(32),
+        photos(28)[:1],
+        torch.rand(2, 3, 17, 45, generator=torch.Generator().manual_seed(1)),
+    ]
     for x in batches:
         src = x.contiguous().numpy()
         u8 = x.mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
@@ -318,8 +336,10 @@ def _pillow_pixelate(x: torch.Tensor, severity: int) -> torch.Tensor:
 
     h, w = x.shape[-2:]
     c = corruptions.tables.params("pixelate", severity, h, w)
-    planes = [Image.fromarray(p, mode="F").resize((int(w * c), int(h * c)), Image.BOX).resize((w, h), Image.BOX)
-              for p in x.reshape(-1, h, w).numpy()]
+    planes = [
+        Image.fromarray(p, mode="F").resize((int(w * c), int(h * c)), Image.BOX).resize((w, h), Image.BOX)
+        for p in x.reshape(-1, h, w).numpy()
+    ]
     return torch.stack([torch.from_numpy(np.array(p)) for p in planes]).reshape(x.shape)  # a writable copy
 
 

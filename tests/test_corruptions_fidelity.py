@@ -311,9 +311,15 @@ def _displacement(idx: np.ndarray, margin: int) -> dict[str, float]:
     yy, xx = np.mgrid[0:h, 0:w]
     dy, dx = (yy - sy)[..., margin:-margin, margin:-margin], (xx - sx)[..., margin:-margin, margin:-margin]
     dist = np.hypot(dy, dx)
-    return {"moved": float(np.mean(dist > 0)), "abs_dy": float(np.abs(dy).mean()), "abs_dx": float(np.abs(dx).mean()),
-            "mean_dy": float(dy.mean()), "mean_dx": float(dx.mean()), "p99": float(np.percentile(dist, 99)),
-            "distinct": float(np.mean([len(np.unique(i)) / i.size for i in idx]))}
+    return {
+        "moved": float(np.mean(dist > 0)),
+        "abs_dy": float(np.abs(dy).mean()),
+        "abs_dx": float(np.abs(dx).mean()),
+        "mean_dy": float(dy.mean()),
+        "mean_dx": float(dx.mean()),
+        "p99": float(np.percentile(dist, 99)),
+        "distinct": float(np.mean([len(np.unique(i)) / i.size for i in idx])),
+    }
 
 
 @pytest.mark.parametrize("delta,iterations", [(1, 1), (1, 2), (2, 1), (2, 3), (3, 2), (4, 2)])
@@ -359,8 +365,12 @@ def test_plasma_fractal_statistics(ref, decay):
     np.random.seed(0)
     r = np.stack([ref.plasma_fractal(256, decay) for _ in range(200)])
     o = plasma_fractal(200, 256, decay, torch.Generator().manual_seed(0), torch.device("cpu")).double().numpy()
-    for f, tol in ((lambda m: m.mean(), 0.02), (lambda m: m.mean((1, 2)).std(), 0.015),
-                   (lambda m: m.std((1, 2)).mean(), 0.01), (lambda m: np.abs(np.diff(m, axis=2)).mean(), 0.002)):
+    for f, tol in (
+        (lambda m: m.mean(), 0.02),
+        (lambda m: m.mean((1, 2)).std(), 0.015),
+        (lambda m: m.std((1, 2)).mean(), 0.01),
+        (lambda m: np.abs(np.diff(m, axis=2)).mean(), 0.002),
+    ):
         assert abs(f(r) - f(o)) < tol, (decay, f(r), f(o))
 
 

@@ -30,12 +30,19 @@ class JitterPro(torch.nn.Module):
 
 
 def official_pipeline(n: int = 32) -> T.Compose:
-    return T.Compose([
-        T.Lambda(lambda x: x.clip(0, 1)), JitterPro(), T.Pad(n // 2, padding_mode="edge"),
-        T.RandomAffine([-15, 15], (1 / 16, 1 / 16), (0.9, 1.1), interpolation=T.InterpolationMode.BILINEAR),
-        T.GaussianBlur(5, sigma=[0.001, 0.5]), T.CenterCrop(n), T.RandomHorizontalFlip(0.5),
-        T.Lambda(lambda x: x + (torch.randn(x.size()) * 0.005 + 0.0).to(x.device)), T.Lambda(lambda x: x.clip(0, 1)),
-    ])
+    return T.Compose(
+        [
+            T.Lambda(lambda x: x.clip(0, 1)),
+            JitterPro(),
+            T.Pad(n // 2, padding_mode="edge"),
+            T.RandomAffine([-15, 15], (1 / 16, 1 / 16), (0.9, 1.1), interpolation=T.InterpolationMode.BILINEAR),
+            T.GaussianBlur(5, sigma=[0.001, 0.5]),
+            T.CenterCrop(n),
+            T.RandomHorizontalFlip(0.5),
+            T.Lambda(lambda x: x + (torch.randn(x.size()) * 0.005 + 0.0).to(x.device)),
+            T.Lambda(lambda x: x.clip(0, 1)),
+        ]
+    )
 
 
 def test_augmentation_reproduces_official_pipeline() -> None:

@@ -49,6 +49,7 @@ def test_lame_changes_nothing_and_matches_official() -> None:
     # the correction is not the identity: the probabilities move substantially
     assert (adapter(xs[0]).softmax(1) - model(xs[0]).softmax(1)).abs().max() > 0.1
 
+
 def test_lame_knn_affinity_and_probs_output() -> None:
     model = confident_cnn()
     x = data(1, seed=17, bs=16)[0]

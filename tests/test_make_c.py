@@ -32,8 +32,12 @@ def fake_cifar10(root: Path, n: int, seed: int = 0) -> tuple[Path, np.ndarray, n
     labels = rng.integers(0, 10, size=n).tolist()
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
-    batch = {b"batch_label": b"testing batch 1 of 1", b"labels": labels,
-             b"data": hwc.transpose(0, 3, 1, 2).reshape(n, 3072), b"filenames": [b"%d.png" % i for i in range(n)]}
+    batch = {
+        b"batch_label": b"testing batch 1 of 1",
+        b"labels": labels,
+        b"data": hwc.transpose(0, 3, 1, 2).reshape(n, 3072),
+        b"filenames": [b"%d.png" % i for i in range(n)],
+    }
     with open(folder / "test_batch", "wb") as f:
         pickle.dump(batch, f)
     return folder, hwc, np.array(labels)
@@ -53,8 +57,23 @@ def test_cifar_c_roundtrip_with_robustbench(tmp_path: Path):
     src, clean, labels = fake_cifar10(tmp_path, 20)
     out = tmp_path / "data" / "CIFAR-10-C"
     names = ["gaussian_noise", "glass_blur"]
-    assert run("--src", str(src), "--out", str(out), "--format", "cifar-c", "--corruptions", *names,
-               "--device", "cpu", "--batch-size", "8") == 0
+    assert (
+        run(
+            "--src",
+            str(src),
+            "--out",
+            str(out),
+            "--format",
+            "cifar-c",
+            "--corruptions",
+            *names,
+            "--device",
+            "cpu",
+            "--batch-size",
+            "8",
+        )
+        == 0
+    )
     lab = np.load(out / "labels.npy")
     assert lab.dtype == np.uint8 and np.array_equal(lab, np.tile(labels, 5))
     arrays = {n: np.load(out / f"{n}.npy") for n in names}
@@ -85,8 +104,7 @@ def test_cifar_c_full_size_severity_5_with_robustbench(tmp_path: Path):
     import_robustbench()
     from robustbench.data import load_cifar10c
 
-    x_rb, y_rb = load_cifar10c(n_examples=10000, severity=5, data_dir=str(tmp_path / "data"),
-                               corruptions=["contrast"])
+    x_rb, y_rb = load_cifar10c(n_examples=10000, severity=5, data_dir=str(tmp_path / "data"), corruptions=["contrast"])
     direct = np.load(out / "contrast.npy")[40000:].transpose(0, 3, 1, 2).astype(np.float32) / 255
     assert torch.equal(x_rb, torch.from_numpy(direct)) and np.array_equal(y_rb.numpy(), labels)
 
@@ -104,12 +122,32 @@ def fake_imagenet(root: Path) -> Path:
 def test_imagenet_c_layout_and_resume(tmp_path: Path, capsys):
     src = fake_imagenet(tmp_path / "val")
     out = tmp_path / "ImageNet-C"
-    args = ("--src", str(src), "--out", str(out), "--format", "imagenet-c", "--corruptions", "fog", "pixelate",
-            "--severities", "1", "3", "--device", "cpu", "--batch-size", "2")
+    args = (
+        "--src",
+        str(src),
+        "--out",
+        str(out),
+        "--format",
+        "imagenet-c",
+        "--corruptions",
+        "fog",
+        "pixelate",
+        "--severities",
+        "1",
+        "3",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "2",
+    )
     assert run(*args) == 0
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    expect = sorted(f"{c}/{s}/{w}/ILSVRC2012_val_{i:08d}.JPEG" for c in ("fog", "pixelate") for s in (1, 3)
-                    for w, i in (("n01440764", 0), ("n01440764", 1), ("n01443537", 0)))
+    expect = sorted(
+        f"{c}/{s}/{w}/ILSVRC2012_val_{i:08d}.JPEG"
+        for c in ("fog", "pixelate")
+        for s in (1, 3)
+        for w, i in (("n01440764", 0), ("n01440764", 1), ("n01443537", 0))
+    )
     assert files == expect
     ref_q = tmp_path / "q85.jpg"
     Image.new("RGB", (224, 224)).save(ref_q, "JPEG", quality=85)
@@ -160,5 +198,7 @@ def test_bad_input_errors(tmp_path: Path):
 
 def test_cli_exit_code_2_on_bad_src(tmp_path: Path):
     cli = pytest.importorskip("tta_bench.__main__")
-    assert cli.main(["make-c", "--src", str(tmp_path / "nope"), "--out", str(tmp_path / "o"),
-                     "--format", "imagenet-c"]) == 2
+    assert (
+        cli.main(["make-c", "--src", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--format", "imagenet-c"])
+        == 2
+    )

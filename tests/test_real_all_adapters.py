@@ -32,9 +32,17 @@ def table(shared_data, tmp_path_factory) -> pd.DataFrame:
     (weights,) = sorted((shared_data / "models" / "cifar10-resnet").glob("resnet20-*.th"))
     out, cols = tmp_path_factory.mktemp("runs"), {}
     for method in ADAPTERS:
-        cfg = RunConfig(method=method, stream="cifar10-c", model="resnet20-cifar10", severity=5, limit=LIMIT,
-                        stream_opts={"clean_dir": str(shared_data / "cifar10-test-jpeg")},
-                        model_opts={"weights": str(weights)}, clean_eval="end", out=str(out))
+        cfg = RunConfig(
+            method=method,
+            stream="cifar10-c",
+            model="resnet20-cifar10",
+            severity=5,
+            limit=LIMIT,
+            stream_opts={"clean_dir": str(shared_data / "cifar10-test-jpeg")},
+            model_opts={"weights": str(weights)},
+            clean_eval="end",
+            out=str(out),
+        )
         s = run(cfg, quiet=True).summary
         cols[method] = {**s["domain_errors"], "mean": s["mean_error"], "forgetting": s["forgetting"]}
     table = pd.DataFrame(cols)

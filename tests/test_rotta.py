@@ -109,8 +109,10 @@ def test_rotta_matches_official() -> None:
     for x, o in zip(xs, outs):
         torch.testing.assert_close(adapter(x), o)
     assert adapter.seen == 18
-    ref_state = {**{f"model.{k}": v for k, v in model.state_dict().items()},
-                 **{f"teacher.{k}": v for k, v in teacher.state_dict().items()}}
+    ref_state = {
+        **{f"model.{k}": v for k, v in model.state_dict().items()},
+        **{f"teacher.{k}": v for k, v in teacher.state_dict().items()},
+    }
     assert adapter.state_dict().keys() == ref_state.keys()
     for k, v in adapter.state_dict().items():
         torch.testing.assert_close(v, ref_state[k])

@@ -16,7 +16,9 @@ def add_run_arguments(p: argparse.ArgumentParser, many: bool = False) -> None:
         p.add_argument("--stream", required=True, help="stream name (see `list streams`)")
         p.add_argument("--model", default=None, help="model name (default: the stream's default model)")
         p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--setting", default="continual", help="continual | episodic | gradual | mixed | non-iid | realistic")
+    p.add_argument(
+        "--setting", default="continual", help="continual | episodic | gradual | mixed | non-iid | realistic"
+    )
     p.add_argument("--severity", type=int, default=5, help="corruption severity 1-5 (default 5)")
     p.add_argument("--batch-size", type=int, default=64, help="test batch size (default 64)")
     p.add_argument("--rounds", type=int, default=1, help="repeat the stream N times (default 1)")

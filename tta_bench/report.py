@@ -112,8 +112,11 @@ def list_entries(what: str = "all", verbose: bool = False) -> str:
             for e in methods.METHODS.items()
         ],
         "streams": [
-            (e.name, e.description + f" [default model: {e.factory.default_model}; "
-             f"family: {getattr(e.factory, 'family', None) or '-'}]")
+            (
+                e.name,
+                e.description + f" [default model: {e.factory.default_model}; "
+                f"family: {getattr(e.factory, 'family', None) or '-'}]",
+            )
             for e in STREAMS.items()
         ],  # fmt: skip
         "models": [(e.name, e.description) for e in MODELS.items()],

@@ -505,8 +505,12 @@ def summarize(cfg: RunConfig, spec, rec: StreamRecord, prep: dict) -> dict[str, 
         "diverged": first_bad is not None,
         "first_diverged_batch": first_bad,
         **rec.protocol,
-        **protocols.long_horizon([r["n"] for r in rec.batch_rows], [r["error"] for r in rec.batch_rows],
-                                 cfg.stream_opts.get("window", protocols.DEFAULT_WINDOW), spec.num_classes),
+        **protocols.long_horizon(
+            [r["n"] for r in rec.batch_rows],
+            [r["error"] for r in rec.batch_rows],
+            cfg.stream_opts.get("window", protocols.DEFAULT_WINDOW),
+            spec.num_classes,
+        ),
     }
     if spec.summarize is not None:
         summary.update(spec.summarize(domain_errors))

@@ -90,8 +90,14 @@ def _factory(name: str, arch: str, default_tag: str):
         t = w.transforms()
         model = Normalized(net, t.mean, t.std)
         model = ResizedInput(model, size) if size != 224 else model
-        info = {"mean": list(t.mean), "std": list(t.std), "size": size, "eval_resize": list(t.resize_size),
-                "eval_crop": list(t.crop_size), "interpolation": str(t.interpolation.value)}
+        info = {
+            "mean": list(t.mean),
+            "std": list(t.std),
+            "size": size,
+            "eval_resize": list(t.resize_size),
+            "eval_crop": list(t.crop_size),
+            "interpolation": str(t.interpolation.value),
+        }
         return describe(model, weights=str(path), sha256=sha256_file(path), enum=str(w), input=info)
 
     factory.__doc__ = f"torchvision {arch} ({default_tag} weights by default), ImageNet, 1,000 classes."
