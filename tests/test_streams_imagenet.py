@@ -3,7 +3,9 @@ small files written in the published layouts; wrong-layout and missing-data erro
 
 from __future__ import annotations
 
+import os
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +57,17 @@ def test_files_all_samples(tmp_path):
     assert sorted(ds.targets.tolist()) == sorted([idx[w] for w in WNIDS] * 2)
     with pytest.raises(UserError, match="incomplete"):
         spec.load("fog", 3, None)  # severity 3 was not written
+
+
+def test_files_fingerprint_changes_when_images_are_replaced(tmp_path):
+    ids = write_imagenet_c(tmp_path / "ImageNet-C")
+    fp = imagenet_c(data_dir=tmp_path, seed=0, samples="all").info["data_fingerprint"]
+    assert imagenet_c(data_dir=tmp_path, seed=0, samples="all").info["data_fingerprint"] == fp
+    time.sleep(0.05)  # past the file system's timestamp granularity
+    target = tmp_path / "ImageNet-C" / "snow" / "5" / ids[0]
+    jpeg(target.with_name("new.JPEG"), 200)
+    os.replace(target.with_name("new.JPEG"), target)  # as a re-extracted or regenerated image lands
+    assert imagenet_c(data_dir=tmp_path, seed=0, samples="all").info["data_fingerprint"] != fp
 
 
 def test_files_default_subset_in_id_list_order(tmp_path, monkeypatch):
