@@ -1,7 +1,7 @@
 """Bad-input census: every user error gives exit code 2 and one paragraph naming the file or option, never a traceback.
 
 Each case builds its own tiny on-disk fixture under `tmp_path` (real formats: .npy, .npz, CIFAR pickles, PNG/JPEG
-ImageFolders, run folders), runs the CLI in-process (`tta_bench.__main__.main(argv)`) and asserts: exit code 2,
+ImageFolders, run folders), runs the CLI in-process (`tta_bench.cli.main(argv)`) and asserts: exit code 2,
 `error: ` + one line on stderr, no "Traceback", and the named file/option in the message. A case that raises
 anything but a UserError fails the test with its traceback (a genuine bug must stay visible). A handful run in a
 subprocess to check the real `python -m tta_bench` entry point too. The census table is in the closing note.
@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from tta_bench.__main__ import main
+from tta_bench.cli import main
 
 CORRUPTIONS = (
     "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
@@ -820,7 +820,7 @@ class _Undecodable(Dataset):
 
 
 def _command(monkeypatch, fn) -> None:
-    import tta_bench.__main__ as cli
+    import tta_bench.cli as cli
 
     monkeypatch.setattr(cli, "cmd_list", lambda args: fn())
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from tta_bench import rundir
-from tta_bench.__main__ import main
+from tta_bench.cli import main
 
 LIMIT = 200  # samples per domain: keeps the three runs to seconds on 2 cores
 

@@ -82,7 +82,7 @@ def test_dense_segmentation_step() -> None:
 def test_cli_run_on_digits(runs_dir) -> None:
     import json
 
-    from tta_bench.__main__ import main
+    from tta_bench.cli import main
 
     quick = ["--limit", "64", "--clean-eval", "end", "--out", str(runs_dir)]
     assert main(["run", "--method", "core", "--stream", "digits-c", *quick]) == 0

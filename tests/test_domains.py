@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from tta_bench import streams as st
-from tta_bench.__main__ import main
+from tta_bench.cli import main
 from tta_bench.config import RunConfig
 from tta_bench.identity import resolve
 from tta_bench.kernel import UserError

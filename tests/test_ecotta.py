@@ -151,7 +151,7 @@ def test_cli_run_on_digits(runs_dir) -> None:
     """Through the CLI on digits-c: the runner's prepare stage warms the meta networks up on the source split."""
     import json
 
-    from tta_bench.__main__ import main
+    from tta_bench.cli import main
 
     quick = ["--limit", "64", "--clean-eval", "end", "--out", str(runs_dir)]
     args = ["run", "--method", "ecotta", "--stream", "digits-c", *quick]

@@ -25,7 +25,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tta_bench.__main__ import main
+from tta_bench.cli import main
 from tta_bench.kernel import UserError, safe_unpickle
 
 REPO = Path(__file__).resolve().parent.parent

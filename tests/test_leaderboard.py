@@ -20,7 +20,7 @@ from PIL import Image
 from leaderboard.collect import collect, entry_labels
 from leaderboard.site import build
 from leaderboard.stats import mean_std_ci, paired_test
-from tta_bench.__main__ import main
+from tta_bench.cli import main
 
 METHODS = ("source", "norm", "tent")
 SEEDS = (0, 1)

@@ -197,7 +197,7 @@ def test_bad_input_errors(tmp_path: Path):
 
 
 def test_cli_exit_code_2_on_bad_src(tmp_path: Path):
-    cli = pytest.importorskip("tta_bench.__main__")
+    cli = pytest.importorskip("tta_bench.cli")
     assert (
         cli.main(["make-c", "--src", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--format", "imagenet-c"])
         == 2

@@ -50,7 +50,7 @@ def test_undocumented_options_are_marked_and_help_shows_them():
 
 
 def test_list_methods_verbose_prints_the_options(capsys):
-    from tta_bench.__main__ import main
+    from tta_bench.cli import main
 
     assert main(["list", "methods", "-v"]) == 0
     out = capsys.readouterr().out

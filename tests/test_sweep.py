@@ -16,7 +16,7 @@ import pytest
 from test_leaderboard import BATCH, LIMIT, METHODS, SEEDS, shared_runs
 
 import tta_bench.runner
-from tta_bench.__main__ import main
+from tta_bench.cli import main
 from tta_bench.sweep import _names
 
 COMMON = ["--streams", "digits-c", "--limit", str(LIMIT), "--batch-size", str(BATCH), "--clean-eval", "end"]

@@ -1,5 +1,5 @@
 """The run options shared by the `run` and `sweep` commands: their argparse definitions and the RunConfig fields
-they give. Part of the harness (the sweep uses it), so the CLI (`tta_bench.__main__`) is imported by nothing.
+they give. Part of the harness (the sweep uses it), so the CLI (`tta_bench.cli`) is imported only by `__main__`.
 """
 
 from __future__ import annotations

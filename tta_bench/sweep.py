@@ -1,5 +1,5 @@
 """`python -m tta_bench sweep`: run a grid of configs (locally or as Ray tasks); the CLI then regenerates the
-leaderboard (`tta_bench.__main__`: the harness never imports the leaderboard).
+leaderboard (`tta_bench.cli`: the harness never imports the leaderboard).
 
 The grid is streams × models × methods × seeds, each with the shared run options. Every config is
 resolved first (names and options checked before anything runs), and its run folder is named by the hash

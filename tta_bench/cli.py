@@ -1,0 +1,118 @@
+"""Command line: python -m tta_bench run | list | leaderboard | sweep | make-c (each has --help)."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import importlib
+import os
+import sys
+from pathlib import Path
+
+from tta_bench.cli_options import add_run_arguments, config_kwargs
+from tta_bench.kernel import UserError
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tta_bench.config import RunConfig
+    from tta_bench.report import print_result
+    from tta_bench.runner import run
+
+    cfg = RunConfig(method=args.method, stream=args.stream, model=args.model, seed=args.seed, **config_kwargs(args))
+    result = run(cfg, force=args.force, quiet=args.quiet)
+    print_result(result)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from tta_bench.report import list_entries
+
+    print(list_entries(args.what, verbose=args.verbose))
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """The sweep, then (unless --no-leaderboard) the leaderboard of its --out folder: only the CLI joins the two."""
+    from tta_bench import sweep
+
+    status = sweep.main(args)
+    if not args.no_leaderboard:
+        from leaderboard.cli import build_and_report
+
+        print(build_and_report(Path(args.out), Path(args.site)))
+    return status
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tta_bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,list,leaderboard,sweep,make-c}")
+    p = sub.add_parser("run", help="run one method on one stream and write a run folder")
+    add_run_arguments(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("list", help="list methods, streams, models, corruptions or settings")
+    p.add_argument(
+        "what", nargs="?", default="all", choices=["all", "methods", "streams", "models", "corruptions", "settings"]
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="methods: every option with its default and meaning")
+    p.set_defaults(func=cmd_list)
+    # Implemented in other packages, each module with add_arguments(parser) and main(args) -> int.
+    delegated = {
+        "leaderboard": ("leaderboard.cli", "aggregate run folders into CSVs, plots, HTML"),
+        "sweep": ("tta_bench.sweep", "run a grid of configs (local or Ray), then the leaderboard"),
+        "make-c": ("corruptions.make_c", "write an ImageNet-C / CIFAR-C dataset to disk"),
+    }
+    chosen = argv[0] if argv else None
+    for name, (module, help_) in delegated.items():
+        p = sub.add_parser(name, help=help_)
+        if name == chosen:  # import the implementation only when that sub-command is used
+            mod = importlib.import_module(module)
+            mod.add_arguments(p)
+            p.set_defaults(func=mod.main)
+            if name == "sweep":
+                p.add_argument(
+                    "--site", default="leaderboard_site", help="leaderboard site folder (default leaderboard_site/)"
+                )
+                p.add_argument(
+                    "--no-leaderboard", action="store_true", help="do not regenerate the leaderboard at the end"
+                )
+                p.set_defaults(func=cmd_sweep)
+    return parser
+
+
+# OSErrors that mean "this path cannot be used here", which the user fixes (not bugs).
+_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        msg = str(e)
+        if "\nOriginal Traceback" in msg:  # re-raised from a DataLoader worker: the worker's own message only
+            msg = msg.rstrip().splitlines()[-1].partition(": ")[2] or msg
+        print("error: " + " ".join(msg.split()), file=sys.stderr)  # one paragraph, whatever the message holds
+        return 2
+    except BrokenPipeError:  # output piped into e.g. `head`, which closed early: not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as e:  # the environment refused a path (permissions, a file where a folder belongs, disk full)
+        if e.errno not in _ENVIRONMENT_ERRNOS or not e.filename:
+            raise  # anything else (e.g. a missing file the code should have checked) is a bug: keep its traceback
+        print(
+            f"error: cannot write or read {e.filename}: {e.strerror}. Check the paths given (--out, --data-dir, "
+            "--src, --runs or a --set ...=PATH option): folders must be folders (not files) this user may write, "
+            "on a disk with free space.",
+            file=sys.stderr,
+        )
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "interrupted: completed results are untouched; the unfinished run's private temporary folder is removed "
+            "on the next run",
+            file=sys.stderr,
+        )
+        return 130
