@@ -16,15 +16,12 @@ suite's `datasets/prompts.py::imagenet_templates`), "tda7" (TDA's 7 ImageNet tem
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from methods._augmix import augmix_views, seeded_rng
-from methods._vlm import _drop_model_keys, _ignore_missing_model_keys, require_clip
-from methods.base import Adapter
+from methods._vlm import FrozenCLIPAdapter
 from tta_bench.kernel import UserError
 
 CLIP80 = (
@@ -74,19 +71,11 @@ def ensemble_text_features(model: nn.Module, templates: list[str], chunk: int = 
     return F.normalize(emb.mean(1), dim=-1)
 
 
-class CLIPTestTime(Adapter):
+class CLIPTestTime(FrozenCLIPAdapter):
     """Skeleton: a frozen CLIPClassifier, per-image views, the CLIP itself kept out of the adapter's state."""
 
-    requires: ClassVar[str] = "clip"
-
-    def __init__(self, model: nn.Module, **hparams: Any) -> None:
-        require_clip(model, self.name or type(self).__name__)
-        super().__init__(model, **hparams)
-
     def configure(self) -> None:
-        self.model.eval().requires_grad_(False)
-        self.register_state_dict_post_hook(_drop_model_keys)
-        self.register_load_state_dict_post_hook(_ignore_missing_model_keys)
+        self.freeze_clip()
         self._rng = seeded_rng()
 
     def trainable_parameters(self) -> list[nn.Parameter]:

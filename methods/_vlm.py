@@ -108,10 +108,29 @@ def _ignore_missing_model_keys(module: nn.Module, incompatible: Any) -> None:
     incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if not k.startswith("model.")]
 
 
-class PromptAdapter(Adapter):
-    """Base of CLIP prompt learners: frozen encoders, prepare() learns, the stream is pure inference."""
+class FrozenCLIPAdapter(Adapter):
+    """An adapter around a frozen CLIPClassifier: refuses other models; the CLIP is not adapter state.
+
+    The frozen CLIP is left out of state_dict(): its weights are already in the prepare-cache key, and leaving
+    them out keeps cached prepares and the reset() snapshot to the adapter's own parts.
+    """
 
     requires: ClassVar[str] = "clip"
+
+    def __init__(self, model: nn.Module, **hparams: Any) -> None:
+        require_clip(model, self.name or type(self).__name__)
+        super().__init__(model, **hparams)
+
+    def freeze_clip(self) -> None:
+        """Call first in configure(): CLIP in eval mode without gradients, and out of state_dict()."""
+        self.model.eval().requires_grad_(False)
+        self.register_state_dict_post_hook(_drop_model_keys)
+        self.register_load_state_dict_post_hook(_ignore_missing_model_keys)
+
+
+class PromptAdapter(FrozenCLIPAdapter):
+    """Base of CLIP prompt learners: frozen encoders, prepare() learns, the stream is pure inference."""
+
     needs_source = True
     option_docs = {
         "ctx_init": "initial words of the learned prompt context",
@@ -125,16 +144,8 @@ class PromptAdapter(Adapter):
     }
     defaults = PROMPT_DEFAULTS
 
-    def __init__(self, model: nn.Module, **hparams: Any) -> None:
-        require_clip(model, self.name or type(self).__name__)
-        super().__init__(model, **hparams)
-
     def configure(self) -> None:
-        self.model.eval().requires_grad_(False)
-        # The frozen CLIP is not adapter state: its weights are already in the prepare-cache key, and leaving
-        # them out of state_dict() keeps the cached prepare and the reset() snapshot to the learned parts.
-        self.register_state_dict_post_hook(_drop_model_keys)
-        self.register_load_state_dict_post_hook(_ignore_missing_model_keys)
+        self.freeze_clip()
         self.prompt = PromptLearner(self.model, self.hp.ctx_init)
         n = len(self.model.class_names)
         self.register_buffer("known_mask", torch.zeros(n, dtype=torch.bool))  # classes seen in prepare
