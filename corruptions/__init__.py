@@ -13,6 +13,10 @@ Batched, on the input's device (CPU or CUDA), seeded through a ``torch.Generator
   flag) see it replicated to RGB and return the luma (ITU-R 601: 0.299 R + 0.587 G + 0.114 B,
   as Pillow's ``convert('L')`` and imagecorruptions' ``rgb2gray``).
 * ``generator=None`` uses torch's global RNG; a generator gives reproducible output on a device.
+  ``generator`` may also be a list of ``N`` generators, one per image: image ``j`` then draws all its
+  randomness from ``generator[j]``, exactly the draws of ``corrupt(x[j:j+1], ..., generator=generator[j])``,
+  so it gets that call's pixels whatever the batch it is in, while the work stays batched (how
+  ``tta_bench.data.generated`` makes streams independent of batch size and order; see :mod:`._rng`).
 * Severity tables: :mod:`corruptions.tables` (ImageNet 224 px and CIFAR 32 px tables from the
   reference generators, plus the rule for other sizes: nearest family, pixel parameters scaled).
 * Modules: :mod:`.noise`, :mod:`.blur`, :mod:`.weather`, :mod:`.digital`; ``make_c`` writes
@@ -21,8 +25,9 @@ Batched, on the input's device (CPU or CUDA), seeded through a ``torch.Generator
 Adding corruptions (e.g. MedMNIST-C: gamma, stain, bubble, black_corner, characters)
 -------------------------------------------------------------------------------------
 Write a module ``corruptions/medmnist.py`` with functions ``fn(x, severity, generator) -> x'``
-(``x`` float ``(N, 3, H, W)``; draw all randomness from ``generator`` on ``x.device``; keep
-parameter tables as module constants citing their source) and decorate each with
+(``x`` float ``(N, 3, H, W)``; draw all randomness through :mod:`corruptions._rng`
+(``_rng.rand/randn/randint/poisson/seeds(..., generator, x.device, ...)``), which handles one generator
+and one generator per image alike; keep parameter tables as module constants citing their source) and decorate each with
 ``@register("name", "one-line description")`` from :mod:`corruptions._registry` (add
 ``native_gray=True`` if the function is channel-wise and accepts ``(N, 1, H, W)``). Then import the
 module at the bottom of this file (next to the others) and, if they form a named set, add a tuple
@@ -31,6 +36,8 @@ like :data:`EXTRA`. ``names()``, ``describe()``, ``corrupt()`` and the test para
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
@@ -60,12 +67,19 @@ def describe(name: str) -> str:
     return REGISTRY.get(name).description
 
 
-def corrupt(x: torch.Tensor, name: str, severity: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def corrupt(
+    x: torch.Tensor,
+    name: str,
+    severity: int,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+) -> torch.Tensor:
     """Apply corruption ``name`` at ``severity`` (1..5) to a float batch in [0, 1].
 
     ``x``: ``(N, 3, H, W)`` or ``(N, 1, H, W)``, any float dtype, any device. ``generator``: a
-    ``torch.Generator`` on ``x.device`` or ``None`` (global RNG). Returns a tensor with the shape,
-    dtype and device of ``x``, clamped to [0, 1].
+    ``torch.Generator`` on ``x.device``, ``None`` (global RNG), or a list/tuple of ``N`` generators on
+    ``x.device``, one per image: image ``j`` is then exactly ``corrupt(x[j:j+1], name, severity,
+    generator[j])`` (its generator sees the same draws), computed in one batched call. Returns a tensor
+    with the shape, dtype and device of ``x``, clamped to [0, 1].
     """
     entry = REGISTRY.get(name)
     if isinstance(severity, bool) or not isinstance(severity, int) or not 1 <= severity <= 5:
@@ -74,6 +88,16 @@ def corrupt(x: torch.Tensor, name: str, severity: int, generator: torch.Generato
         raise ValueError(f"x must be a tensor (N, 3, H, W) or (N, 1, H, W), got {getattr(x, 'shape', type(x))}")
     if not x.is_floating_point():
         raise ValueError(f"x must be a float tensor in [0, 1], got dtype {x.dtype}")
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != x.shape[0]:
+            raise ValueError(
+                f"generator: {len(generator)} generators for a batch of {x.shape[0]} images (one per image)"
+            )
+        if not all(isinstance(g, torch.Generator) for g in generator):
+            raise ValueError("generator: a list of per-image generators must hold torch.Generator objects only")
+        generator = list(generator)
+    elif generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator, a list of them or None, got {type(generator).__name__}")
     if x.shape[0] == 0:
         return x.clone()
     work = x if x.dtype in (torch.float32, torch.float64) else x.float()

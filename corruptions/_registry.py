@@ -3,9 +3,21 @@
 A corruption function has the signature ``fn(x, severity, generator) -> Tensor`` where ``x`` is a
 float batch ``(N, 3, H, W)`` in [0, 1] (already validated and converted to float32/float64 by
 :func:`corruptions.corrupt`), ``severity`` an int in 1..5 and ``generator`` a ``torch.Generator`` on
-``x.device`` or ``None`` (torch's global RNG). It returns a tensor of the same shape in [0, 1]
+``x.device``, ``None`` (torch's global RNG), or a list of ``N`` generators, one per image (length
+checked by :func:`corruptions.corrupt`). It returns a tensor of the same shape in [0, 1]
 (clamping is re-applied by :func:`corruptions.corrupt`, so a function may skip it; one registered
 with ``in_range=True`` promises its output is already in [0, 1] and is not clamped again).
+
+Randomness: draw every random number through :mod:`corruptions._rng` -- ``_rng.rand/randn/randint(shape,
+generator, x.device, dtype, dim=0)``, ``_rng.poisson(rates, generator)``, ``_rng.seeds(generator, N)`` for
+numpy seeds (then one numpy generator per image when ``_rng.per_image(generator)``) -- never
+``torch.rand(..., generator=...)`` directly. ``dim`` is the draw's batch axis (size ``N``). With one
+generator the helpers draw exactly as torch does; with a list, image ``j``'s slice comes from
+``generator[j]``. The contract: with a list, image ``j`` of the output equals ``fn(x[j:j+1], severity,
+generator[j])`` -- each image's generator sees the same draws, in the same order and shapes, as in that
+single-image call (so a draw's shape may depend on ``N`` only through its batch axis, and values computed
+across the batch, e.g. a batch-wide maximum, must not decide per-image randomness).
+tests/test_per_image_rng.py checks it for every registered corruption.
 """
 
 from __future__ import annotations
@@ -16,7 +28,7 @@ import torch
 
 from tta_bench.kernel import Registry
 
-CorruptionFn = Callable[[torch.Tensor, int, "torch.Generator | None"], torch.Tensor]
+CorruptionFn = Callable[[torch.Tensor, int, "torch.Generator | list[torch.Generator] | None"], torch.Tensor]
 
 # The suite's one Registry class. An entry's `factory` is the corruption function; its attrs hold
 # ``native_gray``: ``fn`` also takes ``(N, 1, H, W)`` and treats it as a gray image (per-pixel noise shared by the

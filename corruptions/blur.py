@@ -11,13 +11,13 @@ import math
 import numpy as np
 import torch
 
-from . import _ops
+from . import _ops, _rng
 from ._registry import register
 from .tables import params
 
 
 @register("gaussian_blur", "separable Gaussian blur (skimage.filters.gaussian, mode 'nearest')", native_gray=True)
-def gaussian_blur(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
+def gaussian_blur(x: torch.Tensor, severity: int, gen: _rng.Gen) -> torch.Tensor:
     sigma = params("gaussian_blur", severity, *x.shape[-2:])
     return _ops.gaussian_blur(x, sigma)
 
@@ -46,12 +46,12 @@ def disk_kernel(radius: float, alias_blur: float) -> np.ndarray:
 
 
 @register("defocus_blur", "convolution with an anti-aliased disk (cv2.filter2D, reflect-101 border)", native_gray=True)
-def defocus_blur(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
+def defocus_blur(x: torch.Tensor, severity: int, gen: _rng.Gen) -> torch.Tensor:
     radius, alias = params("defocus_blur", severity, *x.shape[-2:])
     return _ops.filter2d(x, disk_kernel(radius, alias), "reflect101")
 
 
-def local_shuffle(x: torch.Tensor, delta: int, iterations: int, gen: torch.Generator | None) -> torch.Tensor:
+def local_shuffle(x: torch.Tensor, delta: int, iterations: int, gen: _rng.Gen) -> torch.Tensor:
     """Glass blur's local pixel shuffling, batched and exact in distribution; ``(N, C, H, W)``.
 
     The reference visits the pixels ``(h, w)``, ``h`` from ``H - delta`` down to ``delta + 1``
@@ -74,7 +74,7 @@ def local_shuffle(x: torch.Tensor, delta: int, iterations: int, gen: torch.Gener
     pos = torch.arange(h * w, device=dev)
     flat = x.reshape(n, c, h * w)
     for _ in range(iterations):
-        off = torch.randint(-delta, delta, (2, n, h * w), generator=gen, device=dev)
+        off = _rng.randint(-delta, delta, (2, n, h * w), gen, dev, dim=1)
         src = torch.where(cursor, pos + off[0] * w + off[1], pos)  # (N, H*W); offsets stay inside
         # visited before this pixel = a cursor later in row-major order (the scan is descending)
         done = ~(cursor[src] & (src > pos))
@@ -87,7 +87,7 @@ def local_shuffle(x: torch.Tensor, delta: int, iterations: int, gen: torch.Gener
 @register(
     "glass_blur", "Gaussian blur, local pixel shuffling (the reference's copy loop), Gaussian blur", native_gray=True
 )
-def glass_blur(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
+def glass_blur(x: torch.Tensor, severity: int, gen: _rng.Gen) -> torch.Tensor:
     sigma, delta, iterations = params("glass_blur", severity, *x.shape[-2:])
     delta = max(1, int(round(delta)))
     y = _ops.gaussian_blur(x, sigma)
@@ -139,9 +139,9 @@ def motion_blur_batch(x: torch.Tensor, radius: float, sigma: float, angles_deg: 
 
 
 @register("motion_blur", "directional Gaussian line blur, random angle in [-45, 45] deg", native_gray=True)
-def motion_blur(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
+def motion_blur(x: torch.Tensor, severity: int, gen: _rng.Gen) -> torch.Tensor:
     radius, sigma = params("motion_blur", severity, *x.shape[-2:])
-    angles = torch.rand(x.shape[0], generator=gen, device=x.device, dtype=torch.float64) * 90 - 45
+    angles = _rng.rand((x.shape[0],), gen, x.device, torch.float64) * 90 - 45
     return motion_blur_batch(x, radius, sigma, angles)
 
 
@@ -152,7 +152,7 @@ def zoom_factors(name: str, severity: int, h: int, w: int) -> np.ndarray:
 
 
 @register("zoom_blur", "average of the image and centre-zoomed copies of itself", native_gray=True)
-def zoom_blur(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
+def zoom_blur(x: torch.Tensor, severity: int, gen: _rng.Gen) -> torch.Tensor:
     zooms = zoom_factors("zoom_blur", severity, *x.shape[-2:])
     out = x.clone()
     for z in zooms:

@@ -15,13 +15,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import _ops
+from . import _ops, _rng
 from ._registry import register
 from .tables import params
 
 
 @register("brightness", "HSV value + c (as skimage rgb2hsv / hsv2rgb)", native_gray=True)
-def brightness(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
+def brightness(x: torch.Tensor, severity: int, gen: _rng.Gen) -> torch.Tensor:
     """Raising V = max(R, G, B) with H and S fixed scales the pixel by ``V' / V``; a black pixel
     (V = 0, hue 0, S = 0) becomes gray ``V'`` -- the same numbers as skimage's HSV round trip."""
     c = params("brightness", severity, *x.shape[-2:])
@@ -31,7 +31,7 @@ def brightness(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> t
 
 
 @register("saturate", "HSV saturation * a + b (as skimage rgb2hsv / hsv2rgb)")
-def saturate(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
+def saturate(x: torch.Tensor, severity: int, gen: _rng.Gen) -> torch.Tensor:
     """With H and V fixed each channel is ``V - (V - x_c) * S' / S``. A gray pixel (S = 0) gets
     skimage's hue 0 (red): ``(V, V (1 - S'), V (1 - S'))``."""
     a, b = params("saturate", severity, *x.shape[-2:])
@@ -45,7 +45,7 @@ def saturate(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> tor
 
 
 @register("contrast", "shrink each channel towards its image mean by a factor c", native_gray=True)
-def contrast(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
+def contrast(x: torch.Tensor, severity: int, gen: _rng.Gen) -> torch.Tensor:
     c = params("contrast", severity, *x.shape[-2:])
     means = x.mean((2, 3), keepdim=True)
     return (x - means) * c + means
@@ -159,7 +159,7 @@ def _pixelate_planes(planes: np.ndarray, out: np.ndarray, sh: int, sw: int) -> N
 
 
 @register("pixelate", "Pillow BOX downsampling by a fraction c, then BOX upsampling back", native_gray=True)
-def pixelate(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
+def pixelate(x: torch.Tensor, severity: int, gen: _rng.Gen) -> torch.Tensor:
     """Box average down to ``int(c * size)``, then Pillow's BOX upsampling, which is a pure
     selection (output ``o`` copies input ``floor((o + 0.5) * n_in / n_out)``). CPU float32: numpy
     run sums and gathers a few images at a time (:func:`_pixelate_planes`, on the thread pool
@@ -242,12 +242,12 @@ def elastic_warp(
 
 
 @register("elastic_transform", "random affine warp + Gaussian-smoothed random displacement field", native_gray=True)
-def elastic_transform(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
+def elastic_transform(x: torch.Tensor, severity: int, gen: _rng.Gen) -> torch.Tensor:
     n, _, h, w = x.shape
     alpha, sigma, jitter = params("elastic_transform", severity, h, w)
-    pts = (torch.rand((n, 3, 2), generator=gen, device=x.device, dtype=torch.float64) * 2 - 1) * jitter
+    pts = (_rng.rand((n, 3, 2), gen, x.device, torch.float64) * 2 - 1) * jitter
     pts = pts.float().double()  # the reference draws the jitter as float32
-    noise = torch.rand((n, 2, h, w), generator=gen, device=x.device, dtype=x.dtype) * 2 - 1
+    noise = _rng.rand((n, 2, h, w), gen, x.device, x.dtype) * 2 - 1
     return elastic_warp(x, pts, noise, alpha, sigma)
 
 
@@ -309,7 +309,7 @@ def _jpeg_cuda(u8: torch.Tensor, quality: int) -> torch.Tensor | None:
 
 
 @register("jpeg_compression", "real JPEG encode/decode at the table's quality (Pillow / libjpeg)", in_range=True)
-def jpeg_compression(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
+def jpeg_compression(x: torch.Tensor, severity: int, gen: _rng.Gen) -> torch.Tensor:
     """JPEG round trip of each image (uint8, rounded). CPU float32: libjpeg-turbo through OpenCV
     on a small thread pool, pixel-identical to the reference's Pillow round trip (other CPU
     dtypes: Pillow). CUDA: torchvision's nvJPEG encode/decode when it

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import _ops
+from . import _ops, _rng
 from ._color import hsv2rgb, rgb2hsv, to_gray
 from ._registry import register
 from .blur import disk_kernel, motion_blur_batch
@@ -190,13 +190,13 @@ def _coupled_int(u: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
 MAX_BUBBLES, MAX_MARKS, MAX_WORDS = 25, 5, 6  # largest counts in the tables: every severity draws the same slots
 
 
-def bubble(x: torch.Tensor, max_radius: int, max_bubbles: int, gen: torch.Generator | None) -> torch.Tensor:
+def bubble(x: torch.Tensor, max_radius: int, max_bubbles: int, gen: _rng.Gen) -> torch.Tensor:
     """Translucent white bubbles: randint(7, max_bubbles) of radius randint(3, max_radius) px (at 224 px),
     each a disk of alpha 100/255 inside a 2 px ring of alpha 130/255; later bubbles cover earlier ones,
     then the layer is alpha-composited over the image (the reference's Pillow drawing)."""
     n, _, h, w = x.shape
     s = min(h, w) / BASE
-    u = torch.rand((n, MAX_BUBBLES + 1, 3), generator=gen, device=x.device)
+    u = _rng.rand((n, MAX_BUBBLES + 1, 3), gen, x.device)
     count = _coupled_int(u[:, 0, 0], 7, max(7, max_bubbles))
     radius = _coupled_int(u[:, 1:, 0], 3, max_radius) * s
     cy = radius + u[:, 1:, 1] * (h - 2 * radius).clamp_min(0)
@@ -213,12 +213,12 @@ def bubble(x: torch.Tensor, max_radius: int, max_bubbles: int, gen: torch.Genera
     return x * (1 - a) + a
 
 
-def stain_deposit(x: torch.Tensor, max_marks: int, severity: int, gen: torch.Generator | None) -> torch.Tensor:
+def stain_deposit(x: torch.Tensor, max_marks: int, severity: int, gen: _rng.Gen) -> torch.Tensor:
     """Dark ink marks: randint(1, max_marks) procedural blobs per image, ``x *= 1 - ink``."""
     n, _, h, w = x.shape
     s = min(h, w) / BASE
     lo, hi = (12, 28) if severity >= 4 else (8, 20)  # blob radius range, px at 224
-    u = torch.rand((n, MAX_MARKS + 1, 10), generator=gen, device=x.device)
+    u = _rng.rand((n, MAX_MARKS + 1, 10), gen, x.device)
     count = _coupled_int(u[:, 0, 0], 1, max_marks)
     u = u[:, 1:]
     radius = (lo + (hi - lo) * u[..., 0]) * s
@@ -243,15 +243,18 @@ def stain_deposit(x: torch.Tensor, max_marks: int, severity: int, gen: torch.Gen
 
 
 def characters(x: torch.Tensor, max_words: int, max_letters: int, max_scale: float,
-               gen: torch.Generator | None) -> torch.Tensor:  # fmt: skip
+               gen: _rng.Gen) -> torch.Tensor:  # fmt: skip
     """Random lowercase words in random colours (cv2 FONT_HERSHEY_DUPLEX, thickness 1), drawn at 224 px:
     randint(1, max_words) words of randint(3, max_letters) letters, font scale randint(14, 100 max_scale)
     / 100; the text layer is area-resampled to the image size and composited (pen marks on skin)."""
     import cv2
 
     n, _, h, w = x.shape
-    g = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=gen, device=x.device).item()))
-    u = g.random((n, 1 + MAX_WORDS, 16))  # same slots at every severity (nested corruptions, like bubble)
+    rngs = [np.random.default_rng(s) for s in _rng.seeds(gen, n, x.device)]  # one, or one per image
+    if _rng.per_image(gen):
+        u = np.concatenate([g.random((1, 1 + MAX_WORDS, 16)) for g in rngs]) if n else np.zeros((0, 1 + MAX_WORDS, 16))
+    else:
+        u = rngs[0].random((n, 1 + MAX_WORDS, 16))  # same slots at every severity (nested corruptions, like bubble)
 
     def pick(v: float, lo: int, hi: int) -> int:
         return min(hi, lo + int(v * (hi - lo + 1)))
@@ -300,16 +303,16 @@ def _jpeg(x: torch.Tensor, q: int) -> torch.Tensor:
     return torch.from_numpy(out).to(x.device).permute(0, 3, 1, 2).to(x.dtype) / 255
 
 
-def _impulse(x: torch.Tensor, amount: float, gen: torch.Generator | None) -> torch.Tensor:
-    flip = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) <= amount
-    salt = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) <= 0.5
+def _impulse(x: torch.Tensor, amount: float, gen: _rng.Gen) -> torch.Tensor:
+    flip = _rng.rand(x.shape, gen, x.device, x.dtype) <= amount
+    salt = _rng.rand(x.shape, gen, x.device, x.dtype) <= 0.5
     return torch.where(flip, salt.to(x.dtype), x)
 
 
-def apply(x: torch.Tensor, name: str, p, severity: int, gen: torch.Generator | None) -> torch.Tensor:
+def apply(x: torch.Tensor, name: str, p, severity: int, gen: _rng.Gen) -> torch.Tensor:
     """Corruption ``name`` with parameter entry ``p`` on an RGB batch ``(N, 3, H, W)`` in [0, 1]."""
     s = min(x.shape[-2:]) / BASE
-    randn = lambda: torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)  # noqa: E731
+    randn = lambda: _rng.randn(x.shape, gen, x.device, x.dtype)  # noqa: E731
     if name in ("brightness_up", "brightness_down"):
         return brightness_factor(x, p)
     if name in ("contrast_up", "contrast_down"):
@@ -329,7 +332,7 @@ def apply(x: torch.Tensor, name: str, p, severity: int, gen: torch.Generator | N
         "gaussian_blur": lambda: _gauss_blur_kernel(x, p),
         "defocus_blur": lambda: _ops.filter2d(x, disk_kernel(p[0] * s, max(p[1] * s, 1e-3)), "reflect101"),
         "motion_blur": lambda: motion_blur_batch(
-            x, p[0] * s, p[1] * s, torch.rand(x.shape[0], generator=gen, device=x.device, dtype=torch.float64) * 90 - 45
+            x, p[0] * s, p[1] * s, _rng.rand((x.shape[0],), gen, x.device, torch.float64) * 90 - 45
         ),
         "zoom_blur": lambda: (
             (x + sum(_ops.clipped_zoom(x, float(z)) for z in np.arange(*p))) / (len(np.arange(*p)) + 1)
@@ -342,7 +345,7 @@ def apply(x: torch.Tensor, name: str, p, severity: int, gen: torch.Generator | N
     return ops[name]()
 
 
-def medmnist_c(x: torch.Tensor, flag: str, name: str, severity: int, gen: torch.Generator | None = None,
+def medmnist_c(x: torch.Tensor, flag: str, name: str, severity: int, gen: _rng.Gen = None,
                gray: bool = False) -> torch.Tensor:  # fmt: skip
     """MedMNIST-C corruption ``name`` of dataset ``flag`` at ``severity`` (1..5) on ``(N, 3, H, W)`` in [0, 1].
 
@@ -360,7 +363,7 @@ def medmnist_c(x: torch.Tensor, flag: str, name: str, severity: int, gen: torch.
 
 
 def _registered(name: str):
-    def fn(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
+    def fn(x: torch.Tensor, severity: int, gen: _rng.Gen) -> torch.Tensor:
         return apply(x, name, MEDMNIST_C[DEFAULT_FLAG[name]][name][severity - 1], severity, gen)
 
     fn.__name__ = name

@@ -11,33 +11,34 @@ import numpy as np
 import torch
 from scipy.special import gammaln
 
+from . import _rng
 from ._ops import to_device
 from ._registry import register
 from .tables import params
 
 
-def _randn(x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+def _randn(x: torch.Tensor, gen: _rng.Gen) -> torch.Tensor:
+    return _rng.randn(x.shape, gen, x.device, x.dtype)
 
 
-def _rand(x: torch.Tensor, gen: torch.Generator | None, dtype: torch.dtype | None = None) -> torch.Tensor:
-    return torch.rand(x.shape, generator=gen, device=x.device, dtype=dtype or x.dtype)
+def _rand(x: torch.Tensor, gen: _rng.Gen, dtype: torch.dtype | None = None) -> torch.Tensor:
+    return _rng.rand(x.shape, gen, x.device, dtype or x.dtype)
 
 
 @register("gaussian_noise", "additive i.i.d. Gaussian noise per pixel and channel", native_gray=True)
-def gaussian_noise(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
+def gaussian_noise(x: torch.Tensor, severity: int, gen: _rng.Gen) -> torch.Tensor:
     c = params("gaussian_noise", severity, *x.shape[-2:])
     return x + _randn(x, gen) * c
 
 
 @register("speckle_noise", "multiplicative Gaussian noise x + x * n", native_gray=True)
-def speckle_noise(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
+def speckle_noise(x: torch.Tensor, severity: int, gen: _rng.Gen) -> torch.Tensor:
     c = params("speckle_noise", severity, *x.shape[-2:])
     return x + x * _randn(x, gen) * c
 
 
 @register("impulse_noise", "salt-and-pepper noise (skimage random_noise mode='s&p')", native_gray=True)
-def impulse_noise(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
+def impulse_noise(x: torch.Tensor, severity: int, gen: _rng.Gen) -> torch.Tensor:
     """skimage flips each value with probability ``amount`` and salts a flipped value with
     probability 0.5; one uniform ``u`` does both: ``u < amount / 2`` -> 1, else ``u < amount`` -> 0."""
     amount = params("impulse_noise", severity, *x.shape[-2:])
@@ -47,22 +48,22 @@ def impulse_noise(x: torch.Tensor, severity: int, gen: torch.Generator | None) -
     return x.masked_fill(u < amount, 0.0).masked_fill_(u < amount / 2, 1.0)
 
 
-def _impulse_cpu(x: np.ndarray, amount: float, gen: torch.Generator | None) -> np.ndarray:
+def _impulse_cpu(x: np.ndarray, amount: float, gen: _rng.Gen) -> np.ndarray:
     """The same rule on CPU float32, image by image so that the work stays in cache, with the
     uniforms from numpy's PCG64 (twice as fast as torch's CPU Mersenne Twister) seeded by one draw
-    from ``gen``: a seed still fixes the output, whatever the thread count."""
-    seed = int(torch.randint(0, 2**62, (1,), generator=gen).item())
-    rng = np.random.Generator(np.random.PCG64(seed))
+    from ``gen`` (one draw from each image's generator when ``gen`` is a sequence, each image then
+    using its own PCG64): a seed still fixes the output, whatever the thread count."""
+    rngs = [np.random.Generator(np.random.PCG64(s)) for s in _rng.seeds(gen, len(x))]
     out = np.empty_like(x)
     u = np.empty(x.shape[1:], np.float32)
     for i in range(len(x)):
-        rng.random(dtype=np.float32, out=u)
+        rngs[i if _rng.per_image(gen) else 0].random(dtype=np.float32, out=u)
         out[i] = np.where(u < amount, (u < amount / 2).astype(np.float32), x[i])
     return out
 
 
 @register("shot_noise", "Poisson photon noise: poisson(x * c) / c", native_gray=True)
-def shot_noise(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
+def shot_noise(x: torch.Tensor, severity: int, gen: _rng.Gen) -> torch.Tensor:
     c = float(params("shot_noise", severity, *x.shape[-2:]))
     return poisson_8bit(x, c, gen) / c
 
@@ -95,26 +96,38 @@ def _poisson_tables(c: float) -> tuple[np.ndarray, np.ndarray, int]:
     return cdf, np.where(exact, k0, -k0 - 1).astype(np.int32), kmax + 1
 
 
-def poisson_8bit(x: torch.Tensor, c: float, gen: torch.Generator | None) -> torch.Tensor:
+def poisson_8bit(x: torch.Tensor, c: float, gen: _rng.Gen) -> torch.Tensor:
     """Samples of Poisson(x * c), same shape/dtype as ``x`` (``x`` in [0, 1]).
 
     Fast path when ``x`` holds 8-bit levels (``x * 255`` within 1e-3 of integers, the case for
     decoded images): inverse-CDF sampling of the level's exact rate ``j / 255 * c`` from one
     float32 uniform per value through a guide table (exact for that uniform; a few percent of the
     values walk up the CDF). Any other input falls back to ``torch.poisson`` (exact, slower on CPU).
+
+    ``gen`` a sequence of generators, one per leading-axis item: item ``j`` gets exactly the samples
+    of ``poisson_8bit(x[j:j+1], c, gen[j])`` (the fallback decided per item).
     """
-    if x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() >= 2 and x.numel() > 0:
-        seed = int(torch.randint(0, 2**62, (1,), generator=gen).item())
-        out = _poisson_8bit_cpu(x.detach().contiguous().numpy(), c, seed)
-        return torch.poisson(x * c, generator=gen) if out is None else torch.from_numpy(out)
-    level = torch.round(x * _LEVELS)
-    if (x * _LEVELS - level).abs().max() > 1e-3:
-        return torch.poisson(x * c, generator=gen)
+    per_image = _rng.per_image(gen)
+    cpu = x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() >= 2 and x.numel() > 0
+    if per_image and len(gen) != x.shape[0]:
+        raise ValueError(f"{x.shape[0]} images but {len(gen)} generators")
+    if per_image and not len(gen):
+        return torch.zeros_like(x)
+    level = None if cpu else torch.round(x * _LEVELS)
+    if per_image and (cpu or bool(((x * _LEVELS - level).abs().reshape(len(gen), -1) > 1e-3).any())):
+        # CPU: the numpy sampler goes image by image anyway; elsewhere only when some item is not 8-bit
+        return torch.cat([poisson_8bit(x[j : j + 1], c, g) for j, g in enumerate(gen)])
+    if cpu:
+        out = _poisson_8bit_cpu(x.detach().contiguous().numpy(), c, _rng.seeds(gen, len(x))[0])
+        return _rng.poisson(x * c, gen) if out is None else torch.from_numpy(out)
+    if not per_image and (x * _LEVELS - level).abs().max() > 1e-3:
+        return _rng.poisson(x * c, gen)
     cdf_np, guide_np, kk = _poisson_tables(c)
     cdf = to_device(("pcdf", c), cdf_np.ravel(), x.new_empty(0, dtype=torch.float64))
     guide = to_device(("pguide", c), guide_np.ravel(), x.new_empty(0, dtype=torch.int32))
+    # one flat draw of an item's values per generator, as poisson_8bit(x[j:j+1]) draws
+    u = _rng.rand((len(gen), x[0].numel()) if per_image else (level.numel(),), gen, x.device).reshape(-1)
     level = level.reshape(-1).float()
-    u = torch.rand(level.shape, generator=gen, device=x.device)
     # level * G + bin < 2^20: exact in float32
     k = guide.index_select(0, torch.floor(u * _GUIDE).add_(level, alpha=_GUIDE).long())
     walk = torch.nonzero(k < 0).squeeze(1)

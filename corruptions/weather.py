@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import torch
 
-from . import _ops
+from . import _ops, _rng
 from ._color import to_gray
 from ._registry import register
 from .blur import motion_blur_batch
@@ -21,22 +21,20 @@ from .tables import FROST_TEXTURE_SCALE, family, next_power_of_2, params, scale
 
 
 @register("snow", "falling snow flakes (zoomed, thresholded, motion-blurred noise), whitened image", native_gray=True)
-def snow(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
+def snow(x: torch.Tensor, severity: int, gen: _rng.Gen) -> torch.Tensor:
     n, _, h, w = x.shape
     loc, sd, zoom, thresh, radius, sigma, blend = params("snow", severity, h, w)
-    layer = torch.randn((n, 1, h, w), generator=gen, device=x.device, dtype=x.dtype) * sd + loc
+    layer = _rng.randn((n, 1, h, w), gen, x.device, x.dtype) * sd + loc
     layer = _ops.clipped_zoom(layer, zoom)
     layer = torch.where(layer < thresh, torch.zeros_like(layer), layer).clamp(0, 1)
-    angles = torch.rand(n, generator=gen, device=x.device, dtype=torch.float64) * 90 - 135
+    angles = _rng.rand((n,), gen, x.device, torch.float64) * 90 - 135
     layer = motion_blur_batch(layer, radius, sigma, angles)
     layer = torch.round(layer * 255).clamp(0, 255) / 255  # the reference stores the layer as uint8
     x = blend * x + (1 - blend) * torch.maximum(x, to_gray(x) * 1.5 + 0.5)
     return x + layer + torch.flip(layer, dims=(-2, -1))
 
 
-def plasma_fractal(
-    n: int, mapsize: int, wibbledecay: float, gen: torch.Generator | None, device: torch.device
-) -> torch.Tensor:
+def plasma_fractal(n: int, mapsize: int, wibbledecay: float, gen: _rng.Gen, device: torch.device) -> torch.Tensor:
     """``n`` diamond-square height maps ``(n, mapsize, mapsize)`` in [0, 1] (float32).
 
     Same recursion as the reference's ``plasma_fractal`` (after FLHerne/mapgen): corners start at
@@ -48,7 +46,7 @@ def plasma_fractal(
     step, wibble = mapsize, 100.0
 
     def wibbled(s: torch.Tensor) -> torch.Tensor:
-        u = torch.rand(s.shape, generator=gen, device=device)
+        u = _rng.rand(s.shape, gen, device)
         return (u * (2 * wibble * wibble) - wibble * wibble).add_(s, alpha=0.25)
 
     while step >= 2:
@@ -68,7 +66,7 @@ def plasma_fractal(
 
 
 @register("fog", "additive plasma-fractal (diamond-square) haze with contrast loss", native_gray=True)
-def fog(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
+def fog(x: torch.Tensor, severity: int, gen: _rng.Gen) -> torch.Tensor:
     n, _, h, w = x.shape
     strength, decay = params("fog", severity, h, w)
     plasma = plasma_fractal(n, next_power_of_2(max(h, w)), decay, gen, x.device)[:, None, :h, :w]
@@ -128,14 +126,14 @@ def _frost_stack(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @register("frost", "blend with a randomly cropped frost texture")
-def frost(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
+def frost(x: torch.Tensor, severity: int, gen: _rng.Gen) -> torch.Tensor:
     n, _, h, w = x.shape
     c_img, c_frost = params("frost", severity, h, w)
     stack, sizes_np = _frost_stack(h, w)
     tex = _ops.to_device(("frost", h, w), stack, x)
     sizes = _ops.to_device(("frost_sz", h, w), sizes_np, x.new_empty(0, dtype=torch.long))
-    idx = torch.randint(0, len(stack), (n,), generator=gen, device=x.device)
-    u = torch.rand((2, n), generator=gen, device=x.device, dtype=torch.float64)
+    idx = _rng.randint(0, len(stack), (n,), gen, x.device)
+    u = _rng.rand((2, n), gen, x.device, torch.float64, dim=1)
     y0 = (u[0] * (sizes[idx, 0] - h)).long()  # randint(0, th - h) per image
     x0 = (u[1] * (sizes[idx, 1] - w)).long()
     rows = y0[:, None, None] + torch.arange(h, device=x.device)[None, :, None]
@@ -162,10 +160,10 @@ def _liquid_distance(liquid_u8: np.ndarray) -> np.ndarray:
 
 
 @register("spatter", "liquid splashes (severity 1-3) or mud (4-5) occluding the image")
-def spatter(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
+def spatter(x: torch.Tensor, severity: int, gen: _rng.Gen) -> torch.Tensor:
     n, _, h, w = x.shape
     loc, sd, sigma, thresh, c4, mud = params("spatter", severity, h, w)
-    liquid = torch.randn((n, 1, h, w), generator=gen, device=x.device, dtype=x.dtype).mul_(sd).add_(loc)
+    liquid = _rng.randn((n, 1, h, w), gen, x.device, x.dtype).mul_(sd).add_(loc)
     liquid = _ops.gaussian_blur(liquid, sigma)
     liquid = torch.where(liquid < thresh, torch.zeros_like(liquid), liquid)
     if mud:
