@@ -177,6 +177,7 @@ simple("model-typo", ["--model", "small_cnn"], "small_cnn", "small-cnn")
 simple("setting-typo", ["--setting", "continuous"], "continuous", "--setting")
 simple("precision-fp64", ["--precision", "fp64"], "fp64", "--precision")
 simple("clean-eval-bogus", ["--clean-eval", "bogus"], "bogus", "--clean-eval")
+simple("channels-last-maybe", ["--channels-last", "maybe"], "maybe", "--channels-last")
 simple("optimizer-unknown", ["--set", "method.optimizer=rmsprop"], "rmsprop", "method.optimizer")
 CASES.append(
     Case(

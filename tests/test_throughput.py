@@ -45,6 +45,31 @@ def test_amp_tolerance_against_eager_fp32(one_thread):
         assert (r.argmax(1) == a.argmax(1)).float().mean() >= 0.9
 
 
+def test_channels_last_tent_within_float_tolerance(one_thread):
+    """--channels-last on: the same Tent steps on a channels-last model and batches, logits within 1e-5 of NCHW."""
+    ref = _tent_outputs(methods.create("tent", _net()))
+    a = methods.create("tent", _net().to(memory_format=torch.channels_last))
+    got = [a(x.contiguous(memory_format=torch.channels_last)).detach() for x in XS]
+    for r, g in zip(ref, got):
+        assert (r - g).abs().max() < 1e-5
+
+
+def test_channels_last_option_reaches_the_run(tmp_path, one_thread):
+    """`channels_last="on"` on CPU: recorded in config.json's execution, same run id (not hashed), same errors
+    within float tolerance; auto is off on CPU."""
+    from tta_bench import run
+    from tta_bench.config import RunConfig
+    from tta_bench.rundir import load_config
+
+    base = dict(method="tent", stream="digits-c", limit=16, batch_size=8, clean_eval="off")
+    off = run(RunConfig(**base, out=str(tmp_path / "a")), quiet=True)
+    on = run(RunConfig(**base, channels_last="on", out=str(tmp_path / "b")), quiet=True)
+    assert off.folder.name == on.folder.name
+    assert load_config(off.folder)["execution"]["channels_last"] is False
+    assert load_config(on.folder)["execution"]["channels_last"] is True
+    assert abs(off.summary["mean_error"] - on.summary["mean_error"]) <= 100 / 16 / 15  # at most one image flips
+
+
 def test_compile_keeps_names_state_and_results(one_thread):
     """Compiled in place (dynamo's 'eager' backend here: the plumbing, fast): same outputs, same state_dict keys,
     reset() still restores the source state."""

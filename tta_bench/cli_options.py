@@ -31,6 +31,12 @@ def add_run_arguments(p: argparse.ArgumentParser, many: bool = False) -> None:
         "--compile", action="store_true", help="torch.compile the adapted model (falls back to eager with a warning)"
     )
     p.add_argument(
+        "--channels-last",
+        default="auto",
+        help="channels-last memory format for model and batches: auto (CUDA only, default) | on | off; "
+        "on speeds up depthwise-conv models on CPU (EfficientNet ~1.9x), results within float tolerance",
+    )
+    p.add_argument(
         "--data-dir", default=None, help="datasets root (default $TTA_BENCH_DATA or ~/.cache/tta_bench/data)"
     )
     p.add_argument("--out", default="runs", help="folder for run folders (default runs/)")
@@ -77,6 +83,7 @@ def config_kwargs(args: argparse.Namespace) -> dict:
         device=args.device,
         workers=args.workers,
         compile=getattr(args, "compile", False),
+        channels_last=getattr(args, "channels_last", "auto"),
         data_dir=args.data_dir,
         out=args.out,
         method_opts=sets["method"],

@@ -21,7 +21,8 @@ SETTINGS = ("continual", "episodic", "gradual", "mixed", "non-iid", "realistic")
 PRECISIONS = ("fp32", "amp")
 CLEAN_EVAL = ("domain", "end", "off")
 # Fields that say where/how a run executes, not what it computes: excluded from the hash.
-_EXECUTION_FIELDS = ("device", "data_dir", "out", "workers", "compile")
+_EXECUTION_FIELDS = ("device", "data_dir", "out", "workers", "compile", "channels_last")
+CHANNELS_LAST = ("auto", "on", "off")
 # Fields that only choose defaults of other fields (recorded in config.json, hashed through what they chose).
 _CHOOSER_FIELDS = ("preset",)
 
@@ -101,6 +102,8 @@ class RunConfig:
     out: str = "runs"
     workers: int = 0
     compile: bool = False  # torch.compile the adapted model (within float tolerance of eager: tta_bench/accel.py)
+    # channels-last memory format for the model and batches: auto (on CUDA only) | on | off (float tolerance)
+    channels_last: str = "auto"
 
     def __post_init__(self) -> None:
         if self.setting not in SETTINGS:
@@ -129,6 +132,10 @@ class RunConfig:
             raise UserError(f"Unknown preset '{self.preset}'. Choose one of: {', '.join(PRESET_CHOICES)} (--preset).")
         if not isinstance(self.compile, bool):
             raise UserError(f"compile must be true or false (--compile), got {self.compile!r}.")
+        if self.channels_last not in CHANNELS_LAST:
+            raise UserError(
+                f"--channels-last must be auto (on for CUDA devices only), on or off, got {self.channels_last!r}."
+            )
         for name in ("seed", "workers"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name} must be 0 or more, got {getattr(self, name)}.")

@@ -142,7 +142,7 @@ def build_adapter(cfg: RunConfig, spec: st.StreamSpec, ctx: ModelContext) -> tup
     """The model (trained or loaded) wrapped by the method, and the model's provenance for config.json."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, spec, ctx, cfg.model_opts)
-    if ctx.device.type == "cuda":
+    if use_channels_last(cfg, ctx.device):
         model = model.to(memory_format=torch.channels_last)
     weights = model_info(model)
     if spec.calibrate is not None:  # a stream built against the source model (CCC), before the method wraps it
@@ -151,6 +151,11 @@ def build_adapter(cfg: RunConfig, spec: st.StreamSpec, ctx: ModelContext) -> tup
     zero_grads(model)
     torch.manual_seed(cfg.seed)  # the adapter's own initialisation does not depend on whether training ran
     return methods.create(cfg.method, model, inplace=True, **cfg.method_opts).to(ctx.device), weights
+
+
+def use_channels_last(cfg: RunConfig, device: torch.device) -> bool:
+    """`--channels-last`: auto is on for CUDA only (faster convolutions there; on CPU it depends on the model)."""
+    return cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda")
 
 
 def _loader(data, batch_size: int, device: torch.device, workers: int, shuffle: bool = False, seed: int = 0):
@@ -282,6 +287,7 @@ def config_record(cfg, rid: str, device, spec, weights: dict, segments, datasets
             "out": cfg.out,
             "workers": cfg.workers,
             "compile": cfg.compile,
+            "channels_last": use_channels_last(cfg, device),
             "threads": torch.get_num_threads(),
             "host": platform.node(),
         },
@@ -398,6 +404,7 @@ def run_segment(adapter, spec, cfg: RunConfig, seg, ds, device, overall, bar, cl
     if clock is not None:
         clock.start_segment()
     cuda = device.type == "cuda"
+    cl = use_channels_last(cfg, device)
     meter = make_meter(spec, len(spec.domain_names), device)
     mask = class_mask(spec, seg, device)
     bar.set_description(f"r{seg.round} {seg.domain}")
@@ -408,7 +415,7 @@ def run_segment(adapter, spec, cfg: RunConfig, seg, ds, device, overall, bar, cl
     for i, b in enumerate(batches):
         x = st.to_device(ds, b, device)
         y, dom = b.y.to(device, non_blocking=True), b.domain_ids.to(device, non_blocking=True)
-        if cuda:
+        if cl and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(cfg, device), StepMemory(adapter, x) if memory == {} else nullcontext() as mem:
             out = adapter(x) if clock is None else clock.step(adapter, x)
