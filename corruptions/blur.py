@@ -107,15 +107,24 @@ def motion_offsets(width: int, angles_deg: torch.Tensor) -> tuple[torch.Tensor, 
     return torch.ceil(i * torch.sin(t) - 0.5).long(), torch.ceil(i * torch.cos(t) - 0.5).long()
 
 
-def motion_blur_batch(x: torch.Tensor, radius: float, sigma: float, angles_deg: torch.Tensor) -> torch.Tensor:
+def motion_blur_batch(
+    x: torch.Tensor, radius: float, sigma: float, angles_deg: torch.Tensor, per_image: bool = False,
+    fft: bool | None = None,
+) -> torch.Tensor:  # fmt: skip
     """imagecorruptions' ``_motion_blur`` (ImageMagick-like) on ``(N, C, H, W)``, one angle per image.
 
     Kernel: ``width = 2 * radius + 1`` one-sided Gaussian weights ``exp(-i^2 / 2 sigma^2)``,
     normalised; tap ``i`` is the image shifted along the angle with edge replication; taps whose
     shift reaches the image size are dropped (the reference's ``break``). Applied as one
-    per-image line kernel: by FFT on CUDA, as a sum of shifted views on the CPU.
+    per-image line kernel: by FFT on CUDA (``fft``: force either path), as a sum of shifted views
+    on the CPU (per image, exact whatever the batch).
+
+    The FFT's size follows the batch's largest shifts, so an image's float rounding depends on the
+    batch it is in; ``per_image=True`` (the caller has a generator per image) runs the FFT on groups
+    of images with the same shifts, each image then getting its single-image call's padding and size.
     """
     n, _, h, w = x.shape
+    fft = x.is_cuda if fft is None else fft
     width = 2 * int(round(radius)) + 1
     k = torch.exp(-(torch.arange(width, dtype=torch.float64) ** 2) / (2 * sigma**2))
     k = (k / k.sum()).to(x.device)
@@ -123,13 +132,24 @@ def motion_blur_batch(x: torch.Tensor, radius: float, sigma: float, angles_deg: 
     keep = (a.abs() < h) & (b.abs() < w)
     wts = torch.where(keep, k[None], torch.zeros_like(k[None]))
     a, b = torch.where(keep, a, 0), torch.where(keep, b, 0)
+    if per_image and fft and n > 1:
+        zero = torch.zeros_like(a[:, 0])
+        pads = torch.stack([torch.maximum(zero, -a.amin(1)), torch.maximum(zero, a.amax(1)),
+                            torch.maximum(zero, -b.amin(1)), torch.maximum(zero, b.amax(1))], 1)  # fmt: skip
+        groups, which = torch.unique(pads, dim=0, return_inverse=True)
+        if len(groups) > 1:
+            out = torch.empty_like(x)
+            for gi in range(len(groups)):
+                sel = torch.nonzero(which == gi).squeeze(1)
+                out[sel] = motion_blur_batch(x[sel], radius, sigma, angles_deg[sel], fft=fft)
+            return out
     top, bottom = int(max(0, -a.min())), int(max(0, a.max()))
     left, right = int(max(0, -b.min())), int(max(0, b.max()))
     canvas = torch.zeros(n, top + bottom + 1, left + right + 1, dtype=torch.float64, device=x.device)
     img = torch.arange(n, device=x.device)[:, None].expand_as(a)
     canvas.index_put_((img, a + top, b + left), wts, accumulate=True)
     xp = _ops.pad2d(x, top, bottom, left, right, "edge")
-    if x.is_cuda:
+    if fft:
         return _ops.fft_correlate(xp, canvas[:, None].to(x.dtype), (h, w))
     # CPU: the line has at most ``width`` taps; summing shifted views beats the FFT (~2-5x).
     out = torch.zeros_like(x)
@@ -142,7 +162,7 @@ def motion_blur_batch(x: torch.Tensor, radius: float, sigma: float, angles_deg: 
 def motion_blur(x: torch.Tensor, severity: int, gen: _rng.Gen) -> torch.Tensor:
     radius, sigma = params("motion_blur", severity, *x.shape[-2:])
     angles = _rng.rand((x.shape[0],), gen, x.device, torch.float64) * 90 - 45
-    return motion_blur_batch(x, radius, sigma, angles)
+    return motion_blur_batch(x, radius, sigma, angles, per_image=_rng.per_image(gen))
 
 
 def zoom_factors(name: str, severity: int, h: int, w: int) -> np.ndarray:

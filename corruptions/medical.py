@@ -332,7 +332,11 @@ def apply(x: torch.Tensor, name: str, p, severity: int, gen: _rng.Gen) -> torch.
         "gaussian_blur": lambda: _gauss_blur_kernel(x, p),
         "defocus_blur": lambda: _ops.filter2d(x, disk_kernel(p[0] * s, max(p[1] * s, 1e-3)), "reflect101"),
         "motion_blur": lambda: motion_blur_batch(
-            x, p[0] * s, p[1] * s, _rng.rand((x.shape[0],), gen, x.device, torch.float64) * 90 - 45
+            x,
+            p[0] * s,
+            p[1] * s,
+            _rng.rand((x.shape[0],), gen, x.device, torch.float64) * 90 - 45,
+            per_image=_rng.per_image(gen),
         ),
         "zoom_blur": lambda: (
             (x + sum(_ops.clipped_zoom(x, float(z)) for z in np.arange(*p))) / (len(np.arange(*p)) + 1)

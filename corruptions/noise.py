@@ -113,13 +113,17 @@ def poisson_8bit(x: torch.Tensor, c: float, gen: _rng.Gen) -> torch.Tensor:
         raise ValueError(f"{x.shape[0]} images but {len(gen)} generators")
     if per_image and not len(gen):
         return torch.zeros_like(x)
-    level = None if cpu else torch.round(x * _LEVELS)
-    if per_image and (cpu or bool(((x * _LEVELS - level).abs().reshape(len(gen), -1) > 1e-3).any())):
-        # CPU: the numpy sampler goes image by image anyway; elsewhere only when some item is not 8-bit
-        return torch.cat([poisson_8bit(x[j : j + 1], c, g) for j, g in enumerate(gen)])
-    if cpu:
-        out = _poisson_8bit_cpu(x.detach().contiguous().numpy(), c, _rng.seeds(gen, len(x))[0])
-        return _rng.poisson(x * c, gen) if out is None else torch.from_numpy(out)
+    if cpu:  # one seed, or one per item (each item's generator draws it first, as in a call on that item alone)
+        seeds = _rng.seeds(gen, len(x))
+        out = _poisson_8bit_cpu(x.detach().contiguous().numpy(), c, seeds)
+        if out is not None:
+            return torch.from_numpy(out)
+        if not per_image:
+            return _rng.poisson(x * c, gen)
+        return torch.cat([_poisson_item(x[j : j + 1], c, s, g) for j, (s, g) in enumerate(zip(seeds, gen))])
+    level = torch.round(x * _LEVELS)
+    if per_image and bool(((x * _LEVELS - level).abs().reshape(len(gen), -1) > 1e-3).any()):
+        return torch.cat([poisson_8bit(x[j : j + 1], c, g) for j, g in enumerate(gen)])  # some items fall back
     if not per_image and (x * _LEVELS - level).abs().max() > 1e-3:
         return _rng.poisson(x * c, gen)
     cdf_np, guide_np, kk = _poisson_tables(c)
@@ -143,13 +147,20 @@ def poisson_8bit(x: torch.Tensor, c: float, gen: _rng.Gen) -> torch.Tensor:
     return k.reshape(x.shape).to(x.dtype)
 
 
-def _poisson_8bit_cpu(x: np.ndarray, c: float, seed: int) -> np.ndarray | None:
+def _poisson_item(x: torch.Tensor, c: float, seed: int, gen: torch.Generator) -> torch.Tensor:
+    """One CPU float32 item whose generator already drew ``seed``: what ``poisson_8bit(x, c, gen)`` gives."""
+    out = _poisson_8bit_cpu(x.detach().contiguous().numpy(), c, [seed])
+    return torch.poisson(x * c, generator=gen) if out is None else torch.from_numpy(out)
+
+
+def _poisson_8bit_cpu(x: np.ndarray, c: float, seeds: list[int]) -> np.ndarray | None:
     """:func:`poisson_8bit`'s guide-table sampler on CPU float32, one leading-axis slice at a time
-    (in cache), with the uniforms from numpy's PCG64 seeded by ``seed``; ``None`` when a value is
+    (in cache), with the uniforms from numpy's PCG64 seeded by ``seeds[0]`` (one seed: one PCG64
+    for all slices) or by ``seeds[i]`` for slice ``i`` (a seed per slice); ``None`` when a value is
     not an 8-bit level (the caller falls back to ``torch.poisson``)."""
     cdf, guide, kk = _poisson_tables(c)
     cdf, guide = cdf.ravel(), guide.ravel()
-    rng = np.random.Generator(np.random.PCG64(seed))
+    rngs = [np.random.Generator(np.random.PCG64(s)) for s in seeds]
     out = np.empty_like(x)
     n = x[0].size
     level, u, pos = np.empty(n, np.float32), np.empty(n, np.float32), np.empty(n, np.float32)
@@ -158,7 +169,7 @@ def _poisson_8bit_cpu(x: np.ndarray, c: float, seed: int) -> np.ndarray | None:
         np.rint(pos, out=level)
         if np.abs(np.subtract(pos, level, out=pos), out=pos).max() > 1e-3:
             return None
-        rng.random(dtype=np.float32, out=u)
+        rngs[i if len(rngs) > 1 else 0].random(dtype=np.float32, out=u)
         np.floor(np.multiply(u, np.float32(_GUIDE), out=pos), out=pos)
         pos += level * np.float32(_GUIDE)  # level * G + bin < 2^20: exact in float32
         k = guide.take(pos.astype(np.int32))

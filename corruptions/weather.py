@@ -28,7 +28,7 @@ def snow(x: torch.Tensor, severity: int, gen: _rng.Gen) -> torch.Tensor:
     layer = _ops.clipped_zoom(layer, zoom)
     layer = torch.where(layer < thresh, torch.zeros_like(layer), layer).clamp(0, 1)
     angles = _rng.rand((n,), gen, x.device, torch.float64) * 90 - 135
-    layer = motion_blur_batch(layer, radius, sigma, angles)
+    layer = motion_blur_batch(layer, radius, sigma, angles, per_image=_rng.per_image(gen))
     layer = torch.round(layer * 255).clamp(0, 255) / 255  # the reference stores the layer as uint8
     x = blend * x + (1 - blend) * torch.maximum(x, to_gray(x) * 1.5 + 0.5)
     return x + layer + torch.flip(layer, dims=(-2, -1))

@@ -98,3 +98,18 @@ def test_corrupt_checks_the_generator_list():
     out = corruptions.corrupt(x, "contrast", 2, generator=gens)
     assert torch.equal(out, corruptions.corrupt(x, "contrast", 2))
     assert all(torch.equal(g.get_state(), f.get_state()) for g, f in zip(gens, _gens(N)))
+
+
+@pytest.mark.parametrize("size", [32, 224])
+def test_motion_blur_fft_path_groups_images_by_padding(size):
+    """CUDA's FFT path (forced here on CPU): with per-image generators each image gets the padding and FFT size
+    of its single-image call, so its pixels do not depend on the other images' angles."""
+    from corruptions.blur import motion_blur_batch
+
+    x = _images(6, size=size, dtype=torch.float64)
+    angles = torch.tensor([-44.0, -10.0, 0.5, 30.0, 44.9, -10.0], dtype=torch.float64)
+    got = motion_blur_batch(x, 7.0 * size / 32, 3.0, angles, per_image=True, fft=True)
+    for j in range(len(x)):
+        assert torch.equal(got[j : j + 1], motion_blur_batch(x[j : j + 1], 7.0 * size / 32, 3.0, angles[j : j + 1],
+                                                             fft=True)), j  # fmt: skip
+    assert torch.allclose(got, motion_blur_batch(x, 7.0 * size / 32, 3.0, angles, fft=False), atol=1e-9)
