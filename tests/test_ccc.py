@@ -111,12 +111,16 @@ def _source_accuracy(model, ds: CCCImages) -> float:
         return 100.0 * float((model(x).argmax(1) == torch.as_tensor(ds.targets)).float().mean())
 
 
-def test_calibration_reaches_the_target_and_difficulties_are_ordered(digits_model, tmp_path, one_thread):
+def test_calibration_reaches_the_target_and_difficulties_are_ordered(digits_model, tmp_path, one_thread, capsys):
     pool = _pool()
     accs = {}
     for target in (70.0, 30.0):
         ccc = CCC(pool, target, 1000, 100, 0, size=None, calib_size=200)
         info = ccc.calibrate(digits_model, torch.device("cpu"), tmp_path, {"model": "small-cnn"})
+        if target == 70.0:  # the calibration shows progress (lines without a terminal) and counts measured cells
+            err = capsys.readouterr().err
+            assert "CCC calibration (200 images a cell, 0 cells cached): started" in err
+            assert f"done, {info['cells_measured']} cells" in err and info["cells_measured"] > 0
         acc = _source_accuracy(digits_model, ccc.dataset())
         # Stated tolerance: 8 pp on this small model. Severities move on the integer grid 0..5 (the official walk
         # uses 0.25 steps), so a 10-step walk passes through coarse cells around the target; the walk's own

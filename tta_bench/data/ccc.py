@@ -47,6 +47,7 @@ import corruptions
 from tta_bench.data.cifar import U8Images
 from tta_bench.data.folders import ImageFiles, image_errors, is_image_folder, list_image_folder
 from tta_bench.kernel import UserError, fingerprint_files, hash_json, read_cifar_pickle, read_json, write_json
+from tta_bench.kernel.progressbar import progress
 from tta_bench.streams import StreamSpec, register, segment_seed
 
 DIFFICULTY = {"easy": 40.0, "medium": 20.0, "hard": 0.0}  # target source accuracy (%), official --baseline
@@ -249,6 +250,7 @@ class CCC:
         known = len(self.cells)
         net = copy.deepcopy(model).eval()
         calib = self._calibration_set()
+        bar = progress(desc=f"CCC calibration ({self.calib_size} images a cell, {known} cells cached)", unit="cells")
 
         def matrix(n1: str, n2: str) -> np.ndarray:
             acc = np.zeros((len(GRID), len(GRID)))
@@ -257,13 +259,15 @@ class CCC:
                     key = cell_key(n1, i, n2, j)
                     if key not in self.cells:
                         self.cells[key] = _accuracy(net, calib, Step(n1, i, n2, j), self.seed, key, device, self.jpeg)
+                        bar.update(1)
                     acc[i, j] = self.cells[key]
             if len(self.cells) > known:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 write_json(path, {"model": model_key, "seed": self.seed, "cells": self.cells})
             return acc
 
-        self.steps = plan_walks(noises_for(self.target), self.target, self.length, self.speed, self.seed, matrix)
+        with bar:
+            self.steps = plan_walks(noises_for(self.target), self.target, self.length, self.speed, self.seed, matrix)
         return {
             "cache": str(path),
             "cells_measured": len(self.cells) - known,
