@@ -83,6 +83,27 @@ def test_stochastic_corruptions_are_per_image(clean, name, one_thread):
     assert not torch.equal(batch, corrupt_images(x[idx], idx, name, 3, seed=12))
 
 
+def _per_image_reference(x, index, name, severity, seed):
+    """What `corrupt_images` computed before per-image generators inside one call: one `corrupt` call per image,
+    each with its own `image_generator`, then the uint8 rounding."""
+    from tta_bench.data.generated import image_generator
+
+    xf = x.float() / 255
+    out = torch.cat([corruptions.corrupt(xf[j : j + 1], name, severity, generator=image_generator(seed, i, xf.device))
+                     for j, i in enumerate(index)])  # fmt: skip
+    return out.mul(255).round().clamp(0, 255).div(255)
+
+
+@pytest.mark.parametrize("severity", [1, 5])
+@pytest.mark.parametrize("name", corruptions.names())
+def test_batched_call_gives_the_per_image_loop_images(clean, name, severity, one_thread):
+    """One batched call with a generator per image: the very images of the former one-call-per-image loop."""
+    x, _ = clean
+    idx = [4, 0, 9, 2, 11]
+    ref = _per_image_reference(x[idx], idx, name, severity, 3)
+    assert torch.equal(corrupt_images(x[idx], idx, name, severity, seed=3), ref)
+
+
 def test_stream_dataset_labels_follow_images(clean):
     x, y = clean
     tagged, seg = _segment(LazyCorrupted(x, y, "contrast", 1, seed=0))

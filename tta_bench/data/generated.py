@@ -6,17 +6,21 @@ Streams that generate their corruptions from clean images (`cifar10-c`/`cifar100
 - image `i` of a domain's dataset draws all its randomness from its own generator, seeded with
   `segment_seed(seed, i)` on the images' device, so a batch of any composition gives every image the same
   pixels (no dependence on batch size, batch boundaries, shuffling or loader workers);
-- corruptions that draw no random numbers (brightness, contrast, defocus/zoom blur, pixelate, JPEG, ...) run on
-  the whole batch at once; stochastic ones (noises, glass/motion blur, snow, frost, fog, elastic, spatter) run one
-  image per call, each with its generator. Which kind a corruption is, is observed on its first image (the
-  generator's state moves or not) and remembered.
+- the whole batch is corrupted in ONE `corruptions.corrupt` call given the list of the images' generators: every
+  corruption draws image `j`'s random numbers from `generators[j]` only, the same draws in the same order as a
+  call on that image alone (corruptions/_rng.py), so the pixels equal those of one call per image (what this
+  function did before; tests/test_device_corruption.py compares it with such a loop, tests/test_per_image_rng.py
+  checks the property for every corruption) while the work stays batched. Corruptions that draw nothing ignore
+  the generators.
 
-Cost: a stochastic corruption runs one call per image, so it loses the batching of `corruptions.corrupt` (measured
-on CPU, 64 CIFAR images: fog 1.4 ms batched vs ~30-110 ms per image, Gaussian noise 1.2 vs 11 ms; see
-`python -m benchmarks.throughput --corruption-costs`). Against a ResNet-20 adaptation step on one CPU thread that is
-~5-10 % of a run, against WRN-28-10 or ResNet-50 well under 1 %; on a GPU the per-image calls are launch-bound
-(benchmarks/gpu_check.sh measures them). Drawing per-image randomness inside a batched call (each corruption taking
-one generator per image) would remove it; it needs the corruption functions' cooperation.
+Cost: next to a batched call with one generator (what a bare loop does), the per-image generators add the small
+per-image draws and the generators' creation. Measured on one CPU thread of a shared machine (medians,
+interleaved; one generator / per-image generators now / the former one call per image): 64 CIFAR images 32², fog
+1.1 / 3.5 / 28 ms, Gaussian noise 1.0 / 1.5 / 2.3, glass blur 2.7 / 3.4 / 12, elastic 2.4 / 3.2 / 18, snow
+9.1 / 9.8 / 29, the 15 together 39 / 49 / 134 ms; 16 ImageNet images 224², the 15 together 323 / 356 / 372 ms
+(per corruption within the machine's noise of the one-generator call). `python -m benchmarks.throughput
+--corruption-costs` prints the first two columns. On a GPU each per-image draw is a small kernel launch (N per
+draw site instead of one); benchmarks/gpu_check.sh measures it.
 
 Where it runs: a stream dataset with `raw(idx)` (clean uint8 images) and `finish(x, idx)` (corrupt them) is
 finished in the loader on CPU runs and in the batch loop, on the run device, on CUDA runs
@@ -26,7 +30,11 @@ Bit-identity across devices: deterministic corruptions give the same images on C
 rounding of the device's kernels (convolutions, resampling; after the uint8 quantisation of CIFAR-C usually
 identical, at most a grey level apart). Stochastic ones are not bit-identical between CPU and CUDA: a CUDA
 generator (Philox) draws other numbers than a CPU one (Mersenne Twister) for the same seed; they agree in
-distribution (same severity tables, same noise law).
+distribution (same severity tables, same noise law). Within CUDA, batch independence holds up to the same kind of
+float rounding: the random numbers are per image, but a batched matmul (the Gaussian blurs of glass blur, spatter
+and elastic on CUDA) may pick another kernel for another batch size (motion blur's FFT is run on groups of images
+with the same padding, as a single-image call pads); on CPU the images are bit-identical whatever the batch (tested).
+Not checked on a GPU yet.
 """
 
 from __future__ import annotations
@@ -39,16 +47,10 @@ import torch
 import corruptions
 from tta_bench.streams import segment_seed
 
-_STOCHASTIC: dict[tuple[str, int], bool] = {}  # (corruption, severity) -> whether it draws random numbers
-
 
 def image_generator(seed: int, i: int, device: torch.device) -> torch.Generator:
     """The generator of image `i` of a dataset seeded with `seed`, on `device`."""
     return torch.Generator(device=device).manual_seed(segment_seed(seed, int(i)))
-
-
-def _state(g: torch.Generator) -> bytes:
-    return g.get_state().numpy().tobytes()
 
 
 def corrupt_images(
@@ -65,22 +67,8 @@ def corrupt_images(
     xf = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
     if len(idx) == 0:
         return xf
-    key = (name, int(severity))
-    out = torch.empty_like(xf)
-    start = 0
-    if key not in _STOCHASTIC:  # observe the first image: does its generator move?
-        g = image_generator(seed, idx[0], xf.device)
-        before = _state(g)
-        out[:1] = corruptions.corrupt(xf[:1], name, severity, generator=g)
-        _STOCHASTIC[key] = _state(g) != before
-        start = 1
-    if _STOCHASTIC[key]:
-        for j in range(start, len(idx)):
-            out[j : j + 1] = corruptions.corrupt(
-                xf[j : j + 1], name, severity, generator=image_generator(seed, idx[j], xf.device)
-            )
-    elif start < len(idx):
-        out[start:] = corruptions.corrupt(xf[start:], name, severity, generator=None)
+    gens = [image_generator(seed, i, xf.device) for i in idx]
+    out = corruptions.corrupt(xf, name, severity, generator=gens)  # image j draws from gens[j] only
     if quantize:
         out = out.mul_(255.0).round_().clamp_(0, 255).div_(255.0)
     return out
