@@ -354,6 +354,7 @@ def medmnist_c(x: torch.Tensor, flag: str, name: str, severity: int, gen: _rng.G
     """MedMNIST-C corruption ``name`` of dataset ``flag`` at ``severity`` (1..5) on ``(N, 3, H, W)`` in [0, 1].
 
     Returns the same shape/dtype/device, quantised to 8-bit levels; ``gray``: luma, replicated to 3 channels.
+    ``gen``: a generator, ``None``, or one generator per image (as :func:`corruptions.corrupt`).
     """
     if flag not in MEDMNIST_C or name not in MEDMNIST_C[flag]:
         known = ", ".join(MEDMNIST_C.get(flag, {})) or f"flags: {', '.join(MEDMNIST_C)}"
