@@ -113,3 +113,14 @@ def test_motion_blur_fft_path_groups_images_by_padding(size):
         assert torch.equal(got[j : j + 1], motion_blur_batch(x[j : j + 1], 7.0 * size / 32, 3.0, angles[j : j + 1],
                                                              fft=True)), j  # fmt: skip
     assert torch.allclose(got, motion_blur_batch(x, 7.0 * size / 32, 3.0, angles, fft=False), atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["gaussian_noise", "impulse_noise", "shot_noise", "motion_blur", "characters"])
+def test_medmnist_c_per_dataset_tables(name, one_thread):
+    """medmnist_c's own paths (e.g. its two-uniform impulse noise) with per-image generators."""
+    from corruptions.medical import medmnist_c
+
+    x = _images(N)
+    got = medmnist_c(x, "dermamnist", name, 4, _gens(N))
+    for j, g in enumerate(_gens(N)):
+        assert torch.equal(got[j : j + 1], medmnist_c(x[j : j + 1], "dermamnist", name, 4, g)), (name, j)
