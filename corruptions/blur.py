@@ -121,7 +121,8 @@ def motion_blur_batch(
 
     The FFT's size follows the batch's largest shifts, so an image's float rounding depends on the
     batch it is in; ``per_image=True`` (the caller has a generator per image) runs the FFT on groups
-    of images with the same shifts, each image then getting its single-image call's padding and size.
+    of images with the same shifts, each image then getting its single-image call's padding and size
+    (equal to its single-image call up to the FFT's float rounding, which may differ for a batch of several).
     """
     n, _, h, w = x.shape
     fft = x.is_cuda if fft is None else fft

@@ -33,7 +33,8 @@ generator (Philox) draws other numbers than a CPU one (Mersenne Twister) for the
 distribution (same severity tables, same noise law). Within CUDA, batch independence holds up to the same kind of
 float rounding: the random numbers are per image, but a batched matmul (the Gaussian blurs of glass blur, spatter
 and elastic on CUDA) may pick another kernel for another batch size (motion blur's FFT is run on groups of images
-with the same padding, as a single-image call pads); on CPU the images are bit-identical whatever the batch (tested).
+with the same padding, as a single-image call pads, so only its float rounding can differ); on CPU the images are
+bit-identical whatever the batch (tested).
 Not checked on a GPU yet.
 """
 
