@@ -31,6 +31,8 @@ from leaderboard.collect import collect
 from leaderboard.site import build
 from tta_bench import rundir
 from tta_bench.config import RunConfig
+from tta_bench.identity import data_fingerprint
+from tta_bench.kernel import hash_json
 from tta_bench.runner import load_result, open_stream, prepare_key, resolve, run, run_id
 
 TIMING = {"images_per_s", "stream_seconds", "prepare_s", "memory", "peak_device_mb"}
@@ -138,6 +140,36 @@ def test_changed_data_file_gives_a_new_run_id(tmp_path):
     np.save(root / "fog.npy", np.full((20, 32, 32, 3), 7, np.uint8))  # same path, same size, new content
     os.utime(root / "fog.npy", ns=(time.time_ns(), time.time_ns() + 10**9))
     assert run_id(cfg) != first and cfg.run_id() == run_id(cfg)
+
+
+def test_weights_replaced_at_the_same_path_give_a_new_run_id(tmp_path):
+    """`model.weights=PATH`: retrained or replaced weights at the same path must not reuse the old result."""
+    root = tmp_path / "data" / "CIFAR-10-C"
+    root.mkdir(parents=True)
+    np.save(root / "labels.npy", np.arange(20) % 10)
+    for d in corruptions.BENCHMARK:
+        np.save(root / f"{d}.npy", np.zeros((20, 32, 32, 3), np.uint8))
+    w = tmp_path / "w.th"
+    w.write_bytes(b"A" * 100)
+    base = dict(method="source", stream="cifar10-c", model="resnet20-cifar10", data_dir=str(tmp_path / "data"),
+                stream_opts={"holdout": 0})  # fmt: skip
+    cfg = RunConfig(**base, model_opts={"weights": str(w)})
+    first = run_id(cfg)
+    assert run_id(cfg) == first and cfg.run_id() == first
+    w.write_bytes(b"B" * 100)  # same path, same size, new content
+    os.utime(w, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert run_id(cfg) != first
+    folder = tmp_path / "wdir"
+    folder.mkdir()
+    (folder / "model.bin").write_bytes(b"x")
+    fcfg = RunConfig(**base, model_opts={"weights": str(folder)})
+    before = run_id(fcfg)
+    (folder / "model.bin").write_bytes(b"xy")  # a file in a weights folder (a saved Hugging Face model) changed
+    assert run_id(fcfg) != before
+    # without a weights path nothing is added: the key is the identity and the data fingerprint only
+    plain = RunConfig(**base)
+    spec = open_stream(resolve(plain))
+    assert run_id(plain) == hash_json({**resolve(plain).identity(), "data": data_fingerprint(spec)}, 16)
 
 
 # --- nothing completed is lost -------------------------------------------------------------------------------

@@ -171,8 +171,9 @@ class RunConfig:
         return d
 
     def run_id(self) -> str:
-        """Short stable hash of the resolved `identity()` (every default filled in) and of the stream's data
-        fingerprint (files' names, sizes, mtimes): the run folder's name (`tta_bench.identity.run_id`).
+        """Short stable hash of the resolved `identity()` (every default filled in), of the stream's data
+        fingerprint (files' names, sizes, mtimes) and, when `model.weights` names a file or folder, of its
+        fingerprint: the run folder's name (`tta_bench.identity.run_id`).
 
         Resolving first means `RunConfig(method="tent", stream="digits-c")` and the same config with Tent's
         default lr spelled out name the same folder; a data file changed in place names a new one.

@@ -1,5 +1,6 @@
 """What a run is: `resolve(cfg)` (every name and option checked, every default filled in) and `run_id(cfg)`, the
-name of its result (hash of the resolved identity and the stream's data fingerprint).
+name of its result (hash of the resolved identity, the stream's data fingerprint and, when `model.weights` names a
+file or folder, that path's fingerprint).
 
 `RunConfig.run_id()` and the runner both call these. This module imports the registries (methods, streams,
 models) but not `tta_bench.config` (its RunConfig is only annotated), so `config -> identity` is a one-way
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 import methods
 from tta_bench import rundir
 from tta_bench import streams as st
-from tta_bench.kernel import UserError, check_options, hash_json
+from tta_bench.kernel import UserError, check_options, fingerprint_files, hash_json
 from tta_bench.models import model_options
 from tta_bench.presets import with_preset
 
@@ -58,8 +59,28 @@ def data_fingerprint(spec: st.StreamSpec) -> str | None:
     return spec.info.get("data_fingerprint")
 
 
+def weights_fingerprint(model_opts: dict) -> str | None:
+    """Fingerprint (names, sizes, mtimes) of the file, or of the files directly in the folder (a saved Hugging Face
+    model: config and weights side by side; not recursive, so a mistaken `/` costs nothing), that `model.weights`
+    names; None when it names none (default weights: fixed, checksummed files; a hub name such as segformer's).
+
+    The path alone is not enough: weights retrained or replaced at the same path must not reuse the old result.
+    """
+    w = model_opts.get("weights")
+    p = Path(w).expanduser() if isinstance(w, str) and w else None
+    if p is None or not p.exists():
+        return None
+    files = [p] if p.is_file() else sorted(f for f in p.iterdir() if f.is_file())
+    return fingerprint_files(files, root=p.parent)
+
+
 def run_id(cfg: RunConfig, spec: st.StreamSpec | None = None) -> str:
-    """The run id (16 hex): hash of the resolved config's identity and the stream's data fingerprint."""
+    """The run id (16 hex): hash of the resolved config's identity, the stream's data fingerprint and the weights'
+    fingerprint (only when `model.weights` names a file or folder, so other run ids are unchanged)."""
     cfg = resolve(cfg)
     spec = spec if spec is not None else open_stream(cfg)
-    return hash_json({**cfg.identity(), "data": data_fingerprint(spec)}, rundir.RUN_ID_LENGTH)
+    key = {**cfg.identity(), "data": data_fingerprint(spec)}
+    weights = weights_fingerprint(cfg.model_opts)
+    if weights is not None:
+        key["weights"] = weights
+    return hash_json(key, rundir.RUN_ID_LENGTH)
