@@ -493,6 +493,18 @@ def _(tmp):
     return folder_run(tmp)
 
 
+@case("ccc-cifar-folder-wrong-class-count", "3 class folders", "stream.clean_dir")
+def _(tmp):
+    image_folder(tmp / "clean", classes=3)
+    return run_args(tmp, "--set", f"stream.clean_dir={tmp / 'clean'}", stream="ccc-cifar")
+
+
+@case("ccc-cifar-folder-wrong-size", "20×20", "32×32", "stream.clean_dir")
+def _(tmp):
+    image_folder(tmp / "clean", size=20)
+    return run_args(tmp, "--set", f"stream.clean_dir={tmp / 'clean'}", stream="ccc-cifar")
+
+
 @case("clean-dir-empty", "stream.clean_dir")
 def _(tmp):
     (tmp / "clean").mkdir()

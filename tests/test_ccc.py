@@ -175,3 +175,20 @@ def test_ccc_cifar_through_the_runner(tmp_path, runs_dir):
         assert load_config(again.folder)["stream_info"]["calibration"]["walk"] == info["calibration"]["walk"]
     finally:
         MODELS._entries.pop("ccc-tiny-net")
+
+
+def test_ccc_cifar_pool_refuses_an_image_of_another_size_by_name(tmp_path):
+    from PIL import Image
+
+    from tta_bench.kernel import UserError
+
+    files = []
+    for i, size in enumerate((32, 32, 40)):
+        f = tmp_path / f"img{i}.png"
+        Image.fromarray(np.zeros((size, size, 3), np.uint8)).save(f)
+        files.append(f)
+    pool = Pool(np.zeros(3, np.int64), files=files, exact_size=32)
+    assert pool.image(1).size == (32, 32)
+    with pytest.raises(UserError, match=r"img2\.png: image is 40×40"):
+        pool.image(2)
+    assert Pool(np.zeros(3, np.int64), files=files).image(2).size == (40, 40)  # ccc (ImageNet) crops any size

@@ -149,8 +149,10 @@ def jpeg_roundtrip(x: torch.Tensor, quality: int) -> torch.Tensor:
 class Pool:
     """Clean images to draw from: files of an ImageFolder, or a (N,3,H,W) uint8 tensor."""
 
-    def __init__(self, labels: np.ndarray, files: list[Path] | None = None, x: torch.Tensor | None = None):
+    def __init__(self, labels: np.ndarray, files: list[Path] | None = None, x: torch.Tensor | None = None,
+                 exact_size: int | None = None):  # fmt: skip
         self.labels, self.files, self.x = np.asarray(labels, dtype=np.int64), files, x
+        self.exact_size = exact_size  # files must be exact_size² (ccc-cifar: no crop, so sizes must agree)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -158,6 +160,12 @@ class Pool:
     def image(self, i: int) -> Image.Image:
         if self.files is not None:
             with image_errors(self.files[i]), Image.open(self.files[i]) as im:
+                n = self.exact_size
+                if n is not None and im.size != (n, n):
+                    raise UserError(
+                        f"{self.files[i]}: image is {im.size[0]}×{im.size[1]}; ccc-cifar streams CIFAR-10 test "
+                        f"images as they are ({n}×{n}, no crop). Point stream.clean_dir at 32×32 CIFAR-10 images."
+                    )
                 return im.convert("RGB")
         return Image.fromarray(self.x[i].permute(1, 2, 0).numpy())
 
@@ -446,8 +454,15 @@ def ccc_cifar_stream(
         x, y = read_cifar_pickle(root / "test_batch", b"labels")
         pool = Pool(np.asarray(y), x=torch.from_numpy(np.array(x, dtype=np.uint8)))
     elif is_image_folder(root):
-        files, labels, _ = list_image_folder(root, what="ccc-cifar clean ImageFolder")
-        pool = Pool(labels, files=files)
+        files, labels, classes = list_image_folder(root, what="ccc-cifar clean ImageFolder")
+        if len(classes) != 10:
+            raise UserError(
+                f"ccc-cifar: {root} has {len(classes)} class folders; it needs CIFAR-10's 10 (labels are the "
+                "sorted folder names' positions, airplane=0 … truck=9). Point stream.clean_dir at a CIFAR-10 test "
+                "ImageFolder or at cifar-10-batches-py."
+            )
+        pool = Pool(labels, files=files, exact_size=32)
+        pool.image(0)  # a folder of other-sized images fails here, before the model is built
     else:
         raise UserError(
             f"ccc-cifar needs CIFAR-10 test images at {root}: the torchvision folder cifar-10-batches-py "
