@@ -32,9 +32,33 @@ def _label(model: str, entry: str, models: int) -> str:
     return entry if models == 1 else f"{entry} ({model})"
 
 
-def curves(batches: pd.DataFrame, stem: Path, smooth: int | None = None) -> Path | None:
+def window_steps(run_batches: pd.DataFrame, window: int) -> list[tuple[int, int, int, int, float]]:
+    """(window index, first batch, last batch, images, error %) per window of `window` images of one run,
+    recomputed from batches.csv (`n`, `error`) with the runner's rule (`tta_bench.protocols.window_errors`: a
+    batch belongs whole to the window its first image falls in; error weighted by images), so the steps equal
+    summary.json's `window_errors`."""
+    b = run_batches.sort_values("batch")
+    n = b["n"].astype(int)
+    out = []
+    for w, g in b.groupby(((n.cumsum() - n) // int(window)).to_numpy(), sort=True):
+        images = int(g["n"].sum())
+        if images > 0:
+            err = float((g["error"] * g["n"]).sum() / images)
+            out.append((int(w), int(g["batch"].min()), int(g["batch"].max()), images, err))
+    return out
+
+
+def curves(
+    batches: pd.DataFrame, stem: Path, smooth: int | None = None, runs: pd.DataFrame | None = None
+) -> Path | None:
     """Batch error (%) over the stream, mean over seeds, running mean over `smooth` batches (default:
-    ~1/40 of the stream); thin lines at domain changes, dashed lines at round boundaries."""
+    ~1/40 of the stream); thin lines at domain changes, dashed lines at round boundaries.
+
+    With `runs` (the table's rows of `Collection.runs`: `run_id`, `window`, `collapse_threshold`, `collapsed`) and
+    at least two windows in some run, the long-horizon metrics too: the error of each window of `window` images as
+    a pale step behind its entry's curve (mean over seeds), ▼ over the entry's worst full window, a dotted line at
+    the collapse threshold when the curves come within 15 pp of it, and "(collapsed)" after an entry any of whose
+    seeds collapsed."""
     if batches.empty:
         return None
     fig = Figure(figsize=(10, 4.2))
@@ -42,10 +66,25 @@ def curves(batches: pd.DataFrame, stem: Path, smooth: int | None = None) -> Path
     models = batches["model"].nunique()
     n_batches = int(batches["batch"].max()) + 1
     w = smooth or max(1, round(n_batches / 40))
+    info = _window_info(runs)
+    steps = {rid: window_steps(g, info[rid][0]) for rid, g in batches.groupby("run_id") if rid in info}
+    show_windows = any(len(v) >= 2 for v in steps.values())
+    top = 0.0
     for (model, entry), g in batches.groupby(["model", "entry"], sort=False):
         per_batch = g.groupby("batch")["error"].mean()
         y = per_batch.rolling(w, min_periods=1).mean()
-        ax.plot(y.index, y.to_numpy(), lw=1.4, label=_label(model, entry, models))
+        rids = [r for r in g["run_id"].unique() if r in steps]
+        label = _label(model, entry, models) + (" (collapsed)" if any(info[r][2] for r in rids) else "")
+        (line,) = ax.plot(y.index, y.to_numpy(), lw=1.4, label=label)
+        top = max(top, float(np.nanmax(y.to_numpy())))
+        if show_windows and rids:
+            top = max(top, _draw_windows(ax, [steps[r] for r in rids], info[rids[0]][0], line.get_color()))
+    if show_windows and info:
+        threshold = next(iter(info.values()))[1]
+        if threshold is not None and not math.isnan(threshold) and top >= threshold - 15:
+            ax.axhline(threshold, color="0.35", ls=":", lw=1.0)
+            ax.text(0.0, threshold, " collapse threshold", transform=ax.get_yaxis_transform(), va="bottom",
+                    fontsize=7, color="0.35")  # fmt: skip
     ref = batches[batches["run_id"] == batches["run_id"].iat[0]].sort_values("batch")
     seg_start = ref[(ref["segment"] != ref["segment"].shift()) | (ref["round"] != ref["round"].shift())]
     for b in seg_start["batch"].iloc[1:]:
@@ -59,10 +98,40 @@ def curves(batches: pd.DataFrame, stem: Path, smooth: int | None = None) -> Path
         ax.set_xticklabels(seg_start["segment"].tolist(), rotation=90, fontsize=7)
     ax.set_xlim(-0.5, n_batches - 0.5)
     ax.set_ylabel(f"batch error % (running mean of {w})")
-    ax.set_xlabel("batches (ticks: domain starts)")
+    ax.set_xlabel(
+        "batches (ticks: domain starts)" + ("; pale steps: error per window, ▼ worst window" if show_windows else "")
+    )
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return save(fig, stem)
+
+
+def _window_info(runs: pd.DataFrame | None) -> dict[str, tuple[int, float, bool]]:
+    """run_id -> (window, collapse threshold, collapsed) for runs that recorded a window."""
+    if runs is None or runs.empty or "window" not in runs:
+        return {}
+    out = {}
+    for r in runs.to_dict("records"):
+        win = r.get("window")
+        if win is not None and not (isinstance(win, float) and math.isnan(win)) and win >= 1:
+            thr = r.get("collapse_threshold")
+            out[r["run_id"]] = (int(win), math.nan if thr is None else float(thr), bool(r.get("collapsed", False)))
+    return out
+
+
+def _draw_windows(ax, per_seed: list[list[tuple[int, int, int, int, float]]], window: int, color: str) -> float:
+    """Pale steps of the seeds' mean window error, ▼ over the worst full window; returns the highest step."""
+    by_window: dict[int, list[tuple[int, int, int, float]]] = {}
+    for steps in per_seed:
+        for k, b0, b1, n, err in steps:
+            by_window.setdefault(k, []).append((b0, b1, n, err))
+    rows = [(v[0][0], v[0][1], v[0][2], float(np.mean([e for *_, e in v]))) for _, v in sorted(by_window.items())]
+    for b0, b1, _, err in rows:
+        ax.hlines(err, b0 - 0.5, b1 + 0.5, colors=color, lw=3.5, alpha=0.3)
+    full = [r for r in rows if r[2] * 2 >= window] or rows  # a short tail is not judged, as in the runner
+    b0, b1, _, err = max(full, key=lambda r: r[3])
+    ax.plot([(b0 + b1) / 2], [err], marker="v", ms=6, color=color, ls="none")
+    return max(r[3] for r in rows)
 
 
 def heatmap(grid: pd.DataFrame, stem: Path, label: str = "error %") -> Path | None:

@@ -114,8 +114,10 @@ def table_plots(table: str, s: pd.DataFrame, col: Collection, out: Path) -> tupl
     batches = col.batches[col.batches["table"] == table]
     made = {
         "curve": (
-            plots.curves(batches, out / "plots" / f"{slug(table)}-curve"),
-            "Error over the stream, batches in stream order (mean over seeds); dashed lines: round boundaries",
+            plots.curves(batches, out / "plots" / f"{slug(table)}-curve", runs=col.runs[col.runs["table"] == table]),
+            "Error over the stream, batches in stream order (mean over seeds); dashed lines: round boundaries; "
+            "with two windows or more, pale steps: error per window of stream.window images, ▼ the worst full "
+            "window, dotted: the collapse threshold (chance error − 5 pp)",
         ),
         "heatmap": (
             plots.heatmap(grid, out / "plots" / f"{slug(table)}-heatmap", label=f"{label} %"),
@@ -282,6 +284,26 @@ def _key(v: Any) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
 
 
+WORST_WINDOW = rundir.Metric(
+    "worst_window_error", "worst window", False, meaning="error of the worst full window of stream.window images (%)"
+)
+
+
+def _has_windows(col: Collection, table: str) -> bool:
+    """Whether some run of `table` spans two windows or more (else the worst window is the mean error again)."""
+    t = col.runs[col.runs["table"] == table]
+    if "window" not in t or "n_samples" not in t:
+        return False
+    return bool(((t["n_samples"].astype(float) / t["window"].astype(float)) >= 2).any())
+
+
+def collapsed_seeds(sel: pd.DataFrame) -> list[int]:
+    """Seeds of an entry whose worst window reached the collapse threshold (`collapsed` in summary.json)."""
+    if "collapsed" not in sel:
+        return []
+    return sorted(int(x) for x in sel.loc[sel["collapsed"].astype(bool), "seed"])
+
+
 def diverged_seeds(sel: pd.DataFrame) -> list[int]:
     """Seeds of these runs whose predictions went non-finite (NaN/inf) somewhere in the stream."""
     if "diverged" not in sel:
@@ -368,6 +390,8 @@ def result_columns(s: pd.DataFrame, col: Collection, table: str) -> tuple[list[d
         (rundir.Metric("peak_device_mb", "peak MB", False, meaning="peak GPU memory"), "peak MB ↓", 2),
         (rundir.Metric("images_per_s", "images/s", True, meaning="stream throughput"), "images/s ↑", 0),
     )  # fmt: skip
+    if _has_windows(col, table):
+        optional = (*optional[:1], (WORST_WINDOW, "worst window % ↓", 2), *optional[1:])
     for m, title, digits in optional:
         c = _metric_column(s, m, m.key, title, digits, with_std=m.key == "forgetting")
         if any(x["key"] != "" for x in c["cells"]):
@@ -408,6 +432,7 @@ def table_context(table: str, s: pd.DataFrame, col: Collection, figs: list[dict]
                 "seeds": r["seeds"],
                 "cells": [c["cells"][rank - 1] for c in columns],
                 "diverged": diverged_seeds(sel),
+                "collapsed": collapsed_seeds(sel),
                 "configs": [{"seed": int(x.seed), "href": f"configs/{x.run_id}.json"} for x in sel.itertuples()],
             }
         )

@@ -231,3 +231,70 @@ def test_tables_split_by_protocol_and_titles_disambiguated():
         "digits-c · continual · bs32",
         "digits-c · mixed",
     ]
+
+
+# --- long-horizon metrics on the page and in the curves -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def window_runs(tmp_path_factory) -> tuple[Path, dict[float, dict]]:
+    """Tent on digits-c with windows of 64 images (7 full + a tail): lr 1 stays below the collapse threshold, lr 10
+    reaches it (a real collapse: the windowed error climbs to ~90 %, chance for 10 classes)."""
+    from tta_bench.config import RunConfig
+    from tta_bench.runner import run
+
+    root = tmp_path_factory.mktemp("lb_windows")
+    out = {}
+    for lr in (1.0, 10.0):
+        cfg = RunConfig(method="tent", stream="digits-c", limit=LIMIT, batch_size=BATCH, clean_eval="off",
+                        stream_opts={"window": 64}, method_opts={"lr": lr}, out=str(root))  # fmt: skip
+        res = run(cfg, quiet=True)
+        out[lr] = res.summary | {"folder": res.folder}
+    assert not out[1.0]["collapsed"] and out[10.0]["collapsed"]  # the fixture is what it says
+    return root, out
+
+
+def test_curve_window_steps_equal_the_runners_window_errors(window_runs):
+    from leaderboard.plots import window_steps
+
+    _, out = window_runs
+    for s in out.values():
+        steps = window_steps(pd.read_csv(Path(s["folder"]) / "batches.csv"), s["window"])
+        assert [k for k, *_ in steps] == list(range(len(s["window_errors"])))
+        np.testing.assert_allclose([e for *_, e in steps], s["window_errors"], rtol=0, atol=1e-9)
+
+
+def test_curves_draw_windows_worst_window_threshold_and_collapse(window_runs, monkeypatch, tmp_path):
+    import leaderboard.plots as plots
+
+    root, out = window_runs
+    col = collect(root)
+    figs = []
+    monkeypatch.setattr(plots, "save", lambda fig, stem: figs.append(fig) or stem)
+    plots.curves(col.batches, tmp_path / "c", runs=col.runs)
+    (ax,) = figs[0].axes
+    labels = ax.get_legend_handles_labels()[1]
+    assert sorted(labels) == ["tent[lr=1.0]", "tent[lr=10.0] (collapsed)"]
+    steps = sorted(float(seg[0][1]) for c in ax.collections for seg in c.get_segments())
+    expected = sorted(e for s in out.values() for e in s["window_errors"])
+    np.testing.assert_allclose(steps, expected, atol=1e-9)
+    threshold = out[10.0]["collapse_threshold"]
+    assert any(list(line.get_ydata()) == [threshold, threshold] for line in ax.lines)  # the dotted threshold
+    worst = sorted(float(line.get_ydata()[0]) for line in ax.lines if line.get_marker() == "v")
+    assert worst == sorted(s["worst_window_error"] for s in out.values())
+    figs.clear()
+    plots.curves(col.batches, tmp_path / "plain")  # without runs: the curves alone
+    assert not figs[0].axes[0].collections and "(collapsed)" not in " ".join(
+        figs[0].axes[0].get_legend_handles_labels()[1]
+    )
+
+
+def test_page_shows_worst_window_and_collapsed_only_where_they_apply(window_runs, site, tmp_path):
+    root, out = window_runs
+    html = (build(root, tmp_path / "site").out / "index.html").read_text()
+    assert "worst window % ↓" in html
+    for s in out.values():
+        assert f">{s['worst_window_error']:.2f}<" in html
+    rows = [r for r in html.split("<tr>") if 'class="entry"' in r]
+    flagged = [r for r in rows if 'class="collapsed"' in r]
+    assert len(rows) == 2 and len(flagged) == 1 and "tent[lr=10.0]" in flagged[0]
+    plain = (site.out / "index.html").read_text()  # digits-c, 480 images, windows of 1,000: one window
+    assert "worst window" not in plain and 'class="collapsed"' not in plain.split("</header>")[1]
