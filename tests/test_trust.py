@@ -128,12 +128,18 @@ def test_prepare_key_holds_the_batch_size(tmp_path):
     assert keys[0] != keys[1]
 
 
-def test_changed_data_file_gives_a_new_run_id(tmp_path):
+def _cifar_c_files(tmp_path: Path) -> Path:
+    """A 20-image CIFAR-10-C folder (zeros) under tmp_path/data; returns the CIFAR-10-C folder."""
     root = tmp_path / "data" / "CIFAR-10-C"
     root.mkdir(parents=True)
     np.save(root / "labels.npy", np.arange(20) % 10)
     for d in corruptions.BENCHMARK:
         np.save(root / f"{d}.npy", np.zeros((20, 32, 32, 3), np.uint8))
+    return root
+
+
+def test_changed_data_file_gives_a_new_run_id(tmp_path):
+    root = _cifar_c_files(tmp_path)
     cfg = RunConfig(method="source", stream="cifar10-c", data_dir=str(tmp_path / "data"), stream_opts={"holdout": 0})
     first = run_id(cfg)
     assert run_id(cfg) == first
@@ -144,11 +150,7 @@ def test_changed_data_file_gives_a_new_run_id(tmp_path):
 
 def test_weights_replaced_at_the_same_path_give_a_new_run_id(tmp_path):
     """`model.weights=PATH`: retrained or replaced weights at the same path must not reuse the old result."""
-    root = tmp_path / "data" / "CIFAR-10-C"
-    root.mkdir(parents=True)
-    np.save(root / "labels.npy", np.arange(20) % 10)
-    for d in corruptions.BENCHMARK:
-        np.save(root / f"{d}.npy", np.zeros((20, 32, 32, 3), np.uint8))
+    _cifar_c_files(tmp_path)
     w = tmp_path / "w.th"
     w.write_bytes(b"A" * 100)
     base = dict(method="source", stream="cifar10-c", model="resnet20-cifar10", data_dir=str(tmp_path / "data"),
