@@ -113,7 +113,7 @@ def test_throughput_benchmark_smoke(tmp_path, one_thread):
     assert throughput.main(argv) == 0
     rows = json.loads(out.read_text())["rows"]
     assert [r["method"] for r in rows] == ["source", "tent"]
-    assert all(r["images"] == 16 and r["ratio"] > 0 and "where_harness" in r for r in rows)
+    assert all(r["images"] == 16 and r["ratio"] > 0 and r["paired_ratio"] > 0 and "where_harness" in r for r in rows)
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
