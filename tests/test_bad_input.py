@@ -664,6 +664,17 @@ def _(tmp):
     return weights_run(tmp, tmp / "nowhere.th")
 
 
+@case("weights-a-device", "model.weights=/dev/null")
+def _(tmp):
+    return weights_run(tmp, Path("/dev/null"))  # exists, neither a file nor a folder (the run id stats it)
+
+
+@case("weights-an-empty-folder", "model.weights")
+def _(tmp):
+    (tmp / "wdir").mkdir()
+    return weights_run(tmp, tmp / "wdir")
+
+
 @case("weights-garbage", "junk.th")
 def _(tmp):
     (tmp / "junk.th").write_bytes(os.urandom(2000))

@@ -70,7 +70,7 @@ def weights_fingerprint(model_opts: dict) -> str | None:
     p = Path(w).expanduser() if isinstance(w, str) and w else None
     if p is None or not p.exists():
         return None
-    files = [p] if p.is_file() else sorted(f for f in p.iterdir() if f.is_file())
+    files = sorted(f for f in p.iterdir() if f.is_file()) if p.is_dir() else [p]  # a file (or a device: stat)
     return fingerprint_files(files, root=p.parent)
 
 
