@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from tta_bench import rundir
+
 SUFFIXES = (".png", ".svg")
 
 
@@ -32,20 +34,22 @@ def _label(model: str, entry: str, models: int) -> str:
     return entry if models == 1 else f"{entry} ({model})"
 
 
-def window_steps(run_batches: pd.DataFrame, window: int) -> list[tuple[int, int, int, int, float]]:
-    """(window index, first batch, last batch, images, error %) per window of `window` images of one run,
-    recomputed from batches.csv (`n`, `error`) with the runner's rule (`tta_bench.protocols.window_errors`: a
-    batch belongs whole to the window its first image falls in; error weighted by images), so the steps equal
-    summary.json's `window_errors`."""
+def window_steps(run_batches: pd.DataFrame, window: int) -> list[dict]:
+    """One run's windows of `window` images from its batches.csv (`batch`, `n`, `error`), by the schema's rule
+    (`tta_bench.rundir.window_errors`, what the runner wrote as summary.json's `window_errors`); each row's
+    `first`/`last` are batch numbers."""
     b = run_batches.sort_values("batch")
-    n = b["n"].astype(int)
-    out = []
-    for w, g in b.groupby(((n.cumsum() - n) // int(window)).to_numpy(), sort=True):
-        images = int(g["n"].sum())
-        if images > 0:
-            err = float((g["error"] * g["n"]).sum() / images)
-            out.append((int(w), int(g["batch"].min()), int(g["batch"].max()), images, err))
-    return out
+    numbers = b["batch"].astype(int).tolist()
+    rows = rundir.window_errors(b["n"].astype(int).tolist(), b["error"].astype(float).tolist(), int(window))
+    return [r | {"first": numbers[r["first"]], "last": numbers[r["last"]]} for r in rows]
+
+
+def has_windows(runs: pd.DataFrame | None) -> bool:
+    """Whether some run spans two windows or more (`n_samples` ≥ 2 `window`): only then do the curve's window
+    steps and the page's worst-window column say more than the mean error."""
+    if runs is None or runs.empty or "window" not in runs or "n_samples" not in runs:
+        return False
+    return bool((runs["n_samples"].astype(float) >= 2 * runs["window"].astype(float)).any())
 
 
 def curves(
@@ -67,8 +71,8 @@ def curves(
     n_batches = int(batches["batch"].max()) + 1
     w = smooth or max(1, round(n_batches / 40))
     info = _window_info(runs)
+    show_windows = has_windows(runs)
     steps = {rid: window_steps(g, info[rid][0]) for rid, g in batches.groupby("run_id") if rid in info}
-    show_windows = any(len(v) >= 2 for v in steps.values())
     top = 0.0
     for (model, entry), g in batches.groupby(["model", "entry"], sort=False):
         per_batch = g.groupby("batch")["error"].mean()
@@ -78,7 +82,7 @@ def curves(
         (line,) = ax.plot(y.index, y.to_numpy(), lw=1.4, label=label)
         top = max(top, float(np.nanmax(y.to_numpy())))
         if show_windows and rids:
-            top = max(top, _draw_windows(ax, [steps[r] for r in rids], info[rids[0]][0], line.get_color()))
+            top = max(top, _draw_windows(ax, [steps[r] for r in rids], line.get_color()))
     if show_windows and info:
         threshold = next(iter(info.values()))[1]
         if threshold is not None and not math.isnan(threshold) and top >= threshold - 15:
@@ -119,19 +123,18 @@ def _window_info(runs: pd.DataFrame | None) -> dict[str, tuple[int, float, bool]
     return out
 
 
-def _draw_windows(ax, per_seed: list[list[tuple[int, int, int, int, float]]], window: int, color: str) -> float:
+def _draw_windows(ax, per_seed: list[list[dict]], color: str) -> float:
     """Pale steps of the seeds' mean window error, ▼ over the worst full window; returns the highest step."""
-    by_window: dict[int, list[tuple[int, int, int, float]]] = {}
+    by_window: dict[int, list[dict]] = {}
     for steps in per_seed:
-        for k, b0, b1, n, err in steps:
-            by_window.setdefault(k, []).append((b0, b1, n, err))
-    rows = [(v[0][0], v[0][1], v[0][2], float(np.mean([e for *_, e in v]))) for _, v in sorted(by_window.items())]
-    for b0, b1, _, err in rows:
-        ax.hlines(err, b0 - 0.5, b1 + 0.5, colors=color, lw=3.5, alpha=0.3)
-    full = [r for r in rows if r[2] * 2 >= window] or rows  # a short tail is not judged, as in the runner
-    b0, b1, _, err = max(full, key=lambda r: r[3])
-    ax.plot([(b0 + b1) / 2], [err], marker="v", ms=6, color=color, ls="none")
-    return max(r[3] for r in rows)
+        for r in steps:
+            by_window.setdefault(r["window"], []).append(r)
+    rows = [v[0] | {"error": float(np.mean([r["error"] for r in v]))} for _, v in sorted(by_window.items())]
+    for r in rows:
+        ax.hlines(r["error"], r["first"] - 0.5, r["last"] + 0.5, colors=color, lw=3.5, alpha=0.3)
+    worst = max([r for r in rows if r["full"]] or rows, key=lambda r: r["error"])  # a short tail is not judged
+    ax.plot([(worst["first"] + worst["last"]) / 2], [worst["error"]], marker="v", ms=6, color=color, ls="none")
+    return max(r["error"] for r in rows)
 
 
 def heatmap(grid: pd.DataFrame, stem: Path, label: str = "error %") -> Path | None:

@@ -289,14 +289,6 @@ WORST_WINDOW = rundir.Metric(
 )
 
 
-def _has_windows(col: Collection, table: str) -> bool:
-    """Whether some run of `table` spans two windows or more (else the worst window is the mean error again)."""
-    t = col.runs[col.runs["table"] == table]
-    if "window" not in t or "n_samples" not in t:
-        return False
-    return bool(((t["n_samples"].astype(float) / t["window"].astype(float)) >= 2).any())
-
-
 def collapsed_seeds(sel: pd.DataFrame) -> list[int]:
     """Seeds of an entry whose worst window reached the collapse threshold (`collapsed` in summary.json)."""
     if "collapsed" not in sel:
@@ -390,7 +382,7 @@ def result_columns(s: pd.DataFrame, col: Collection, table: str) -> tuple[list[d
         (rundir.Metric("peak_device_mb", "peak MB", False, meaning="peak GPU memory"), "peak MB ↓", 2),
         (rundir.Metric("images_per_s", "images/s", True, meaning="stream throughput"), "images/s ↑", 0),
     )  # fmt: skip
-    if _has_windows(col, table):
+    if plots.has_windows(col.runs[col.runs["table"] == table]):
         optional = (*optional[:1], (WORST_WINDOW, "worst window % ↓", 2), *optional[1:])
     for m, title, digits in optional:
         c = _metric_column(s, m, m.key, title, digits, with_std=m.key == "forgetting")

@@ -258,8 +258,8 @@ def test_curve_window_steps_equal_the_runners_window_errors(window_runs):
     _, out = window_runs
     for s in out.values():
         steps = window_steps(pd.read_csv(Path(s["folder"]) / "batches.csv"), s["window"])
-        assert [k for k, *_ in steps] == list(range(len(s["window_errors"])))
-        np.testing.assert_allclose([e for *_, e in steps], s["window_errors"], rtol=0, atol=1e-9)
+        assert [r["window"] for r in steps] == list(range(len(s["window_errors"])))
+        np.testing.assert_allclose([r["error"] for r in steps], s["window_errors"], rtol=0, atol=1e-9)
 
 
 def test_curves_draw_windows_worst_window_threshold_and_collapse(window_runs, monkeypatch, tmp_path):

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from tta_bench.kernel import UserError
+from tta_bench.rundir import window_errors  # the schema's rule (the leaderboard uses it too)
 
 COLLAPSE_MARGIN = 5.0  # percentage points below chance error that still count as collapsed
 DEFAULT_WINDOW = 1000  # images per window (stream.window)
@@ -150,29 +151,6 @@ def _median(v: Sequence[float]) -> float | None:
     return s[m] if len(s) % 2 else (s[m - 1] + s[m]) / 2
 
 
-def window_errors(counts: Sequence[int], errors: Sequence[float], window: int) -> list[dict[str, Any]]:
-    """Error (%) per consecutive window of `window` images from per-batch sizes and errors (%).
-
-    Returns rows ``{"window", "start", "n", "error"}`` (start: index of the window's first image). A batch is
-    assigned whole to the window its first image falls in.
-    """
-    if window < 1:
-        raise ValueError(f"window must be at least 1 image, got {window}")
-    rows: dict[int, list[float]] = {}
-    pos = 0
-    for n, err in zip(counts, errors):
-        w = pos // window
-        acc = rows.setdefault(w, [0.0, 0.0])
-        acc[0] += n
-        acc[1] += n * err / 100.0
-        pos += n
-    return [
-        {"window": w, "start": w * window, "n": int(n), "error": 100.0 * wrong / n}
-        for w, (n, wrong) in sorted(rows.items())
-        if n > 0
-    ]
-
-
 def chance_error(num_classes: int) -> float:
     """Error (%) of uniform guessing over `num_classes` classes."""
     return 100.0 * (1.0 - 1.0 / max(num_classes, 1))
@@ -183,7 +161,7 @@ def long_horizon(
 ) -> dict[str, Any]:
     """summary.json keys: window size, per-window errors, worst full window, and the collapse flag."""
     rows = window_errors(counts, errors, window)
-    full = [r for r in rows if r["n"] * 2 >= window] or rows  # a short tail is not judged (unless it is all)
+    full = [r for r in rows if r["full"]] or rows  # a short tail is not judged (unless it is all)
     worst = max(full, key=lambda r: r["error"]) if full else None
     threshold = chance_error(num_classes) - margin
     return {

@@ -28,7 +28,7 @@ import signal
 import time
 import types
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,6 +154,33 @@ def headline(task: str | None, keys: Any = ()) -> tuple[Metric, ...]:
         if all(m.key in keys for m in group):
             return group
     return TASK_METRICS.get(task or "classification", (ERROR,))
+
+
+def window_errors(counts: Sequence[int], errors: Sequence[float], window: int) -> list[dict[str, Any]]:
+    """Error (%) per consecutive window of `window` images from per-batch sizes and errors (%): summary.json's
+    `window_errors`, computed by the runner (`tta_bench.protocols.long_horizon`) and redrawn by the leaderboard.
+
+    Returns rows ``{"window", "start", "n", "error", "first", "last", "full"}``: start is the index of the
+    window's first image, first/last the positions of its first and last batch in the sequence, and full whether
+    it holds at least half a window (a shorter tail is not judged). A batch is assigned whole to the window its
+    first image falls in.
+    """
+    if window < 1:
+        raise ValueError(f"window must be at least 1 image, got {window}")
+    rows: dict[int, list[float]] = {}
+    pos = 0
+    for i, (n, err) in enumerate(zip(counts, errors)):
+        acc = rows.setdefault(pos // window, [0.0, 0.0, i, i])
+        acc[0] += n
+        acc[1] += n * err / 100.0
+        acc[3] = i
+        pos += n
+    return [
+        {"window": w, "start": w * window, "n": int(n), "error": 100.0 * wrong / n, "first": int(a), "last": int(b),
+         "full": n * 2 >= window}
+        for w, (n, wrong, a, b) in sorted(rows.items())
+        if n > 0
+    ]  # fmt: skip
 
 
 # batches.csv: one row per batch. `nonfinite`: predictions (samples or pixels) with NaN/inf outputs.
