@@ -34,7 +34,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 from test_corruptions import photos  # noqa: E402
 from test_corruptions_fidelity import load_reference  # noqa: E402  (NumPy 2 / skimage 0.26 shims)
 
-import corruptions  # noqa: E402
+from tta_bench import corruptions  # noqa: E402
 
 
 def time_ours(x: torch.Tensor, name: str, severities: list[int]) -> float:

@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-import methods
+from tta_bench import methods
 from tta_bench.memory import MB, StepMemory
 
 SEG_METHODS = ("source", "norm", "alpha_bn", "tent", "ecotta", "cotta")

@@ -2,7 +2,7 @@
 
 Batched, on the input's device (CPU or CUDA), seeded through a ``torch.Generator``::
 
-    import corruptions
+    from tta_bench import corruptions
     x_c = corruptions.corrupt(x, "fog", severity=3, generator=torch.Generator().manual_seed(0))
 
 * ``x``: float tensor ``(N, 3, H, W)`` in [0, 1]; returns the same shape, dtype and device, in

@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-import corruptions
+from tta_bench import corruptions
 from tta_bench.kernel import UserError as MakeCError  # the CLI prints it as one paragraph, exit code 2
 from tta_bench.kernel import read_cifar_pickle, write_with
 

@@ -2,7 +2,7 @@
 
     python -m tta_bench leaderboard --runs runs/ --out leaderboard_site/
 
-    from leaderboard.site import build          # library use
+    from tta_bench.leaderboard.site import build          # library use
     site = build("runs", "leaderboard_site")    # site.summary: DataFrame, one row per table × model × entry
 
 Modules: collect (run folders -> DataFrames), stats (seeds aggregated, CIs, paired tests), plots, site (CSVs,

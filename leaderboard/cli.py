@@ -25,7 +25,7 @@ def report(site) -> str:
     for t in site.tables:
         s = site.summary[site.summary["table"] == t]
         best = s.iloc[0]
-        from leaderboard.site import headline_of
+        from tta_bench.leaderboard.site import headline_of
 
         m = headline_of(s)[0]  # the table's headline metric ranks it
         lines.append(f"  {t}: {len(s)} entries, best {best['entry']} ({m.label} {best[f'{m.key}_mean']:.2f} %)")
@@ -35,7 +35,7 @@ def report(site) -> str:
 
 def build_and_report(runs: Path, out: Path) -> str:
     """Build the site from the run folders under `runs` into `out`; return `report` of it."""
-    from leaderboard.site import build
+    from tta_bench.leaderboard.site import build
 
     return report(build(Path(runs), Path(out)))
 

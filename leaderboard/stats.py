@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from pandas.api.types import is_numeric_dtype
 
-from leaderboard.collect import FIXED, IDENTITY, METRICS
+from tta_bench.leaderboard.collect import FIXED, IDENTITY, METRICS
 from tta_bench import rundir
 
 BASELINES = ("source", "norm")

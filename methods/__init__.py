@@ -2,11 +2,11 @@
 
 Library use::
 
-    from methods import Tent
+    from tta_bench.methods import Tent
     adapted = Tent(model, lr=1e-3)      # a drop-in model: adapts on every forward
     logits = adapted(x)
 
-    import methods
+    from tta_bench import methods
     adapted = methods.create("tent", model, lr=1e-3)
     methods.names()                     # every registered adapter
 
@@ -20,7 +20,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from methods.base import Adapter
+from tta_bench.methods.base import Adapter
 from tta_bench.kernel import Registry
 
 METHODS = Registry("method", "python -m tta_bench list methods")
@@ -51,32 +51,32 @@ def get(name: str) -> type[Adapter]:
 
 
 # Registration happens on import; keep one line per adapter file.
-from methods.adacontrast import AdaContrast  # noqa: E402
-from methods.alpha_bn import AlphaBN  # noqa: E402
-from methods.cmf import CMF  # noqa: E402
-from methods.coop import CoOp  # noqa: E402
-from methods.core import Core  # noqa: E402
-from methods.cotta import CoTTA  # noqa: E402
-from methods.deyo import DeYO  # noqa: E402
-from methods.eata import EATA, ETA  # noqa: E402
-from methods.ecotta import EcoTTA  # noqa: E402
-from methods.lame import LAME  # noqa: E402
-from methods.memo import MEMO  # noqa: E402
-from methods.norm import Norm  # noqa: E402
-from methods.ogen import OGEN  # noqa: E402
-from methods.rdumb import RDumb  # noqa: E402
-from methods.rmt import RMT  # noqa: E402
-from methods.roid import ROID  # noqa: E402
-from methods.rotta import RoTTA  # noqa: E402
-from methods.rpl import RPL  # noqa: E402
-from methods.santa import SANTA  # noqa: E402
-from methods.sar import SAR  # noqa: E402
-from methods.source import Source  # noqa: E402
-from methods.tda import TDA  # noqa: E402
-from methods.tent import Tent  # noqa: E402
-from methods.tpt import TPT  # noqa: E402
-from methods.tta_aug import TTAug  # noqa: E402
-from methods.vte import VTE  # noqa: E402
+from tta_bench.methods.adacontrast import AdaContrast  # noqa: E402
+from tta_bench.methods.alpha_bn import AlphaBN  # noqa: E402
+from tta_bench.methods.cmf import CMF  # noqa: E402
+from tta_bench.methods.coop import CoOp  # noqa: E402
+from tta_bench.methods.core import Core  # noqa: E402
+from tta_bench.methods.cotta import CoTTA  # noqa: E402
+from tta_bench.methods.deyo import DeYO  # noqa: E402
+from tta_bench.methods.eata import EATA, ETA  # noqa: E402
+from tta_bench.methods.ecotta import EcoTTA  # noqa: E402
+from tta_bench.methods.lame import LAME  # noqa: E402
+from tta_bench.methods.memo import MEMO  # noqa: E402
+from tta_bench.methods.norm import Norm  # noqa: E402
+from tta_bench.methods.ogen import OGEN  # noqa: E402
+from tta_bench.methods.rdumb import RDumb  # noqa: E402
+from tta_bench.methods.rmt import RMT  # noqa: E402
+from tta_bench.methods.roid import ROID  # noqa: E402
+from tta_bench.methods.rotta import RoTTA  # noqa: E402
+from tta_bench.methods.rpl import RPL  # noqa: E402
+from tta_bench.methods.santa import SANTA  # noqa: E402
+from tta_bench.methods.sar import SAR  # noqa: E402
+from tta_bench.methods.source import Source  # noqa: E402
+from tta_bench.methods.tda import TDA  # noqa: E402
+from tta_bench.methods.tent import Tent  # noqa: E402
+from tta_bench.methods.tpt import TPT  # noqa: E402
+from tta_bench.methods.tta_aug import TTAug  # noqa: E402
+from tta_bench.methods.vte import VTE  # noqa: E402
 
 __all__ = [
     "Adapter",

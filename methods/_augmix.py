@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from methods.base import BN_TYPES
+from tta_bench.methods.base import BN_TYPES
 from tta_bench.kernel import UserError
 
 PER_POINT = (

@@ -20,8 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from methods._augmix import augmix_views, seeded_rng
-from methods._vlm import FrozenCLIPAdapter
+from tta_bench.methods._augmix import augmix_views, seeded_rng
+from tta_bench.methods._vlm import FrozenCLIPAdapter
 from tta_bench.kernel import UserError
 
 CLIP80 = (

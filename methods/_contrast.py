@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from methods.base import Adapter
+from tta_bench.methods.base import Adapter
 from tta_bench.kernel import UserError
 
 

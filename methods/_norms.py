@@ -12,7 +12,7 @@ import re
 
 import torch.nn as nn
 
-from methods.base import BN_TYPES
+from tta_bench.methods.base import BN_TYPES
 from tta_bench.kernel import UserError
 
 

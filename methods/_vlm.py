@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from methods.base import Adapter
+from tta_bench.methods.base import Adapter
 from tta_bench.kernel import UserError
 
 PROMPT_DEFAULTS: dict[str, Any] = {

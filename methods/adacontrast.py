@@ -37,8 +37,8 @@ import torch.nn.functional as F
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 
-from methods import register
-from methods.base import Adapter, ema_update, frozen_copy, make_optimizer, optimizer_defaults
+from tta_bench.methods import register
+from tta_bench.methods.base import Adapter, ema_update, frozen_copy, make_optimizer, optimizer_defaults
 
 _SUITE = "mariodoebler/test-time-adaptation:classification/cfgs/{}/adacontrast.yaml@8b2ed63"
 _OPTS = {"lr": 2e-4, "momentum": 0.9, "wd": 1e-4, "nesterov": True, "temperature": 0.07}

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from methods import register
-from methods.roid import IMAGENET_SGD, ROID, SUITE
+from tta_bench.methods import register
+from tta_bench.methods.roid import IMAGENET_SGD, ROID, SUITE
 
 
 @register("cmf")

@@ -11,8 +11,8 @@ see methods/_vlm.py. Needs a CLIP model (`requires = "clip"`; a plain classifier
 
 from __future__ import annotations
 
-from methods import register
-from methods._vlm import PromptAdapter
+from tta_bench.methods import register
+from tta_bench.methods._vlm import PromptAdapter
 
 
 @register("coop")

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import torch
 
-from methods import register
-from methods._norms import require_batchnorm
-from methods.alpha_bn import use_mixed_stats
-from methods.base import Adapter, make_optimizer, norm_affine_params, optimizer_defaults, train_only
+from tta_bench.methods import register
+from tta_bench.methods._norms import require_batchnorm
+from tta_bench.methods.alpha_bn import use_mixed_stats
+from tta_bench.methods.base import Adapter, make_optimizer, norm_affine_params, optimizer_defaults, train_only
 
 
 def class_correlation_loss(logits: torch.Tensor) -> torch.Tensor:

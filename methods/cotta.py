@@ -39,9 +39,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from methods import register
-from methods._augment import tta_augment
-from methods.base import (
+from tta_bench.methods import register
+from tta_bench.methods._augment import tta_augment
+from tta_bench.methods.base import (
     Adapter,
     cross_entropy_soft,
     ema_update,

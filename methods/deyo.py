@@ -28,8 +28,8 @@ import torch
 import torch.nn as nn
 import torchvision.transforms.functional as TF
 
-from methods import register
-from methods.base import Adapter, entropy, make_optimizer, optimizer_defaults, train_only, use_batch_stats
+from tta_bench.methods import register
+from tta_bench.methods.base import Adapter, entropy, make_optimizer, optimizer_defaults, train_only, use_batch_stats
 
 SUITE = "mariodoebler/test-time-adaptation:classification/cfgs/{}/deyo.yaml@8b2ed63"
 SKIPPED = ("layer4", "blocks.9", "blocks.10", "blocks.11", "norm.")  # official collect_params name rules

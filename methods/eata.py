@@ -38,8 +38,8 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
-from methods import register
-from methods.base import (
+from tta_bench.methods import register
+from tta_bench.methods.base import (
     NORM_TYPES,
     Adapter,
     entropy,

@@ -26,8 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from methods import register
-from methods.base import Adapter
+from tta_bench.methods import register
+from tta_bench.methods.base import Adapter
 from tta_bench.kernel import UserError, close_matches
 
 

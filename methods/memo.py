@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import torch
 
-from methods import register
-from methods._augmix import (
+from tta_bench.methods import register
+from tta_bench.methods._augmix import (
     PER_POINT,
     augmix_views,
     check_crop,
@@ -36,7 +36,7 @@ from methods._augmix import (
     seeded_rng,
     use_prior_bn,
 )
-from methods.base import Adapter, make_optimizer, optimizer_defaults
+from tta_bench.methods.base import Adapter, make_optimizer, optimizer_defaults
 
 _AUTHORS = "zhangmarvin/memo:imagenet-exps/script_test_in.py+test_calls/test_adapt.py@228b290"
 _PER = {"batch_size": 1, "note": PER_POINT}

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from methods import register
-from methods._norms import require_batchnorm
-from methods.base import Adapter, use_batch_stats
+from tta_bench.methods import register
+from tta_bench.methods._norms import require_batchnorm
+from tta_bench.methods.base import Adapter, use_batch_stats
 
 SUITE = "mariodoebler/test-time-adaptation:classification/cfgs"
 

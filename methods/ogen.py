@@ -30,8 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from methods import register
-from methods._vlm import PROMPT_DEFAULTS, PromptAdapter
+from tta_bench.methods import register
+from tta_bench.methods._vlm import PROMPT_DEFAULTS, PromptAdapter
 
 
 class FeatureGenerator(nn.Module):

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from methods import register
-from methods.base import optimizer_defaults
-from methods.eata import ETA
+from tta_bench.methods import register
+from tta_bench.methods.base import optimizer_defaults
+from tta_bench.methods.eata import ETA
 
 SUITE = "mariodoebler/test-time-adaptation:classification/cfgs/{}/rdumb.yaml@8b2ed63"
 

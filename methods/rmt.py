@@ -32,12 +32,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from methods import register
-from methods._augment import tta_augment
-from methods._contrast import PrototypeContrast
-from methods._losses import symmetric_cross_entropy
-from methods.base import ema_update, frozen_copy, make_optimizer, optimizer_defaults, use_batch_stats
-from methods.cotta import weights_and_biases
+from tta_bench.methods import register
+from tta_bench.methods._augment import tta_augment
+from tta_bench.methods._contrast import PrototypeContrast
+from tta_bench.methods._losses import symmetric_cross_entropy
+from tta_bench.methods.base import ema_update, frozen_copy, make_optimizer, optimizer_defaults, use_batch_stats
+from tta_bench.methods.cotta import weights_and_biases
 
 SUITE = "mariodoebler/test-time-adaptation:classification/cfgs/{}/rmt.yaml@8b2ed63"
 

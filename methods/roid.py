@@ -26,10 +26,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from methods import register
-from methods._augment import light_augment
-from methods._losses import soft_likelihood_ratio, symmetric_cross_entropy
-from methods.base import (
+from tta_bench.methods import register
+from tta_bench.methods._augment import light_augment
+from tta_bench.methods._losses import soft_likelihood_ratio, symmetric_cross_entropy
+from tta_bench.methods.base import (
     NORM_TYPES,
     Adapter,
     entropy,

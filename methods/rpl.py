@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from methods import register
-from methods.base import (
+from tta_bench.methods import register
+from tta_bench.methods.base import (
     Adapter,
     make_optimizer,
     norm_affine_params,

@@ -21,11 +21,11 @@ from collections.abc import Iterable
 
 import torch
 
-from methods import register
-from methods._augment import tta_augment
-from methods._contrast import PrototypeContrast
-from methods._losses import aug_cross_entropy
-from methods.base import (
+from tta_bench.methods import register
+from tta_bench.methods._augment import tta_augment
+from tta_bench.methods._contrast import PrototypeContrast
+from tta_bench.methods._losses import aug_cross_entropy
+from tta_bench.methods.base import (
     NORM_TYPES,
     frozen_copy,
     make_optimizer,

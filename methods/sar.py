@@ -36,8 +36,8 @@ import math
 import torch
 import torch.nn as nn
 
-from methods import register
-from methods.base import Adapter, entropy, make_optimizer, optimizer_defaults, train_only, use_batch_stats
+from tta_bench.methods import register
+from tta_bench.methods.base import Adapter, entropy, make_optimizer, optimizer_defaults, train_only, use_batch_stats
 
 SAR_NORMS = (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
 # torchvision's names of the layers the official list skips in timm's ViT-B/16 (blocks 9-11 and the final norm)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from methods import register
-from methods.base import Adapter
+from tta_bench.methods import register
+from tta_bench.methods.base import Adapter
 
 
 @register("source")

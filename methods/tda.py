@@ -27,9 +27,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from methods import register
-from methods._augmix import marginal_entropy, seeded_rng, select_confident
-from methods._clip_tta import CLIPTestTime, ensemble_text_features, templates_of
+from tta_bench.methods import register
+from tta_bench.methods._augmix import marginal_entropy, seeded_rng, select_confident
+from tta_bench.methods._clip_tta import CLIPTestTime, ensemble_text_features, templates_of
 
 _TDA = "kdiAAA/TDA:configs/imagenet.yaml@e697fb0"
 SCALE = 100.0

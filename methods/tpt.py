@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import torch
 
-from methods import register
-from methods._augmix import PER_POINT, marginal_entropy, select_confident
-from methods._clip_tta import CLIPTestTime
-from methods._vlm import PromptLearner
-from methods.base import make_optimizer, optimizer_defaults
+from tta_bench.methods import register
+from tta_bench.methods._augmix import PER_POINT, marginal_entropy, select_confident
+from tta_bench.methods._clip_tta import CLIPTestTime
+from tta_bench.methods._vlm import PromptLearner
+from tta_bench.methods.base import make_optimizer, optimizer_defaults
 
 _SUITE = "mariodoebler/test-time-adaptation:classification/cfgs/imagenet_c/tpt.yaml@8b2ed63"
 

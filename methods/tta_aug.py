@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import torch
 
-from methods import register
-from methods._augmix import PER_POINT, augmix_views, check_crop, default_crop, seeded_rng, use_prior_bn
-from methods.base import Adapter
+from tta_bench.methods import register
+from tta_bench.methods._augmix import PER_POINT, augmix_views, check_crop, default_crop, seeded_rng, use_prior_bn
+from tta_bench.methods.base import Adapter
 
 _CONF = {
     "source": "mariodoebler/test-time-adaptation:classification/conf.py(TEST.N_AUGMENTATIONS, BN.ALPHA)@8b2ed63",

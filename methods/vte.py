@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import torch
 
-from methods import register
-from methods._augmix import PER_POINT, select_confident
-from methods._clip_tta import CLIPTestTime, ensemble_text_features, templates_of
+from tta_bench.methods import register
+from tta_bench.methods._augmix import PER_POINT, select_confident
+from tta_bench.methods._clip_tta import CLIPTestTime, ensemble_text_features, templates_of
 
 _SUITE = "mariodoebler/test-time-adaptation:classification/cfgs/imagenet_c/vte.yaml@8b2ed63"
 

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from test_adapter_contract import N_CLASSES, tiny_cnn
 
-from methods import AdaContrast
+from tta_bench.methods import AdaContrast
 
 
 def fixed_views(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

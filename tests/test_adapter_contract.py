@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-import methods
+from tta_bench import methods
 from tta_bench.zoo.small_cnn import SmallCNN
 
 # Hyper-parameters that keep the test fast (applied only where the adapter declares them).
@@ -229,7 +229,7 @@ def test_inplace_adapts_the_given_model(name: str) -> None:
 
 def test_the_fingerprint_sees_each_kind_of_change() -> None:
     """The check above is not vacuous: each way an adapter could damage the caller's model is caught."""
-    from methods.base import use_batch_stats
+    from tta_bench.methods.base import use_batch_stats
 
     changes = [
         lambda m: m.features[0][0].weight.data.add_(1e-6),

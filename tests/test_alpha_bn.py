@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-import methods
-from methods.alpha_bn import MixedBatchNorm
+from tta_bench import methods
+from tta_bench.methods.alpha_bn import MixedBatchNorm
 from tta_bench.kernel import UserError
 from tta_bench.zoo.small_cnn import SmallCNN
 

@@ -240,7 +240,7 @@ simple("data-dir-missing", ["--data-dir", "/nonexistent/tta"], "/nonexistent/tta
 
 
 def test_every_declared_range_names_a_hyper_parameter_and_admits_its_defaults():
-    import methods
+    from tta_bench import methods
 
     for name in methods.names():
         cls = methods.get(name)

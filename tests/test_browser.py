@@ -15,7 +15,7 @@ import pytest
 from test_leaderboard import METHODS, shared_runs
 from test_metrics_page import three_tasks
 
-from leaderboard.site import build
+from tta_bench.leaderboard.site import build
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 

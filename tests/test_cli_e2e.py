@@ -34,7 +34,7 @@ def three_runs(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_run_folder_files_and_columns(three_runs):
-    import corruptions
+    from tta_bench import corruptions
 
     for method, folder in three_runs.items():
         assert sorted(p.name for p in folder.iterdir()) == sorted(rundir.RUN_FILES)

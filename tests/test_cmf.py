@@ -10,7 +10,7 @@ from test_eata import confident_cnn, data
 from test_roid import official_configure, prior_corrected, roid_loss, suite_pipeline
 from test_santa import assert_trains_layernorm, stream_batches, tiny_vit
 
-from methods import CMF, ROID
+from tta_bench.methods import CMF, ROID
 
 
 def ema(to_update, to_merge, momentum, update_all):

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-import methods
-from methods.core import as_samples, class_correlation_loss
+from tta_bench import methods
+from tta_bench.methods.core import as_samples, class_correlation_loss
 from tta_bench.zoo.small_cnn import SmallCNN
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -13,7 +13,7 @@ import skimage.data
 import torch
 import torch.nn.functional as F
 
-import corruptions
+from tta_bench import corruptions
 
 ALL = corruptions.names()  # every registered corruption (incl. modules added later)
 OURS = corruptions.BENCHMARK + corruptions.EXTRA  # the ImageNet-C / CIFAR-C set with its tables
@@ -135,8 +135,8 @@ def test_filter2d_paths_agree():
     """defocus blur: OpenCV plane by plane (float32 CPU), OpenCV on a padded tall image (float32 CPU,
     kernel radius >= the image size), conv2d (small kernels) and FFT (large) in float64: the same
     numbers as a float64 FFT of the reflect-101 padded batch."""
-    from corruptions import _ops
-    from corruptions.blur import disk_kernel
+    from tta_bench.corruptions import _ops
+    from tta_bench.corruptions.blur import disk_kernel
 
     for hw in ((64, 64), (5, 7), (9, 40)):
         x = F.interpolate(photos(64)[:2], size=hw, mode="area")
@@ -160,8 +160,8 @@ def test_disk_kernels_are_the_references_without_subnormals(size: int):
     with either kernel gives the same image to float64 rounding."""
     import cv2
 
-    from corruptions.blur import disk_kernel
-    from corruptions.tables import params
+    from tta_bench.corruptions.blur import disk_kernel
+    from tta_bench.corruptions.tables import params
 
     img = np.random.default_rng(0).random((48, 48))
     for s in SEVERITIES:
@@ -244,7 +244,7 @@ def test_severity_increases_distance(size: int):
 def test_cpu_fast_paths_match_generic_paths():
     """pixelate: numpy run sums (CPU float32) == the matmul/gather path (float64); JPEG: the per-image
     numpy path (CPU float32) == the batch torch uint8 path, bit for bit."""
-    from corruptions import digital
+    from tta_bench.corruptions import digital
 
     x = torch.rand(3, 3, 40, 37, generator=torch.Generator().manual_seed(0))
     x[0, 0, 0, :3] = torch.tensor([0.5, 1.5, 254.5]) / 255  # rounding ties
@@ -266,7 +266,7 @@ def test_cpu_gaussian_filter_matches_the_matrix_path(mode: str):
     """CPU float32 blurs with OpenCV's separable filter; float64 with the dense matrices (the
     reference's boundary handling folded in). Same numbers, also for kernels longer than the image
     (repeated reflections) and one-pixel axes."""
-    from corruptions import _ops
+    from tta_bench.corruptions import _ops
 
     gen = torch.Generator().manual_seed(0)
     for h, w in ((224, 224), (32, 32), (10, 7), (1, 5)):
@@ -282,7 +282,7 @@ def test_cpu_gaussian_filter_matches_the_matrix_path(mode: str):
 def test_impulse_cpu_path_flips_at_the_table_rate():
     """CPU float32 draws its uniforms from numpy (seeded by the generator), float64 from torch:
     both salt and pepper a fraction amount / 2 each, leave the rest untouched, and repeat a seed."""
-    from corruptions.tables import params
+    from tta_bench.corruptions.tables import params
 
     x = torch.full((8, 3, 64, 64), 0.5)
     for s in (1, 5):
@@ -305,7 +305,7 @@ def test_cpu_jpeg_codec_matches_pillow_at_every_table_quality():
     opens with Pillow's. Same pixels, for every quality in the ImageNet-C, CIFAR-C and MedMNIST-C
     tables (low qualities exercise the baseline clamp of the quantisation tables), on photos and
     on odd sizes (partial MCUs)."""
-    from corruptions import digital
+    from tta_bench.corruptions import digital
 
     qualities = (5, 7, 10, 15, 18, 20, 25, 30, 40, 50, 58, 65, 80, 85, 95)
     batches = [
@@ -347,7 +347,7 @@ def _pillow_pixelate(x: torch.Tensor, severity: int) -> torch.Tensor:
 def test_pixelate_cpu_path_matches_pillow_and_matmul_path(hw: tuple[int, int], one_thread):
     """The CPU float32 path (numpy run sums and gathers) == Pillow's float resize and == the general
     path (box matrices, index_select) in float64, to float32 rounding, at every severity."""
-    from corruptions import digital
+    from tta_bench.corruptions import digital
 
     x = torch.rand(2, 3, *hw, generator=torch.Generator().manual_seed(1))
     x[0, :, : hw[0] // 2, : hw[1] // 2] = 1  # flat bright blocks: the largest rounding steps
@@ -364,7 +364,7 @@ def test_pixelate_chunks_threads_and_gray(one_thread):
     """The CPU path runs ~1 MB of images per call (85 at 3 x 32 x 32, so 100 images make a full
     and a short call; 256 gray ones), serially or on the thread pool: planes are independent, so
     every split gives the same bits."""
-    from corruptions import digital
+    from tta_bench.corruptions import digital
 
     x = torch.rand(100, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     serial = digital.pixelate(x, 4, None)

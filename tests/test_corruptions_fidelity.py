@@ -39,8 +39,8 @@ from skimage.filters import gaussian
 from skimage.metrics import structural_similarity
 from test_corruptions import photos
 
-import corruptions
-from corruptions import blur, digital, tables
+from tta_bench import corruptions
+from tta_bench.corruptions import blur, digital, tables
 
 
 def load_reference() -> types.ModuleType:
@@ -360,7 +360,7 @@ def test_glass_shuffle_exact_for_given_offsets():
 def test_plasma_fractal_statistics(ref, decay):
     """Fog's diamond-square maps vs the reference's, 200 draws of 256 x 256 each: mean, spread of
     the per-map mean, mean per-map pixel std, and smoothness (mean |horizontal gradient|)."""
-    from corruptions.weather import plasma_fractal
+    from tta_bench.corruptions.weather import plasma_fractal
 
     np.random.seed(0)
     r = np.stack([ref.plasma_fractal(256, decay) for _ in range(200)])

@@ -9,8 +9,8 @@ import torch
 import torchvision.transforms as T
 from test_eata import confident_cnn, data
 
-from methods import CoTTA
-from methods._augment import tta_augment
+from tta_bench.methods import CoTTA
+from tta_bench.methods._augment import tta_augment
 
 
 class JitterPro(torch.nn.Module):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-import corruptions
+from tta_bench import corruptions
 from tta_bench import streams as st
 from tta_bench.data.cifar import LazyCorrupted
 from tta_bench.data.generated import corrupt_images

@@ -13,8 +13,8 @@ from test_adapter_contract import N_CLASSES
 from test_eata import confident_cnn, data
 from test_santa import assert_trains_layernorm, stream_batches, tiny_vit
 
-from methods import DeYO
-from methods.deyo import shuffle_patches
+from tta_bench.methods import DeYO
+from tta_bench.methods.deyo import shuffle_patches
 
 
 def official_configure(model: nn.Module) -> list[nn.Parameter]:

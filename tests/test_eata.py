@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from test_adapter_contract import N_CLASSES, tiny_cnn
 
-from methods import EATA, ETA
-from methods.base import BN_TYPES, norm_affine_params
+from tta_bench.methods import EATA, ETA
+from tta_bench.methods.base import BN_TYPES, norm_affine_params
 
 
 def confident_cnn() -> torch.nn.Module:

@@ -11,8 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-import methods
-from methods._meta import (
+from tta_bench import methods
+from tta_bench.methods._meta import (
     MetaNet,
     _probe,
     chain_breaks,
@@ -21,7 +21,7 @@ from methods._meta import (
     residual_blocks,
     self_distilled_loss,
 )
-from methods.ecotta import EcoTTA, confident_entropy, warm_up
+from tta_bench.methods.ecotta import EcoTTA, confident_entropy, warm_up
 from tta_bench.kernel import UserError
 from tta_bench.memory import measure
 from tta_bench.zoo.espnet import STATS, ESPNet, ESPNetInput
@@ -256,7 +256,7 @@ def test_runner_on_a_camvid_c_folder_with_held_out_source(tmp_path) -> None:
 def test_identity_init_starts_warm_up_from_the_source_model() -> None:
     """After `identity_init(gain=0)` on a batch, x̃_k = f_k on that batch: the logits equal the frozen model's.
     With the default small open branch (gain 0.1) x̃_k − f_k has zero channel means and is small."""
-    from methods.ecotta import identity_init
+    from tta_bench.methods.ecotta import identity_init
 
     model = _source_model()
     a = EcoTTA(copy.deepcopy(model))

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-import methods
+from tta_bench import methods
 from tta_bench.memory import measure
 from tta_bench.models import MODELS, ModelContext, load_zoo
 from tta_bench.zoo.espnet import STATS, ESPNet, ESPNetInput

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from test_eata import confident_cnn, data
 
-from methods import LAME
-from methods.lame import affinity
+from tta_bench.methods import LAME
+from tta_bench.methods.lame import affinity
 
 
 def reference_lame(model, x, kind="rbf", knn=5, lam=1.0, steps=100):

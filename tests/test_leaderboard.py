@@ -17,9 +17,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from leaderboard.collect import collect, entry_labels
-from leaderboard.site import build
-from leaderboard.stats import mean_std_ci, paired_test
+from tta_bench.leaderboard.collect import collect, entry_labels
+from tta_bench.leaderboard.site import build
+from tta_bench.leaderboard.stats import mean_std_ci, paired_test
 from tta_bench.cli import main
 
 METHODS = ("source", "norm", "tent")
@@ -204,7 +204,7 @@ def test_hyperparameter_variants_get_their_own_entry():
 
 
 def test_run_folders_found_recursively_and_site_excluded(tmp_path):
-    from leaderboard.collect import find_run_folders
+    from tta_bench.leaderboard.collect import find_run_folders
 
     for rel in ("a/1111", "a/2222", "b/c/3333", "site/configs"):
         (tmp_path / rel).mkdir(parents=True)
@@ -217,8 +217,8 @@ def test_run_folders_found_recursively_and_site_excluded(tmp_path):
 
 
 def test_tables_split_by_protocol_and_titles_disambiguated():
-    from leaderboard.collect import table_key
-    from leaderboard.site import disambiguate
+    from tta_bench.leaderboard.collect import table_key
+    from tta_bench.leaderboard.site import disambiguate
 
     base = {"stream": "digits-c", "setting": "continual", "severity": 5, "batch_size": 64, "limit": None,
             "rounds": 1, "precision": "fp32", "clean_eval": "domain", "stream_opts": {"gamma": 0.1}}  # fmt: skip
@@ -253,7 +253,7 @@ def window_runs(tmp_path_factory) -> tuple[Path, dict[float, dict]]:
 
 
 def test_curve_window_steps_equal_the_runners_window_errors(window_runs):
-    from leaderboard.plots import window_steps
+    from tta_bench.leaderboard.plots import window_steps
 
     _, out = window_runs
     for s in out.values():
@@ -263,7 +263,7 @@ def test_curve_window_steps_equal_the_runners_window_errors(window_runs):
 
 
 def test_curves_draw_windows_worst_window_threshold_and_collapse(window_runs, monkeypatch, tmp_path):
-    import leaderboard.plots as plots
+    from tta_bench.leaderboard import plots
 
     root, out = window_runs
     col = collect(root)

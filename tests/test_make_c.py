@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-import corruptions
-from corruptions import make_c
+from tta_bench import corruptions
+from tta_bench.corruptions import make_c
 
 
 def run(*argv: str) -> int:

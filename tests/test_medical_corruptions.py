@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance
 
-import corruptions
-from corruptions.medical import DEFAULT_FLAG, MEDMNIST_C, medmnist_c
+from tta_bench import corruptions
+from tta_bench.corruptions.medical import DEFAULT_FLAG, MEDMNIST_C, medmnist_c
 
 NEW = sorted(DEFAULT_FLAG)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from corruptions.medical import MEDMNIST_C
+from tta_bench.corruptions.medical import MEDMNIST_C
 from tta_bench import RunConfig, run
 from tta_bench.kernel import UserError
 from tta_bench.metrics import METERS

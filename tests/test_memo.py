@@ -12,8 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from test_adapter_contract import tiny_cnn
 
-from methods import MEMO
-from methods._augmix import (
+from tta_bench.methods import MEMO
+from tta_bench.methods._augmix import (
     OPS,
     _apply_luts,
     _autocontrast_lut,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-import methods
+from tta_bench import methods
 from tta_bench.memory import MB, SavedTensorTracker, measure, tensor_bytes
 
 

@@ -15,9 +15,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from leaderboard.collect import collect
-from leaderboard.site import build
-from leaderboard.stats import summarize
+from tta_bench.leaderboard.collect import collect
+from tta_bench.leaderboard.site import build
+from tta_bench.leaderboard.stats import summarize
 from tta_bench import rundir
 from tta_bench.kernel import hash_json
 
@@ -223,7 +223,7 @@ def test_summary_ranks_each_table_by_its_headline(site):
 
 
 def test_heatmap_domains_follow_the_stream_order(site):
-    from leaderboard.site import domain_grid, domain_order
+    from tta_bench.leaderboard.site import domain_grid, domain_order
 
     col = collect(site.out.parent / "three_tasks0")
     table = col.runs.loc[col.runs["stream"] == "pneumoniamnist-c", "table"].iat[0]

@@ -7,9 +7,9 @@ import inspect
 
 import pytest
 
-import methods
-from methods._doc import HEADING, UNDOCUMENTED, option_lines
-from methods.base import Adapter
+from tta_bench import methods
+from tta_bench.methods._doc import HEADING, UNDOCUMENTED, option_lines
+from tta_bench.methods.base import Adapter
 
 CORE = ("tent", "eata", "sar", "cotta", "rotta", "lame", "norm", "source", "alpha_bn", "core", "ecotta", "coop", "ogen")
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import corruptions
-from corruptions import _rng
-from corruptions.noise import poisson_8bit
+from tta_bench import corruptions
+from tta_bench.corruptions import _rng
+from tta_bench.corruptions.noise import poisson_8bit
 
 N = 3
 
@@ -106,7 +106,7 @@ def test_motion_blur_fft_path_groups_images_by_padding(size):
     of its single-image call, so its pixels do not depend on the other images' angles beyond float rounding (a
     batched FFT of two same-padded images may round differently from two single ones: measured up to ~1e-16 in
     float64 with 2 threads; without the grouping an image's FFT size itself changes with the batch)."""
-    from corruptions.blur import motion_blur_batch
+    from tta_bench.corruptions.blur import motion_blur_batch
 
     x = _images(6, size=size, dtype=torch.float64)
     angles = torch.tensor([-44.0, -10.0, 0.5, 30.0, 44.9, -10.0], dtype=torch.float64)
@@ -120,7 +120,7 @@ def test_motion_blur_fft_path_groups_images_by_padding(size):
 @pytest.mark.parametrize("name", ["gaussian_noise", "impulse_noise", "shot_noise", "motion_blur", "characters"])
 def test_medmnist_c_per_dataset_tables(name, one_thread):
     """medmnist_c's own paths (e.g. its two-uniform impulse noise) with per-image generators."""
-    from corruptions.medical import medmnist_c
+    from tta_bench.corruptions.medical import medmnist_c
 
     x = _images(N)
     got = medmnist_c(x, "dermamnist", name, 4, _gens(N))

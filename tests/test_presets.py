@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-import methods
+from tta_bench import methods
 from tta_bench import presets
 from tta_bench.config import RunConfig
 from tta_bench.identity import resolve

@@ -13,7 +13,7 @@ from test_adapter_contract import N_CLASSES
 from test_eata import confident_cnn, data
 from test_santa import assert_trains_layernorm, stream_batches, tiny_vit
 
-from methods import RDumb
+from tta_bench.methods import RDumb
 
 
 def official_configure(model: nn.Module) -> list[nn.Parameter]:

@@ -82,7 +82,7 @@ def camvid_c(shared: Path, out: Path, method: str, **method_opts):
 
 
 def test_camvid_c_severity3_ordering(shared_data, tmp_path):
-    import methods
+    from tta_bench import methods
 
     names = [m for m in ("source", "norm", "alpha_bn", "tent", "ecotta") if m in methods.names()]
     res = {m: camvid_c(shared_data, tmp_path, m) for m in names}

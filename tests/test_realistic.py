@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from methods import Adapter
+from tta_bench.methods import Adapter
 from tta_bench import RunConfig, run
 from tta_bench import streams as st
 from tta_bench.data.cifar import U8Images

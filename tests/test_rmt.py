@@ -23,7 +23,7 @@ from test_santa import (
     tiny_vit,
 )
 
-from methods import RMT
+from tta_bench.methods import RMT
 
 
 def sce(x, x_ema):

@@ -15,8 +15,8 @@ from test_cotta import JitterPro
 from test_eata import confident_cnn, data
 from test_santa import assert_trains_layernorm, stream_batches, tiny_vit
 
-from methods import ROID
-from methods._augment import light_augment
+from tta_bench.methods import ROID
+from tta_bench.methods._augment import light_augment
 
 
 def suite_pipeline(n: int = 32) -> T.Compose:

@@ -9,9 +9,9 @@ import math
 import torch
 from test_eata import confident_cnn, data
 
-from methods import RoTTA
-from methods._augment import tta_augment
-from methods.rotta import CSTU, RobustBN, timeliness_reweighting
+from tta_bench.methods import RoTTA
+from tta_bench.methods._augment import tta_augment
+from tta_bench.methods.rotta import CSTU, RobustBN, timeliness_reweighting
 
 
 def test_robust_bn_formula() -> None:

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 from test_adapter_contract import tiny_cnn
 
-from methods import RPL
+from tta_bench.methods import RPL
 
 
 def data(n: int, seed: int, bs: int = 16) -> list[torch.Tensor]:

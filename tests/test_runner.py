@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-import methods.tent
+import tta_bench.methods.tent
 from tta_bench import rundir
 from tta_bench.config import RunConfig
 from tta_bench.runner import is_complete, resolve, run
@@ -25,7 +25,7 @@ def _cfg(out, **kw) -> RunConfig:
 
 def test_crash_midway_leaves_no_done_and_rerun_is_clean(tmp_path, monkeypatch):
     calls = {"n": 0}
-    original = methods.tent.Tent.adapt
+    original = tta_bench.methods.tent.Tent.adapt
 
     def flaky(self, x):
         calls["n"] += 1
@@ -33,7 +33,7 @@ def test_crash_midway_leaves_no_done_and_rerun_is_clean(tmp_path, monkeypatch):
             raise RuntimeError("simulated crash")
         return original(self, x)
 
-    monkeypatch.setattr(methods.tent.Tent, "adapt", flaky)
+    monkeypatch.setattr(tta_bench.methods.tent.Tent, "adapt", flaky)
     cfg = _cfg(tmp_path)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(cfg, quiet=True)
@@ -42,7 +42,7 @@ def test_crash_midway_leaves_no_done_and_rerun_is_clean(tmp_path, monkeypatch):
     assert cfg.run_id() == _cfg(tmp_path, method_opts={"lr": 1e-3}).run_id()
     assert not folder.exists()  # built aside: nothing at the result's name
     assert not list(folder.parent.glob(".*.tmp-*"))  # the temporary folder was removed with the exception
-    monkeypatch.setattr(methods.tent.Tent, "adapt", original)
+    monkeypatch.setattr(tta_bench.methods.tent.Tent, "adapt", original)
     result = run(cfg, quiet=True)
     assert not result.skipped and is_complete(folder)
     assert len(result.domains) == 15
@@ -102,8 +102,8 @@ def test_set_overrides_reach_the_adapter(tmp_path):
 
 def test_prepare_cache_is_keyed_by_resolved_hyper_parameters_and_architecture(tmp_path, monkeypatch):
     """A changed default or a changed adapter architecture must not reuse (or fail to load) a cached warm-up."""
-    import methods._meta
-    import methods.ecotta
+    import tta_bench.methods._meta
+    import tta_bench.methods.ecotta
 
     cfg = _cfg(tmp_path, method="ecotta", method_opts={"warmup_epochs": 1, "e_margin": 0.41})  # a key of its own
 
@@ -112,13 +112,13 @@ def test_prepare_cache_is_keyed_by_resolved_hyper_parameters_and_architecture(tm
         return json.loads((res.folder / "config.json").read_text())["prepare"]["cached"]
 
     assert cached() is False and cached() is True
-    monkeypatch.setitem(methods.ecotta.EcoTTA.defaults, "warmup_lr", 1e-3)  # same options, new default
+    monkeypatch.setitem(tta_bench.methods.ecotta.EcoTTA.defaults, "warmup_lr", 1e-3)  # same options, new default
     assert cached() is False and cached() is True
-    init = methods._meta.MetaNet.__init__
+    init = tta_bench.methods._meta.MetaNet.__init__
 
     def with_extra_buffer(self, *args, **kw):
         init(self, *args, **kw)
         self.register_buffer("extra", torch.zeros(1))
 
-    monkeypatch.setattr(methods._meta.MetaNet, "__init__", with_extra_buffer)
+    monkeypatch.setattr(tta_bench.methods._meta.MetaNet, "__init__", with_extra_buffer)
     assert cached() is False

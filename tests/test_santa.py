@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from test_cotta import official_pipeline
 from test_eata import confident_cnn
 
-from methods import SANTA
+from tta_bench.methods import SANTA
 
 
 def source_batches(n: int = 2, bs: int = 8, seed: int = 51) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -8,7 +8,7 @@ import math
 import torch
 from test_eata import confident_cnn, data
 
-from methods import SAR
+from tta_bench.methods import SAR
 
 
 def ent(logits: torch.Tensor) -> torch.Tensor:

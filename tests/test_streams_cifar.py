@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-import corruptions
+from tta_bench import corruptions
 from tta_bench.data import cifar
 from tta_bench.data.cifar import cifar10_c, cifar100_c
 from tta_bench.kernel import UserError

@@ -16,9 +16,9 @@ pytest.importorskip("open_clip")
 from test_tpt import build_tiny, test_views  # noqa: E402
 from test_vte import reference_text  # noqa: E402
 
-from methods import TDA  # noqa: E402
-from methods._clip_tta import TDA7  # noqa: E402
-from methods.tda import update_cache  # noqa: E402
+from tta_bench.methods import TDA  # noqa: E402
+from tta_bench.methods._clip_tta import TDA7  # noqa: E402
+from tta_bench.methods.tda import update_cache  # noqa: E402
 
 
 @pytest.fixture(scope="module")

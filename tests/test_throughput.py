@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-import methods
+from tta_bench import methods
 from tta_bench.accel import compile_adapter
 
 REPO = Path(__file__).resolve().parent.parent

@@ -15,8 +15,8 @@ pytest.importorskip("open_clip")
 from test_coop import NAMES  # noqa: E402
 from test_memo import fixed_views  # noqa: E402
 
-import methods  # noqa: E402
-from methods import TPT  # noqa: E402
+from tta_bench import methods  # noqa: E402
+from tta_bench.methods import TPT  # noqa: E402
 from tta_bench.models import ModelContext  # noqa: E402
 from tta_bench.zoo.clip_zoo import clip_tiny  # noqa: E402
 

@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 import torch
 
-import corruptions
-from leaderboard.collect import collect
-from leaderboard.site import build
+from tta_bench import corruptions
+from tta_bench.leaderboard.collect import collect
+from tta_bench.leaderboard.site import build
 from tta_bench import rundir
 from tta_bench.config import RunConfig
 from tta_bench.identity import data_fingerprint
@@ -350,7 +350,7 @@ def test_site_refuses_traversal_ids_and_lists_garbage_folders(first_result, tmp_
 
 
 def test_killed_site_build_leaves_the_previous_site_whole(first_result, tmp_path, monkeypatch):
-    import leaderboard.site
+    from tta_bench.leaderboard import site as lb_site
 
     _, first = first_result
     runs = tmp_path / "runs"
@@ -362,7 +362,7 @@ def test_killed_site_build_leaves_the_previous_site_whole(first_result, tmp_path
     def boom(*a, **k):
         raise KeyboardInterrupt  # killed while writing the plots
 
-    monkeypatch.setattr(leaderboard.site, "table_context", boom)
+    monkeypatch.setattr(lb_site, "table_context", boom)
     with pytest.raises(KeyboardInterrupt):
         build(runs, out)
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}

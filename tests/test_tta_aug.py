@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from test_adapter_contract import tiny_cnn
 from test_memo import fixed_views
 
-from methods import TTAug
+from tta_bench.methods import TTAug
 
 
 class SuiteAlphaBN(nn.Module):

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from torchvision.models import VisionTransformer
 
-import methods
+from tta_bench import methods
 from tta_bench.kernel import UserError
 from tta_bench.models import ModelContext, Normalized
 
@@ -124,7 +124,7 @@ def test_other_adapters_run_on_a_vit_or_refuse_clearly(name):
 
 def test_sar_skips_the_official_top_layers_of_torchvision_and_timm_vits():
     """mr-eggplant/SAR collect_params skips blocks 9-11 and the final norm of ViT-B/16; same layers under our names."""
-    from methods.sar import SAR, sar_params
+    from tta_bench.methods.sar import SAR, sar_params
 
     skip = tuple(SAR.defaults["skip_layers"])
     tv = Normalized(VisionTransformer(image_size=16, patch_size=8, num_layers=12, num_heads=1, hidden_dim=8,

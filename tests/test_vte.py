@@ -10,8 +10,8 @@ pytest.importorskip("open_clip")
 
 from test_tpt import build_tiny, test_views  # noqa: E402
 
-from methods import VTE  # noqa: E402
-from methods._clip_tta import CLIP80, TDA7  # noqa: E402
+from tta_bench.methods import VTE  # noqa: E402
+from tta_bench.methods._clip_tta import CLIP80, TDA7  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,20 @@ See DESIGN.md for the contracts. Library entry points::
 
     from tta_bench import RunConfig, run
     result = run(RunConfig(method="tent", stream="digits-c"))
+    from tta_bench.methods import Tent
+
+The adapters, corruptions and the leaderboard import as `tta_bench.methods`, `tta_bench.corruptions` and
+`tta_bench.leaderboard`, so they never clash with a user's own `methods/` package. In the repository they sit
+beside this folder (`methods/`, `corruptions/`, `leaderboard/`, the layout of DESIGN.md); an installed wheel has
+them inside `tta_bench/` (setup.cfg's `package_dir`), an editable install maps them there, and a plain source
+tree on `sys.path` is served by `_layout.install()` below.
 """
 
 from __future__ import annotations
+
+from tta_bench import _layout
+
+_layout.install()
 
 __version__ = "0.1.0"
 

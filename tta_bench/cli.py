@@ -37,7 +37,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     status = sweep.main(args)
     if not args.no_leaderboard:
-        from leaderboard.cli import build_and_report
+        from tta_bench.leaderboard.cli import build_and_report
 
         print(build_and_report(Path(args.out), Path(args.site)))
     return status
@@ -58,9 +58,9 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
     # Implemented in other packages, each module with add_arguments(parser) and main(args) -> int.
     delegated = {
-        "leaderboard": ("leaderboard.cli", "aggregate run folders into CSVs, plots, HTML"),
+        "leaderboard": ("tta_bench.leaderboard.cli", "aggregate run folders into CSVs, plots, HTML"),
         "sweep": ("tta_bench.sweep", "run a grid of configs (local or Ray), then the leaderboard"),
-        "make-c": ("corruptions.make_c", "write an ImageNet-C / CIFAR-C dataset to disk"),
+        "make-c": ("tta_bench.corruptions.make_c", "write an ImageNet-C / CIFAR-C dataset to disk"),
     }
     chosen = argv[0] if argv else None
     for name, (module, help_) in delegated.items():

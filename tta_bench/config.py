@@ -158,7 +158,7 @@ class RunConfig:
 
             check_counts(self.stream_opts)
         if self.method_opts:
-            import methods  # lazy: the registry imports torch
+            from tta_bench import methods  # lazy: the registry imports torch
 
             cls = methods.get(self.method)
             cls.validate(check_options("method", self.method, self.method_opts, cls.defaults))

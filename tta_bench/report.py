@@ -92,7 +92,7 @@ def _presets_text(method_cls: type) -> str:
 
 def _options_text(method_cls: type) -> str:
     """Continuation lines under a method in `list methods -v`: each option, its default and meaning."""
-    from methods._doc import option_lines
+    from tta_bench.methods._doc import option_lines
 
     return "".join(f"\n      option {line}" for line in option_lines(method_cls)) or "\n      (no options)"
 
@@ -100,8 +100,8 @@ def _options_text(method_cls: type) -> str:
 def list_entries(what: str = "all", verbose: bool = False) -> str:
     """One line per registered method / stream / model / corruption / setting, with its description; `verbose`:
     each method's options (default and meaning) too."""
-    import corruptions
-    import methods
+    from tta_bench import corruptions
+    from tta_bench import methods
     from tta_bench.models import MODELS, load_zoo
     from tta_bench.streams import SETTING_FNS, STREAMS
 

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-import methods
+from tta_bench import methods
 import tta_bench
 from tta_bench import presets, protocols, rundir
 from tta_bench import streams as st

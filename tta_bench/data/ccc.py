@@ -43,7 +43,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-import corruptions
+from tta_bench import corruptions
 from tta_bench.data.cifar import U8Images
 from tta_bench.data.folders import ImageFiles, image_errors, is_image_folder, list_image_folder
 from tta_bench.kernel import UserError, fingerprint_files, hash_json, read_cifar_pickle, read_json, write_json

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-import corruptions
+from tta_bench import corruptions
 from tta_bench.data.folders import (
     ImageFiles,
     check_labels,

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-import corruptions
+from tta_bench import corruptions
 from tta_bench.streams import StreamSpec, register, segment_seed
 
 N_TARGET, N_CLEAN = 600, 200

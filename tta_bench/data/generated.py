@@ -45,7 +45,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-import corruptions
+from tta_bench import corruptions
 from tta_bench.streams import segment_seed
 
 

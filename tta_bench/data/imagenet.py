@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import corruptions
+from tta_bench import corruptions
 from tta_bench.data.decode import EncodedFiles
 from tta_bench.data.folders import (
     ImageFiles,

@@ -203,7 +203,7 @@ def splits(flag: str, path: Path, clean_size: int) -> tuple[dict[str, Uint8Image
 def corrupt_split(test: Uint8Images, flag: str, name: str, severity: int, gray: bool, seed: int, limit: int | None,
                   stream: str, chunk: int = 256) -> Uint8Images:  # fmt: skip
     """The first `limit` test images through MedMNIST-C corruption `name`, stored as uint8 (exact: quantised)."""
-    from corruptions.medical import medmnist_c
+    from tta_bench.corruptions.medical import medmnist_c
 
     n = len(test) if limit is None else min(limit, len(test))
     g = torch.Generator().manual_seed(segment_seed(seed, stream, name, severity))
@@ -234,7 +234,7 @@ def _register_c(flag: str) -> None:
     @register(stream, default_model="medical-resnet", description=f"MedMNIST-C corruptions of {flag}'s test split")
     def factory(*, data_dir=None, seed: int = 0, root: str | None = None, size: int = 28, download: bool = True,
                 clean_size: int = 1000) -> StreamSpec:  # fmt: skip
-        from corruptions.medical import MEDMNIST_C
+        from tta_bench.corruptions.medical import MEDMNIST_C
 
         ds, facts = splits(flag, locate(flag, size, data_dir, root, download), clean_size)
         cache: dict[tuple, Uint8Images] = {}

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-import corruptions
+from tta_bench import corruptions
 from tta_bench.data.folders import image_array
 from tta_bench.kernel import UserError, fingerprint_files, hash_text
 from tta_bench.streams import StreamSpec, register, segment_seed
