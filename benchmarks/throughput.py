@@ -51,8 +51,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
-from tta_bench import corruptions  # noqa: E402
-from tta_bench import methods  # noqa: E402
+from tta_bench import (
+    corruptions,  # noqa: E402
+    methods,  # noqa: E402
+)
 from tta_bench.config import RunConfig  # noqa: E402
 from tta_bench.identity import open_stream, resolve  # noqa: E402
 from tta_bench.models import IMAGENET_MEAN, IMAGENET_STD, MODELS, ModelContext, Normalized, build_model, describe  # noqa: E402

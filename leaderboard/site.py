@@ -27,10 +27,10 @@ from typing import Any
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from tta_bench import rundir
 from tta_bench.leaderboard import plots
 from tta_bench.leaderboard.collect import LOCATION_OPTIONS, Collection, collect, protocol_opts
 from tta_bench.leaderboard.stats import ALPHA, BASELINES, summarize
-from tta_bench import rundir
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 PLOT_KINDS = ("curve", "heatmap", "memory", "forgetting")

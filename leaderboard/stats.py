@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 from pandas.api.types import is_numeric_dtype
 
-from tta_bench.leaderboard.collect import FIXED, IDENTITY, METRICS
 from tta_bench import rundir
+from tta_bench.leaderboard.collect import FIXED, IDENTITY, METRICS
 
 BASELINES = ("source", "norm")
 ALPHA = 0.05

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch.nn as nn
 
-from tta_bench.methods.base import Adapter
 from tta_bench.kernel import Registry
+from tta_bench.methods.base import Adapter
 
 METHODS = Registry("method", "python -m tta_bench list methods")
 

@@ -31,8 +31,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from tta_bench.methods.base import BN_TYPES
 from tta_bench.kernel import UserError
+from tta_bench.methods.base import BN_TYPES
 
 PER_POINT = (
     "one test point at a time inside any batch: the harness batch size changes only which random views are drawn"

@@ -20,9 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tta_bench.kernel import UserError
 from tta_bench.methods._augmix import augmix_views, seeded_rng
 from tta_bench.methods._vlm import FrozenCLIPAdapter
-from tta_bench.kernel import UserError
 
 CLIP80 = (
     "a bad photo of a {}.|a photo of many {}.|a sculpture of a {}.|a photo of the hard to see {}.|"

@@ -22,8 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tta_bench.methods.base import Adapter
 from tta_bench.kernel import UserError
+from tta_bench.methods.base import Adapter
 
 
 def classifier_head(model: nn.Module) -> nn.Linear:

@@ -12,8 +12,8 @@ import re
 
 import torch.nn as nn
 
-from tta_bench.methods.base import BN_TYPES
 from tta_bench.kernel import UserError
+from tta_bench.methods.base import BN_TYPES
 
 
 def norm_layer_types(model: nn.Module) -> list[str]:

@@ -25,8 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tta_bench.methods.base import Adapter
 from tta_bench.kernel import UserError
+from tta_bench.methods.base import Adapter
 
 PROMPT_DEFAULTS: dict[str, Any] = {
     "ctx_init": "a photo of a",

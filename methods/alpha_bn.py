@@ -25,10 +25,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from tta_bench.kernel import UserError
 from tta_bench.methods import register
 from tta_bench.methods._norms import require_batchnorm
 from tta_bench.methods.base import BN_TYPES, Adapter
-from tta_bench.kernel import UserError
 
 _SUITE = "mariodoebler/test-time-adaptation:"
 

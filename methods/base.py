@@ -35,8 +35,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tta_bench.methods._doc import document
 from tta_bench.kernel import UserError, check_options
+from tta_bench.methods._doc import document
 
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 NORM_TYPES = BN_TYPES + (nn.LayerNorm, nn.GroupNorm)

@@ -39,6 +39,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tta_bench.kernel import UserError
 from tta_bench.methods import register
 from tta_bench.methods._augment import tta_augment
 from tta_bench.methods.base import (
@@ -50,7 +51,6 @@ from tta_bench.methods.base import (
     optimizer_defaults,
     use_batch_stats,
 )
-from tta_bench.kernel import UserError
 
 _ADAM = {
     "optimizer": "adam",

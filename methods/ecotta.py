@@ -53,10 +53,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tta_bench.kernel import UserError
 from tta_bench.methods import register
 from tta_bench.methods._meta import MetaNet, partition_blocks, self_distilled_loss
 from tta_bench.methods.base import Adapter, entropy, make_optimizer, optimizer_defaults, train_only
-from tta_bench.kernel import UserError
 
 
 def confident_entropy(logits: torch.Tensor, margin: float) -> tuple[torch.Tensor, torch.Tensor]:

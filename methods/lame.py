@@ -26,9 +26,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tta_bench.kernel import UserError, close_matches
 from tta_bench.methods import register
 from tta_bench.methods.base import Adapter
-from tta_bench.kernel import UserError, close_matches
 
 
 def affinity(feats: torch.Tensor, kind: str, knn: int) -> torch.Tensor:

@@ -36,10 +36,17 @@ import math
 import torch
 import torch.nn as nn
 
+from tta_bench.kernel import UserError
 from tta_bench.methods import register
 from tta_bench.methods._augment import tta_augment
-from tta_bench.methods.base import Adapter, cross_entropy_soft, ema_update, frozen_copy, make_optimizer, optimizer_defaults
-from tta_bench.kernel import UserError
+from tta_bench.methods.base import (
+    Adapter,
+    cross_entropy_soft,
+    ema_update,
+    frozen_copy,
+    make_optimizer,
+    optimizer_defaults,
+)
 
 
 class RobustBN(nn.Module):

@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 
 from tta_bench import methods
-from tta_bench.methods.alpha_bn import MixedBatchNorm
 from tta_bench.kernel import UserError
+from tta_bench.methods.alpha_bn import MixedBatchNorm
 from tta_bench.zoo.small_cnn import SmallCNN
 
 pytestmark = pytest.mark.usefixtures("one_thread")

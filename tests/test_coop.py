@@ -13,9 +13,9 @@ import torch.nn.functional as F
 pytest.importorskip("open_clip")
 
 from tta_bench import methods  # noqa: E402
+from tta_bench.memory import measure  # noqa: E402
 from tta_bench.methods import CoOp  # noqa: E402
 from tta_bench.methods._vlm import crop_flip  # noqa: E402
-from tta_bench.memory import measure  # noqa: E402
 from tta_bench.models import ModelContext  # noqa: E402
 from tta_bench.zoo.clip_zoo import clip_tiny  # noqa: E402
 

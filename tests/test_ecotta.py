@@ -12,6 +12,8 @@ import torch.nn.functional as F
 import torchvision
 
 from tta_bench import methods
+from tta_bench.kernel import UserError
+from tta_bench.memory import measure
 from tta_bench.methods._meta import (
     MetaNet,
     _probe,
@@ -22,8 +24,6 @@ from tta_bench.methods._meta import (
     self_distilled_loss,
 )
 from tta_bench.methods.ecotta import EcoTTA, confident_entropy, warm_up
-from tta_bench.kernel import UserError
-from tta_bench.memory import measure
 from tta_bench.zoo.espnet import STATS, ESPNet, ESPNetInput
 from tta_bench.zoo.small_cnn import SmallCNN
 

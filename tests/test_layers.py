@@ -167,7 +167,11 @@ def test_the_kernel_imports_only_the_stdlib_and_itself() -> None:
         ("tta_bench.leaderboard.collect", "from tta_bench.runner import is_complete", "kernel and tta_bench.rundir"),
         ("tta_bench.leaderboard.collect", "from tta_bench import methods", "no adapter"),
         ("tta_bench.sweep", "def main():\n    from tta_bench.leaderboard.site import build", "harness never imports"),
-        ("tta_bench.sweep", "import importlib\nimportlib.import_module('tta_bench.leaderboard.cli')", "harness never imports"),
+        (
+            "tta_bench.sweep",
+            "import importlib\nimportlib.import_module('tta_bench.leaderboard.cli')",
+            "harness never imports",
+        ),
         ("tta_bench.sweep", "from tta_bench.__main__ import config_kwargs", "tta_bench.__main__"),
         ("tta_bench.kernel.files", "import numpy", "stdlib only"),
         ("tta_bench.kernel.files", "from tta_bench.config import RunConfig", "nothing of the project"),

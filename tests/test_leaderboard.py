@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from tta_bench.cli import main
 from tta_bench.leaderboard.collect import collect, entry_labels
 from tta_bench.leaderboard.site import build
 from tta_bench.leaderboard.stats import mean_std_ci, paired_test
-from tta_bench.cli import main
 
 METHODS = ("source", "norm", "tent")
 SEEDS = (0, 1)

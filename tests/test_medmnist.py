@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from tta_bench.corruptions.medical import MEDMNIST_C
 from tta_bench import RunConfig, run
+from tta_bench.corruptions.medical import MEDMNIST_C
 from tta_bench.kernel import UserError
 from tta_bench.metrics import METERS
 from tta_bench.models import load_zoo

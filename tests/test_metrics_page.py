@@ -15,11 +15,11 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from tta_bench import rundir
+from tta_bench.kernel import hash_json
 from tta_bench.leaderboard.collect import collect
 from tta_bench.leaderboard.site import build
 from tta_bench.leaderboard.stats import summarize
-from tta_bench import rundir
-from tta_bench.kernel import hash_json
 
 CAMVID_DOMAINS = ["gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "fog", "brightness"]
 MED_DOMAINS = ["pixelate", "gaussian_noise", "contrast"]  # stream order, not alphabetical

@@ -14,9 +14,9 @@ pytest.importorskip("open_clip")
 
 from test_coop import NAMES, source  # noqa: E402  (tests/ is on sys.path)
 
+from tta_bench.config import RunConfig  # noqa: E402
 from tta_bench.methods import OGEN  # noqa: E402
 from tta_bench.methods.ogen import FeatureGenerator, window_size  # noqa: E402
-from tta_bench.config import RunConfig  # noqa: E402
 from tta_bench.models import ModelContext  # noqa: E402
 from tta_bench.runner import run  # noqa: E402
 from tta_bench.zoo.clip_zoo import clip_tiny  # noqa: E402

@@ -12,8 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from tta_bench import methods
-from tta_bench import presets
+from tta_bench import methods, presets
 from tta_bench.config import RunConfig
 from tta_bench.identity import resolve
 from tta_bench.kernel import UserError, check_options

@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tta_bench import methods
-from tta_bench import RunConfig, run
+from tta_bench import RunConfig, methods, run
 from tta_bench.models import load_zoo
 from tta_bench.streams import build_stream, stream_options
 

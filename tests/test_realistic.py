@@ -13,11 +13,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from tta_bench.methods import Adapter
 from tta_bench import RunConfig, run
 from tta_bench import streams as st
 from tta_bench.data.cifar import U8Images
 from tta_bench.kernel import UserError
+from tta_bench.methods import Adapter
 from tta_bench.models import MODELS
 from tta_bench.protocols import RealisticClock, adapted_summary, check_stream_options, clock_for, skipped_after
 

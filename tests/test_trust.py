@@ -26,13 +26,12 @@ import numpy as np
 import pytest
 import torch
 
-from tta_bench import corruptions
-from tta_bench.leaderboard.collect import collect
-from tta_bench.leaderboard.site import build
-from tta_bench import rundir
+from tta_bench import corruptions, rundir
 from tta_bench.config import RunConfig
 from tta_bench.identity import data_fingerprint
 from tta_bench.kernel import hash_json
+from tta_bench.leaderboard.collect import collect
+from tta_bench.leaderboard.site import build
 from tta_bench.runner import load_result, open_stream, prepare_key, resolve, run, run_id
 
 TIMING = {"images_per_s", "stream_seconds", "prepare_s", "memory", "peak_device_mb"}

@@ -13,8 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tta_bench import methods
-from tta_bench import rundir
+from tta_bench import methods, rundir
 from tta_bench import streams as st
 from tta_bench.kernel import UserError, check_options, fingerprint_files, hash_json
 from tta_bench.models import model_options

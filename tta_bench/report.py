@@ -100,8 +100,7 @@ def _options_text(method_cls: type) -> str:
 def list_entries(what: str = "all", verbose: bool = False) -> str:
     """One line per registered method / stream / model / corruption / setting, with its description; `verbose`:
     each method's options (default and meaning) too."""
-    from tta_bench import corruptions
-    from tta_bench import methods
+    from tta_bench import corruptions, methods
     from tta_bench.models import MODELS, load_zoo
     from tta_bench.streams import SETTING_FNS, STREAMS
 

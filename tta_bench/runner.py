@@ -24,9 +24,8 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from tta_bench import methods
 import tta_bench
-from tta_bench import presets, protocols, rundir
+from tta_bench import methods, presets, protocols, rundir
 from tta_bench import streams as st
 from tta_bench.accel import compile_adapter
 from tta_bench.config import RunConfig, cache_dir_default, weights_dir_default
