@@ -119,7 +119,6 @@ class AdaContrast(Adapter):
         d, c, k = head.in_features, head.out_features, self.hp.queue_size
         self.register_buffer("mem_feat", F.normalize(torch.randn(d, k), dim=0).to(head.weight.device))
         self.register_buffer("mem_labels", torch.randint(0, c, (k,)).to(head.weight.device))
-        self.reset_state()
 
     def reset_state(self) -> None:
         self.queue_ptr, self.seen = 0, 0

@@ -77,6 +77,7 @@ class Adapter(nn.Module):
         self.model = model if inplace else copy.deepcopy(model)
         self.optimizer: torch.optim.Optimizer | None = None
         self.configure()
+        self.reset_state()  # non-tensor state starts as reset() leaves it: configure() need not call it
         self.snapshot()
 
     @classmethod
@@ -108,7 +109,8 @@ class Adapter(nn.Module):
         """Optional stage before the stream (warm-up on source batches `(x, y)`); default: nothing."""
 
     def reset_state(self) -> None:
-        """Reset non-tensor state (queues, memory banks, counters) — called by reset()."""
+        """Reset non-tensor state (queues, memory banks, counters): called after `configure()` at construction and
+        by `reset()`, so an adapter sets such state here only."""
 
     def prepare_step(self) -> nn.Module | None:
         """One step of `prepare` as a module, or None when the adapter has no prepare step.

@@ -105,7 +105,6 @@ class DeYO(Adapter):
         use_batch_stats(self.model)
         self.model.train()
         self.optimizer = make_optimizer(train_only(self.model, deyo_params(self.model)), self.hp)
-        self.reset_state()
 
     def reset_state(self) -> None:
         self.backward = self.final_backward = 0  # samples kept by the entropy filter / by both filters

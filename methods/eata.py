@@ -124,7 +124,6 @@ class EATA(Adapter):
             for i, p in enumerate(self.params):
                 self.register_buffer(f"fisher_{i}", torch.zeros_like(p))
                 self.register_buffer(f"fisher_anchor_{i}", p.detach().clone())
-        self.reset_state()
 
     def reset_state(self) -> None:
         self.probs: torch.Tensor | None = None

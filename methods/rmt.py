@@ -86,7 +86,6 @@ class RMT(PrototypeContrast):
         device = self.prototypes.device
         self.register_buffer("replay_x", torch.zeros(0, device=device))
         self.register_buffer("replay_y", torch.zeros(0, dtype=torch.long, device=device))
-        self.reset_state()
 
     def reset_state(self) -> None:
         self.replay_pos = 0

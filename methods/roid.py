@@ -82,7 +82,6 @@ class ROID(Adapter):
         params = train_only(self.model, norm_affine_params(self.model, NORM_TYPES))
         self.named = [(names[id(p)], p) for p in params]
         self.optimizer = make_optimizer(params, self.hp)
-        self.reset_state()
 
     def reset_state(self) -> None:
         self.class_probs_ema: torch.Tensor | None = None  # p̄, uniform at the first batch

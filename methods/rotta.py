@@ -197,7 +197,6 @@ class RoTTA(Adapter):
             )
         self.optimizer = make_optimizer(params, self.hp)
         self.teacher = frozen_copy(self.model)
-        self.reset_state()
 
     def reset_state(self) -> None:
         self.mem: CSTU | None = None

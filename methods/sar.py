@@ -100,7 +100,6 @@ class SAR(Adapter):
         self.model.train()
         self.params = train_only(self.model, sar_params(self.model, tuple(self.hp.skip_layers)))
         self.optimizer = make_optimizer(self.params, self.hp)  # SAM's base optimizer
-        self.reset_state()
 
     def reset_state(self) -> None:
         self.ema: float | None = None  # moving average of the second-pass entropy (model recovery criterion)

@@ -107,7 +107,6 @@ class TDA(CLIPTestTime):
         super().configure()
         text = ensemble_text_features(self.model, templates_of(self.hp.templates, self.model))
         self.register_buffer("text", text, persistent=False)
-        self.reset_state()
 
     def reset_state(self) -> None:
         self.pos_cache: dict[int, list] = {}

@@ -251,3 +251,28 @@ def test_the_fingerprint_sees_each_kind_of_change() -> None:
         with pytest.raises(AssertionError):
             assert_same_model(before, fingerprint(model))
             pytest.fail(f"change {i} not seen")
+
+
+def test_the_base_calls_reset_state_after_configure() -> None:
+    """A new adapter keeps its non-tensor state in `reset_state()` only: the base calls it after `configure()`, so
+    the first forward finds it (a new adapter used to die with AttributeError unless configure() called it)."""
+    calls = []
+
+    class Counting(methods.Adapter):
+        def configure(self) -> None:
+            calls.append("configure")
+
+        def reset_state(self) -> None:
+            calls.append("reset_state")
+            self.seen = 0
+
+        def adapt(self, x: torch.Tensor) -> torch.Tensor:
+            self.seen += len(x)
+            return self.model(x)
+
+    adapter = Counting(tiny_cnn())
+    assert calls == ["configure", "reset_state"]
+    adapter(batches(1)[0])
+    assert adapter.seen == 8
+    adapter.reset()
+    assert adapter.seen == 0 and calls[-1] == "reset_state"
