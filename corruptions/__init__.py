@@ -24,15 +24,15 @@ Batched, on the input's device (CPU or CUDA), seeded through a ``torch.Generator
 
 Adding corruptions (e.g. MedMNIST-C: gamma, stain, bubble, black_corner, characters)
 -------------------------------------------------------------------------------------
-Write a module ``corruptions/medmnist.py`` with functions ``fn(x, severity, generator) -> x'``
+Write one module ``corruptions/<name>.py`` with functions ``fn(x, severity, generator) -> x'``
 (``x`` float ``(N, 3, H, W)``; draw all randomness through :mod:`corruptions._rng`
 (``_rng.rand/randn/randint/poisson/seeds(..., generator, x.device, ...)``), which handles one generator
 and one generator per image alike; keep parameter tables as module constants citing their source) and decorate each with
 ``@register("name", "one-line description")`` from :mod:`corruptions._registry` (add
-``native_gray=True`` if the function is channel-wise and accepts ``(N, 1, H, W)``). Then import the
-module at the bottom of this file (next to the others) and, if they form a named set, add a tuple
-like :data:`EXTRA`. ``names()``, ``describe()``, ``corrupt()`` and the test parametrisation over
-``names()`` pick them up automatically.
+``native_gray=True`` if the function is channel-wise and accepts ``(N, 1, H, W)``). Nothing else: every public
+module of this package is imported on the first lookup or listing (the Registry's ``packages``). If they form a
+named set, add a tuple like :data:`EXTRA`. ``names()``, ``describe()``, ``corrupt()`` and the test
+parametrisation over ``names()`` pick them up automatically.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ from collections.abc import Sequence
 
 import torch
 
-from . import blur, digital, noise, weather  # noqa: F401  (import registers the corruptions)
 from ._color import to_gray
 from ._registry import REGISTRY, register
 
@@ -114,5 +113,3 @@ def corrupt(
         out = to_gray(out)
     return out.to(x.dtype)
 
-
-from . import medical  # noqa: E402,F401  (MedMNIST-C corruptions; registers on import)

@@ -35,7 +35,8 @@ CorruptionFn = Callable[[torch.Tensor, int, "torch.Generator | list[torch.Genera
 # would-be RGB channels); otherwise a gray batch is replicated to RGB, corrupted, and converted back to luma.
 # ``in_range``: ``fn``'s output is in [0, 1] by construction (e.g. ``k / 255``), so :func:`corruptions.corrupt`
 # skips its clamp. An unknown name is a UserError (a ValueError) listing close matches.
-REGISTRY = Registry("corruption", "python -m tta_bench list corruptions")
+# Every public module of the package registers on import; the Registry imports them before the first lookup.
+REGISTRY = Registry("corruption", "python -m tta_bench list corruptions", packages=("tta_bench.corruptions",))
 
 
 def register(

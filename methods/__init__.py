@@ -10,8 +10,11 @@ Library use::
     adapted = methods.create("tent", model, lr=1e-3)
     methods.names()                     # every registered adapter
 
-Adding an adapter: a new file `methods/<name>.py` with a subclass of `methods.base.Adapter` decorated
-with `@register("<name>")`, and one import line below.
+Adding an adapter: one new file `methods/<name>.py` with a subclass of `tta_bench.methods.base.Adapter` decorated
+with `@register("<name>")`. Nothing else: every public module of this package is imported on the first lookup or
+listing (the kernel Registry's `packages`), and its classes are importable by name (`from tta_bench.methods import
+<Class>`, resolved through `__getattr__` below). Modules whose names start with `_` are helpers, never loaded
+for registration.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch.nn as nn
 from tta_bench.kernel import Registry
 from tta_bench.methods.base import Adapter
 
-METHODS = Registry("method", "python -m tta_bench list methods")
+METHODS = Registry("method", "python -m tta_bench list methods", packages=(__name__,))
 
 
 def register(name: str):
@@ -50,66 +53,20 @@ def get(name: str) -> type[Adapter]:
     return METHODS.get(name).factory
 
 
-# Registration happens on import; keep one line per adapter file.
-from tta_bench.methods.adacontrast import AdaContrast  # noqa: E402
-from tta_bench.methods.alpha_bn import AlphaBN  # noqa: E402
-from tta_bench.methods.cmf import CMF  # noqa: E402
-from tta_bench.methods.coop import CoOp  # noqa: E402
-from tta_bench.methods.core import Core  # noqa: E402
-from tta_bench.methods.cotta import CoTTA  # noqa: E402
-from tta_bench.methods.deyo import DeYO  # noqa: E402
-from tta_bench.methods.eata import EATA, ETA  # noqa: E402
-from tta_bench.methods.ecotta import EcoTTA  # noqa: E402
-from tta_bench.methods.lame import LAME  # noqa: E402
-from tta_bench.methods.memo import MEMO  # noqa: E402
-from tta_bench.methods.norm import Norm  # noqa: E402
-from tta_bench.methods.ogen import OGEN  # noqa: E402
-from tta_bench.methods.rdumb import RDumb  # noqa: E402
-from tta_bench.methods.rmt import RMT  # noqa: E402
-from tta_bench.methods.roid import ROID  # noqa: E402
-from tta_bench.methods.rotta import RoTTA  # noqa: E402
-from tta_bench.methods.rpl import RPL  # noqa: E402
-from tta_bench.methods.santa import SANTA  # noqa: E402
-from tta_bench.methods.sar import SAR  # noqa: E402
-from tta_bench.methods.source import Source  # noqa: E402
-from tta_bench.methods.tda import TDA  # noqa: E402
-from tta_bench.methods.tent import Tent  # noqa: E402
-from tta_bench.methods.tpt import TPT  # noqa: E402
-from tta_bench.methods.tta_aug import TTAug  # noqa: E402
-from tta_bench.methods.vte import VTE  # noqa: E402
+def classes() -> dict[str, type[Adapter]]:
+    """Every registered adapter class by its class name (`{"Tent": Tent, ...}`)."""
+    return {e.factory.__name__: e.factory for e in METHODS.items()}
 
-__all__ = [
-    "Adapter",
-    "METHODS",
-    "create",
-    "get",
-    "names",
-    "register",
-    "Source",
-    "Norm",
-    "Tent",
-    "TTAug",
-    "TPT",
-    "VTE",
-    "TDA",
-    "EATA",
-    "ETA",
-    "SAR",
-    "CoTTA",
-    "RoTTA",
-    "RPL",
-    "LAME",
-    "MEMO",
-    "AlphaBN",
-    "AdaContrast",
-    "Core",
-    "EcoTTA",
-    "CoOp",
-    "OGEN",
-    "DeYO",
-    "ROID",
-    "RMT",
-    "CMF",
-    "SANTA",
-    "RDumb",
-]
+
+def __getattr__(name: str) -> type[Adapter]:
+    """`from tta_bench.methods import Tent`: a registered adapter class by its class name (loads the modules)."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    found = classes().get(name)
+    if found is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return found
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *classes()])

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from tta_bench import corruptions
+from tta_bench.corruptions import tables
 
 ALL = corruptions.names()  # every registered corruption (incl. modules added later)
 OURS = corruptions.BENCHMARK + corruptions.EXTRA  # the ImageNet-C / CIFAR-C set with its tables
@@ -335,7 +336,7 @@ def _pillow_pixelate(x: torch.Tensor, severity: int) -> torch.Tensor:
     from PIL import Image
 
     h, w = x.shape[-2:]
-    c = corruptions.tables.params("pixelate", severity, h, w)
+    c = tables.params("pixelate", severity, h, w)
     planes = [
         Image.fromarray(p, mode="F").resize((int(w * c), int(h * c)), Image.BOX).resize((w, h), Image.BOX)
         for p in x.reshape(-1, h, w).numpy()

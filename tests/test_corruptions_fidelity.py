@@ -40,7 +40,7 @@ from skimage.metrics import structural_similarity
 from test_corruptions import photos
 
 from tta_bench import corruptions
-from tta_bench.corruptions import blur, digital, tables
+from tta_bench.corruptions import blur, digital, noise, tables
 
 
 def load_reference() -> types.ModuleType:
@@ -379,7 +379,7 @@ def test_poisson_sampler_moments(dtype: torch.dtype):
     levels = torch.arange(256, dtype=torch.float64) / 255
     x = levels.to(dtype).repeat(4000, 1)
     for c in (3.0, 60.0, 500.0):
-        k = corruptions.noise.poisson_8bit(x, c, torch.Generator().manual_seed(0)).double()
+        k = noise.poisson_8bit(x, c, torch.Generator().manual_seed(0)).double()
         assert k.shape == x.shape and k.dtype == torch.float64
         lam = levels * c
         mean, var = k.mean(0), k.var(0)
