@@ -53,9 +53,14 @@ class Adapter(nn.Module):
     # {family: {"source": "<owner/repo>:<path>[@<commit>]", "options": {hp: value, ...}}}. The harness applies the
     # preset of the stream's family on top of `defaults` (user --set overrides win); library use keeps `defaults`.
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
-    # Valid values of numeric / choice hyper-parameters beyond their type: {key: ">=1" | ">0" | ">=0" | "[0,1]" |
-    # "[0,1)" | (choice, ...)}. Merged over COMMON_RANGES (lr, steps, betas, ...); checked by `validate()` at
-    # construction and by the harness before a run starts, so a bad value is a one-line error, not a crash later.
+    # Valid values of numeric / choice hyper-parameters beyond their type, {key: spec}. The range language, in full:
+    #   ">=a"   a or more          ">a"   more than a          (a: any float literal, e.g. ">=1", ">0", ">=1e-8")
+    #   "[a,b]" a..b, both ends    "[a,b)" "(a,b]" "(a,b)"  the same with an open end (e.g. "[0,1)", "(0,1]")
+    #   (c1, c2, ...)  one of these choices (strings or numbers, compared with ==)
+    # A tuple or list value (e.g. Adam's betas) is checked element by element; NaN and booleans are never in a
+    # numeric range; None is allowed where the default is None. Merged over COMMON_RANGES (lr, steps, betas, ...);
+    # checked by `validate()` at construction and by the harness before a run starts (a one-line error, not a crash
+    # later); `range_text()` renders a spec in messages. tests/test_adapter_contract.py checks every form.
     ranges: ClassVar[dict[str, Any]] = {}
     # {option: one-line meaning}; shown by help(Cls), IDEs (a generated "Options" docstring section and keyword
     # signature, methods/_doc.py) and `python -m tta_bench list methods -v`. Optimizer keys are documented already.

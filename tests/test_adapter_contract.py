@@ -276,3 +276,26 @@ def test_the_base_calls_reset_state_after_configure() -> None:
     assert adapter.seen == 8
     adapter.reset()
     assert adapter.seen == 0 and calls[-1] == "reset_state"
+
+
+@pytest.mark.parametrize(
+    ("spec", "inside", "outside", "text"),
+    [
+        (">=1", [1, 2.5, 10**6], [0, 0.999, float("nan"), True], ">= 1"),
+        (">0", [1e-9, 3], [0, -1], "> 0"),
+        (">=1e-8", [1e-8], [0.0], ">= 1e-8"),
+        ("[0,1]", [0, 0.5, 1], [-0.1, 1.01], "in [0, 1]"),
+        ("[0,1)", [0, 0.999], [1], "in [0, 1)"),
+        ("(0,1]", [1, 0.001], [0], "in (0, 1]"),
+        ("(0,1)", [0.5], [0, 1], "in (0, 1)"),
+        (("adam", "sgd"), ["adam", "sgd"], ["Adam", 1], "one of 'adam', 'sgd'"),
+    ],
+)
+def test_the_range_language(spec, inside, outside, text) -> None:
+    from tta_bench.methods.base import in_range, range_text
+
+    assert all(in_range(v, spec) for v in inside), spec
+    assert not any(in_range(v, spec) for v in outside), spec
+    assert range_text(spec) == text
+    if not isinstance(spec, tuple):  # tuples of numbers are checked element by element
+        assert in_range(tuple(inside), spec) and not in_range((*inside, outside[0]), spec)
