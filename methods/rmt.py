@@ -18,10 +18,12 @@ M_TEACHER defaults) and `cfgs/{cifar10_c,cifar100_c,imagenet_c}/rmt.yaml`, step 
 Deviations (why): source replay draws batches in order from a buffer of the first `replay_size` source images of
 one shuffled pass (stored as uint8 when the images are k/255, else float), starting at its beginning after the
 warm-up, instead of an endless loader over the whole source set: prepare is cached and the stream cannot hold the
-loader. Adam's moments after the warm-up are dropped (the cached prepare state holds module tensors only, so keeping
-them would make a cached run differ from a fresh one); the warm-up lr schedule ends at the final lr as in the
-official. The encoder/classifier split is the generic one of methods/_contrast.py. Without `prepare` (library use)
-it runs source-free: no warm-up, no replay, no contrastive term.
+loader. The optimizer state of the warm-up (Adam's moments and step count, or SGD's momentum buffers) is carried into
+the stream, as the official code does (its warm-up checkpoint saves the optimizer and `reset()` returns to it): it
+is kept as `optim_state_*` buffers, so the cached prepare state holds it (methods/_optim_state.py). The warm-up lr
+schedule ends at the final lr as in the official. The encoder/classifier split is the generic one of
+methods/_contrast.py. Without `prepare` (library use) it runs source-free: no warm-up, no replay, no contrastive
+term.
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ from tta_bench.methods import register
 from tta_bench.methods._augment import tta_augment
 from tta_bench.methods._contrast import PrototypeContrast
 from tta_bench.methods._losses import symmetric_cross_entropy
+from tta_bench.methods._optim_state import load_state_tensors, state_tensors
 from tta_bench.methods.base import ema_update, frozen_copy, make_optimizer, optimizer_defaults, use_batch_stats
 from tta_bench.methods.cotta import weights_and_biases
 
+_OPT = "optim_state_"  # buffer-name prefix of the optimizer state kept from the warm-up
 SUITE = "mariodoebler/test-time-adaptation:classification/cfgs/{}/rmt.yaml@8b2ed63"
 
 
@@ -86,6 +90,7 @@ class RMT(PrototypeContrast):
         device = self.prototypes.device
         self.register_buffer("replay_x", torch.zeros(0, device=device))
         self.register_buffer("replay_y", torch.zeros(0, dtype=torch.long, device=device))
+        self.register_buffer("warmup_steps_done", torch.zeros((), dtype=torch.long, device=device))
 
     def reset_state(self) -> None:
         self.replay_pos = 0
@@ -94,7 +99,13 @@ class RMT(PrototypeContrast):
         for name in ("replay_x", "replay_y"):  # the replay buffer's size is known only after prepare
             if prefix + name in state_dict:
                 setattr(self, name, torch.empty_like(state_dict[prefix + name], device=getattr(self, name).device))
+        for key, value in state_dict.items():  # the warm-up's optimizer state, registered after prepare
+            if key.startswith(prefix + _OPT) and "." not in key[len(prefix) :]:
+                self.register_buffer(key[len(prefix) :], torch.empty_like(value, device=self.replay_y.device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        saved = {k[len(_OPT) :]: b for k, b in self._buffers.items() if k.startswith(_OPT)}
+        if saved:
+            load_state_tensors(self.optimizer, saved)
 
     def infer(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x) + self.teacher(x)
@@ -111,7 +122,9 @@ class RMT(PrototypeContrast):
                 self.warmup_step(next(batches)[0].to(self.prototypes.device))
         for group in self.optimizer.param_groups:
             group["lr"] = self.hp.lr
-        self.optimizer.state.clear()
+        self.warmup_steps_done.fill_(steps)
+        for key, value in state_tensors(self.optimizer).items():  # kept into the stream, as the official code does
+            self.register_buffer(_OPT + key, value)
         self.fill_replay(source)
         self.snapshot()  # the replay buffer changed shape: reset() must return to this state
 

@@ -64,8 +64,7 @@ def reference_rmt(model, projector, source, xs, warmup_samples, seed0):
         opt.zero_grad()
         ema_all(ema, model)
     for g in opt.param_groups:
-        g["lr"] = 1e-3
-    opt.state.clear()  # documented deviation: Adam's warm-up moments are not carried into the stream
+        g["lr"] = 1e-3  # Adam's warm-up moments are carried into the stream (official: no state is cleared)
     pipe, outs = official_pipeline(), []
     for step, x in enumerate(xs):
         torch.manual_seed(seed0 + step)
@@ -104,6 +103,22 @@ def test_rmt_matches_official() -> None:
     assert not torch.equal(adapter.model.fc.weight, adapter.teacher.fc.weight)
 
 
+def test_warmup_optimizer_state_is_kept_and_reset_returns_to_it() -> None:
+    """After prepare the optimizer holds the warm-up's Adam state (step = warm-up steps); reset() returns to it."""
+    adapter = RMT(confident_cnn(), num_samples_warm_up=32)
+    adapter.prepare(source_batches())
+    first = adapter.model.fc.weight
+    state = adapter.optimizer.state[first]
+    assert float(state["step"]) == 4 and int(adapter.warmup_steps_done) == 4 and state["exp_avg"].abs().sum() > 0
+    kept = {k: v.clone() for k, v in state.items()}
+    torch.manual_seed(0)
+    adapter(stream_batches(1, seed=63)[0])
+    assert float(adapter.optimizer.state[first]["step"]) == 5
+    adapter.reset()
+    for k, v in kept.items():
+        assert torch.equal(adapter.optimizer.state[first][k], v)
+
+
 def test_prepared_state_survives_the_state_dict_cache() -> None:
     """The runner saves state_dict() after prepare and loads it into a fresh adapter (replay buffer resized)."""
     a = RMT(confident_cnn(), num_samples_warm_up=16, replay_size=12)
@@ -112,6 +127,11 @@ def test_prepared_state_survives_the_state_dict_cache() -> None:
     b = RMT(confident_cnn(), num_samples_warm_up=16, replay_size=12)
     b.load_state_dict(a.state_dict())
     b.snapshot()
+    pa, pb = list(a.model.parameters()), list(b.model.parameters())  # the warm-up's Adam state came along
+    for p, q in zip(pa, pb):
+        sa, sb = a.optimizer.state[p], b.optimizer.state[q]
+        assert sa.keys() == sb.keys() == {"step", "exp_avg", "exp_avg_sq"}
+        assert all(torch.equal(sa[k], sb[k]) for k in sa) and sb["step"].device.type == "cpu"
     for step, x in enumerate(stream_batches(3, seed=62)):
         torch.manual_seed(step)
         oa = a(x)
@@ -140,3 +160,28 @@ def test_rmt_adapts_layernorm_on_a_tiny_vit() -> None:
     adapter = RMT(tiny_vit(), num_samples_warm_up=16)
     adapter.prepare(source_batches())
     assert_trains_layernorm(adapter, stream_batches(2, seed=70))
+
+
+def test_a_cached_prepare_runs_the_stream_as_a_fresh_one(tmp_path, one_thread) -> None:
+    """The runner caches prepare as state_dict(): the warm-up's optimizer state is in it, so both runs agree."""
+    import csv
+    import json
+
+    from tta_bench.config import RunConfig
+    from tta_bench.runner import run
+
+    cfg = RunConfig(
+        method="rmt", stream="digits-c", limit=32, batch_size=16, clean_eval="off", device="cpu",
+        stream_opts={"domains": "fog,snow"}, method_opts={"num_samples_warm_up": 48, "replay_size": 64, "lr": 3e-3},
+        out=str(tmp_path / "runs"),
+    )  # fmt: skip
+
+    def errors(force: bool) -> tuple[bool, list[str]]:
+        res = run(cfg, quiet=True, force=force)
+        cached = json.loads((res.folder / "config.json").read_text())["prepare"]["cached"]
+        with open(res.folder / "batches.csv") as f:
+            return cached, [row["error"] for row in csv.DictReader(f)]
+
+    fresh, cached = errors(False), errors(True)
+    assert (fresh[0], cached[0]) == (False, True)
+    assert fresh[1] == cached[1]
