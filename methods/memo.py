@@ -8,16 +8,18 @@ for every image x_i of the batch
   1. start from the source model (reset: parameters, buffers, optimiser);
   2. B = `n_aug` AugMix views of x_i (`methods._augmix.augmix_views`: pad-crop + flip pre-augmentation for
      32-pixel images, RandomResizedCrop + flip otherwise; AugMix at severity 1);
-  3. loss = marginal entropy H(mean_b softmax(f(view_b))); one SGD step (no momentum, wd 0) on ALL parameters;
+  3. loss = marginal entropy H(mean_b softmax(f(view_b))); one SGD step (wd 0) on ALL parameters, from a fresh
+     optimizer state (momentum buffers are reset with the model);
   4. prediction = f(x_i) with the updated model (eval mode), returned for x_i.
 BatchNorm layers normalise with prior · source + (1 - prior) · batch statistics (`PriorBN`), prior =
 `prior_strength` / (`prior_strength` + 1), batch statistics detached, as in the official ImageNet code (N = 16);
 the suite applies its `AlphaBatchNorm` with α = 0.1, i.e. prior_strength = 9, which the CIFAR presets use (the
 authors' CIFAR models use GroupNorm, where the prior does nothing). `prior_strength = -1` keeps pure source
 statistics (the official `prior = 1` for a negative strength).
-Defaults: the authors' CIFAR-10 values (SGD lr 0.005, 32 views, 1 step) with the suite's prior 9.
-ImageNet-C: lr 0.00025, 64 views, N = 16 (authors' ImageNet script). Deviations: the suite's SGD uses
-momentum 0.9 with Nesterov on this single step (an effective lr x1.9); we keep the authors' plain SGD.
+Defaults: the authors' CIFAR-10 values (plain SGD lr 0.005, 32 views, 1 step) with the suite's prior 9.
+Presets: CIFAR-10-C/100-C follow the suite's cfgs/*/memo.yaml with its conf.py defaults (SGD lr 0.005, momentum
+0.9, Nesterov, wd 0: on this single step from a fresh state an update of 1.9 x lr x gradient); ImageNet-C the
+authors' ImageNet script (plain SGD lr 0.00025, 64 views, N = 16).
 AugMix runs through our PIL/numpy port with a numpy Generator seeded from torch's RNG (methods/_augmix.py).
 Cost: (n_aug + 1) forwards and n_aug backwards per image, plus a state reset per image.
 """
@@ -40,7 +42,13 @@ from tta_bench.methods.base import Adapter, make_optimizer, optimizer_defaults
 
 _AUTHORS = "zhangmarvin/memo:imagenet-exps/script_test_in.py+test_calls/test_adapt.py@228b290"
 _PER = {"batch_size": 1, "note": PER_POINT}
-_CIFAR = {"lr": 0.005, "n_aug": 32, "prior_strength": 9}
+# cfgs/cifar1x0_c/memo.yaml: SGD, LR 0.005, WD 0, N_AUGMENTATIONS 32; conf.py: MOMENTUM 0.9, NESTEROV True, BN.ALPHA 0.1
+_CIFAR = {"optimizer": "sgd", "lr": 0.005, "momentum": 0.9, "nesterov": True, "wd": 0.0, "steps": 1, "n_aug": 32,
+          "prior_strength": 9}  # fmt: skip
+# script_test_in.py (rn50): sgd, lr 0.00025, wd 0; test_adapt.py: optim.SGD(lr, wd) (no momentum), batch_size 64,
+# prior_strength 16, niter 1
+_IMAGENET = {"optimizer": "sgd", "lr": 0.00025, "momentum": 0.0, "nesterov": False, "wd": 0.0, "steps": 1, "n_aug": 64,
+             "prior_strength": 16}  # fmt: skip
 _SUITE = "mariodoebler/test-time-adaptation:classification/cfgs/{}/memo.yaml+conf.py(BN.ALPHA=0.1)@8b2ed63"
 
 
@@ -64,7 +72,7 @@ class MEMO(Adapter):
     presets = {
         "cifar10-c": {"source": _SUITE.format("cifar10_c"), **_PER, "options": _CIFAR},
         "cifar100-c": {"source": _SUITE.format("cifar100_c"), **_PER, "options": _CIFAR},
-        "imagenet-c": {"source": _AUTHORS, **_PER, "options": {"lr": 0.00025, "n_aug": 64, "prior_strength": 16}},
+        "imagenet-c": {"source": _AUTHORS, **_PER, "options": _IMAGENET},
     }
 
     def configure(self) -> None:

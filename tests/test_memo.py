@@ -51,17 +51,19 @@ def official_marginal_entropy(outputs):
     return -(avg_logits * torch.exp(avg_logits)).sum(dim=-1)
 
 
-def reference_memo(model: nn.Module, xs: torch.Tensor, lr: float, prior: float):
+def reference_memo(model: nn.Module, xs: torch.Tensor, lr: float, prior: float, **sgd):
     net = copy.deepcopy(model)
     for m in net.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.prior = prior
             m.forward = types.MethodType(official_bn_forward, m)
     ckpt = copy.deepcopy(net.state_dict())
-    optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr, **sgd)
+    fresh = copy.deepcopy(optimizer.state_dict())
     outs, states = [], []
     for x in xs:
         net.load_state_dict(ckpt)
+        optimizer.load_state_dict(fresh)  # the suite's episodic reset: model and optimizer state (TTAMethod.reset)
         net.eval()
         inputs = fixed_views(x)
         optimizer.zero_grad()
@@ -96,6 +98,22 @@ def test_memo_matches_official() -> None:
         for k, v in want.items():
             torch.testing.assert_close(got[k], v)
         assert not torch.equal(got["fc.weight"], source["fc.weight"])  # all parameters train
+
+
+def test_memo_cifar_preset_runs_the_suites_sgd() -> None:
+    """The CIFAR presets (suite's memo.yaml + conf.py): SGD momentum 0.9, Nesterov, from a fresh state per point."""
+    model = tiny_cnn()
+    with torch.no_grad():
+        model.fc.weight.mul_(3.0)
+    opts = MEMO.presets["cifar10-c"]["options"]
+    assert (opts["optimizer"], opts["momentum"], opts["nesterov"], opts["wd"]) == ("sgd", 0.9, True, 0.0)
+    adapter = MEMO(model, **{**opts, "lr": 0.05})
+    adapter.views = fixed_views
+    xs = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    ref_out, _ = reference_memo(model, xs, 0.05, 0.9, momentum=0.9, nesterov=True)
+    torch.testing.assert_close(adapter(xs), ref_out)
+    plain, _ = reference_memo(model, xs, 0.05, 0.9)
+    assert (ref_out - plain).abs().max() > 1e-3  # momentum + Nesterov move the update (1.9 x lr x gradient)
 
 
 def test_memo_is_episodic_per_test_point() -> None:
