@@ -1,4 +1,4 @@
-"""Command line: python -m tta_bench run | list | leaderboard | sweep | make-c (each has --help)."""
+"""Command line: python -m tta_bench run | list | leaderboard | sweep | make-c | reproduce (each has --help)."""
 
 from __future__ import annotations
 
@@ -43,9 +43,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """A published table's grid and parity report, then (unless --no-leaderboard) the leaderboard of --out."""
+    from tta_bench.reproduce import command
+
+    status = command.main(args)
+    if args.table != "list" and not args.plan and not args.no_leaderboard:
+        from tta_bench.leaderboard.cli import build_and_report
+
+        print(build_and_report(Path(args.out), Path(args.site)))
+    return status
+
+
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tta_bench", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,list,leaderboard,sweep,make-c}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,list,leaderboard,sweep,make-c,reproduce}")
     p = sub.add_parser("run", help="run one method on one stream and write a run folder")
     add_run_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -61,6 +73,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
         "leaderboard": ("tta_bench.leaderboard.cli", "aggregate run folders into CSVs, plots, HTML"),
         "sweep": ("tta_bench.sweep", "run a grid of configs (local or Ray), then the leaderboard"),
         "make-c": ("tta_bench.corruptions.make_c", "write an ImageNet-C / CIFAR-C dataset to disk"),
+        "reproduce": ("tta_bench.reproduce.command", "rerun a published table and report parity with it"),
     }
     chosen = argv[0] if argv else None
     for name, (module, help_) in delegated.items():
@@ -69,14 +82,14 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
             mod = importlib.import_module(module)
             mod.add_arguments(p)
             p.set_defaults(func=mod.main)
-            if name == "sweep":
+            if name in ("sweep", "reproduce"):
                 p.add_argument(
                     "--site", default="leaderboard_site", help="leaderboard site folder (default leaderboard_site/)"
                 )
                 p.add_argument(
                     "--no-leaderboard", action="store_true", help="do not regenerate the leaderboard at the end"
                 )
-                p.set_defaults(func=cmd_sweep)
+                p.set_defaults(func=cmd_sweep if name == "sweep" else cmd_reproduce)
     return parser
 
 

@@ -1,0 +1,266 @@
+"""`python -m tta_bench reproduce list | <table> [...]`: run a published table's grid and write its parity report.
+
+The grid is the table's protocol (stream, model, setting, severity, samples per domain, batch size, seeds, the
+cell's overrides) × its cells' adapters (a derived cell also runs its baseline); a table with `split_domains`
+runs every domain as its own run (episodic: each from the source model). The runs go through the sweep's
+executors (`tta_bench.sweep`: local, worker processes or Ray), so completed runs are skipped, an interrupted
+reproduction resumes, presets are applied (`preset` of the protocol) and weights come from the model zoo's
+checked downloads. Afterwards every cell's runs are read back and `<out>/parity/<table>.{json,csv}` written
+(`tta_bench.reproduce.parity`).
+
+`--limit N` shows N images per domain (cells then say `reduced`), `--seeds` other seeds, `--methods` some of the
+table's adapters, `--plan` prints the grid without running it. `--stand-in` swaps the table's model and data for
+its stand-in (a small builtin model on generated data, the table's `stand_in`), to test the machinery on a CPU:
+those numbers are not comparable with the published ones, and their report says so (`<table>-stand-in.*`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tta_bench.config import RunConfig
+from tta_bench.kernel import UserError, parse_sets
+from tta_bench.reproduce import parity
+from tta_bench.reproduce.tables import Table, load, names
+from tta_bench.sweep import ENV_VARS, _names
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("table", help="`list`, a table name (see `reproduce list`) or the path of a table .json file")
+    p.add_argument("--methods", nargs="+", default=None, help="only these of the table's adapters (default: all)")
+    p.add_argument("--seeds", nargs="+", default=None, help="seeds (default: the published ones)")
+    p.add_argument("--limit", type=int, default=None, help="images per domain (default: the protocol's; fewer = "
+                   "reduced, not comparable)")  # fmt: skip
+    p.add_argument("--stand-in", action="store_true", help="the table's stand-in model and data (tests the "
+                   "machinery on a CPU; not comparable)")  # fmt: skip
+    p.add_argument("--plan", action="store_true", help="print the grid (runs, images) and exit without running")
+    p.add_argument("--out", default="runs", help="folder for run folders; the report goes to <out>/parity/")
+    p.add_argument("--data-dir", default=None, help="datasets root (default $TTA_BENCH_DATA)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the adapted model")
+    p.add_argument("--channels-last", default="auto", help="auto (CUDA only) | on | off")
+    p.add_argument("--clean-eval", default="off", help="forgetting: off (default; the tables do not report it) | "
+                   "end | domain")  # fmt: skip
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="SCOPE.KEY=VALUE",
+                   help="extra options for every run (e.g. stream.root=PATH, model.weights=PATH)")  # fmt: skip
+    p.add_argument("--force", action="store_true", help="run again even where a completed run folder exists")
+    p.add_argument("--executor", default="local", choices=["local", "ray"], help="local (default) or ray")
+    p.add_argument("--processes", type=int, default=1, help="local executor: parallel worker processes")
+    p.add_argument("--ray-address", default=None, help="existing Ray cluster address")
+    p.add_argument("--gpus-per-run", type=float, default=1.0, help="Ray: GPUs per run when GPUs exist (default 1)")
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One run of the grid: which cell and role (`method` or `baseline`) it measures, its seed and domain."""
+
+    cell: str
+    role: str
+    seed: int
+    domain: str | None
+    cfg: RunConfig
+
+
+def listing() -> str:
+    lines = ["tables (python -m tta_bench reproduce <table>):"]
+    for n in names():
+        t = load(n)
+        p = t.protocol
+        settings = sorted({t.cell_protocol(c)["setting"] for c in t.cells})
+        split = " (one run per domain)" if p.get("split_domains") else ""
+        lines.append(f"  {n:<26} {t.title}")
+        lines.append(f"  {'':<26} source: {t.source_text()}")
+        lines.append(
+            f"  {'':<26} protocol: {p['stream']} / {p['model']} / {' + '.join(settings)}{split}, "
+            f"batch {p['batch_size']}, "
+            f"{p['samples_per_domain']} images per domain, seeds {' '.join(map(str, p['seeds']))}; "
+            f"{len(t.cells)} cells: {', '.join(t.methods())}"
+        )
+    lines.append("Not included: CCC-medium (Press et al., NeurIPS 2023): its numbers were not found in a readable "
+                 "source (the oripress/CCC README has none).")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _seeds(args: argparse.Namespace, table: Table) -> list[int]:
+    if not args.seeds:
+        return list(table.protocol["seeds"])
+    try:
+        return [int(s) for s in _names(args.seeds)]
+    except ValueError as e:
+        raise UserError(f"--seeds takes integers, e.g. --seeds 1 2 3 ({e}).") from None
+
+
+def _cells(args: argparse.Namespace, table: Table) -> list:
+    if not args.methods:
+        return list(table.cells)
+    wanted = _names(args.methods)
+    unknown = [m for m in wanted if m not in table.methods()]
+    if unknown:
+        raise UserError(
+            f"--methods {', '.join(unknown)}: not in table {table.name}, whose adapters are "
+            f"{', '.join(table.methods())}. Name some of those (or leave --methods out for all)."
+        )
+    return [c for c in table.cells if c.method in wanted]
+
+
+def expand(args: argparse.Namespace, table: Table) -> list[Planned]:
+    """The table's grid as resolved RunConfigs (names and options checked before anything runs)."""
+    from tta_bench.identity import resolve
+
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be at least 1 (images per domain), got {args.limit}.")
+    if args.stand_in and not table.stand_in:
+        raise UserError(
+            f"Table {table.name} has no stand-in (no small model and generated data stand for its stream): run it "
+            "at full scale with its data and weights, or reduced with --limit N."
+        )
+    sets = parse_sets(args.sets)
+    seeds, planned = _seeds(args, table), []
+    out = str(Path(args.out).resolve())
+    data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else None
+    for cell in _cells(args, table):
+        p = table.cell_protocol(cell)
+        stream, model, preset = p["stream"], p["model"], p.get("preset", "auto")
+        stream_opts, model_opts = dict(p.get("stream_opts", {})), dict(p.get("model_opts", {}))
+        limit = min(args.limit, p["samples_per_domain"]) if args.limit else p["samples_per_domain"]
+        if args.stand_in:
+            si = table.stand_in or {}
+            stream, model, preset = si["stream"], si["model"], si.get("preset", preset)
+            stream_opts, model_opts = {}, {}  # the real stream's and model's options do not apply
+            limit = args.limit or si.get("limit", 64)
+        domains = p.get("domains") or []
+        groups = [[d] for d in domains] if p.get("split_domains") else [domains]
+        roles = [("method", cell.method)] + ([("baseline", cell.baseline)] if cell.baseline else [])
+        for seed in seeds:
+            for role, method in roles:
+                for group in groups:
+                    s_opts = {**stream_opts, **({"domains": ",".join(group)} if group else {}), **sets["stream"]}
+                    m_opts = {**(p.get("method_opts", {}) if role == "method" else {}), **sets["method"]}
+                    cfg = RunConfig(
+                        method=method,
+                        stream=stream,
+                        model=model,
+                        seed=seed,
+                        setting=p["setting"],
+                        severity=p.get("severity") or 5,
+                        batch_size=p["batch_size"],
+                        limit=limit,
+                        precision=p.get("precision", "fp32"),
+                        clean_eval=args.clean_eval,
+                        preset=preset,
+                        method_opts=m_opts,
+                        stream_opts=s_opts,
+                        model_opts={**model_opts, **sets["model"]},
+                        device=args.device,
+                        workers=args.workers,
+                        compile=args.compile,
+                        channels_last=args.channels_last,
+                        data_dir=data_dir,
+                        out=out,
+                    )
+                    domain = group[0] if p.get("split_domains") else None
+                    planned.append(Planned(cell.id, role, seed, domain, resolve(cfg)))
+    return planned
+
+
+def plan_text(table: Table, planned: list[Planned]) -> str:
+    runs = {json.dumps(asdict(p.cfg), sort_keys=True, default=str) for p in planned}  # no data needed (no run id)
+    lines = [f"{table.name}: {len(planned)} cell run(s), {len(runs)} distinct run(s)"]
+    images = 0
+    for p in planned:
+        cfg = p.cfg
+        images += (cfg.limit or 0) * (1 if p.domain else len(table.cell_protocol(_cell(table, p.cell))["domains"]))
+        where = f", domain {p.domain}" if p.domain else ""
+        lines.append(
+            f"  {p.cell:<20} {p.role:<8} {cfg.method:<12} {cfg.stream}/{cfg.model} {cfg.setting} seed {cfg.seed} "
+            f"batch {cfg.batch_size} limit {cfg.limit}{where}"
+        )
+    lines.append(f"{images:,} images through the adapters in all")
+    return "\n".join(lines)
+
+
+def _cell(table: Table, cell_id: str):
+    return next(c for c in table.cells if c.id == cell_id)
+
+
+def execute(planned: list[Planned], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Run the grid's missing runs with the sweep's executors; the failed runs' outcomes."""
+    from tta_bench import sweep
+    from tta_bench.runner import is_complete
+
+    configs = list({p.cfg.run_id(): p.cfg for p in planned}.values())
+    todo = [c for c in configs if args.force or not is_complete(c.folder())]
+    print(
+        f"reproduce: {len(configs)} run(s) in the grid, {len(configs) - len(todo)} already complete, {len(todo)} to run"
+    )
+    if todo and args.executor == "ray":
+        sweep.import_ray()
+    if args.processes < 1:
+        raise UserError(f"--processes must be at least 1 (local worker processes), got {args.processes}.")
+    env = {k: os.environ[k] for k in ENV_VARS if k in os.environ}
+    done: list[dict[str, Any]] = []
+
+    def report(o: dict[str, Any]) -> None:
+        done.append(o)
+        status = f"FAILED {o['error'].splitlines()[0]}" if o["error"] else f"{o['mean_error']:.2f} % error"
+        print(f"[{len(done)}/{len(todo)}] {o['label']}: {status} ({o['seconds']:.1f} s)", flush=True)
+
+    if todo and args.executor == "ray":
+        sweep.run_ray(todo, env, args, args.force, report)
+    elif todo:
+        sweep.run_local(todo, env, args.processes, args.force, report)
+    failed = [o for o in done if o["error"]]
+    for o in failed:
+        print(f"\nrun failed: {o['label']} ({o['folder']})\n{o['error']}")
+    return failed
+
+
+def measured(table: Table, planned: list[Planned]) -> dict[str, dict[str, dict[int, float]]]:
+    """measured[cell][role][seed] from the completed run folders (split domains: the mean over the domains,
+    only when every domain of that seed completed)."""
+    from tta_bench import rundir
+
+    key = table.metric["key"]
+    parts: dict[tuple[str, str, int], list[float | None]] = {}
+    for p in planned:
+        folder = p.cfg.folder()
+        value = None
+        if rundir.is_complete(folder):
+            v = rundir.load_summary(folder).get(key)
+            value = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+        parts.setdefault((p.cell, p.role, p.seed), []).append(value)
+    out: dict[str, dict[str, dict[int, float]]] = {}
+    for (cell, role, seed), values in parts.items():
+        if values and all(v is not None for v in values):
+            out.setdefault(cell, {}).setdefault(role, {})[seed] = sum(values) / len(values)  # type: ignore[arg-type]
+    return out
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.table == "list":
+        print(listing())
+        return 0
+    table = load(args.table)
+    planned = expand(args, table)
+    if args.plan:
+        print(plan_text(table, planned))
+        return 0
+    failed = execute(planned, args)
+    mode, seeds = ("stand-in" if args.stand_in else "full"), _seeds(args, table)
+    rows = parity.rows(table, measured(table, planned), mode=mode, limit=args.limit, seeds=seeds)
+    if mode == "full" and any(r["verdict"] == "reduced" for r in rows):
+        mode = "reduced"
+    rep = parity.report(table, rows, mode=mode, limit=args.limit, seeds=seeds)
+    js, cs = parity.write(rep, Path(args.out) / "parity")
+    print(parity.text(rep))
+    print(f"parity report: {cs} and {js}")
+    if failed:
+        print(f"reproduce: {len(failed)} run(s) failed (see above); run the same command again to retry them")
+        return 1
+    return 0
