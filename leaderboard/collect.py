@@ -17,6 +17,7 @@ Tables (pandas DataFrames, one row per ...):
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,36 +53,56 @@ class Collection:
     unreadable: list[tuple[Path, str]] = field(default_factory=list)  # complete folders that could not be read
 
 
-def find_run_folders(root: Path, exclude: Path | None = None) -> tuple[list[Path], list[Path]]:
+def find_run_folders(
+    root: Path, exclude: Path | None = None, errors: list[tuple[Path, str]] | None = None
+) -> tuple[list[Path], list[Path]]:
     """(complete, incomplete) run folders under `root`, searched recursively, sorted by path.
 
     A directory is a run folder when it directly holds one of the runner's files; an empty directory
     counts as an incomplete run (the runner creates the folder before writing anything). Other
-    directories are searched further (so `runs/<sweep>/<hash>/` layouts work). `exclude` (e.g. the
-    site being written inside the runs folder) is skipped.
+    directories are searched further (so `runs/<sweep>/<hash>/` layouts work), each once (a symlink loop
+    or a second link to a folder is not followed again). `exclude` (e.g. the site being written inside the runs
+    folder) is skipped. A directory below `root` that cannot be listed is appended to `errors` with the reason.
     """
     complete: list[Path] = []
     incomplete: list[Path] = []
     excluded = exclude.resolve() if exclude is not None else None
+    seen: set[tuple[int, int]] = set()
 
     def visit(d: Path) -> None:
-        if excluded is not None and d.resolve() == excluded:
-            return
-        children = sorted(d.iterdir())
-        if rundir.is_complete(d):
-            complete.append(d)
-        elif any((d / f).exists() for f in rundir.RUN_FILES) or not children:
-            incomplete.append(d)
-        else:
-            for c in children:
-                if c.is_dir() and not c.name.startswith("."):
-                    visit(c)
+        try:
+            st = d.stat()
+            if (st.st_dev, st.st_ino) in seen or (excluded is not None and d.resolve() == excluded):
+                return
+            seen.add((st.st_dev, st.st_ino))
+            children = sorted(d.iterdir())
+            if rundir.is_complete(d):
+                complete.append(d)
+            elif any(os.path.lexists(d / f) for f in rundir.RUN_FILES) or not children:
+                incomplete.append(d)
+            else:
+                for c in children:
+                    if c.is_dir() and not c.name.startswith("."):
+                        visit(c)
+        except (OSError, RuntimeError) as e:  # unlistable, vanished, a symlink loop: that folder only
+            if errors is not None:
+                errors.append((d, f"cannot be read ({type(e).__name__}: {getattr(e, 'strerror', None) or e})"))
 
-    if root.is_dir():
-        for c in sorted(root.iterdir()):
-            if c.is_dir() and not c.name.startswith("."):
-                visit(c)
+    for c in _children(root):
+        if c.is_dir() and not c.name.startswith("."):
+            visit(c)
     return complete, incomplete
+
+
+def _children(root: Path) -> list[Path]:
+    """The entries of the runs folder, sorted; UserError when it cannot be listed (an unusable --runs)."""
+    try:
+        return sorted(Path(root).iterdir())
+    except OSError as e:
+        raise UserError(
+            f"The runs folder {root} cannot be read ({e.strerror or e}). Pass a readable folder holding run "
+            "folders with --runs (the --out of `python -m tta_bench run` / `sweep`)."
+        ) from None
 
 
 def samples_label(cfg: dict[str, Any]) -> str:
@@ -128,23 +149,22 @@ def has_severity(cfg: dict[str, Any]) -> bool:
 
 
 def load_run(folder: Path) -> tuple[dict[str, Any], dict[str, Any], pd.DataFrame, pd.DataFrame]:
-    """(config.json, summary.json, domains.csv, batches.csv) of one completed run folder, validated.
+    """(config.json, summary.json, domains.csv, batches.csv) of one completed run folder, validated against the
+    run-folder schema (`tta_bench.rundir.check_run`: types, sizes, depth, encodings, finite numbers, consistency).
 
     Raises UserError naming the file when any of them is missing, truncated or invalid.
     """
-    cfg = rundir.load_config(folder)
-    summary = dict(rundir.load_summary(folder))
-    frames = []
-    for name, columns in ((rundir.DOMAINS, rundir.DOMAIN_COLUMNS), (rundir.BATCHES, ("batch", "n", "error"))):
-        try:
-            df = pd.read_csv(folder / name)
-        except (OSError, ValueError) as e:
-            raise UserError(f"{folder / name} cannot be read ({type(e).__name__}: {e}).") from None
-        missing = [c for c in columns if c not in df.columns]
-        if missing:
-            raise UserError(f"{folder / name} lacks the column(s) {', '.join(missing)}.")
-        frames.append(df)
-    return cfg, summary, frames[0], frames[1]
+    cfg, summary, domains, batches = rundir.check_run(folder)
+    return cfg, dict(summary), _frame(*domains), _frame(*batches)
+
+
+def _frame(header: list[str], rows: list[list[Any]]) -> pd.DataFrame:
+    """A validated CSV (`rundir.read_run_csv`) as a DataFrame: number columns numeric, text columns text."""
+    df = pd.DataFrame(rows, columns=header)
+    for c in header:
+        if not any(isinstance(v, str) for v in df[c]):
+            df[c] = pd.to_numeric(df[c])
+    return df
 
 
 def entry_labels(runs: pd.DataFrame, opts: dict[str, dict[str, Any]]) -> pd.Series:
@@ -163,15 +183,16 @@ def entry_labels(runs: pd.DataFrame, opts: dict[str, dict[str, Any]]) -> pd.Seri
 
 def collect(root: Path, exclude: Path | None = None) -> Collection:
     """Read every completed run folder under `root` into a `Collection` (incomplete ones listed, not read)."""
-    complete, incomplete = find_run_folders(Path(root), exclude)
+    unreadable: list[tuple[Path, str]] = []
+    complete, incomplete = find_run_folders(Path(root), exclude, unreadable)
     rows, dom_frames, batch_frames = [], [], []
-    configs, folders, method_opts, unreadable = {}, {}, {}, []
+    configs, folders, method_opts = {}, {}, {}
     for folder in complete:
         try:
             cfg, s, dom, bat = load_run(folder)
             row = run_row(cfg, s)
-        except (UserError, KeyError, TypeError, ValueError) as e:  # one bad folder never aborts the leaderboard
-            unreadable.append((folder, str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"))
+        except Exception as e:  # noqa: BLE001 - one bad folder, whatever its damage, never aborts the leaderboard
+            unreadable.append((folder, reason(e)))
             continue
         rid = cfg["run_id"]
         if rid in configs:  # the same run copied twice: count it once
@@ -196,6 +217,20 @@ def collect(root: Path, exclude: Path | None = None) -> Collection:
     return Collection(runs, domains, batches, configs, folders, incomplete, unreadable)
 
 
+def reason(e: BaseException) -> str:
+    """Why a run folder was skipped, in one line of printable text (at most 400 characters)."""
+    text = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+    return printable(text, 400)
+
+
+def printable(text: str, limit: int | None = None) -> str:
+    """`text` safe to print and show: control characters and undecodable bytes (file names) escaped, cut to
+    `limit` characters."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
+
+
 def run_row(cfg: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
     """One row of `runs` from a run's config.json and (validated) summary.json."""
     c = cfg["config"]
@@ -209,7 +244,9 @@ def run_row(cfg: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
     row["first_diverged_batch"] = s["first_diverged_batch"]
     row["collapsed"] = bool(s.get("collapsed", False))  # a window near chance error (tta_bench.protocols)
     # stream/task-specific scalars (e.g. balanced_error, auc, miou, harmonic means, stream_seconds)
-    row.update({k: float(v) for k, v in s.items() if k not in row and _scalar(v) and k not in FIXED})
+    row.update(
+        {k: float(v) for k, v in s.items() if k not in row and _scalar(v) and k not in FIXED and k not in IDENTITY}
+    )
     row["device"] = cfg.get("execution", {}).get("device")
     row.update({f"err:{d}": _num(e) for d, e in s.get("domain_errors", {}).items()})
     return row

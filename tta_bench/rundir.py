@@ -18,13 +18,19 @@ an id left behind (called under the lock).
 
 from __future__ import annotations
 
+import csv
 import ctypes
 import errno
 import fcntl
+import io
+import json
+import math
 import os
+import re
 import secrets
 import shutil
 import signal
+import stat
 import time
 import types
 import typing
@@ -32,9 +38,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict, Union
+from typing import Any, Required, TypedDict, Union
 
-from tta_bench.kernel import UserError, is_hex_id, read_json, write_atomic, write_json
+from tta_bench.kernel import UserError, is_hex_id, write_atomic, write_json
 
 CONFIG, BATCHES, DOMAINS, SUMMARY, DONE = "config.json", "batches.csv", "domains.csv", "summary.json", "done"
 RUN_FILES = (CONFIG, BATCHES, DOMAINS, SUMMARY, DONE)
@@ -249,18 +255,341 @@ def check_summary(obj: Any, where: str = "summary.json") -> Summary:
 def load_summary(folder: Path) -> Summary:
     """The validated summary.json of run folder `folder` (UserError on a missing, truncated or invalid file)."""
     path = Path(folder) / SUMMARY
-    return check_summary(read_json(path, "run summary"), str(path))
+    return check_summary(read_strict_json(path, "run summary"), str(path))
 
 
 def load_config(folder: Path) -> dict[str, Any]:
     """config.json of `folder`, checked to be an object whose `run_id` is a valid run id."""
     path = Path(folder) / CONFIG
-    cfg = read_json(path, "run config")
+    cfg = read_strict_json(path, "run config")
     if not isinstance(cfg, dict) or not is_run_id(cfg.get("run_id")) or not isinstance(cfg.get("config"), dict):
         raise UserError(
             f"{path} is not a run config (needs a hex `run_id` of {RUN_ID_LENGTH} characters and a `config` object)."
         )
     return cfg
+
+
+# --- validating a whole run folder (the leaderboard reads nothing it has not checked) -----------------------
+# Limits no real run comes near: a larger file is refused unread, deeper JSON unparsed, a larger number as damage.
+MAX_FILE_BYTES = 64 << 20
+MAX_JSON_DEPTH = 32
+MAX_INT = 2**63 - 1
+MAX_CSV_COLUMNS = 4096
+MAX_NAME = 256  # characters of a name shown on the page (method, stream, domain, ...)
+
+
+class Identity(TypedDict):
+    """config.json `config`: the resolved options a run id is the hash of (the part the leaderboard reads)."""
+
+    method: str
+    stream: str
+    model: str
+    setting: str
+    severity: int
+    batch_size: int
+    seed: int
+    limit: int | None
+    rounds: int
+    precision: str
+    clean_eval: str
+    method_opts: dict[str, Any]
+    stream_opts: dict[str, Any]
+
+
+class DomainEntry(TypedDict, total=False):
+    """One entry of config.json `domain_order`: a segment of the stream, in order."""
+
+    round: Required[int]
+    domain: Required[str]
+    severity: int | None
+    reset: bool
+    order: str
+    parts: list[list[str | int | None]]
+
+
+class Execution(TypedDict, total=False):
+    """config.json `execution`: how the run was executed (not part of the run id; other keys free)."""
+
+    device: str | None
+    data_dir: str | None
+    out: str | None
+
+
+class Git(TypedDict, total=False):
+    commit: str | None
+    dirty: bool | None
+
+
+class Config(TypedDict, total=False):
+    """config.json: the keys the leaderboard reads and their types (the runner writes more; those are free)."""
+
+    run_id: Required[str]
+    config: Required[Identity]
+    execution: Execution
+    versions: dict[str, str | None]
+    git: Git
+    data_fingerprint: Any
+    task: str | None
+    domain_order: list[DomainEntry]
+    samples_per_domain: dict[str, int]
+
+
+# CSV column kinds: "int", "number" (finite), "text" (non-empty); "?" = may be empty. Columns a file must hold are
+# REQUIRED_*; any other column is a number or empty (task metrics such as ece, miou, iou_<class>).
+BATCH_TYPES = {"batch": "int", "round": "int", "segment": "text", "index": "int", "severity": "int?", "n": "int",
+               "error": "number", "nonfinite": "int", "seconds": "number?", "adapt_mb": "number?",
+               "peak_device_mb": "number?"}  # fmt: skip
+DOMAIN_TYPES = {"round": "int", "segment": "text", "domain": "text", "severity": "int?", "error": "number",
+                "n": "int", "clean_error": "number?", "seconds": "number?", "images_per_s": "number?"}  # fmt: skip
+REQUIRED_BATCH = ("batch", "round", "segment", "n", "error")
+REQUIRED_DOMAIN = DOMAIN_COLUMNS
+# summary.json numbers in percent (errors; forgetting is a difference of two) and numbers that are never negative
+PERCENT_KEYS = ("mean_error", "ece", "clean_error_before", "clean_error_after", "worst_window_error",
+                "collapse_threshold", "domain_errors", "round_errors", "window_errors")  # fmt: skip
+NON_NEGATIVE = ("n_samples", "adapt_mb", "peak_device_mb", "images_per_s", "stream_seconds", "prepare_s",
+                "prepare_adapt_mb", "batches_adapted", "window", "batch_size", "rounds")  # fmt: skip
+SUMMARY_EXTRA = re.compile(r"[a-z][a-z0-9_]{0,63}")  # extra summary keys (task metrics) are plain identifiers
+
+
+def _damaged(path: Path, what: str) -> UserError:
+    return UserError(
+        f"{path} {what}. The run folder is damaged or was not written by tta_bench: delete it and run again."
+    )
+
+
+def read_run_bytes(path: Path) -> bytes:
+    """The bytes of run file `path`: a regular file of at most MAX_FILE_BYTES (checked unread), else UserError."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the reader
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist; the run folder is incomplete: delete it and run again.") from None
+    except OSError as e:
+        raise _damaged(path, f"cannot be opened ({e.strerror})") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise _damaged(path, "is not a regular file")
+    with os.fdopen(fd, "rb") as f:
+        if st.st_size > MAX_FILE_BYTES:
+            raise _damaged(path, f"holds {st.st_size:,} bytes, more than any run file ({MAX_FILE_BYTES:,})")
+        data = f.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:  # grew while being read
+        raise _damaged(path, f"holds more than {MAX_FILE_BYTES:,} bytes")
+    return data
+
+
+def _strict_float(text: str) -> float:
+    v = float(text)
+    if not math.isfinite(v):
+        raise ValueError(f"number {text[:20]} is not finite")
+    return v
+
+
+def _strict_int(text: str) -> int:
+    v = int(text)  # over 4,300 digits: ValueError
+    if abs(v) > MAX_INT:
+        raise ValueError(f"integer {text[:20]}... is larger than 64 bits")
+    return v
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        raise ValueError(f"duplicate key {next(k for i, (k, _) in enumerate(pairs) if k in dict(pairs[:i]))!r}"[:80])
+    return d
+
+
+def _check_tree(obj: Any) -> None:
+    """Depth at most MAX_JSON_DEPTH and every string valid Unicode (no lone surrogates from \\udXXX escapes)."""
+    stack = [(obj, 1)]
+    while stack:
+        x, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH and isinstance(x, (dict, list)):
+            raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+        items = [*x.keys(), *x.values()] if isinstance(x, dict) else x if isinstance(x, list) else [x]
+        for v in items:
+            if isinstance(v, str):
+                v.encode("utf-8")  # UnicodeEncodeError (a ValueError) on a lone surrogate
+            elif isinstance(v, (dict, list)):
+                stack.append((v, depth + 1))
+
+
+def read_strict_json(path: Path, what: str = "file") -> Any:
+    """A run's JSON file, strictly: UTF-8, RFC 8259 JSON, finite numbers (no NaN/Infinity/1e999), 64-bit integers,
+    no duplicate keys, at most MAX_JSON_DEPTH deep and MAX_FILE_BYTES long; anything else is a UserError naming it."""
+    data = read_run_bytes(path)
+    try:
+        obj = json.loads(
+            data.decode("utf-8"),
+            parse_float=_strict_float,
+            parse_int=_strict_int,
+            parse_constant=_reject_constant,
+            object_pairs_hook=_no_duplicates,
+        )
+        _check_tree(obj)
+    except UnicodeDecodeError as e:
+        raise _damaged(path, f"is not UTF-8 text (byte {e.start}: {data[e.start : e.start + 1]!r})") from None
+    except (ValueError, RecursionError) as e:
+        reason = "nested too deeply" if isinstance(e, RecursionError) else str(e)[:200]
+        raise _damaged(path, f"is not strict JSON ({reason}); the {what} is truncated or damaged") from None
+    return obj
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def _mismatch(value: Any, hint: Any, where: str) -> str | None:
+    """Where `value` first departs from type `hint` (`where` = its path, e.g. `config.seed`), or None."""
+    if typing.is_typeddict(hint):
+        if not isinstance(value, dict):
+            return f"{where} is {type(value).__name__}, not an object"
+        hints = typing.get_type_hints(hint)
+        missing = [k for k in hint.__required_keys__ if k not in value]
+        if missing:
+            return f"{where} lacks {', '.join(missing)}"
+        for k, h in hints.items():
+            inner = f"{where}.{k}" if where != "top level" else k
+            if k in value and (m := _mismatch(value[k], h, inner)):
+                return m
+        return None
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is dict and isinstance(value, dict):
+        return next((m for k, v in value.items() if (m := _mismatch(v, args[1], f"{where}.{k}"))), None)
+    if origin is list and isinstance(value, list):
+        return next((m for i, v in enumerate(value) if (m := _mismatch(v, args[0], f"{where}[{i}]"))), None)
+    if origin in (Union, types.UnionType) and any(_mismatch(value, a, where) is None for a in args):
+        return None
+    if origin in (dict, list, Union, types.UnionType) or not _matches(value, hint):
+        return f"{where}={json.dumps(value)[:40]} is not {_type_name(hint)}"
+    if isinstance(value, str) and len(value) > MAX_NAME and where.startswith("config."):
+        return f"{where} is {len(value)} characters long (at most {MAX_NAME})"
+    return None
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (dict, list):
+        return "an object" if origin is dict else "a list"
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    names = {str: "text", int: "an integer", float: "a number", bool: "true/false", type(None): "null"}
+    return names.get(hint, str(hint))
+
+
+def check_config(cfg: Any, where: str = "config.json") -> dict[str, Any]:
+    """`cfg` if it is a valid config.json (`Config`: a hex run id, the identity options and the keys the leaderboard
+    reads, each of its type), else a UserError naming `where` and the first key that is wrong."""
+    wrong = _mismatch(cfg, Config, "top level")
+    if wrong is None and not is_run_id(cfg["run_id"]):
+        wrong = f"run_id {json.dumps(cfg['run_id'])[:40]} is not {RUN_ID_LENGTH} lowercase hex characters"
+    if wrong is None and any(v < 0 for v in cfg.get("samples_per_domain", {}).values()):
+        wrong = "samples_per_domain holds a negative count"
+    if wrong is not None:
+        raise _damaged(Path(where), f"is not a valid run config ({wrong})")
+    return cfg
+
+
+def _check_numbers(s: dict[str, Any], where: str) -> None:
+    """summary.json's numbers in range: percentages in [0, 100] (forgetting in [-100, 100]), sizes >= 0."""
+    eps = 1e-6
+    for k in PERCENT_KEYS:
+        v = s.get(k)
+        vals = v.values() if isinstance(v, dict) else v if isinstance(v, list) else [v]
+        bad = [x for x in vals if x is not None and not -eps <= x <= 100 + eps]
+        if bad:
+            raise _damaged(Path(where), f"has {k} = {bad[0]!r:.30}, not a percentage in [0, 100]")
+    f = s.get("forgetting")
+    if f is not None and not -100 - eps <= f <= 100 + eps:
+        raise _damaged(Path(where), f"has forgetting = {f!r:.30}, outside [-100, 100] percentage points")
+    bad_keys = [k for k in NON_NEGATIVE if isinstance(s.get(k), (int, float)) and s[k] < 0]
+    if bad_keys:
+        raise _damaged(Path(where), f"has a negative {bad_keys[0]}")
+    extra = [k for k in s if k not in SUMMARY_KEYS and not SUMMARY_EXTRA.fullmatch(k)]
+    if extra:
+        raise _damaged(Path(where), f"has the key {json.dumps(extra[0])[:40]}, not a lowercase identifier")
+
+
+def read_run_csv(path: Path, types_: dict[str, str], required: Sequence[str]) -> tuple[list[str], list[list[Any]]]:
+    """(header, rows) of a run's CSV file, each cell checked and converted: int, finite float, non-empty text, or None
+    (empty, where allowed); columns not in `types_` must be numbers or empty. UserError naming the file and the first
+    bad cell otherwise (not UTF-8, missing or repeated columns, ragged rows, text where a number belongs, inf/nan)."""
+    data = read_run_bytes(path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _damaged(path, f"is not UTF-8 text (byte {e.start}: {data[e.start : e.start + 1]!r})") from None
+    try:
+        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+        header = next(reader, None)
+        if not header:
+            raise _damaged(path, "is empty (no header row)")
+        if len(header) > MAX_CSV_COLUMNS or len(set(header)) != len(header):
+            raise _damaged(path, f"has {len(header)} columns, repeated or more than {MAX_CSV_COLUMNS}")
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise _damaged(path, f"lacks the column(s) {', '.join(missing)}")
+        kinds = [types_.get(c, "number?") for c in header]
+        rows = []
+        for line in reader:
+            if len(line) != len(header):
+                raise _damaged(path, f"row {reader.line_num} has {len(line)} cells for {len(header)} columns")
+            rows.append([_cell(v, k, path, reader.line_num, c) for v, k, c in zip(line, kinds, header)])
+    except csv.Error as e:
+        raise _damaged(path, f"is not valid CSV (line {reader.line_num}: {e})") from None
+    return header, rows
+
+
+def _cell(v: str, kind: str, path: Path, line: int, column: str) -> Any:
+    if v == "":
+        if kind.endswith("?"):
+            return None
+        raise _damaged(path, f"has an empty `{column}` on line {line}")
+    if kind == "text":
+        if len(v) > MAX_NAME:
+            raise _damaged(path, f"has a `{column}` of {len(v)} characters on line {line} (at most {MAX_NAME})")
+        return v
+    try:
+        x = float(v)
+    except ValueError:
+        raise _damaged(path, f"has the text {v[:30]!r} in the number column `{column}` on line {line}") from None
+    if not math.isfinite(x) or abs(x) > MAX_INT:
+        raise _damaged(path, f"has the non-finite or huge number {v[:30]!r} in `{column}` on line {line}")
+    if kind.startswith("int"):
+        if x != int(x) or x < 0:
+            raise _damaged(path, f"has {v[:30]!r} in `{column}` on line {line}, not a count (integer >= 0)")
+        return int(x)
+    return x
+
+
+def check_run(folder: Path) -> tuple[dict[str, Any], Summary, tuple[list[str], list[list[Any]]], tuple]:
+    """Validate a complete run folder against this schema: (config, summary, domains.csv, batches.csv), the CSVs
+    as (header, rows) of converted cells. Raises UserError naming the file and what is wrong; nothing it returns
+    can surprise a reader (types, sizes, depth, encodings, non-finite numbers, duplicate rows, inconsistent files)."""
+    folder = Path(folder)
+    cfg = check_config(load_config(folder), str(folder / CONFIG))
+    summary = load_summary(folder)
+    _check_numbers(dict(summary), str(folder / SUMMARY))
+    c = cfg["config"]
+    differ = [k for k in ("method", "stream", "model", "setting", "seed") if summary[k] != c[k]]
+    if differ:
+        raise _damaged(folder / SUMMARY, f"disagrees with config.json on {', '.join(differ)}")
+    domains = read_run_csv(folder / DOMAINS, DOMAIN_TYPES, REQUIRED_DOMAIN)
+    batches = read_run_csv(folder / BATCHES, BATCH_TYPES, REQUIRED_BATCH)
+    h = domains[0]
+    keys = [(r[h.index("round")], r[h.index("segment")], r[h.index("domain")]) for r in domains[1]]
+    if len(set(keys)) != len(keys):
+        raise _damaged(folder / DOMAINS, "repeats a (round, segment, domain) row")
+    numbers = [r[batches[0].index("batch")] for r in batches[1]]
+    if numbers != list(range(len(numbers))):
+        raise _damaged(folder / BATCHES, "does not number its batches 0, 1, 2, ... in order")
+    for name, (header, rows) in ((DOMAINS, domains), (BATCHES, batches)):
+        for col in ("error", *(k for k in header if k in ("clean_error",))):
+            j = header.index(col)
+            if any(r[j] is not None and not 0 <= r[j] <= 100 for r in rows):
+                raise _damaged(folder / name, f"has `{col}` outside [0, 100] %")
+    return cfg, summary, domains, batches
 
 
 # --- writing: kill points for crash tests ----------------------------------------------------------------
