@@ -10,6 +10,7 @@ the model, not the stream) and may describe itself with `describe(model, weights
 from __future__ import annotations
 
 import hashlib
+import io
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +21,18 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from tta_bench.kernel import Registry, UserError, declared_options, download, hash_file, hash_json, write_with
+from tta_bench.kernel import (
+    NoSpace,
+    Registry,
+    UserError,
+    declared_options,
+    discard_cache_entry,
+    download,
+    hash_file,
+    hash_json,
+    read_cache_entry,
+    write_cache_entry,
+)
 
 MODELS = Registry("model", "python -m tta_bench list models", packages=("tta_bench.zoo",))  # loaded on first use
 
@@ -162,31 +174,53 @@ def state_sha256(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-def save_cache(path: Path, state: dict[str, torch.Tensor]) -> None:
-    """Write a cached state atomically (unique temporary name beside `path`, removed on failure; the
-    temporaries of writers killed more than an hour ago are removed too)."""
+def save_cache(
+    path: Path, state: dict[str, torch.Tensor], key: Any = None, extra: dict[str, Any] | None = None
+) -> None:
+    """Write a cached state and its record (`<path>.json`: `key`, the sha256 of the bytes, `extra`), atomically
+    (unique temporary names beside `path`, removed on failure; the temporaries of writers killed more than an hour
+    ago are removed too). A full disk is a UserError naming the cache folder and the entry's size."""
     path = Path(path)
-    for old in path.parent.glob(f".{path.name}.*.tmp"):
+    for old in path.parent.glob(f".{path.name}*.tmp"):
         try:
             if time.time() - old.stat().st_mtime > 3600:
                 old.unlink()
         except OSError:
             pass  # another process removed or renamed it
-    write_with(path, lambda f: torch.save(state, f))
-
-
-def load_cache(path: Path, device: torch.device | str = "cpu", what: str = "cache", quiet: bool = False):
-    """The state cached at `path`, or None when absent or unreadable (truncated, corrupt: reported, deleted)."""
-    path = Path(path)
-    if not path.exists():
-        return None
+    buf = io.BytesIO()
+    torch.save(state, buf)  # serialised in memory: the file write is one plain write (a full disk is an OSError)
     try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable cache file is rebuilt, never fatal
+        write_cache_entry(path, buf.getvalue(), key, extra)
+    except NoSpace as e:
+        raise e.regarding(path.parent, hint="the cache, $TTA_BENCH_CACHE") from None
+
+
+def load_cache(
+    path: Path,
+    device: torch.device | str = "cpu",
+    what: str = "cache",
+    quiet: bool = False,
+    key: Any = None,
+    with_record: bool = False,
+):
+    """The state cached at `path` for `key`, or None when absent or not to be trusted: unreadable (truncated,
+    corrupt), not a file (a directory), without its record, made for another key (e.g. another recipe's model copied
+    over it) or with bytes other than recorded (reported, removed: the caller rebuilds it). `with_record`: returns
+    (state, record) with the record's extra facts."""
+    path = Path(path)
+    data, problem, record = read_cache_entry(path, key)
+    state = None
+    if data is not None:
+        try:
+            state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable cache file is rebuilt, never fatal
+            problem = f"is unreadable ({type(e).__name__})"
+    if problem is not None:
         if not quiet:
-            print(f"note: {what} {path} is unreadable ({type(e).__name__}); rebuilding it", file=sys.stderr)
-        path.unlink(missing_ok=True)
-        return None
+            print(f"note: {what} {path} {problem}; rebuilding it", file=sys.stderr)
+        discard_cache_entry(path)
+        state, record = None, {}
+    return (state, record) if with_record else state
 
 
 def cached_training(
@@ -206,14 +240,15 @@ def cached_training(
     and retrained. `sha256` (recorded in config.json) is the hash of the trained weights themselves.
     """
     path = Path(cache_dir) / "models" / f"{tag}-{recipe_hash(recipe)}.pt"
+    key = {"tag": tag, "recipe": recipe}  # checked on every read: another recipe's file at this name is rebuilt
     model = build()
-    state = load_cache(path, "cpu", "cached source model")
+    state = load_cache(path, "cpu", "cached source model", key=key)
     if state is None or not _loads(model, state):
         with torch.random.fork_rng(devices=[]):  # initialised from the recipe's seed, not the caller's RNG state
             torch.manual_seed(int(recipe.get("seed", 0)))
             model = build()
         train(model)
-        save_cache(path, model.state_dict())
+        save_cache(path, model.state_dict(), key=key)
     for p in model.parameters():
         p.grad = None  # nothing of training reaches the stream
     return describe(model.eval(), weights=str(path), sha256=state_sha256(model), recipe=recipe)

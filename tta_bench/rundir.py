@@ -12,35 +12,30 @@ re-run (`--force`) or a crash never loses a completed one:
   comes between the two renames.
 
 `run_lock(out, run_id)` (fcntl.flock on `<out>/.<run id>.lock`) serialises runs of one id: a second
-identical run waits for the first and then finds its result. `clean_stale` removes what interrupted runs of
-an id left behind (called under the lock).
+identical run waits for the first and then finds its result. `clean_stale` removes what interrupted runs left
+behind (called under the lock): only folders whose writer is gone, judged by owner and lease so that runs on
+other hosts or in other PID namespaces sharing `--out` keep theirs. The machinery is
+`tta_bench.kernel.atomic`'s (also used for the leaderboard site); this module names it for run folders.
 """
 
 from __future__ import annotations
 
 import csv
-import ctypes
-import errno
-import fcntl
 import io
 import json
 import math
 import os
 import re
-import secrets
-import shutil
-import signal
 import stat
-import time
 import types
 import typing
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Required, TypedDict, Union
 
-from tta_bench.kernel import UserError, is_hex_id, write_atomic, write_json
+from tta_bench.kernel import UserError, atomic, is_hex_id, write_atomic, write_json
 
 CONFIG, BATCHES, DOMAINS, SUMMARY, DONE = "config.json", "batches.csv", "domains.csv", "summary.json", "done"
 RUN_FILES = (CONFIG, BATCHES, DOMAINS, SUMMARY, DONE)
@@ -592,25 +587,9 @@ def check_run(folder: Path) -> tuple[dict[str, Any], Summary, tuple[list[str], l
     return cfg, summary, domains, batches
 
 
-# --- writing: kill points for crash tests ----------------------------------------------------------------
-_KILL = {"count": 0}
-KILL_ENV = "TTA_BENCH_TEST_KILL_AT"
-SLOW_ENV = "TTA_BENCH_TEST_SLOW_WRITES"
-HOLD_ENV = "TTA_BENCH_TEST_HOLD_WHILE"
-
-
-def kill_point() -> None:
-    """Count a write step; SIGKILL this process at step `$TTA_BENCH_TEST_KILL_AT`; before each step sleep
-    `$TTA_BENCH_TEST_SLOW_WRITES` seconds and wait while the file `$TTA_BENCH_TEST_HOLD_WHILE` exists
-    (crash and concurrency tests only)."""
-    _KILL["count"] += 1
-    at, slow, hold = os.environ.get(KILL_ENV), os.environ.get(SLOW_ENV), os.environ.get(HOLD_ENV)
-    if at and int(at) == _KILL["count"]:
-        os.kill(os.getpid(), signal.SIGKILL)
-    if slow:
-        time.sleep(float(slow))
-    while hold and Path(hold).exists():
-        time.sleep(0.05)
+# --- writing: build aside, lock, swap (tta_bench.kernel.atomic; re-exported here for the runner and the tests) ----
+KILL_ENV, SLOW_ENV, HOLD_ENV, _KILL = atomic.KILL_ENV, atomic.SLOW_ENV, atomic.HOLD_ENV, atomic._KILL
+kill_point, commit, replace_tree, is_live = atomic.kill_point, atomic.commit, atomic.replace_tree, atomic.is_live
 
 
 def write_file(path: Path, data: str | bytes) -> None:
@@ -625,141 +604,31 @@ def write_json_file(path: Path, obj: Any) -> None:
     write_json(path, obj)
 
 
-# --- temporary folders, locking, commit -----------------------------------------------------------------
 def temp_folder(out: Path, run_id: str) -> Path:
-    """A new private folder `<out>/.<run id>.tmp-<pid>-<random>/` to build a run in."""
+    """A new private folder `<out>/.<run id>.tmp-<pid>-<random>/` to build a run in (owned by this process, its lease
+    kept fresh while it runs: `tta_bench.kernel.atomic`)."""
     assert is_run_id(run_id), run_id
-    path = Path(out) / f".{run_id}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    path.mkdir(parents=True)
-    return path
+    return atomic.make_temp(out, run_id)
 
 
-@contextmanager
-def run_lock(out: Path, run_id: str, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
-    """Hold the exclusive lock of `run_id` under `out` (waits while another process holds it)."""
+def run_lock(out: Path, run_id: str, on_wait: Callable[[], None] | None = None) -> AbstractContextManager[bool]:
+    """Hold the exclusive lock of `run_id` under `out` (waits while another process holds it; goes on unlocked, with a
+    note, where the file system refuses locks)."""
     assert is_run_id(run_id), run_id
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd = os.open(out / f".{run_id}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise UserError(f"Cannot write run folders under --out {out} ({e.strerror}). Pass a writable --out.") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_wait is not None:
-                on_wait()
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _leftovers(out: Path, run_id: str, kind: str) -> list[Path]:
-    return sorted(Path(out).glob(f".{run_id}.{kind}-*"))
+    return atomic.lock(out, run_id, on_wait)
 
 
 def recover(out: Path, run_id: str) -> Path | None:
     """The complete folder of `run_id`: `<out>/<id>`, or an old one set aside by an interrupted commit (moved back)."""
-    final = Path(out) / run_id
-    if is_complete(final):
-        return final
-    for old in _leftovers(out, run_id, "old"):
-        if is_complete(old):
-            if final.exists():
-                shutil.rmtree(final)  # an incomplete folder (never written by commit): the old result wins
-            os.rename(old, final)
-            return final
-    return None
+    return atomic.recover(out, run_id, is_complete)
 
 
 def find_complete(out: Path, run_id: str) -> Path | None:
     """Where a complete result of `run_id` is, without changing anything (`<out>/<id>` or an old aside)."""
-    final = Path(out) / run_id
-    if is_complete(final):
-        return final
-    return next((p for p in _leftovers(out, run_id, "old") if is_complete(p)), None)
+    return atomic.find_complete(out, run_id, is_complete)
 
 
 def clean_stale(out: Path, run_id: str) -> list[Path]:
-    """Under `run_lock(out, run_id)`: recover an aside result, remove this id's temporaries and old folders, and
-    any other id's temporary folder whose process is gone. Returns what was removed."""
-    recover(out, run_id)
-    removed = _leftovers(out, run_id, "tmp") + _leftovers(out, run_id, "old")
-    for p in Path(out).glob(".*.tmp-*-*"):
-        pid = p.name.rsplit(".tmp-", 1)[1].split("-")[0]
-        if p not in removed and p.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
-            removed.append(p)
-    for p in removed:
-        shutil.rmtree(p, ignore_errors=True)
-    return removed
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).renameat2
-    except (AttributeError, OSError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
-        return False
-    raise OSError(err, f"renameat2({a}, {b}): {os.strerror(err)}")
-
-
-def commit(tmp: Path, final: Path) -> None:
-    """Make the complete folder `tmp` the folder `final`; an earlier `final` is replaced only now, then deleted."""
-    kill_point()
-    if not final.exists():
-        os.rename(tmp, final)
-        return
-    if _exchange(tmp, final):  # final: new result; tmp: the old one
-        kill_point()
-        shutil.rmtree(tmp, ignore_errors=True)
-        return
-    aside = final.with_name(f".{final.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
-    os.rename(final, aside)
-    kill_point()
-    os.rename(tmp, final)
-    kill_point()
-    shutil.rmtree(aside, ignore_errors=True)
-
-
-def replace_tree(build: Callable[[Path], Any], out: Path) -> Any:
-    """Call `build(tmp)` on a new folder beside `out`, then swap it in as `out` (old one deleted after the swap).
-
-    Entries of an existing `out` that `build` did not write are carried over, so only the builder's own
-    files are replaced. A crash during `build` leaves `out` untouched.
-    """
-    out = Path(out)
-    for stale in out.parent.glob(f".{out.name}.tmp-*-*"):  # left by a killed build
-        pid = stale.name.rsplit(".tmp-", 1)[1].split("-")[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir(parents=True)
-    try:
-        result = build(tmp)
-        if out.is_dir():
-            for entry in out.iterdir():
-                if not (tmp / entry.name).exists() and not entry.name.startswith(f".{out.name}."):
-                    (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, tmp / entry.name)
-        commit(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return result
+    """Under `run_lock(out, run_id)`: recover an aside result, then remove the temporary and old folders under `out`
+    whose writer is gone (`atomic.is_live`: a live writer's folder, on this or another host, is kept)."""
+    return atomic.clean_stale(out, run_id, is_complete)

@@ -30,7 +30,7 @@ from tta_bench import streams as st
 from tta_bench.accel import compile_adapter
 from tta_bench.config import RunConfig, cache_dir_default, weights_dir_default
 from tta_bench.identity import data_fingerprint, open_stream, resolve, run_id  # noqa: F401  (re-exported)
-from tta_bench.kernel import UserError, hash_json, read_json, write_json
+from tta_bench.kernel import NoSpace, UserError, folder_bytes, hash_json
 from tta_bench.memory import StepMemory, measure
 from tta_bench.metrics import forgetting, make_meter
 from tta_bench.models import ModelContext, build_model, load_cache, model_info, save_cache
@@ -103,8 +103,12 @@ def run(cfg: RunConfig, force: bool = False, quiet: bool = False) -> RunResult:
             with quiet_while(quiet):  # training and prepare progress too
                 summary, domains = execute(cfg, spec, rid, tmp, quiet)
             rundir.commit(tmp, out / rid)
-        except BaseException:
+        except BaseException as e:
+            written = folder_bytes(tmp)
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, NoSpace) and (e.folder == tmp or tmp in e.folder.parents):  # the run folder's disk
+                need = max(written, folder_bytes(out / rid)) + (1 << 20)  # so far, or the earlier result's size
+                raise e.regarding(out, need, hint="--out") from None
             raise
     return RunResult(out / rid, summary, pd.DataFrame(domains), skipped=False)
 
@@ -196,28 +200,18 @@ def prepare(adapter, spec, cfg: RunConfig, ctx: ModelContext, weights: dict, qui
     key = prepare_key(adapter, spec, cfg, weights, ctx.device)
     path = ctx.cache_dir / "prepare" / f"{cfg.method}-{cfg.model}-{key}.pt"
     info: dict[str, Any] = {"cache": str(path), "key": key}
-    state = load_cache(path, ctx.device, "prepare-stage cache", quiet)
+    state, facts = load_cache(path, ctx.device, "prepare-stage cache", quiet, key=key, with_record=True)
     if state is not None and _load_state(adapter, state):
-        info.update(_prepare_facts(path), cached=True)  # the figures measured when it was made
+        info.update({k: facts.get(k) for k in ("adapt_mb", "seconds")}, cached=True)  # measured when it was made
         took = f", made in {info['seconds']:.1f} s" if info.get("seconds") is not None else ""
         _say(quiet, f"prepare {cfg.method}: cached state loaded ({path.name}{took})")
     else:
         facts = _run_prepare(adapter, spec, cfg, ctx.device, quiet)
-        save_cache(path, adapter.state_dict())
-        write_json(path.with_suffix(".json"), facts)
+        save_cache(path, adapter.state_dict(), key=key, extra=facts)  # its record holds the key, digest and facts
         info.update(facts, cached=False)
     zero_grads(adapter)
     adapter.snapshot()
     return info
-
-
-def _prepare_facts(path: Path) -> dict[str, Any]:
-    """adapt_mb and seconds of the prepare stage that made the cache at `path` (empty when not recorded)."""
-    try:
-        facts = read_json(path.with_suffix(".json"), "prepare-stage facts")
-    except UserError:
-        return {}
-    return {k: facts.get(k) for k in ("adapt_mb", "seconds")} if isinstance(facts, dict) else {}
 
 
 def _load_state(adapter: methods.Adapter, state: dict) -> bool:

@@ -33,6 +33,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
+import json
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +48,16 @@ from torch.utils.data import Dataset
 from tta_bench import corruptions
 from tta_bench.data.cifar import U8Images
 from tta_bench.data.folders import ImageFiles, image_errors, is_image_folder, list_image_folder
-from tta_bench.kernel import UserError, fingerprint_files, hash_json, read_cifar_pickle, read_json, write_json
+from tta_bench.kernel import (
+    UserError,
+    discard_cache_entry,
+    dumps_json,
+    fingerprint_files,
+    hash_json,
+    read_cache_entry,
+    read_cifar_pickle,
+    write_cache_entry,
+)
 from tta_bench.kernel.progressbar import progress
 from tta_bench.streams import StreamSpec, register, segment_seed
 
@@ -204,6 +215,22 @@ def view(pool: Pool, i: int, rng: np.random.Generator, size: int | None) -> torc
 
 
 # --- the stream -------------------------------------------------------------------------------------------------------
+def _cached_cells(path: Path, key: str) -> dict[str, float]:
+    """The calibration cells cached at `path` for `key`; {} when there are none or the entry cannot be trusted
+    (another key's file, replaced or damaged bytes, a directory: reported, removed and measured again)."""
+    data, problem, _ = read_cache_entry(path, key)
+    cells = None
+    if data is not None:
+        try:
+            cells = dict(json.loads(data)["cells"])
+        except (ValueError, KeyError, TypeError):
+            problem = "is not a calibration file"
+    if problem is not None:
+        print(f"note: CCC calibration cache {path} {problem}; rebuilding it", file=sys.stderr)
+        discard_cache_entry(path)
+    return cells or {}
+
+
 @dataclass
 class CCC:
     """One CCC stream over `pool`: calibrate against a source model, then `dataset()` yields its images."""
@@ -253,8 +280,9 @@ class CCC:
 
     def calibrate(self, model: torch.nn.Module, device: torch.device, cache_dir: Path, model_key: dict) -> dict:
         """Plan the walks with accuracy matrices of `model` (eval mode, not changed), measured where needed."""
-        path = Path(cache_dir) / "ccc" / f"calibration-{self.cache_key(model_key)}.json"
-        self.cells = dict(read_json(path, "CCC calibration cache")["cells"]) if path.exists() else {}
+        key = self.cache_key(model_key)
+        path = Path(cache_dir) / "ccc" / f"calibration-{key}.json"
+        self.cells = _cached_cells(path, key)
         known = len(self.cells)
         net = copy.deepcopy(model).eval()
         calib = self._calibration_set()
@@ -271,7 +299,8 @@ class CCC:
                     acc[i, j] = self.cells[key]
             if len(self.cells) > known:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                write_json(path, {"model": model_key, "seed": self.seed, "cells": self.cells})
+                cells = dumps_json({"model": model_key, "seed": self.seed, "cells": self.cells}).encode()
+                write_cache_entry(path, cells, key)  # with its record: key and digest, checked on every read
             return acc
 
         with bar:

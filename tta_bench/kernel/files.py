@@ -6,12 +6,15 @@ content, never a half-written one (temp file in the same folder + `os.replace`, 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import math
 import os
 import pickle
+import shutil
+import stat
 import tempfile
 import urllib.error
 import urllib.request
@@ -25,28 +28,106 @@ from tta_bench.kernel.errors import UserError
 # --- atomic writes --------------------------------------------------------------------------------------
 def write_atomic(path: Path, data: str | bytes) -> None:
     """Write `data` to `path` atomically (a crash leaves the old file or none, never a partial one)."""
-    write_with(path, lambda f: f.write(data.encode() if isinstance(data, str) else data))
+    raw = data.encode() if isinstance(data, str) else data
+    write_with(path, lambda f: f.write(raw), size=len(raw))
 
 
-def write_with(path: Path, write: Callable[[IO[bytes]], Any], *, fsync: bool = True) -> None:
+def write_with(path: Path, write: Callable[[IO[bytes]], Any], *, fsync: bool = True, size: int = 0) -> None:
     """Call `write(f)` on a temporary binary file beside `path`, fsync it, then rename it over `path`.
 
     `fsync=False` skips the flush to disk (for millions of small regenerable files, e.g. ImageNet-C JPEGs):
-    the rename is still atomic, but after a power loss the file may be empty.
+    the rename is still atomic, but after a power loss the file may be empty. A full disk, an exhausted quota or a
+    read-only file system (ENOSPC, EDQUOT, EROFS) is a `NoSpace` naming the folder and about how much the write
+    needs (`size`, the bytes it meant to write, when known); the temporary file is removed and `path` unchanged.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             if fsync:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        written = 0
+        if tmp is not None:
+            written = _size(Path(tmp))
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in NO_SPACE_ERRNOS:
+            raise no_space(e, path.parent, max(size, written) + (64 << 10), str(path.name)) from None
         raise
+
+
+# --- full disks -----------------------------------------------------------------------------------------
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+class NoSpace(UserError):
+    """A write refused for lack of space, quota or writability (ENOSPC, EDQUOT, EROFS): one paragraph naming the
+    folder, what was being written and about how much space it needs."""
+
+    def __init__(self, err: int, folder: Path, need: int, what: str, hint: str = "") -> None:
+        self.err, self.folder, self.need, self.what, self.hint = err, Path(folder), int(need), what, hint
+        free = _free(self.folder)
+        where = f"{self.folder}{f' ({hint})' if hint else ''}"
+        if err == errno.EROFS:
+            head = f"{where} is on a read-only file system: cannot write {what} (about {human_bytes(need)})."
+            fix = "Choose a writable folder."
+        else:
+            why = "The disk quota is exhausted" if err == errno.EDQUOT else "No space is left"
+            head = (
+                f"{why} on the device holding {where} while writing {what}: it needs about {human_bytes(need)} "
+                f"({'unknown' if free is None else human_bytes(free)} free now)."
+            )
+            fix = "Free space there or choose another folder, then run again."
+        super().__init__(
+            f"{head} {fix} Nothing completed was changed (earlier results and sites are intact) and this write's "
+            "temporary files were removed."
+        )
+
+    def regarding(self, folder: Path, need: int = 0, hint: str | None = None) -> NoSpace:
+        """The same failure told about `folder` (e.g. the run's --out rather than its temporary folder)."""
+        return NoSpace(self.err, folder, max(self.need, need), self.what, self.hint if hint is None else hint)
+
+
+def no_space(e: OSError, folder: Path, need: int, what: str, hint: str = "") -> NoSpace:
+    """The NoSpace error for OSError `e` (errno ENOSPC, EDQUOT or EROFS) writing `what` under `folder`."""
+    return NoSpace(e.errno or errno.ENOSPC, folder, need, what, hint)
+
+
+def human_bytes(n: int | float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def _free(folder: Path) -> int | None:
+    for p in (folder, *folder.parents):
+        try:
+            return shutil.disk_usage(p).free
+        except OSError:
+            continue
+    return None
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes in the files under `folder` (0 when it does not exist)."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        total += sum(_size(Path(root) / f) for f in files)
+    return total
 
 
 def strict(obj: Any) -> Any:
@@ -113,14 +194,119 @@ def hash_json(obj: Any, n: int | None = 16) -> str:
     return hash_text(json.dumps(obj, sort_keys=True, default=str), n)
 
 
-def fingerprint_files(paths: Iterable[Path], root: Path | None = None) -> str:
-    """Hash of (relative path, size, mtime_ns) of every file: a file changed in place gives a new fingerprint."""
-    h = hashlib.sha256()
-    for p in sorted(Path(x) for x in paths):
-        st = p.stat()
-        name = str(p.relative_to(root)) if root is not None else str(p)
-        h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+FULL_HASH_BYTES = 1 << 20  # files up to this size are hashed whole
+SAMPLE_BLOCKS, SAMPLE_BLOCK = 16, 1 << 16  # larger ones: 16 blocks of 64 KiB spread evenly, first and last included
+
+
+def content_digest(path: Path, size: int | None = None) -> str:
+    """16 hex of a file's content: the whole file up to FULL_HASH_BYTES, else its size and SAMPLE_BLOCKS blocks of
+    SAMPLE_BLOCK bytes at evenly spaced offsets (first and last block included; 1 MiB read per file)."""
+    size = Path(path).stat().st_size if size is None else size
+    h = hashlib.sha256(f"{size}\0".encode())
+    with open(path, "rb") as f:
+        if size <= FULL_HASH_BYTES:
+            h.update(f.read())
+        else:
+            for i in range(SAMPLE_BLOCKS):
+                f.seek((size - SAMPLE_BLOCK) * i // (SAMPLE_BLOCKS - 1))
+                h.update(f.read(SAMPLE_BLOCK))
     return h.hexdigest()[:16]
+
+
+def fingerprint_files(paths: Iterable[Path], root: Path | None = None) -> str:
+    """Hash of (path relative to `root`, size, content digest) of every file; `root` None: their common folder.
+
+    Content, not mtimes: a file rewritten in place is a new fingerprint even when its mtime was kept, and the same
+    bytes under another folder (a copy, another mount) are the same fingerprint. Files up to FULL_HASH_BYTES are
+    hashed whole; larger ones by a sample of their bytes (`content_digest`), so a change confined to the unsampled
+    bytes of a large file is missed. Anything but a regular file (a device) counts by its type and size only.
+    """
+    paths = sorted(Path(x) for x in paths)
+    if root is None and paths:
+        root = Path(os.path.commonpath([str(p.parent) for p in paths]))
+    h = hashlib.sha256()
+    for p in paths:
+        st = p.stat()
+        try:
+            name = str(p.relative_to(root)) if root is not None else p.name
+        except ValueError:
+            name = str(p)
+        if stat.S_ISREG(st.st_mode):
+            try:
+                digest = content_digest(p, st.st_size)
+            except OSError:  # unreadable: the run reading it will say so; name, size and mtime meanwhile
+                digest = f"unreadable-{st.st_mtime_ns}"
+        else:
+            digest = f"mode-{stat.S_IFMT(st.st_mode)}"
+        h.update(f"{name}\0{st.st_size}\0{digest}\n".encode())
+    return h.hexdigest()[:16]
+
+
+# --- verified cache entries -----------------------------------------------------------------------------------
+def seal_path(entry: Path) -> Path:
+    """The record beside cache entry `entry`: `<entry>.json` holding its key and the sha256 of its bytes."""
+    entry = Path(entry)
+    return entry.with_name(entry.name + ".json")
+
+
+def _canonical(key: Any) -> Any:
+    return json.loads(json.dumps(key, sort_keys=True, default=str))
+
+
+def write_cache_entry(entry: Path, data: bytes, key: Any, extra: dict[str, Any] | None = None) -> None:
+    """Write cache entry `entry` (atomically) and then its record (`seal_path`: key, sha256, size, `extra`).
+
+    A crash between the two leaves an entry whose record does not match: it is rebuilt, never used."""
+    entry = Path(entry)
+    discard_cache_entry(entry)
+    write_atomic(entry, data)
+    record = {"key": _canonical(key), "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), **(extra or {})}
+    write_json(seal_path(entry), record)
+
+
+def read_cache_entry(entry: Path, key: Any) -> tuple[bytes | None, str | None, dict[str, Any]]:
+    """(bytes, None, record) of a cache entry made for `key` whose bytes match its record; (None, None, {}) when
+    there is none; (None, problem, {}) when it cannot be trusted: not a regular file (a directory), no or a damaged
+    record, made for another key (another recipe, model or data), or content that is not what was recorded
+    (replaced, truncated). The bytes are read once and checked in memory, so what is returned is what was checked."""
+    entry = Path(entry)
+    if not entry.exists() and not entry.is_symlink():
+        return None, None, {}
+    if not entry.is_file():
+        return None, "is not a regular file (a directory or a broken link)", {}
+    try:
+        record = json.loads(seal_path(entry).read_text())
+    except FileNotFoundError:
+        return None, f"has no record of its key and digest ({seal_path(entry).name})", {}
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None, f"has a damaged record ({seal_path(entry).name})", {}
+    if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
+        return None, f"has a damaged record ({seal_path(entry).name})", {}
+    if record.get("key") != _canonical(key):
+        return None, "was made for another key (another recipe, model, data or options)", {}
+    try:
+        data = entry.read_bytes()
+    except OSError as e:
+        return None, f"is unreadable ({e.strerror})", {}
+    if hashlib.sha256(data).hexdigest() != record["sha256"]:
+        return None, "does not hold the bytes its record names (replaced, truncated or damaged)", {}
+    return data, None, record
+
+
+def discard_cache_entry(entry: Path) -> None:
+    """Remove cache entry `entry` (a file, link or directory at its name) and its record; a UserError naming it
+    when it cannot be removed."""
+    for p in (Path(entry), seal_path(entry)):
+        try:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            elif p.exists() or p.is_symlink():
+                p.unlink()
+        except OSError as e:
+            raise UserError(
+                f"The cache entry {p} cannot be trusted and cannot be removed ({e.strerror}). Remove it by hand, or "
+                "set $TTA_BENCH_CACHE to another folder."
+            ) from None
 
 
 # --- downloads ------------------------------------------------------------------------------------------
