@@ -201,16 +201,37 @@ SAMPLE_BLOCKS, SAMPLE_BLOCK = 16, 1 << 16  # larger ones: 16 blocks of 64 KiB sp
 def content_digest(path: Path, size: int | None = None) -> str:
     """16 hex of a file's content: the whole file up to FULL_HASH_BYTES, else its size and SAMPLE_BLOCKS blocks of
     SAMPLE_BLOCK bytes at evenly spaced offsets (first and last block included; 1 MiB read per file)."""
-    size = Path(path).stat().st_size if size is None else size
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return _digest_fd(fd, os.fstat(fd).st_size if size is None else size)
+    finally:
+        os.close(fd)
+
+
+def _digest_fd(fd: int, size: int) -> str:
     h = hashlib.sha256(f"{size}\0".encode())
-    with open(path, "rb") as f:
-        if size <= FULL_HASH_BYTES:
-            h.update(f.read())
-        else:
-            for i in range(SAMPLE_BLOCKS):
-                f.seek((size - SAMPLE_BLOCK) * i // (SAMPLE_BLOCKS - 1))
-                h.update(f.read(SAMPLE_BLOCK))
+    if size <= FULL_HASH_BYTES:
+        h.update(os.read(fd, size + 1))
+    else:
+        for i in range(SAMPLE_BLOCKS):
+            h.update(os.pread(fd, SAMPLE_BLOCK, (size - SAMPLE_BLOCK) * i // (SAMPLE_BLOCKS - 1)))
     return h.hexdigest()[:16]
+
+
+def _file_entry(path: str | Path) -> tuple[int, str]:
+    """(size, content digest) of a regular file; a device or other special file by its type (never read)."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        return st.st_size, f"mode-{stat.S_IFMT(st.st_mode)}"
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # unreadable: the run reading it will say so; its size and mtime meanwhile
+        return st.st_size, f"unreadable-{st.st_mtime_ns}"
+    try:
+        size = os.fstat(fd).st_size
+        return size, _digest_fd(fd, size)
+    finally:
+        os.close(fd)
 
 
 def fingerprint_files(paths: Iterable[Path], root: Path | None = None) -> str:
@@ -220,25 +241,23 @@ def fingerprint_files(paths: Iterable[Path], root: Path | None = None) -> str:
     bytes under another folder (a copy, another mount) are the same fingerprint. Files up to FULL_HASH_BYTES are
     hashed whole; larger ones by a sample of their bytes (`content_digest`), so a change confined to the unsampled
     bytes of a large file is missed. Anything but a regular file (a device) counts by its type and size only.
+    (CIFAR-10's 10,000 test JPEGs, 40 MB: 0.25 s with the files in the page cache.)
     """
-    paths = sorted(Path(x) for x in paths)
-    if root is None and paths:
-        root = Path(os.path.commonpath([str(p.parent) for p in paths]))
+    names = sorted(map(str, paths))  # strings: sorting 10,000 Paths costs more than hashing their files
+    if root is None and names:
+        root = Path(os.path.commonpath([os.path.dirname(n) for n in names]))
+    prefix = str(root).rstrip(os.sep) + os.sep if root is not None else None
     h = hashlib.sha256()
-    for p in paths:
-        st = p.stat()
-        try:
-            name = str(p.relative_to(root)) if root is not None else p.name
-        except ValueError:
-            name = str(p)
-        if stat.S_ISREG(st.st_mode):
-            try:
-                digest = content_digest(p, st.st_size)
-            except OSError:  # unreadable: the run reading it will say so; name, size and mtime meanwhile
-                digest = f"unreadable-{st.st_mtime_ns}"
+    for text in names:
+        if prefix is not None and text.startswith(prefix):
+            name = text[len(prefix) :]
         else:
-            digest = f"mode-{stat.S_IFMT(st.st_mode)}"
-        h.update(f"{name}\0{st.st_size}\0{digest}\n".encode())
+            try:
+                name = str(Path(text).relative_to(root)) if root is not None else os.path.basename(text)
+            except ValueError:
+                name = text
+        size, digest = _file_entry(text)
+        h.update(f"{name}\0{size}\0{digest}\n".encode())
     return h.hexdigest()[:16]
 
 
