@@ -29,7 +29,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from tta_bench import rundir
 from tta_bench.leaderboard import parity, plots
-from tta_bench.leaderboard.collect import LOCATION_OPTIONS, Collection, collect, protocol_opts
+from tta_bench.leaderboard.collect import LOCATION_OPTIONS, Collection, collect, printable, protocol_opts
 from tta_bench.leaderboard.stats import ALPHA, BASELINES, summarize
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -94,13 +94,13 @@ def write_site(col: Collection, runs_dir: Path, out: Path) -> Site:
         groups=stream_groups(tables_ctx),
         n_runs=len(col.runs),
         n_incomplete=len(col.incomplete),
-        unreadable=[{"path": str(p), "why": why} for p, why in col.unreadable],
-        runs_dir=str(runs_dir),
+        unreadable=[{"path": printable(str(p)), "why": printable(why)} for p, why in col.unreadable],
+        runs_dir=printable(str(runs_dir)),
         alpha=ALPHA,
         baselines=BASELINES,
         parity=parity.sections(runs_dir),  # `reproduce` reports under <runs>/parity/
     )
-    (out / "index.html").write_text(html)
+    (out / "index.html").write_text(html, encoding="utf-8")
     shutil.copyfile(TEMPLATES / "style.css", out / "style.css")
     return Site(out, len(col.runs), col.incomplete, col.unreadable, tables, summary, col.runs, written)
 
