@@ -82,4 +82,6 @@ def run_id(cfg: RunConfig, spec: st.StreamSpec | None = None) -> str:
     weights = weights_fingerprint(cfg.model_opts)
     if weights is not None:
         key["weights"] = weights
+    if spec.clean is not None and cfg.clean_eval != "off":  # clean batches are shuffled (runs before: file order)
+        key["clean_order"] = "shuffled"
     return hash_json(key, rundir.RUN_ID_LENGTH)

@@ -125,6 +125,8 @@ def execute(cfg: RunConfig, spec: st.StreamSpec, rid: str, folder: Path, quiet: 
     datasets = [st.segment_dataset(spec, s, cfg.limit) for s in segments]
     record = config_record(cfg, rid, device, spec, weights, segments, datasets, prep)
     rundir.write_json_file(folder / rundir.CONFIG, record)
+    if record["preset"].get("defaults_note"):  # the run header: settings from another benchmark family
+        _say(quiet, f"WARNING: {record['preset']['defaults_note']}")
     torch.manual_seed(cfg.seed)  # the stream starts from the same RNG state whether prepare ran or was cached
     rec = stream(adapter, spec, cfg, segments, datasets, device, quiet)
     rundir.write_file(folder / rundir.BATCHES, _csv(rec.batch_rows, rundir.BATCH_COLUMNS))
@@ -304,6 +306,29 @@ def config_record(cfg, rid: str, device, spec, weights: dict, segments, datasets
         ],  # fmt: skip
         "samples_per_domain": {f"{s.round}/{s.domain}": len(d) for s, d in zip(segments, datasets)},
         "prepare": prep,
+        "clean_split": clean_record(cfg, spec),
+    }
+
+
+def clean_record(cfg: RunConfig, spec) -> dict[str, Any]:
+    """config.json's `clean_split`: where the stream's held-out clean sample comes from (declared at registration),
+    whether it is disjoint from the stream's images, its size, the order of its batches, and whether forgetting is
+    measured (else why not)."""
+    declared = st.clean_split(cfg.stream)
+    n = len(spec.clean) if spec.clean is not None else 0
+    why = None
+    if not n:
+        why = declared.reason if declared.source is None else f"no clean split in this run ({declared.reason})"
+    elif cfg.clean_eval == "off":
+        why = "--clean-eval off"
+    return {
+        "from": declared.source,
+        "disjoint": declared.disjoint if n else None,
+        "n": n,
+        "order": st.CLEAN_ORDER if n else None,
+        "when": cfg.clean_eval,
+        "measured": why is None,
+        "not_measured_because": why,
     }
 
 
@@ -331,13 +356,21 @@ def _autocast(cfg: RunConfig, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "amp")
 
 
+def clean_loader(clean, batch_size: int, seed: int, device: torch.device | None = None) -> DataLoader:
+    """The held-out clean sample's batches in a shuffled order seeded by the run seed (`streams.CLEAN_ORDER`): the
+    same batches at every evaluation of a run, never the files' order (often class-sorted: one-class batches would
+    break any method that normalises with test-batch statistics)."""
+    device = torch.device("cpu") if device is None else device
+    return _loader(clean, batch_size, device, 0, shuffle=True, seed=st.segment_seed(seed, "clean-eval"))
+
+
 @torch.no_grad()
 def clean_error(adapter, spec, cfg: RunConfig, device: torch.device, quiet: bool = True) -> float | None:
     """Error (%) of the adapter's current state on the held-out clean sample, without adapting on it."""
-    if spec.clean is None or cfg.clean_eval == "off":
+    if spec.clean is None or len(spec.clean) == 0 or cfg.clean_eval == "off":
         return None
     meter = make_meter(spec, 1, device)
-    loader = _loader(spec.clean, cfg.batch_size, device, 0)
+    loader = clean_loader(spec.clean, cfg.batch_size, cfg.seed, device)
     shown = progress(loader, desc="clean evaluation", unit="batch", announce=False, leave=False, disable=quiet)
     for x, y in shown:
         x, y = x.to(device), y.to(device)
@@ -377,10 +410,11 @@ def stream(adapter, spec, cfg: RunConfig, segments, datasets, device: torch.devi
             rec.seconds += seconds
             peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
             rec.batch_rows += batch_rows(meter, seg, times, len(rec.batch_rows), rec.memory.get("adapt_mb"), peak)
-            if cfg.clean_eval == "domain":
+            if cfg.clean_eval == "domain":  # per-domain clean error only here (`end`: after the stream only)
                 rec.clean_after = clean_error(adapter, spec, cfg, device, quiet)
-            rec.domain_rows += domain_rows(meter, spec, seg, seconds, rec.clean_after)
-            bar.log(domain_line(seg, rec.domain_rows, seconds, rec.clean_after))
+            clean_now = rec.clean_after if cfg.clean_eval == "domain" else None
+            rec.domain_rows += domain_rows(meter, spec, seg, seconds, clean_now)
+            bar.log(domain_line(seg, rec.domain_rows, seconds, clean_now))
     if cfg.clean_eval == "end":
         rec.clean_after = clean_error(adapter, spec, cfg, device, quiet)
     rec.overall = overall.summary()

@@ -80,6 +80,35 @@ class StreamSpec:
 
 
 @dataclass(frozen=True)
+class CleanSplit:
+    """Where a stream's held-out clean sample (the forgetting measure) comes from, declared at registration.
+
+    `source` says which images, in words (None: the stream has no held-out clean data; `reason` says why, and no
+    forgetting is measured). `disjoint`: the clean images are never among the images the stream shows (checked by
+    tests/test_clean_splits.py). `reason` with a `source`: when the split is absent (e.g. `stream.holdout=0`).
+    Whatever order the files are in, the runner draws a clean evaluation's batches in `CLEAN_ORDER`.
+    """
+
+    source: str | None
+    disjoint: bool = False
+    reason: str | None = None
+
+    def describe(self) -> str:
+        """One line for `list streams -v`."""
+        if self.source is None:
+            return f"clean split: none ({self.reason}); forgetting not measured"
+        where = "disjoint from the stream's images" if self.disjoint else "NOT disjoint from the stream's images"
+        absent = f"; none when {self.reason}" if self.reason else ""
+        return f"clean split: {self.source}; {where}; order: {CLEAN_ORDER}{absent}"
+
+
+# Order of a clean evaluation's batches (tta_bench.runner.clean_loader): never the files' (often class-sorted) order,
+# which would hand batch-statistics methods one-class batches.
+CLEAN_ORDER = "shuffled, seeded by the run seed (the same batches before and after the stream)"
+NO_CLEAN = CleanSplit(None, reason="not declared")
+
+
+@dataclass(frozen=True)
 class Segment:
     """A stretch of the stream adapted without interruption (one domain in the continual setting)."""
 
@@ -351,21 +380,32 @@ def prefetched(items: Iterable[Any], depth: int = 2) -> Iterator[Any]:
 
 
 def register(
-    name: str, default_model: str, description: str | None = None, family: str | None = None
+    name: str,
+    default_model: str,
+    description: str | None = None,
+    family: str | None = None,
+    clean: CleanSplit | None = None,
 ) -> Callable[[Callable], Callable]:
     """Decorator for stream factories `fn(*, data_dir, seed, **options) -> StreamSpec`.
 
     `default_model` is the model used when `--model` is not given (known before any data is read); `family` is
-    the benchmark family whose official method settings apply to it (tta_bench/presets.py; None: none).
+    the benchmark family whose official method settings apply to it (tta_bench/presets.py; None: none); `clean`
+    where its held-out clean sample comes from (`CleanSplit`; shown by `list streams -v`, recorded in config.json).
     """
 
     def deco(fn: Callable) -> Callable:
         fn.default_model = default_model
         fn.family = family
+        fn.clean_split = clean or NO_CLEAN
         STREAMS.add(name, fn, description)
         return fn
 
     return deco
+
+
+def clean_split(name: str) -> CleanSplit:
+    """The clean split stream `name` declared at registration."""
+    return getattr(STREAMS.get(name).factory, "clean_split", NO_CLEAN)
 
 
 def stream_options(name: str) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from tta_bench.data.digits import CLASS_NAMES as DIGIT_NAMES
 from tta_bench.data.digits import digits_32, split
 from tta_bench.data.folders import check_labels, fixed_order, image_errors, list_image_folder, wnid_index
 from tta_bench.kernel import UserError, read_cifar_names, read_cifar_pickle
-from tta_bench.streams import STREAMS, StreamSpec, register
+from tta_bench.streams import STREAMS, CleanSplit, StreamSpec, register
 
 DS_DOMAINS = ("imagenet", "imagenet-v2", "imagenet-sketch", "imagenet-a", "imagenet-r")
 
@@ -155,7 +155,14 @@ def b2n_spec(name: str, train: Images, test: Images, names: list[str], seed: int
     )
 
 
-@register("digits-b2n", default_model="clip-tiny")
+# CLIP streams take the ImageNet settings (imagenet-c family): the CLIP test-time methods (TPT, TDA, VTE) publish
+# ImageNet configs only, and a CLIP ViT is closer to ImageNet models than to CIFAR's small CNNs.
+B2N_CLEAN = CleanSplit(
+    None, reason="base-to-new prompt learning: the stream is inference only, forgetting does not apply"
+)
+
+
+@register("digits-b2n", default_model="clip-tiny", family="imagenet-c", clean=B2N_CLEAN)
 def digits_b2n(*, data_dir=None, seed: int = 0, shots: int = 16) -> StreamSpec:
     """Embedded digits, base (zero..four) to new (five..nine); shots from the source split. No download."""
     x, y = digits_32()
@@ -168,7 +175,7 @@ def digits_b2n(*, data_dir=None, seed: int = 0, shots: int = 16) -> StreamSpec:
     return spec
 
 
-@register("cifar100-b2n", default_model="clip-vit-b16")
+@register("cifar100-b2n", default_model="clip-vit-b16", family="imagenet-c", clean=B2N_CLEAN)
 def cifar100_b2n(*, data_dir=None, seed: int = 0, shots: int = 16, root: str | None = None) -> StreamSpec:
     """CIFAR-100 base (50) to new (50) classes, torchvision's cifar-100-python pickles."""
     d = need(
@@ -200,7 +207,7 @@ def _folder_b2n(name: str, root: Path, seed: int, shots: int, size: int, names: 
     return b2n_spec(name, train, test, names, seed, shots, {"source": "files", "root": str(root)})
 
 
-@register("folder-b2n", default_model="clip-vit-b16")
+@register("folder-b2n", default_model="clip-vit-b16", family="imagenet-c", clean=B2N_CLEAN)
 def folder_b2n(*, data_dir=None, seed: int = 0, shots: int = 16, root: str | None = None, image_size: int = 224):
     """Any ImageFolder dataset (stream.root=PATH with train/ and test/ or val/), base to new classes."""
     if not root:
@@ -214,14 +221,14 @@ def imagenet_names() -> list[str]:
     return list(IMAGENET_CLASSNAMES)
 
 
-@register("imagenet-b2n", default_model="clip-vit-b16")
+@register("imagenet-b2n", default_model="clip-vit-b16", family="imagenet-c", clean=B2N_CLEAN)
 def imagenet_b2n(*, data_dir=None, seed: int = 0, shots: int = 16, root: str | None = None, image_size: int = 224):
     """ImageNet base (500) to new (500) classes; <data_dir>/imagenet/{train,val}/<wnid>/."""
     r = Path(root) if root else Path(data_dir) / "imagenet"
     return _folder_b2n("imagenet-b2n", r, seed, shots, image_size, imagenet_names())
 
 
-@register("imagenet-ds", default_model="clip-vit-b16", family="imagenet-c")
+@register("imagenet-ds", default_model="clip-vit-b16", family="imagenet-c", clean=B2N_CLEAN)
 def imagenet_ds(
     *,
     data_dir=None,

@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 
 from tta_bench.data.folders import image_errors
 from tta_bench.kernel import UserError
-from tta_bench.streams import StreamSpec, register
+from tta_bench.streams import CleanSplit, StreamSpec, register
 
 FOLDER = "camelyon17_v1.0"
 COLUMNS = ("patient", "node", "x_coord", "y_coord", "tumor", "center", "split")
@@ -108,7 +108,15 @@ def subset(root: Path, df: pd.DataFrame, n: int | None = None) -> Patches:
     return Patches(root, df["path"].values[order].tolist(), df["tumor"].values[order])
 
 
-@register("camelyon17", default_model="medical-resnet", description="Camelyon17-WILDS: hospitals 0,3,4 -> 1 -> 2")
+@register(
+    "camelyon17",
+    default_model="medical-resnet",
+    description="Camelyon17-WILDS: hospitals 0,3,4 -> 1 -> 2",
+    family="cifar10-c",  # 96 px patches, a small BN ResNet trained on the source: small-image settings
+    clean=CleanSplit(
+        "stream.clean_size (1,000) in-distribution val patches of the source hospitals 0, 3, 4", disjoint=True
+    ),
+)
 def camelyon17(*, data_dir=None, seed: int = 0, root: str | None = None, source_limit: int | None = 20000,
                clean_size: int = 1000) -> StreamSpec:  # fmt: skip
     """Hospital shift: train on hospitals 0/3/4, stream hospital 1 (OOD val) then 2 (test)."""

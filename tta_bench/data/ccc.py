@@ -23,9 +23,12 @@ model (`calibrate`, cached under the cache dir by model, data fingerprint, seed 
 pre-computed ImageNet pickle (computed for ResNet-50 on un-cropped images), so the target holds for any model;
 randomness comes from seeded generators (per image: view and pool draw; per 50-image chunk: the corruption noise),
 so the stream is identical for any batch size; `ccc-cifar` keeps CIFAR's 32x32 images (random flip, no crop).
-The pool's clean images (ImageNet: resize 256, centre crop 224) are the stream's `source` (prepare stages, e.g.
-EATA's Fisher) and `clean` (forgetting) sets. CCC has no discrete domains: the stream is one domain, ``ccc``;
-curves over time are batches.csv and the window errors in summary.json.
+Held-out clean split (ours; the official stream has none): `clean_size` pool images (500, at most a tenth of the
+pool), picked in a fixed seed-independent order, are taken out of the pool before anything else: the stream, its
+calibration and the source split never draw them, and they measure forgetting (`clean`; `stream.clean_size=0`:
+no clean split, the whole pool streamed as before). The rest of the pool's clean images (ImageNet: resize 256,
+centre crop 224) are the stream's `source` (prepare stages, e.g. EATA's Fisher). CCC has no discrete domains: the
+stream is one domain, ``ccc``; curves over time are batches.csv and the window errors in summary.json.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from torch.utils.data import Dataset
 
 from tta_bench import corruptions
 from tta_bench.data.cifar import U8Images
-from tta_bench.data.folders import ImageFiles, image_errors, is_image_folder, list_image_folder
+from tta_bench.data.folders import ImageFiles, fixed_order, image_errors, is_image_folder, list_image_folder
 from tta_bench.kernel import (
     UserError,
     discard_cache_entry,
@@ -59,7 +62,7 @@ from tta_bench.kernel import (
     write_cache_entry,
 )
 from tta_bench.kernel.progressbar import progress
-from tta_bench.streams import StreamSpec, register, segment_seed
+from tta_bench.streams import CleanSplit, StreamSpec, register, segment_seed
 
 DIFFICULTY = {"easy": 40.0, "medium": 20.0, "hard": 0.0}  # target source accuracy (%), official --baseline
 _EASY = (
@@ -179,6 +182,21 @@ class Pool:
                     )
                 return im.convert("RGB")
         return Image.fromarray(self.x[i].permute(1, 2, 0).numpy())
+
+    def take(self, idx: np.ndarray) -> Pool:
+        """The pool of images `idx` (in that order)."""
+        files = [self.files[i] for i in idx] if self.files is not None else None
+        x = self.x[torch.as_tensor(idx, dtype=torch.long)] if self.x is not None else None
+        return Pool(self.labels[idx], files=files, x=x, exact_size=self.exact_size)
+
+    def held_out(self, clean_size: int) -> tuple[Pool, Pool | None]:
+        """(the stream's pool, the held-out clean pool or None): min(`clean_size`, a tenth of the pool) images picked
+        in a fixed, seed-independent order (so every seed holds out the same ones); the rest keep their order."""
+        k = min(int(clean_size), len(self) // 10)
+        if k <= 0:
+            return self, None
+        pick = fixed_order(len(self), "ccc-clean")[:k]
+        return self.take(np.setdiff1d(np.arange(len(self)), pick)), self.take(pick)
 
     def fingerprint(self) -> str:
         if self.files is not None:
@@ -395,20 +413,21 @@ def _options(difficulty: str, length: int, speed: int, calib_size: int, target: 
     return DIFFICULTY[difficulty]
 
 
-def _spec(name: str, ccc: CCC, num_classes: int, default_model: str, info: dict) -> StreamSpec:
+def _clean_views(pool: Pool, size: int | None) -> Dataset:
+    """A pool's clean, uncorrupted views (ImageNet: resize 256, centre crop `size`)."""
+    if pool.files is not None:
+        return ImageFiles(pool.files, pool.labels, 256, size)
+    return U8Images(pool.x, torch.as_tensor(pool.labels))
+
+
+def _spec(name: str, ccc: CCC, held: Pool | None, num_classes: int, default_model: str, info: dict) -> StreamSpec:
     def load(domain: str, severity: int | None, limit: int | None) -> CCCImages:
         return ccc.dataset(limit)
 
-    pool = ccc.pool  # clean, uncorrupted views: source data (prepare stages, e.g. EATA's Fisher) and forgetting
-    clean = (
-        ImageFiles(pool.files, pool.labels, 256, ccc.size)
-        if pool.files is not None
-        else U8Images(pool.x, torch.as_tensor(pool.labels))
-    )
     spec = StreamSpec(
         calibrate=ccc.calibrate,  # the runner calls it with the source model before the stream
-        source=clean,
-        clean=clean,
+        source=_clean_views(ccc.pool, ccc.size),  # the stream's pool, clean (prepare stages, e.g. EATA's Fisher)
+        clean=_clean_views(held, ccc.size) if held is not None else None,  # never streamed (forgetting)
         name=name,
         domain_names=["ccc"],
         load=load,
@@ -417,8 +436,16 @@ def _spec(name: str, ccc: CCC, num_classes: int, default_model: str, info: dict)
         severities=None,
         info={"difficulty_target_accuracy": ccc.target, "length": ccc.length, "speed": ccc.speed, **info},
     )
-    spec.info["data_fingerprint"] = ccc.pool.fingerprint()  # part of the run id
+    spec.info["pool"], spec.info["clean_held_out"] = len(ccc.pool), len(held) if held is not None else 0
     return spec
+
+
+CLEAN = CleanSplit(
+    "stream.clean_size (500, at most a tenth of the pool) pool images picked in a fixed order and taken out of the "
+    "pool: never streamed, calibrated on or used as source data",
+    disjoint=True,
+    reason="stream.clean_size=0 (the whole pool streamed, as the official CCC)",
+)
 
 
 @register(
@@ -426,6 +453,7 @@ def _spec(name: str, ccc: CCC, num_classes: int, default_model: str, info: dict)
     default_model="resnet50",
     family="imagenet-c",
     description="CCC (RDumb): two blended corruptions, continuously changing",
+    clean=CLEAN,
 )
 def ccc_stream(
     *,
@@ -438,6 +466,7 @@ def ccc_stream(
     calib_size: int = 200,
     size: int = 224,
     target_accuracy: float | None = None,
+    clean_size: int = 500,
 ) -> StreamSpec:
     """CCC on the fly from an ImageNet ImageFolder `stream.clean_dir` (e.g. ImageNet val by wnid)."""
     target = _options(difficulty, length, speed, calib_size, target_accuracy)
@@ -453,8 +482,10 @@ def ccc_stream(
             f"ccc: {root} has {len(classes)} class folders; it needs the 1,000 ImageNet wnid folders (labels are "
             "their positions in sorted order, the ImageNet class indices)."
         )
-    ccc = CCC(Pool(labels, files=files), target, length, speed, seed, size, calib_size)
-    return _spec("ccc", ccc, 1000, "resnet50", {"clean_dir": str(root), "pool": len(files)})
+    full = Pool(labels, files=files)
+    pool, held = full.held_out(clean_size)
+    ccc = CCC(pool, target, length, speed, seed, size, calib_size)
+    return _spec("ccc", ccc, held, 1000, "resnet50", {"clean_dir": str(root), "data_fingerprint": full.fingerprint()})
 
 
 @register(
@@ -462,6 +493,7 @@ def ccc_stream(
     default_model="wrn28-10-cifar10",
     family="cifar10-c",
     description="CCC on CIFAR-10-sized images (32x32)",
+    clean=CLEAN,
 )
 def ccc_cifar_stream(
     *,
@@ -473,6 +505,7 @@ def ccc_cifar_stream(
     speed: int = 1000,
     calib_size: int = 200,
     target_accuracy: float | None = None,
+    clean_size: int = 500,
 ) -> StreamSpec:
     """CCC from CIFAR-10's test set: `cifar-10-batches-py` (test_batch) or a 32x32 ImageFolder at `stream.clean_dir`."""
     target = _options(difficulty, length, speed, calib_size, target_accuracy)
@@ -497,5 +530,8 @@ def ccc_cifar_stream(
             f"ccc-cifar needs CIFAR-10 test images at {root}: the torchvision folder cifar-10-batches-py "
             "(with test_batch) or an ImageFolder <root>/<class>/<image>; point at it with --set stream.clean_dir=PATH."
         )
+    full = pool
+    pool, held = full.held_out(clean_size)
     ccc = CCC(pool, target, length, speed, seed, None, calib_size)
-    return _spec("ccc-cifar", ccc, 10, "wrn28-10-cifar10", {"clean_dir": str(root), "pool": len(pool)})
+    info = {"clean_dir": str(root), "data_fingerprint": full.fingerprint()}  # every image it may read: the run id's
+    return _spec("ccc-cifar", ccc, held, 10, "wrn28-10-cifar10", info)

@@ -38,7 +38,7 @@ from tta_bench.data.folders import (
 from tta_bench.data.generated import corrupt_images
 from tta_bench.kernel import UserError, fingerprint_files, hash_text, read_cifar_pickle
 from tta_bench.kernel import download as kernel_download
-from tta_bench.streams import StreamSpec, register, segment_seed
+from tta_bench.streams import CleanSplit, StreamSpec, register, segment_seed
 
 N_TEST = 10_000  # test images per severity in the published files (the code reads the count from labels.npy)
 
@@ -342,9 +342,15 @@ def cifar_c(
 
 
 _DESCRIPTION = "{}: published .npy files (downloaded, MD5-checked) or generated from a clean test set"
-cifar10_c = register("cifar10-c", DEFAULTS["cifar10-c"], _DESCRIPTION.format("CIFAR-10-C"), family="cifar10-c")(
-    partial(cifar_c, "cifar10-c")
+CLEAN = CleanSplit(
+    "the first stream.clean_size (500) of the last stream.holdout (1,000) clean test images, never streamed (the "
+    "rest of them, or the training set when present, is the source split)",
+    disjoint=True,
+    reason="stream.holdout=0, or published .npy files without the clean test pickles beside them",
 )
-cifar100_c = register("cifar100-c", DEFAULTS["cifar100-c"], _DESCRIPTION.format("CIFAR-100-C"), family="cifar100-c")(
-    partial(cifar_c, "cifar100-c")
-)
+cifar10_c = register(
+    "cifar10-c", DEFAULTS["cifar10-c"], _DESCRIPTION.format("CIFAR-10-C"), family="cifar10-c", clean=CLEAN
+)(partial(cifar_c, "cifar10-c"))
+cifar100_c = register(
+    "cifar100-c", DEFAULTS["cifar100-c"], _DESCRIPTION.format("CIFAR-100-C"), family="cifar100-c", clean=CLEAN
+)(partial(cifar_c, "cifar100-c"))

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 from tta_bench.data.folders import image_errors
 from tta_bench.kernel import UserError
-from tta_bench.streams import StreamSpec, register
+from tta_bench.streams import CleanSplit, StreamSpec, register
 
 FORMAT = "a CSV with header path,label,group (path relative to the CSV's folder or absolute)"
 
@@ -103,7 +103,17 @@ def train_pairs(spec: str, names: list[str], groups: list[str]) -> dict[int, str
     return out
 
 
-@register("confounded", default_model="medical-resnet", description="class-group association reversed at test")
+@register(
+    "confounded",
+    default_model="medical-resnet",
+    description="class-group association reversed at test",
+    family="cifar10-c",  # small images, a small BN ResNet trained on the source: small-image settings
+    clean=CleanSplit(
+        "stream.clean_fraction (0.1) of the training (class, group) images, not trained on",
+        disjoint=True,
+        reason="stream.clean_fraction rounds to 0 images",
+    ),
+)
 def confounded(*, data_dir=None, seed: int = 0, root: str | None = None, train_groups: str = "", size: int = 64,
                clean_fraction: float = 0.1) -> StreamSpec:  # fmt: skip
     """Confounded split from a `path,label,group` CSV: train on one group per class, test on the others."""

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from tta_bench import corruptions
-from tta_bench.streams import StreamSpec, register, segment_seed
+from tta_bench.streams import CleanSplit, StreamSpec, register, segment_seed
 
 N_TARGET, N_CLEAN = 600, 200
 CLASS_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -58,7 +58,12 @@ def subset(idx: np.ndarray) -> Labeled:
     return Labeled(x[t], y[t])
 
 
-@register("digits-c", default_model="small-cnn")
+@register(
+    "digits-c",
+    default_model="small-cnn",
+    family="cifar10-c",  # 32x32 images and a small BN CNN: the CIFAR-10-C settings (tta_bench/presets.py)
+    clean=CleanSplit("200 digits of the fixed split (600 target, 200 clean, 997 source)", disjoint=True),
+)
 def digits_c(*, data_dir=None, seed: int = 0) -> StreamSpec:
     """Embedded default: sklearn digits upsampled to 32×32, through the 15 corruptions (no download)."""
     parts = split()

@@ -34,7 +34,7 @@ from tta_bench.data.folders import (
 )
 from tta_bench.data.generated import corrupt_images
 from tta_bench.kernel import UserError, fingerprint_files
-from tta_bench.streams import StreamSpec, register, segment_seed
+from tta_bench.streams import CleanSplit, StreamSpec, register, segment_seed
 
 LAYOUT = "<root>/<corruption>/<severity 1..5>/<wnid>/<image>.JPEG"
 WHERE = "https://zenodo.org/records/2235448 (Hendrycks' ImageNet-C: blur, digital, noise, weather tars)"
@@ -87,7 +87,16 @@ def _clean_files(clean: Path, samples: str | None) -> tuple[list[Path], np.ndarr
     return [files[i] for i in order], labels[order], [], f"all-{len(files)}"
 
 
-@register("imagenet-c", default_model="resnet50", family="imagenet-c")
+@register(
+    "imagenet-c",
+    default_model="resnet50",
+    family="imagenet-c",
+    clean=CleanSplit(
+        "generated: stream.clean_size (500) images of stream.clean_dir that the stream does not show",
+        disjoint=True,
+        reason="reading the published ImageNet-C folders (no clean images), or every clean_dir image is streamed",
+    ),
+)
 def imagenet_c(
     *,
     data_dir,

@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 
 from tta_bench.kernel import UserError, fingerprint_files, hash_file
 from tta_bench.kernel import download as fetch
-from tta_bench.streams import StreamSpec, register, segment_seed
+from tta_bench.streams import CleanSplit, StreamSpec, register, segment_seed
 
 SIZES = (28, 64, 128, 224)
 KEYS = tuple(f"{s}_{k}" for s in ("train", "val", "test") for k in ("images", "labels"))
@@ -228,10 +228,23 @@ def _spec(name: str, facts: dict, ds: dict, **kw: Any) -> StreamSpec:
     )
 
 
+MEDMNIST_CLEAN = CleanSplit(
+    "the first stream.clean_size (1,000) images of the val split (the stream shows the test split, the source "
+    "model trains on the train split)",
+    disjoint=True,
+)
+
+
 def _register_c(flag: str) -> None:
     stream = f"{flag}-c"
 
-    @register(stream, default_model="medical-resnet", description=f"MedMNIST-C corruptions of {flag}'s test split")
+    @register(
+        stream,
+        default_model="medical-resnet",
+        description=f"MedMNIST-C corruptions of {flag}'s test split",
+        family="cifar10-c",  # 28-224 px images, a small BN ResNet trained on the source: small-image settings
+        clean=MEDMNIST_CLEAN,
+    )
     def factory(*, data_dir=None, seed: int = 0, root: str | None = None, size: int = 28, download: bool = True,
                 clean_size: int = 1000) -> StreamSpec:  # fmt: skip
         from tta_bench.corruptions.medical import MEDMNIST_C
@@ -253,7 +266,13 @@ for _flag in C_FLAGS:
     _register_c(_flag)
 
 
-@register("pathmnist-site", default_model="medical-resnet", description="PathMNIST: train centre -> test centre")
+@register(
+    "pathmnist-site",
+    default_model="medical-resnet",
+    description="PathMNIST: train centre -> test centre",
+    family="cifar10-c",
+    clean=MEDMNIST_CLEAN,
+)
 def pathmnist_site(*, data_dir=None, seed: int = 0, root: str | None = None, size: int = 28, download: bool = True,
                    clean_size: int = 1000) -> StreamSpec:  # fmt: skip
     """Natural site shift: NCT-CRC-HE-100K (train) -> CRC-VAL-HE-7K (test, another clinical centre)."""

@@ -23,7 +23,7 @@ from pathlib import Path
 from tta_bench.data.decode import EncodedFiles
 from tta_bench.data.folders import fixed_order, imagenet_wnids, list_image_folder, wnid_index
 from tta_bench.kernel import UserError, fingerprint_files
-from tta_bench.streams import StreamSpec, register
+from tta_bench.streams import CleanSplit, StreamSpec, register
 
 IMAGENET_R = """
 n01443537 n01484850 n01494475 n01498041 n01514859 n01518878 n01531178 n01534433 n01614925 n01616318 n01630670 n01632777
@@ -122,7 +122,10 @@ def folder_stream(
     )
 
 
-@register("imagenet-r", default_model="resnet50", family="imagenet-c")
+NATURAL_CLEAN = CleanSplit(None, reason="a natural-shift test set comes without clean source-domain images")
+
+
+@register("imagenet-r", default_model="resnet50", family="imagenet-c", clean=NATURAL_CLEAN)
 def imagenet_r(*, data_dir, seed: int = 0, root: str | None = None) -> StreamSpec:
     """ImageNet-R: 30,000 renditions (art, cartoons, ...) of 200 classes; scored over those 200."""
     where = "https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar"
@@ -130,7 +133,7 @@ def imagenet_r(*, data_dir, seed: int = 0, root: str | None = None) -> StreamSpe
     return folder_stream("imagenet-r", data_dir, root, "imagenet-r", lab, where, IMAGENET_R)
 
 
-@register("imagenet-a", default_model="resnet50", family="imagenet-c")
+@register("imagenet-a", default_model="resnet50", family="imagenet-c", clean=NATURAL_CLEAN)
 def imagenet_a(*, data_dir, seed: int = 0, root: str | None = None) -> StreamSpec:
     """ImageNet-A: 7,500 natural adversarial examples of 200 classes; scored over those 200."""
     where = "https://people.eecs.berkeley.edu/~hendrycks/imagenet-a.tar"
@@ -138,14 +141,14 @@ def imagenet_a(*, data_dir, seed: int = 0, root: str | None = None) -> StreamSpe
     return folder_stream("imagenet-a", data_dir, root, "imagenet-a", lab, where, IMAGENET_A)
 
 
-@register("imagenet-sketch", default_model="resnet50", family="imagenet-c")
+@register("imagenet-sketch", default_model="resnet50", family="imagenet-c", clean=NATURAL_CLEAN)
 def imagenet_sketch(*, data_dir, seed: int = 0, root: str | None = None) -> StreamSpec:
     """ImageNet-Sketch: 50,889 black-and-white sketches of the 1,000 ImageNet classes."""
     where = "https://github.com/HaohanWang/ImageNet-Sketch"
     return folder_stream("imagenet-sketch", data_dir, root, "sketch", _wnid_label(None, "imagenet-sketch"), where)
 
 
-@register("imagenet-v2", default_model="resnet50", family="imagenet-c")
+@register("imagenet-v2", default_model="resnet50", family="imagenet-c", clean=NATURAL_CLEAN)
 def imagenet_v2(*, data_dir, seed: int = 0, root: str | None = None) -> StreamSpec:
     """ImageNetV2 matched-frequency: 10,000 new test images; folders are class indices 0..999."""
     where = "https://github.com/modestyachts/ImageNetV2 (imagenetv2-matched-frequency.tar.gz)"

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from tta_bench import corruptions
 from tta_bench.data.folders import image_array
 from tta_bench.kernel import UserError, fingerprint_files, hash_text
-from tta_bench.streams import StreamSpec, register, segment_seed
+from tta_bench.streams import CleanSplit, StreamSpec, register, segment_seed
 
 IGNORE = 255
 # cityscapesScripts helpers/labels.py: label ids of the 19 evaluated classes, in train-id order 0..18.
@@ -235,7 +235,12 @@ def _files_fingerprint(files: SegFiles) -> str:
 
 
 # --- streams -----------------------------------------------------------------------------------------------
-@register("gta5-cityscapes", default_model="deeplabv2-resnet101", family="segmentation")
+@register(
+    "gta5-cityscapes",
+    default_model="deeplabv2-resnet101",
+    family="segmentation",
+    clean=CleanSplit(None, reason="the source domain (GTA5) has no held-out split here"),
+)
 def gta5_cityscapes(
     *,
     data_dir: Path,
@@ -268,7 +273,16 @@ def gta5_cityscapes(
     )
 
 
-@register("cityscapes-acdc", default_model="espnet-cityscapes", family="segmentation")
+@register(
+    "cityscapes-acdc",
+    default_model="espnet-cityscapes",
+    family="segmentation",
+    clean=CleanSplit(
+        "the first stream.clean_n (50) Cityscapes val images (the source domain; the stream shows ACDC)",
+        disjoint=True,
+        reason="no Cityscapes val split under stream.source_root, or stream.clean_n=0",
+    ),
+)
 def cityscapes_acdc(
     *,
     data_dir: Path,
@@ -319,7 +333,16 @@ def camvid_holdout(n_test: int, has_train: bool, holdout: int | None) -> int:
     return holdout
 
 
-@register("camvid-c", default_model="espnet-camvid", family="segmentation")
+@register(
+    "camvid-c",
+    default_model="espnet-camvid",
+    family="segmentation",
+    clean=CleanSplit(
+        "the first stream.clean_n (50) CamVid val images (the stream shows test images)",
+        disjoint=True,
+        reason="no val/ + valannot/ split, or stream.clean_n=0",
+    ),
+)
 def camvid_c(
     *,
     data_dir: Path,
