@@ -41,7 +41,10 @@ def test_stream_families():
         assert presets.stream_family(s) == "imagenet-c"
     for s in ("gta5-cityscapes", "cityscapes-acdc", "camvid-c"):
         assert presets.stream_family(s) == "segmentation"
-    assert presets.stream_family("digits-c") is None
+    assert presets.stream_family("digits-c") == "cifar10-c"  # small images: the CIFAR-10-C settings (#24)
+    assert (
+        presets.stream_family("pneumoniamnist-c") == "cifar10-c" and presets.stream_family("digits-b2n") == "imagenet-c"
+    )
 
 
 def test_tent_cifar_and_imagenet_presets_differ():
@@ -90,7 +93,8 @@ def test_set_overrides_a_preset_value():
 def test_preset_choice():
     defaults = methods.get("tent").defaults
     assert opts("tent", "imagenet-c", preset="none") == defaults
-    assert opts("tent", "digits-c") == defaults  # no family: class defaults
+    assert opts("tent", "digits-c") == defaults  # digits-c: cifar10-c family, whose Tent preset is the defaults
+    assert opts("eata", "digits-c") == opts("eata", "cifar10-c") != methods.get("eata").defaults
     assert {k: opts("tent", "digits-c", preset="imagenet-c")[k] for k in TENT_IMAGENET} == TENT_IMAGENET
     with pytest.raises(UserError, match="imagenet-c"):
         RunConfig(method="tent", stream="digits-c", preset="imagenet_c")
@@ -120,7 +124,7 @@ def test_config_json_records_the_preset(tmp_path):
     )
     result = run(cfg, quiet=True)
     rec = json.loads((result.folder / "config.json").read_text())["preset"]
-    assert rec["requested"] == "cifar10-c" and rec["family"] == "cifar10-c" and rec["stream_family"] is None
+    assert rec["requested"] == "cifar10-c" and rec["family"] == "cifar10-c" and rec["stream_family"] == "cifar10-c"
     assert rec["source"] == "DequanWang/tent:cfgs/tent.yaml" and rec["batch_size"] == 200
     assert rec["options"]["optimizer"] == "adam" and rec["overridden"] == {"lr": 5e-4}
     assert json.loads((result.folder / "config.json").read_text())["config"]["method_opts"]["lr"] == 5e-4

@@ -11,10 +11,14 @@ family at registration (`streams.register(..., family=...)`):
 | `cifar100-c` | cifar100-c                                                          |
 | `imagenet-c` | imagenet-c, imagenet-r, imagenet-a, imagenet-sketch, imagenet-v2, imagenet-ds |
 | `segmentation` | gta5-cityscapes, cityscapes-acdc, camvid-c                        |
-| none         | digits-c, the medical streams, confounded, the CLIP base-to-new streams |
 
-Streams without a family (small embedded or medical data no official config was written for) run on the class
-defaults unless a family is named. `RunConfig.preset` (`--preset`) chooses:
+Streams no official config was written for take the family nearest to them, declared at registration: the
+small-image streams trained from scratch (digits-c; the medical `<flag>-c`, pathmnist-site, camelyon17, confounded:
+28-96 px images and a small BatchNorm CNN/ResNet) the CIFAR-10-C settings; the CLIP base-to-new streams
+(digits-b2n, cifar100-b2n, folder-b2n, imagenet-b2n) the ImageNet ones (the CLIP methods publish only those).
+A method without a preset for the family runs on its class defaults; when those are another family's settings
+(e.g. EATA's are its ImageNet config) the run says so (`defaults_note`: the results header, config.json).
+`RunConfig.preset` (`--preset`) chooses:
 - `auto` (default): the preset of the stream's family, when the method declares one;
 - `none`: the class defaults only;
 - a family name: that family's preset on any stream (e.g. `--preset cifar10-c` on digits-c).
@@ -58,6 +62,30 @@ def preset_of(method_cls: type, family: str | None) -> dict[str, Any] | None:
     return method_cls.presets.get(family) if family else None
 
 
+def defaults_families(method_cls: type) -> list[str]:
+    """The families whose declared preset is the adapter's class defaults (a non-empty preset, every option equal)."""
+    d = method_cls.defaults
+    return [
+        f
+        for f, p in method_cls.presets.items()
+        if p.get("options") and all(d.get(k) == v for k, v in p["options"].items())
+    ]
+
+
+def defaults_note(cfg: Any, method_cls: type) -> str | None:
+    """A warning when a run falls back on the adapter's class defaults (no preset for the family applies) and those
+    are the settings of another benchmark family; None otherwise (or when `--preset none` asked for the defaults)."""
+    family = chosen_family(cfg.preset, cfg.stream)
+    own = defaults_families(method_cls)
+    if cfg.preset == "none" or preset_of(method_cls, family) is not None or not own or family in own:
+        return None
+    why = f"stream {cfg.stream} has no benchmark family" if family is None else f"it declares no {family} preset"
+    return (
+        f"{cfg.method} runs on its class defaults, which are its {'/'.join(own)} settings ({why}); "
+        f"--preset <family> or --set method.<hp>=... to choose"
+    )
+
+
 def with_preset(cfg: Any, method_cls: type) -> dict[str, Any]:
     """A run's method options before the class defaults are filled in: the preset's, then the user's overrides."""
     preset = preset_of(method_cls, chosen_family(cfg.preset, cfg.stream))
@@ -74,7 +102,11 @@ def record(cfg: Any, method_cls: type) -> dict[str, Any]:
     preset = preset_of(method_cls, family)
     out: dict[str, Any] = {"requested": cfg.preset, "stream_family": stream_family(cfg.stream), "family": None}
     if preset is None:
-        return out
+        return {
+            **out,
+            "class_defaults_from": defaults_families(method_cls) or None,
+            "defaults_note": defaults_note(cfg, method_cls),
+        }
     opts = preset["options"]
     return {
         **out,

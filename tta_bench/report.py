@@ -30,7 +30,27 @@ def forgetting_text(s: dict[str, Any], folder) -> str:
         clean_eval = None
     if clean_eval == "off":
         return "forgetting not measured (--clean-eval off)"
-    return "forgetting not measured: this stream has no held-out clean split"
+    try:
+        why = rundir.load_config(folder)["clean_split"]["not_measured_because"]
+    except (UserError, OSError, KeyError, TypeError):
+        why = None
+    return "forgetting not measured: this stream has no held-out clean split" + (f" ({why})" if why else "")
+
+
+def settings_text(s: dict[str, Any], folder) -> str | None:
+    """The header's settings line: the preset applied (family and source) or the class defaults, with a warning when
+    those are another benchmark family's settings (config.json's `preset`); None for a run folder without it."""
+    try:
+        p = rundir.load_config(folder)["preset"]
+    except (UserError, OSError, KeyError, TypeError):
+        return None
+    if not isinstance(p, dict):
+        return None
+    if p.get("family"):
+        over = f", overridden: {p['overridden']}" if p.get("overridden") else ""
+        return f"settings: {s['method']}'s {p['family']} preset [{p.get('source')}]{over}"
+    note = p.get("defaults_note")
+    return f"settings: {s['method']}'s class defaults" + (f" -- WARNING: {note}" if note else "")
 
 
 def results_table(result: RunResult) -> str:
@@ -54,7 +74,8 @@ def results_table(result: RunResult) -> str:
     cw = max([9] + [len(h) for h in headers])
     header = f"{'domain':<{width}}  " + "  ".join(f"{h:>{cw}}" for h in headers)
     sev = f", severity {s['severity']}" if _applies_severity(df) else ""
-    lines = [f"{s['method']} on {s['stream']} ({s['model']}, {s['setting']}{sev}, seed {s['seed']})", header]
+    lines = [f"{s['method']} on {s['stream']} ({s['model']}, {s['setting']}{sev}, seed {s['seed']})"]
+    lines += [t for t in [settings_text(s, result.folder)] if t] + [header]
     lines.append("-" * len(header))
     for dom in piv.index:
         lines.append(f"{dom:<{width}}  " + "  ".join(f"{v[dom]:{cw}.2f}" for v in values))
@@ -102,7 +123,7 @@ def list_entries(what: str = "all", verbose: bool = False) -> str:
     each method's options (default and meaning) too."""
     from tta_bench import corruptions, methods
     from tta_bench.models import MODELS, load_zoo
-    from tta_bench.streams import SETTING_FNS, STREAMS
+    from tta_bench.streams import SETTING_FNS, STREAMS, clean_split
 
     load_zoo()
     sections = {
@@ -114,7 +135,8 @@ def list_entries(what: str = "all", verbose: bool = False) -> str:
             (
                 e.name,
                 e.description + f" [default model: {e.factory.default_model}; "
-                f"family: {getattr(e.factory, 'family', None) or '-'}]",
+                f"family: {getattr(e.factory, 'family', None) or '-'}]"
+                + (f"\n      {clean_split(e.name).describe()}" if verbose else ""),
             )
             for e in STREAMS.items()
         ],  # fmt: skip
