@@ -25,12 +25,16 @@ def _num(v: Any, digits: int = 2) -> str:
     return "" if v is None else f"{v:.{digits}f}"
 
 
+def _printed(v: float) -> str:
+    return f"{v:.1f}" if round(v, 1) == v else f"{v:g}"
+
+
 def _row(r: dict[str, Any]) -> dict[str, Any]:
     spread = _num(r.get("ours_std"))
     return {
         "label": r.get("label", r.get("cell", "")),
         "method": r.get("method", "") + (f" vs {r['baseline']}" if r.get("baseline") else ""),
-        "published": f"{r['published']:g}" + (f" ± {r['published_spread']:g}" if r.get("published_spread") else ""),
+        "published": _printed(r["published"]) + (f" ± {r['published_spread']:g}" if r.get("published_spread") else ""),
         "ours": _num(r.get("ours")) + (f" ± {spread}" if spread else ""),
         "seeds": r.get("n_seeds", 0),
         "range": "" if r.get("ours_min") is None else f"{_num(r['ours_min'])}–{_num(r['ours_max'])}",

@@ -106,7 +106,13 @@ def _cells(args: argparse.Namespace, table: Table) -> list:
             f"--methods {', '.join(unknown)}: not in table {table.name}, whose adapters are "
             f"{', '.join(table.methods())}. Name some of those (or leave --methods out for all)."
         )
-    return [c for c in table.cells if c.method in wanted]
+    chosen = [c for c in table.cells if c.method in wanted]
+    if not chosen:
+        raise UserError(
+            f"--methods {', '.join(wanted)}: no cell of table {table.name} is measured with them alone (a baseline "
+            f"runs with its cell's method). Name a cell's method: {', '.join(c.method for c in table.cells)}."
+        )
+    return chosen
 
 
 def expand(args: argparse.Namespace, table: Table) -> list[Planned]:

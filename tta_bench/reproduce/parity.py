@@ -144,6 +144,11 @@ def write(rep: dict[str, Any], folder: Path) -> tuple[Path, Path]:
     return js, cs
 
 
+def printed(v: float) -> str:
+    """A published value as printed: one decimal at least (20.0, 16.2, 0.05)."""
+    return f"{v:.1f}" if round(v, 1) == v else f"{v:g}"
+
+
 def text(rep: dict[str, Any]) -> str:
     """The report as a few printed lines."""
     unit = rep["metric"].get("unit", "")
@@ -153,7 +158,7 @@ def text(rep: dict[str, Any]) -> str:
         spread = "" if r["ours_std"] is None else f" ± {r['ours_std']:.2f}"
         diff = "" if r["diff"] is None else f" ({r['diff']:+.2f})"
         lines.append(
-            f"  {r['label']:<28} published {r['published']:g}{unit}  ours {ours}{spread}{diff}  {r['verdict']}"
+            f"  {r['label']:<28} published {printed(r['published'])}{unit}  ours {ours}{spread}{diff}  {r['verdict']}"
         )
     lines.append("  " + ", ".join(f"{n} {v}" for v, n in rep["counts"].items()))
     return "\n".join(lines)
