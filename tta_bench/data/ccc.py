@@ -50,7 +50,14 @@ from torch.utils.data import Dataset
 
 from tta_bench import corruptions
 from tta_bench.data.cifar import U8Images
-from tta_bench.data.folders import ImageFiles, fixed_order, image_errors, is_image_folder, list_image_folder
+from tta_bench.data.folders import (
+    ImageFiles,
+    fixed_order,
+    image_errors,
+    is_image_folder,
+    list_image_folder,
+    rgb_image,
+)
 from tta_bench.kernel import (
     UserError,
     discard_cache_entry,
@@ -61,6 +68,7 @@ from tta_bench.kernel import (
     read_cifar_pickle,
     write_cache_entry,
 )
+from tta_bench.kernel.options import MAX_IMAGES, MAX_SIDE
 from tta_bench.kernel.progressbar import progress
 from tta_bench.streams import CleanSplit, StreamSpec, register, segment_seed
 
@@ -180,7 +188,7 @@ class Pool:
                         f"{self.files[i]}: image is {im.size[0]}×{im.size[1]}; ccc-cifar streams CIFAR-10 test "
                         f"images as they are ({n}×{n}, no crop). Point stream.clean_dir at 32×32 CIFAR-10 images."
                     )
-                return im.convert("RGB")
+                return rgb_image(im, self.files[i])
         return Image.fromarray(self.x[i].permute(1, 2, 0).numpy())
 
     def take(self, idx: np.ndarray) -> Pool:
@@ -398,19 +406,30 @@ class CCCImages(Dataset):
 
 
 # --- registered streams --------------------------------------------------------------------------------------------
-def _options(difficulty: str, length: int, speed: int, calib_size: int, target: float | None) -> float:
+def _options(
+    difficulty: str, length: int, speed: int, calib_size: int, target: float | None, size: int | None = None
+) -> float:
+    """The target source accuracy (%) of the walk; every option is checked whatever the others are (a given
+    `target_accuracy` replaces `difficulty`'s target but not the checks of length, speed or calib_size)."""
     if target is not None:
         if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 <= target <= 100:
             raise UserError(f"stream.target_accuracy is a source accuracy in percent (0..100), got {target}.")
-        return float(target)
     if difficulty not in DIFFICULTY:
         raise UserError(
             f"stream.difficulty must be one of {', '.join(DIFFICULTY)} (CCC-Easy/Medium/Hard), got {difficulty!r}."
         )
-    for name, v in (("length", length), ("speed", speed), ("calib_size", calib_size)):
-        if v < 1:
-            raise UserError(f"stream.{name} must be a positive number of images, got {v}.")
-    return DIFFICULTY[difficulty]
+    for name, v, what in (
+        ("length", length, "images in the stream"),
+        ("speed", speed, "images a walk step"),
+        ("calib_size", calib_size, "images a calibration cell"),
+        ("size", size, "pixels of an image's side"),
+    ):
+        if name == "size" and v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= (MAX_SIDE if name == "size" else MAX_IMAGES):
+            high = MAX_SIDE if name == "size" else MAX_IMAGES
+            raise UserError(f"stream.{name} must be a whole number from 1 to {high:,} ({what}), got {v!r}.")
+    return float(target) if target is not None else DIFFICULTY[difficulty]
 
 
 def _clean_views(pool: Pool, size: int | None) -> Dataset:
@@ -469,7 +488,7 @@ def ccc_stream(
     clean_size: int = 500,
 ) -> StreamSpec:
     """CCC on the fly from an ImageNet ImageFolder `stream.clean_dir` (e.g. ImageNet val by wnid)."""
-    target = _options(difficulty, length, speed, calib_size, target_accuracy)
+    target = _options(difficulty, length, speed, calib_size, target_accuracy, size)
     root = Path(clean_dir) if clean_dir else Path(data_dir or ".") / "imagenet" / "val"
     if not is_image_folder(root):
         raise UserError(
