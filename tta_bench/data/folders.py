@@ -8,6 +8,7 @@ apply `fixed_order` (a permutation independent of the run seed), so the first N 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib.util
 import json
@@ -37,14 +38,51 @@ def require(path: Path, what: str, layout: str, where: str, option: str = "strea
 
 
 def is_image_folder(root: Path) -> bool:
-    """True when `root` holds class sub-folders that contain image files."""
+    """True when `root` holds class sub-folders that contain image files (a name that is not UTF-8 or a symlink
+    loop among them is a UserError naming it: `folder_entries`)."""
     root = Path(root)
     if not root.is_dir():
         return False
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        if any(f.suffix.lower() in IMG_EXTS for f in d.iterdir()):
+    for d in sorted(p for p in folder_entries(root, "ImageFolder") if p.is_dir()):
+        if any(f.suffix.lower() in IMG_EXTS for f in folder_entries(d, "ImageFolder")):
             return True
     return False
+
+
+def folder_entries(folder: Path, what: str) -> list[Path]:
+    """The entries of `folder` (one level, not followed further), each checked: a name that is not valid UTF-8 (it
+    could not be recorded in config.json or hashed into the run id), a symbolic link that loops, or an image-named
+    link that leads nowhere is a UserError naming the entry, `what` (e.g. "ccc clean ImageFolder") and the fix."""
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError as e:
+        raise UserError(
+            f"{what}: cannot list {_shown(folder)} ({e.strerror}). Pass a folder this user can read."
+        ) from None
+    for p in entries:
+        try:
+            p.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UserError(
+                f"{what}: {_shown(p)} has a name that is not valid UTF-8 (shown escaped), which the run's records "
+                "cannot hold. Rename it in UTF-8 (e.g. `convmv -f latin1 -t utf8 -r --notest FOLDER`) or move it out."
+            ) from None
+        if p.is_symlink():
+            try:
+                p.stat()
+            except OSError as e:
+                if e.errno == errno.ELOOP or p.suffix.lower() in IMG_EXTS:
+                    why = "a symbolic link that loops" if e.errno == errno.ELOOP else "a symbolic link to nothing"
+                    raise UserError(
+                        f"{what}: {_shown(p)} is {why} ({e.strerror}). Fix or remove the link, or move it out of "
+                        f"{_shown(folder)}."
+                    ) from None
+    return entries
+
+
+def _shown(path: Path) -> str:
+    """`path` for a message, undecodable bytes escaped (\\xff)."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def list_image_folder(
@@ -58,7 +96,8 @@ def list_image_folder(
     """
     root = Path(root)
     key = _natural if natural else None
-    classes = sorted((p.name for p in root.iterdir() if p.is_dir()), key=key) if root.is_dir() else []
+    entries = folder_entries(root, what) if root.is_dir() else []
+    classes = sorted((p.name for p in entries if p.is_dir()), key=key)
     if not classes:
         raise UserError(f"{what}: {root} has no class sub-folders; expected {root}/<class>/<image>.jpg.")
     files: list[Path] = []
@@ -67,7 +106,7 @@ def list_image_folder(
         y = i if label_of is None else label_of(c)
         if y is None:
             continue
-        imgs = sorted(f for f in (root / c).iterdir() if f.suffix.lower() in IMG_EXTS)
+        imgs = sorted(f for f in folder_entries(root / c, what) if f.suffix.lower() in IMG_EXTS)
         files += imgs
         labels += [y] * len(imgs)
     if not files:
