@@ -33,6 +33,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from tta_bench import corruptions
+from tta_bench.corruptions.images import rgb_image
 from tta_bench.kernel import UserError as MakeCError  # the CLI prints it as one paragraph, exit code 2
 from tta_bench.kernel import read_cifar_pickle, write_with
 
@@ -107,10 +108,11 @@ def _check_out(out: Path) -> None:
 
 
 def _open_rgb(path: Path) -> Image.Image:
-    """The image at `path` as RGB (decoded now); a truncated or damaged file is a UserError naming it."""
+    """The image at `path` as 8-bit RGB (decoded now, each pixel mode by its meaning: `corruptions.images`); a
+    truncated or damaged file, or a mode whose range is unknown, is a UserError naming it."""
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
+            return rgb_image(im, path)
     except (OSError, SyntaxError, ValueError) as e:
         if isinstance(e, OSError) and not isinstance(e, Image.UnidentifiedImageError) and e.errno is not None:
             raise

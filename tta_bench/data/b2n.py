@@ -39,7 +39,7 @@ from torch.utils.data import Dataset
 from tta_bench.data import natural  # noqa: F401  (registers the natural-shift streams imagenet-ds reuses)
 from tta_bench.data.digits import CLASS_NAMES as DIGIT_NAMES
 from tta_bench.data.digits import digits_32, split
-from tta_bench.data.folders import check_labels, fixed_order, image_errors, list_image_folder, wnid_index
+from tta_bench.data.folders import check_labels, fixed_order, image_errors, list_image_folder, rgb_image, wnid_index
 from tta_bench.kernel import UserError, read_cifar_names, read_cifar_pickle
 from tta_bench.streams import STREAMS, CleanSplit, StreamSpec, register
 
@@ -94,7 +94,7 @@ class Images(Dataset):
             a = item
         else:
             with image_errors(item), Image.open(item) as im:
-                im = im.convert("RGB")
+                im = rgb_image(im, item)
                 if self.size:
                     s = self.size / min(im.size)
                     w, h = max(self.size, round(im.size[0] * s)), max(self.size, round(im.size[1] * s))

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from tta_bench.data.folders import image_errors
+from tta_bench.data.folders import image_errors, rgb_image
 from tta_bench.kernel import UserError
 from tta_bench.streams import CleanSplit, StreamSpec, register
 
@@ -57,7 +57,7 @@ class Patches(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         with image_errors(self.root / self.paths[i]), Image.open(self.root / self.paths[i]) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+            arr = np.asarray(rgb_image(im, self.root / self.paths[i]), dtype=np.uint8)
         return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255), int(self.labels[i])
 
     @property

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from tta_bench.data.folders import image_errors
+from tta_bench.data.folders import image_errors, rgb_image
 from tta_bench.kernel import UserError
 from tta_bench.streams import CleanSplit, StreamSpec, register
 
@@ -43,7 +43,7 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         with image_errors(self.paths[i]), Image.open(self.paths[i]) as im:
-            im = im.convert("RGB")
+            im = rgb_image(im, self.paths[i])
             if im.size != (self.size, self.size):
                 im = im.resize((self.size, self.size), Image.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)

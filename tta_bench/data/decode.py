@@ -6,7 +6,8 @@ run device (`tta_bench.streams.batches(defer=True)`, used on CUDA runs):
 - `raw(idx)`: the files' bytes (1-D uint8 tensors, read in the loader's workers, pinned by the loader);
 - `finish(data, idx, device)`: `torchvision.io.decode_jpeg` on the whole batch (`device='cuda'`: nvjpeg), then
   per image the standard eval transform (shorter side -> `resize`, bilinear with antialiasing, centre `crop`),
-  skipped for images already `crop`×`crop` (published ImageNet-C); non-JPEG files are decoded on the CPU.
+  skipped for images already `crop`×`crop` (published ImageNet-C); other files are decoded on the CPU by Pillow
+  with `folders.rgb_image`'s mode conversion (16-bit, palette, transparency: the same pixels as on CPU runs).
 
 On CPU runs the loader decodes with Pillow as before (`ImageFiles`); `load_batch(idx)` is that path for a batch.
 Measured on the 1,000 JPEGs of ../shared/data/imagenet-sample: torchvision's CPU decode equals Pillow's exactly,
@@ -17,15 +18,17 @@ decoded images are not bit-identical between CPU and CUDA runs.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
 
-from tta_bench.data.folders import ImageFiles, image_errors, read_u8
+from tta_bench.data.folders import ImageFiles, image_errors, rgb_image
 
 JPEG_MAGIC = b"\xff\xd8"
 
@@ -80,12 +83,13 @@ def decode_batch(
 
 
 def _decode_one(data: torch.Tensor, name: Path | None) -> torch.Tensor:
-    try:
-        return decode_image(data, mode=ImageReadMode.RGB)
-    except RuntimeError:
-        if name is None:
-            raise
-        return torch.from_numpy(read_u8(name)).permute(2, 0, 1)  # Pillow: decodes it, or a UserError naming it
+    """A file that is not a JPEG (or one torchvision refused) decoded by Pillow with `folders.rgb_image`'s conversion,
+    so every pixel mode gives the pixels a CPU run gets (torchvision's RGB decode would hand back 16-bit samples or
+    drop transparency). A damaged file is a UserError naming it."""
+    raw = data.numpy().tobytes()
+    where = name if name is not None else "(an image in memory)"
+    with image_errors(where), Image.open(io.BytesIO(raw)) as im:
+        return torch.from_numpy(np.array(rgb_image(im, where, data=raw), dtype=np.uint8)).permute(2, 0, 1)
 
 
 class EncodedFiles(ImageFiles):

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from tta_bench.corruptions.images import rgb_image
 from tta_bench.kernel import UserError
 
 IMG_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -135,17 +136,21 @@ def resize_crop(img: Image.Image, resize: int = 256, crop: int = 224) -> Image.I
 
 
 def read_u8(path: Path, resize: int | None = None, crop: int | None = None) -> np.ndarray:
-    """Decode an image file to (H,W,3) uint8 RGB; with `crop`, resize+centre-crop unless already crop×crop."""
+    """Decode an image file to (H,W,3) uint8 RGB (`rgb_image`); with `crop`, resize+centre-crop unless already
+    crop×crop."""
     with image_errors(path), Image.open(path) as im:
-        im = im.convert("RGB")
+        im = rgb_image(im, path)
         if crop is not None and im.size != (crop, crop):
             im = resize_crop(im, resize or crop, crop)
         return np.array(im, dtype=np.uint8)  # a writable copy
 
 
 def image_array(path: Path, mode: str | None = "RGB") -> np.ndarray:
-    """Decode an image file to an array (`mode` None keeps the stored mode, e.g. a label map's palette ids)."""
+    """Decode an image file to an array (`mode` None keeps the stored mode, e.g. a label map's palette ids; "RGB" is
+    `rgb_image`'s conversion)."""
     with image_errors(path), Image.open(path) as im:
+        if mode == "RGB":
+            return np.array(rgb_image(im, path), dtype=np.uint8)
         return np.array(im.convert(mode) if mode else im)
 
 
