@@ -90,7 +90,7 @@ class AlphaBN(Adapter):
     defaults = {"source_weight": 0.9}
     ranges = {"source_weight": "[0,1]"}
     presets = {
-        fam: {"source": f"{_SUITE}{path}/norm_alpha.yaml", "batch_size": 1, "options": {"source_weight": 0.9}}
+        fam: {"source": f"{_SUITE}{path}/norm_alpha.yaml@8b2ed63", "batch_size": 1, "options": {"source_weight": 0.9}}
         for fam, path in (("cifar10-c", "classification/cfgs/cifar10_c"),
                           ("cifar100-c", "classification/cfgs/cifar100_c"),
                           ("imagenet-c", "classification/cfgs/imagenet_c"), ("segmentation", "segmentation/cfgs"))

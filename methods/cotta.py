@@ -23,7 +23,11 @@ confidence < 0.1 (`always_augment=False`, `ap=0.1`), symmetric cross-entropy
 -½ Σ softmax(t) log softmax(s) - ½ Σ softmax(s) log softmax(t) (`loss="sce"`): the `imagenet-c` preset. The
 class defaults are the CIFAR-10-C variant (`cifar10-c` preset; CIFAR-100-C: `ap` 0.72, official batch 200).
 The `segmentation` preset is the suite's (mariodoebler/test-time-adaptation `segmentation/cfgs/cotta.yaml`,
-CarlaTTA); CoTTA's own Cityscapes→ACDC configuration is not in qinenergy/cotta.
+CarlaTTA; its `segmentation/methods/cotta.py`: soft cross-entropy, views only when the anchor confidence < `ap`);
+CoTTA's own Cityscapes→ACDC configuration is not in qinenergy/cotta. Deviation (a different view scheme, not a
+value): our dense teacher views are every `scales` factor (CoTTA's ACDC 0.5–2.0) with and without a flip; the
+suite's are 6 views at 0.25–0.875 of the input size, each randomly flipped, averaged with the plain teacher. The
+suite also trains the segmentation head at 10x lr and starts from the source training's optimizer state; not here.
 Normalisation layers: every weight/bias is trained whatever the layer type, so LayerNorm/GroupNorm models
 (ViTs) work unchanged; only BatchNorm switches to test-batch statistics. The official rule goes by parameter name:
 torchvision's ViT keeps its attention projection in `nn.MultiheadAttention.in_proj_weight`/`in_proj_bias`, which
@@ -119,18 +123,20 @@ class CoTTA(Adapter):
         "always_augment": True,  # CIFAR code: the n_aug teacher views are computed even when not used
     }
     presets = {
-        "cifar10-c": {"source": "qinenergy/cotta:cifar/cfgs/cifar10/cotta.yaml", "batch_size": 200,
+        "cifar10-c": {"source": "qinenergy/cotta:cifar/cfgs/cifar10/cotta.yaml@c212a20", "batch_size": 200,
                       "options": {**_ADAM, "ap": 0.92}},
-        "cifar100-c": {"source": "qinenergy/cotta:cifar/cfgs/cifar100/cotta.yaml", "batch_size": 200,
+        "cifar100-c": {"source": "qinenergy/cotta:cifar/cfgs/cifar100/cotta.yaml@c212a20", "batch_size": 200,
                        "options": {**_ADAM, "ap": 0.72}},
-        "imagenet-c": {"source": "qinenergy/cotta:imagenet/cfgs/10orders/cotta/cotta0.yaml", "batch_size": 64,
+        "imagenet-c": {"source": "qinenergy/cotta:imagenet/cfgs/10orders/cotta/cotta0.yaml@c212a20", "batch_size": 64,
                        "options": {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": True, "wd": 0.0,
                                    "steps": 1, "mt": 0.999, "rst": 0.001, "ap": 0.1, "n_aug": 32, "loss": "sce",
                                    "always_augment": False},
                        "note": "rst, ap, mt, the loss and Nesterov are in imagenet/cotta.py and imagenet/conf.py"},
-        "segmentation": {"source": "mariodoebler/test-time-adaptation:segmentation/cfgs/cotta.yaml", "batch_size": 1,
+        "segmentation": {"source": "mariodoebler/test-time-adaptation:segmentation/cfgs/cotta.yaml@8b2ed63",
+                         "batch_size": 1,
                          "options": {"optimizer": "sgd", "lr": 2.5e-4, "momentum": 0.9, "nesterov": False, "wd": 5e-4,
-                                     "steps": 1, "mt": 0.999, "rst": 0.01, "ap": 0.9}},
+                                     "steps": 1, "mt": 0.999, "rst": 0.01, "ap": 0.9, "loss": "ce",
+                                     "always_augment": False}},
     }  # fmt: skip
     ranges = {"mt": "[0,1]", "rst": "[0,1]", "ap": "[0,1]", "n_aug": ">=1", "scales": ">0", "loss": ("ce", "sce")}
 

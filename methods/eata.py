@@ -62,11 +62,11 @@ _SGD = {
     "e_margin_frac": 0.4,
 }
 EATA_PRESETS = {
-    "cifar10-c": {"source": f"{_SUITE}/cifar10_c/eata.yaml", "batch_size": 200,
+    "cifar10-c": {"source": f"{_SUITE}/cifar10_c/eata.yaml@8b2ed63", "batch_size": 200,
                   "options": {**_ADAM, "d_margin": 0.4, "fisher_alpha": 1.0, "fisher_size": 2000}},
-    "cifar100-c": {"source": f"{_SUITE}/cifar100_c/eata.yaml", "batch_size": 200,
+    "cifar100-c": {"source": f"{_SUITE}/cifar100_c/eata.yaml@8b2ed63", "batch_size": 200,
                    "options": {**_ADAM, "d_margin": 0.1, "fisher_alpha": 1.0, "fisher_size": 2000}},
-    "imagenet-c": {"source": "mr-eggplant/EATA:main.py", "batch_size": 64,
+    "imagenet-c": {"source": "mr-eggplant/EATA:main.py@f739b36", "batch_size": 64,
                    "options": {**_SGD, "d_margin": 0.05, "fisher_alpha": 2000.0, "fisher_size": 2000}},
 }  # fmt: skip
 

@@ -93,7 +93,8 @@ class LAME(Adapter):
               "max_steps": ">=1", "output": ("log_probs", "probs")}  # fmt: skip
 
     presets = {
-        fam: {"source": f"mariodoebler/test-time-adaptation:classification/cfgs/{d}/lame.yaml", "batch_size": bs,
+        fam: {"source": f"mariodoebler/test-time-adaptation:classification/cfgs/{d}/lame.yaml@8b2ed63",
+              "batch_size": bs,
               "options": {"affinity": "rbf", "knn": 5, "sigma": 1.0, "force_symmetry": False},
               "note": "= fiveai/LAME configs/method/best/LAME/overall_best.yaml"}
         for fam, d, bs in (("cifar10-c", "cifar10_c", 200), ("cifar100-c", "cifar100_c", 200),

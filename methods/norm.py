@@ -25,10 +25,10 @@ class Norm(Adapter):
 
     defaults = {}
     presets = {
-        "cifar10-c": {"source": "DequanWang/tent:cfgs/norm.yaml", "batch_size": 200, "options": {}},
-        "cifar100-c": {"source": f"{SUITE}/cifar100_c/norm_test.yaml", "batch_size": 200, "options": {}},
-        "imagenet-c": {"source": f"{SUITE}/imagenet_c/norm_test.yaml", "batch_size": 64, "options": {}},
-        "segmentation": {"source": "mariodoebler/test-time-adaptation:segmentation/cfgs/norm_test.yaml",
+        "cifar10-c": {"source": "DequanWang/tent:cfgs/norm.yaml@e9e926a", "batch_size": 200, "options": {}},
+        "cifar100-c": {"source": f"{SUITE}/cifar100_c/norm_test.yaml@8b2ed63", "batch_size": 200, "options": {}},
+        "imagenet-c": {"source": f"{SUITE}/imagenet_c/norm_test.yaml@8b2ed63", "batch_size": 64, "options": {}},
+        "segmentation": {"source": "mariodoebler/test-time-adaptation:segmentation/cfgs/norm_test.yaml@8b2ed63",
                          "batch_size": 1, "options": {}},
     }  # fmt: skip
 

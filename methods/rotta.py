@@ -177,9 +177,10 @@ class RoTTA(Adapter):
 
     presets = {
         fam: {"source": src, "batch_size": 64, "options": _OFFICIAL}
-        for fam, src in (("cifar10-c", "BIT-DA/RoTTA:configs/adapter/rotta.yaml"),
-                         ("cifar100-c", "BIT-DA/RoTTA:configs/adapter/rotta.yaml"),
-                         ("imagenet-c", "mariodoebler/test-time-adaptation:classification/cfgs/imagenet_c/rotta.yaml"))
+        for fam, src in (("cifar10-c", "BIT-DA/RoTTA:configs/adapter/rotta.yaml@67e34c9"),
+                         ("cifar100-c", "BIT-DA/RoTTA:configs/adapter/rotta.yaml@67e34c9"),
+                         ("imagenet-c",
+                          "mariodoebler/test-time-adaptation:classification/cfgs/imagenet_c/rotta.yaml@8b2ed63"))
     }  # fmt: skip
 
     def configure(self) -> None:

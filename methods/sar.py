@@ -87,9 +87,9 @@ class SAR(Adapter):
     }
     ranges = {"rho": ">=0", "margin_e0_frac": ">=0", "reset_constant": ">=0"}
     presets = {
-        "cifar10-c": {"source": f"{_SUITE}/cifar10_c/sar.yaml", "batch_size": 200, "options": _CIFAR},
-        "cifar100-c": {"source": f"{_SUITE}/cifar100_c/sar.yaml", "batch_size": 200, "options": _CIFAR},
-        "imagenet-c": {"source": "mr-eggplant/SAR:main.py", "batch_size": 64,
+        "cifar10-c": {"source": f"{_SUITE}/cifar10_c/sar.yaml@8b2ed63", "batch_size": 200, "options": _CIFAR},
+        "cifar100-c": {"source": f"{_SUITE}/cifar100_c/sar.yaml@8b2ed63", "batch_size": 200, "options": _CIFAR},
+        "imagenet-c": {"source": "mr-eggplant/SAR:main.py@20f6e24", "batch_size": 64,
                        "options": {"optimizer": "sgd", "lr": 0.00025, "momentum": 0.9, "nesterov": False, "wd": 0.0,
                                    "rho": 0.05, "margin_e0_frac": 0.4, "reset_constant": 0.2},
                        "note": "ViT-B/16: lr 0.001 (main.py: 0.001 / 64 * batch size)"},

@@ -41,14 +41,15 @@ class Tent(Adapter):
     }
     defaults = {**optimizer_defaults("adam", lr=1e-3), "steps": 1}
     presets = {
-        "cifar10-c": {"source": "DequanWang/tent:cfgs/tent.yaml", "batch_size": 200,
+        "cifar10-c": {"source": "DequanWang/tent:cfgs/tent.yaml@e9e926a", "batch_size": 200,
                       "options": {"optimizer": "adam", "lr": 1e-3, "betas": (0.9, 0.999), "wd": 0.0, "steps": 1}},
-        "cifar100-c": {"source": "qinenergy/cotta:cifar/cfgs/cifar100/tent.yaml", "batch_size": 200,
+        "cifar100-c": {"source": "qinenergy/cotta:cifar/cfgs/cifar100/tent.yaml@c212a20", "batch_size": 200,
                        "options": {"optimizer": "adam", "lr": 1e-3, "betas": (0.9, 0.999), "wd": 0.0, "steps": 1}},
-        "imagenet-c": {"source": "mariodoebler/test-time-adaptation:classification/cfgs/imagenet_c/tent.yaml",
+        "imagenet-c": {"source": "mariodoebler/test-time-adaptation:classification/cfgs/imagenet_c/tent.yaml@8b2ed63",
                        "batch_size": 64, "options": {"optimizer": "sgd", "lr": 0.00025, "momentum": 0.9,
                                                      "nesterov": True, "wd": 0.0, "steps": 1}},
-        "segmentation": {"source": "mariodoebler/test-time-adaptation:segmentation/cfgs/tent.yaml", "batch_size": 1,
+        "segmentation": {"source": "mariodoebler/test-time-adaptation:segmentation/cfgs/tent.yaml@8b2ed63",
+                         "batch_size": 1,
                          "options": {"optimizer": "sgd", "lr": 2.5e-4, "momentum": 0.9, "nesterov": False,
                                      "wd": 5e-4, "steps": 1},
                          "note": "the suite resets Tent after every image there (EPISODIC: True); not applied"},

@@ -125,7 +125,7 @@ def test_config_json_records_the_preset(tmp_path):
     result = run(cfg, quiet=True)
     rec = json.loads((result.folder / "config.json").read_text())["preset"]
     assert rec["requested"] == "cifar10-c" and rec["family"] == "cifar10-c" and rec["stream_family"] == "cifar10-c"
-    assert rec["source"] == "DequanWang/tent:cfgs/tent.yaml" and rec["batch_size"] == 200
+    assert rec["source"] == "DequanWang/tent:cfgs/tent.yaml@e9e926a" and rec["batch_size"] == 200
     assert rec["options"]["optimizer"] == "adam" and rec["overridden"] == {"lr": 5e-4}
     assert json.loads((result.folder / "config.json").read_text())["config"]["method_opts"]["lr"] == 5e-4
 
@@ -135,7 +135,7 @@ def test_list_methods_shows_presets():
 
     text = list_entries("methods")
     assert "preset imagenet-c: optimizer=sgd, lr=0.00025, momentum=0.9, nesterov=True" in text
-    assert "[DequanWang/tent:cfgs/tent.yaml]" in text
+    assert "[DequanWang/tent:cfgs/tent.yaml@e9e926a]" in text
     assert "family: imagenet-c" in list_entries("streams")
 
 
