@@ -608,7 +608,7 @@ def temp_folder(out: Path, run_id: str) -> Path:
     """A new private folder `<out>/.<run id>.tmp-<pid>-<random>/` to build a run in (owned by this process, its lease
     kept fresh while it runs: `tta_bench.kernel.atomic`)."""
     assert is_run_id(run_id), run_id
-    return atomic.make_temp(out, run_id)
+    return atomic.make_temp(out, run_id, hint="--out")
 
 
 def run_lock(out: Path, run_id: str, on_wait: Callable[[], None] | None = None) -> AbstractContextManager[bool]:

@@ -107,7 +107,7 @@ def run(cfg: RunConfig, force: bool = False, quiet: bool = False) -> RunResult:
             written = folder_bytes(tmp)
             shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(e, NoSpace) and (e.folder == tmp or tmp in e.folder.parents):  # the run folder's disk
-                need = max(written, folder_bytes(out / rid)) + (1 << 20)  # so far, or the earlier result's size
+                need = max(written, folder_bytes(out / rid)) + (64 << 10)  # so far, or the earlier result
                 raise e.regarding(out, need, hint="--out") from None
             raise
     return RunResult(out / rid, summary, pd.DataFrame(domains), skipped=False)

@@ -216,19 +216,22 @@ def _release(folder: Path) -> None:
         pass
 
 
-def make_temp(out: Path, name: str) -> Path:
+def make_temp(out: Path, name: str, hint: str = "") -> Path:
     """A new private folder `<out>/.<name>.tmp-<pid>-<random>/` owned by this process (`.owner.json`, lease kept
-    fresh). A full or read-only disk is a NoSpace naming `out`; nothing is left behind."""
-    path = Path(out) / f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    fresh). A full or read-only disk is a NoSpace naming `out` (`hint`: the option that chose it) and the size of
+    an earlier `<out>/<name>` as the estimate; nothing is left behind."""
+    out = Path(out)
+    path = out / f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         path.mkdir(parents=True)
         _claim(path)
     except (OSError, NoSpace) as e:
         shutil.rmtree(path, ignore_errors=True)
+        need = folder_bytes(out / name) + (64 << 10)
         if isinstance(e, NoSpace):
-            raise e.regarding(Path(out)) from None
+            raise NoSpace(e.err, out, need, f"{name}/", hint) from None
         if e.errno in NO_SPACE_ERRNOS:
-            raise no_space(e, Path(out), 1 << 20, f"a temporary folder for {name}") from None
+            raise no_space(e, out, need, f"{name}/", hint) from None
         raise
     return path
 
@@ -417,7 +420,7 @@ def replace_tree(build: Callable[[Path], Any], out: Path) -> Any:
     except BaseException as e:
         written = folder_bytes(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
-        need = max(written, folder_bytes(out)) + (1 << 20)
+        need = max(written, folder_bytes(out)) + (64 << 10)
         if isinstance(e, NoSpace):
             raise e.regarding(out.parent, need) from None
         if isinstance(e, OSError) and e.errno in NO_SPACE_ERRNOS:
