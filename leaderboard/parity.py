@@ -59,6 +59,7 @@ def section(path: Path) -> dict[str, Any]:
             "title": rep.get("title", path.stem),
             "source": rep.get("source_text", ""),
             "url": src.get("url", ""),
+            "protocol": rep.get("protocol_text", ""),
             "mode": rep.get("mode", ""),
             "mode_note": MODE_NOTES.get(rep.get("mode", ""), ""),
             "metric": (rep.get("metric") or {}).get("label", ""),

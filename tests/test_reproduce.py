@@ -186,6 +186,7 @@ def test_stand_in_end_to_end_resumes_and_feeds_the_page(tmp_path, capsys, one_th
     assert len(errors) == 2 and rows["source-offline"]["ours"] == pytest.approx(sum(errors) / 2)  # mean of domains
     html = (site / "index.html").read_text()
     assert 'id="parity"' in html and "Parity with published results" in html and "verdict-stand-in" in html
+    assert "Protocol: imagenet-c, resnet50, continual + realistic, one run per domain, 2 domain(s)" in html
 
     assert main(argv + ["--no-leaderboard"]) == 0  # resumable: nothing runs again
     assert "4 already complete, 0 to run" in capsys.readouterr().out

@@ -200,15 +200,15 @@ def execute(planned: list[Planned], args: argparse.Namespace) -> list[dict[str, 
     from tta_bench import sweep
     from tta_bench.runner import is_complete
 
+    if args.processes < 1:
+        raise UserError(f"--processes must be at least 1 (local worker processes), got {args.processes}.")
     configs = list({p.cfg.run_id(): p.cfg for p in planned}.values())
     todo = [c for c in configs if args.force or not is_complete(c.folder())]
     print(
         f"reproduce: {len(configs)} run(s) in the grid, {len(configs) - len(todo)} already complete, {len(todo)} to run"
     )
     if todo and args.executor == "ray":
-        sweep.import_ray()
-    if args.processes < 1:
-        raise UserError(f"--processes must be at least 1 (local worker processes), got {args.processes}.")
+        sweep.import_ray()  # fail before anything runs
     env = {k: os.environ[k] for k in ENV_VARS if k in os.environ}
     done: list[dict[str, Any]] = []
 

@@ -100,6 +100,20 @@ def verdict(row: dict[str, Any], proto: dict[str, Any], mode: str, limit: int | 
     return ("match" if ok else "differs"), reason
 
 
+def protocol_text(table: Table) -> str:
+    """The protocol in one line: stream, model, settings, domains, severity, images, batch size, seeds."""
+    p = table.protocol
+    settings = " + ".join(sorted({table.cell_protocol(c)["setting"] for c in table.cells}))
+    split = ", one run per domain" if p.get("split_domains") else ""
+    sev = f", severity {p['severity']}" if p.get("severity") else ""
+    own = [c.id for c in table.cells if set(c.overrides) - {"setting"}]
+    return (
+        f"{p['stream']}, {p['model']}, {settings}{split}, {len(p['domains'])} domain(s){sev}, "
+        f"{p['samples_per_domain']:,} images per domain, batch {p['batch_size']}, {p.get('precision', 'fp32')}, "
+        f"seeds {' '.join(map(str, p['seeds']))}"
+    ) + (f"; cells {', '.join(own)} override part of it (see the table file)" if own else "")
+
+
 def report(table: Table, table_rows: list[dict[str, Any]], *, mode: str, limit: int | None, seeds: list[int]) -> dict:
     """The report object written as `<table>.json` (schema 1; read by leaderboard/parity.py)."""
     counts = {v: sum(r["verdict"] == v for r in table_rows) for v in VERDICTS}
@@ -110,6 +124,7 @@ def report(table: Table, table_rows: list[dict[str, Any]], *, mode: str, limit: 
         "source": table.source,
         "source_text": table.source_text(),
         "protocol": table.protocol,
+        "protocol_text": protocol_text(table),
         "metric": table.metric,
         "tolerance": table.tolerance,
         "tolerance_note": table.tolerance_note,
