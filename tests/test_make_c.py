@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import pickle
+import shutil
 import sys
 from pathlib import Path
 
@@ -141,7 +143,7 @@ def test_imagenet_c_layout_and_resume(tmp_path: Path, capsys):
         "2",
     )
     assert run(*args) == 0
-    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != "make-c.json")
     expect = sorted(
         f"{c}/{s}/{w}/ILSVRC2012_val_{i:08d}.JPEG"
         for c in ("fog", "pixelate")
@@ -202,3 +204,114 @@ def test_cli_exit_code_2_on_bad_src(tmp_path: Path):
         cli.main(["make-c", "--src", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--format", "imagenet-c"])
         == 2
     )
+
+
+# --- the manifest: what make-c built, checked on resume (#25) -------------------------------------------------------
+def _cifar_args(src: Path, out: Path, *extra: str) -> tuple[str, ...]:
+    return ("--src", str(src), "--out", str(out), "--format", "cifar-c", "--corruptions", "contrast",
+            "--device", "cpu", *extra)  # fmt: skip
+
+
+def _snapshot(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_manifest_records_the_build_before_the_outputs(tmp_path: Path, monkeypatch):
+    src, _, _ = fake_cifar10(tmp_path / "a", 8)
+    out = tmp_path / "c"
+    seen = {}
+    real = make_c.make_cifar_c
+
+    def spy(*a, **k):
+        seen["manifest"] = json.loads((out / make_c.MANIFEST).read_text())  # already there when outputs start
+        return real(*a, **k)
+
+    monkeypatch.setattr(make_c, "make_cifar_c", spy)
+    assert run(*_cifar_args(src, out, "--seed", "3")) == 0
+    assert seen["manifest"]["complete"] is False
+    m = json.loads((out / make_c.MANIFEST).read_text())
+    assert m["complete"] is True and m["seed"] == 3 and m["format"] == "cifar-c" and m["device"] == "cpu"
+    assert m["corruptions"] == ["contrast"] and m["severities"] == [1, 2, 3, 4, 5] and m["batch_size"] == 1000
+    assert m["source"]["files"] == 1 and len(m["source"]["fingerprint"]) == 16 and m["tta_bench"]
+
+
+@pytest.mark.parametrize("change", ["src", "seed", "batch-size"])
+def test_resume_with_another_source_or_seed_is_refused(change, tmp_path: Path, capsys):
+    src, _, _ = fake_cifar10(tmp_path / "a", 8)
+    other, _, _ = fake_cifar10(tmp_path / "b", 8, seed=1)
+    out = tmp_path / "c"
+    assert run(*_cifar_args(src, out)) == 0
+    before = _snapshot(out)
+    argv = {
+        "src": _cifar_args(other, out),
+        "seed": _cifar_args(src, out, "--seed", "1"),
+        "batch-size": _cifar_args(src, out, "--batch-size", "4"),
+    }[change]
+    cli = pytest.importorskip("tta_bench.cli")
+    capsys.readouterr()
+    assert cli.main(["make-c", *argv]) == 2
+    err = capsys.readouterr().err
+    words = {"src": "another source (recorded: 1 files under", "seed": "another --seed (recorded 0, now 1)",
+             "batch-size": "another --batch-size (recorded 1000, now 4)"}[change]  # fmt: skip
+    assert words in err and "--force" in err and "another --out" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert _snapshot(out) == before  # nothing written, the old set whole
+
+
+def test_force_rebuilds_aside_and_swaps_in(tmp_path: Path, monkeypatch, capsys):
+    src, _, _ = fake_cifar10(tmp_path / "a", 8)
+    other, _, other_labels = fake_cifar10(tmp_path / "b", 8, seed=1)
+    out, fresh = tmp_path / "c", tmp_path / "fresh"
+    run(*_cifar_args(src, out))
+    (out / "README.txt").write_text("my notes")  # not a make-c output: carried over
+    before = _snapshot(out)
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt  # the rebuild dies midway: the old set stays whole, no temporary folder left
+
+    with monkeypatch.context() as mp:
+        mp.setattr(make_c, "make_cifar_c", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run(*_cifar_args(other, out, "--force"))
+    assert _snapshot(out) == before and not list(tmp_path.glob(".c.*"))
+    assert run(*_cifar_args(other, out, "--overwrite")) == 0
+    run(*_cifar_args(other, fresh))
+    after, want = _snapshot(out), _snapshot(fresh)
+    assert after["README.txt"] == b"my notes"
+    assert after["contrast.npy"] == want["contrast.npy"] != before["contrast.npy"]
+    assert np.array_equal(np.load(out / "labels.npy"), np.tile(other_labels, 5))
+    m = json.loads((out / make_c.MANIFEST).read_text())
+    assert m["source"]["path"] == str(other.resolve()) and m["complete"] is True
+    capsys.readouterr()
+    assert run(*_cifar_args(other, out)) == 0 and "wrote 0 file(s)" in capsys.readouterr().out  # resumable again
+
+
+def test_outputs_without_a_manifest_or_a_damaged_one_are_refused(tmp_path: Path):
+    src, _, _ = fake_cifar10(tmp_path / "a", 8)
+    out = tmp_path / "c"
+    run(*_cifar_args(src, out))
+    (out / make_c.MANIFEST).unlink()  # as made by an older tta_bench
+    with pytest.raises(ValueError, match=r"holds make-c outputs \(contrast.npy, labels.npy\) but no make-c.json"):
+        run(*_cifar_args(src, out))
+    (out / make_c.MANIFEST).write_text('{"seed": 0,')
+    with pytest.raises(ValueError, match="its manifest cannot be read"):
+        run(*_cifar_args(src, out))
+    assert run(*_cifar_args(src, out, "--force")) == 0
+    assert json.loads((out / make_c.MANIFEST).read_text())["complete"] is True
+
+
+def test_adding_corruptions_or_moving_the_source_is_a_resume(tmp_path: Path, capsys):
+    src = fake_imagenet(tmp_path / "val")
+    out = tmp_path / "ImageNet-C"
+    base = ("--out", str(out), "--format", "imagenet-c", "--device", "cpu", "--batch-size", "2")
+    run("--src", str(src), *base, "--corruptions", "fog", "--severities", "1")
+    moved = tmp_path / "elsewhere" / "val"
+    shutil.copytree(src, moved)  # the same files (names, sizes, mtimes) under another path
+    capsys.readouterr()
+    assert run("--src", str(moved), *base, "--corruptions", "fog", "pixelate", "--severities", "1", "3") == 0
+    assert "wrote 9 file(s)" in capsys.readouterr().out  # fog@3, pixelate@1, pixelate@3: 3 images each
+    m = json.loads((out / make_c.MANIFEST).read_text())
+    assert m["corruptions"] == ["fog", "pixelate"] and m["severities"] == [1, 3]
+    shutil.copy(moved / "n01440764" / "ILSVRC2012_val_00000000.JPEG", moved / "n01440764" / "extra.JPEG")
+    with pytest.raises(ValueError, match="files added, removed or changed"):
+        run("--src", str(moved), *base, "--corruptions", "fog", "--severities", "1")
