@@ -37,7 +37,8 @@ def test_list_shows_every_table_with_its_source(capsys):
 def test_shipped_tables_cite_every_cell_and_name_registered_adapters():
     assert set(tables.names()) >= {"suite-cifar10-c", "suite-cifar100-c", "suite-imagenet-c-resnet50",
                                    "suite-imagenet-c-vit-b-16", "alfarra-imagenet-c", "ecotta-memory",
-                                   "alpha-bn-gta5-cityscapes"}  # fmt: skip
+                                   "alpha-bn-gta5-cityscapes", "suite-mixed-cifar10-c", "suite-mixed-cifar100-c",
+                                   "suite-mixed-imagenet-c-resnet50", "suite-mixed-imagenet-c-vit-b-16"}  # fmt: skip
     for name in tables.names():
         t = tables.load(name)
         assert t.source.get("url") and t.source.get("citation")
@@ -49,6 +50,9 @@ def test_shipped_tables_cite_every_cell_and_name_registered_adapters():
     by_id = {c.id: c for c in suite.cells}  # spot checks against benchmark.md (Continual, CIFAR10-C, WRN-28)
     assert (by_id["source"].value, by_id["tent"].value, by_id["roid"].value, by_id["roid"].spread) == (
         43.5, 20.0, 16.2, 0.05)  # fmt: skip
+    mixed = {c.id: c.value for c in tables.load("suite-mixed-cifar10-c").cells}  # benchmark.md, Mixed domains
+    assert (mixed["tent"], mixed["adacontrast"]) == (44.1, 26.2)
+    assert tables.load("suite-mixed-cifar10-c").protocol["setting"] == "mixed"
     vit = {c.id: c.value for c in tables.load("suite-imagenet-c-vit-b-16").cells}
     assert "norm" not in vit and vit["cotta"] == 77.0  # ViT has no BatchNorm: BN-1 left out
     alf = {c.id: c for c in tables.load("alfarra-imagenet-c").cells}
