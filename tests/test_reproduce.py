@@ -89,6 +89,10 @@ def test_bad_names_are_refused_before_anything_runs(tmp_path, capsys):
     assert "not in table suite-cifar10-c" in capsys.readouterr().err
     assert main(["reproduce", "ecotta-memory", "--methods", "cotta", "--plan"]) == 2  # only a baseline there
     assert "measured with them alone" in capsys.readouterr().err
+    assert main(["reproduce", "suite-cifar10-c", "--limit", "0", "--plan"]) == 2
+    assert "--limit" in capsys.readouterr().err
+    assert main(["reproduce", "suite-cifar10-c", "--seeds", "one", "--plan"]) == 2
+    assert "--seeds takes integers" in capsys.readouterr().err
     assert main(["reproduce", "alpha-bn-gta5-cityscapes", "--stand-in", "--out", str(tmp_path / "r")]) == 2
     assert "has no stand-in" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
