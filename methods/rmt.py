@@ -20,7 +20,8 @@ one shuffled pass (stored as uint8 when the images are k/255, else float), start
 warm-up, instead of an endless loader over the whole source set: prepare is cached and the stream cannot hold the
 loader. The optimizer state of the warm-up (Adam's moments and step count, or SGD's momentum buffers) is carried into
 the stream, as the official code does (its warm-up checkpoint saves the optimizer and `reset()` returns to it): it
-is kept as `optim_state_*` buffers, so the cached prepare state holds it (methods/_optim_state.py). The warm-up lr
+is kept as `optim_state_*` buffers, so the cached prepare state holds it (methods/_optim_state.py; a copy of it:
+Adam's two moments add two parameter-sized tensors to the adapter's memory). The warm-up lr
 schedule ends at the final lr as in the official. The encoder/classifier split is the generic one of
 methods/_contrast.py. Without `prepare` (library use) it runs source-free: no warm-up, no replay, no contrastive
 term.
