@@ -28,6 +28,7 @@ import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from tta_bench import rundir
+from tta_bench.kernel import dumps_json
 from tta_bench.leaderboard import parity, plots
 from tta_bench.leaderboard.collect import LOCATION_OPTIONS, Collection, collect, printable, protocol_opts
 from tta_bench.leaderboard.stats import ALPHA, BASELINES, summarize
@@ -84,9 +85,10 @@ def write_site(col: Collection, runs_dir: Path, out: Path) -> Site:
         written += files
         tables.append(table)
         tables_ctx.append(table_context(table, s, col, figs))
-    for rid, folder in col.folders.items():
+    for rid in col.folders:
         if rundir.is_run_id(rid):  # collect admits only valid ids; never a path from a file's contents
-            shutil.copyfile(folder / rundir.CONFIG, out / "configs" / f"{rid}.json")
+            # the validated content, not the file again (it may have been replaced since, by a FIFO or a huge file)
+            (out / "configs" / f"{rid}.json").write_text(dumps_json(col.configs[rid]), encoding="utf-8")
     disambiguate(tables_ctx)
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
     html = env.get_template("index.html").render(
