@@ -94,7 +94,38 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 
 # OSErrors that mean "this path cannot be used here", which the user fixes (not bugs).
-_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
+                       errno.ENAMETOOLONG, errno.ELOOP}  # fmt: skip
+
+# Options of any command, checked before it runs (argparse dest -> option): paths, and whole numbers with their
+# ranges (`tta_bench.config.RANGES` for the run options, shared by every command that declares them).
+_PATH_OPTIONS = {"out": "--out", "data_dir": "--data-dir", "runs": "--runs", "src": "--src", "site": "--site"}
+_ENV_COMMANDS = ("run", "sweep", "reproduce")  # commands that read $TTA_BENCH_DATA / _WEIGHTS / _CACHE
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """UserError (one paragraph naming the option or environment variable) for a path option that is empty, too
+    long for the file system or behind a symlink loop; a whole-number option outside its range; a bad
+    `$TTA_BENCH_PROGRESS_INTERVAL`; and, for the commands that run, a bad `$TTA_BENCH_DATA/WEIGHTS/CACHE`."""
+    from tta_bench.config import RANGES, cache_dir_default, data_dir_default, weights_dir_default
+    from tta_bench.kernel.options import MAX_WORKERS, check_float, check_int, check_path
+    from tta_bench.kernel.progressbar import interval
+
+    for dest, option in _PATH_OPTIONS.items():
+        value = getattr(args, dest, None)
+        if isinstance(value, str):
+            required = args.command == "make-c" and dest in ("src", "out")
+            check_path(value, option, empty="Pass a folder" + ("." if required else f", or leave {option} out."))
+    ranges = {**RANGES, "processes": (1, MAX_WORKERS, "worker processes")}
+    for dest, (low, high, what) in ranges.items():
+        value = getattr(args, dest, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            check_int(f"--{dest.replace('_', '-')}", value, low, high, what)
+    if getattr(args, "gpus_per_run", None) is not None:
+        check_float("--gpus-per-run", args.gpus_per_run, 0.0, 1024.0, "GPUs each Ray task reserves")
+    interval()
+    if args.command in _ENV_COMMANDS:
+        data_dir_default(), weights_dir_default(), cache_dir_default()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
+        check_args(args)
         return int(args.func(args) or 0)
     except UserError as e:
         msg = str(e)
@@ -122,6 +154,16 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    except (MemoryError, RuntimeError) as e:  # torch's allocation failures are RuntimeErrors (OutOfMemoryError)
+        if not isinstance(e, MemoryError) and not _out_of_memory(e):
+            raise
+        print(
+            "error: out of memory: the run asked for more memory than this machine has (" + _first_line(e) + "). "
+            "Lower --batch-size or --workers, or the sizes given with --set (e.g. model.width, stream.image_size), "
+            "or run on a machine with more memory.",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print(
             "interrupted: completed results are untouched; the unfinished run's private temporary folder is removed "
@@ -129,3 +171,14 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """True for torch's failed allocations (CPU: "can't allocate memory"; CUDA/MPS: "out of memory")."""
+    text = str(e)
+    return type(e).__name__ == "OutOfMemoryError" or "can't allocate memory" in text or "out of memory" in text
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return (lines[0] if lines else type(e).__name__)[:300]

@@ -68,8 +68,12 @@ def config_kwargs(args: argparse.Namespace) -> dict:
     sets = parse_sets(args.sets)
     domains = getattr(args, "domains", None)
     if domains is not None:
-        if sets["stream"].get("domains", domains) != domains:
-            raise UserError("--domains and --set stream.domains disagree; give the domains once.")
+        given = sets["stream"].get("domains", domains)
+        if _domain_names(given) != _domain_names(domains):
+            raise UserError(
+                f"--domains {domains} and --set stream.domains={given} disagree; give the domains once (either "
+                "option), or the same names in the same order in both."
+            )
         sets["stream"]["domains"] = domains
     return dict(
         setting=args.setting,
@@ -90,3 +94,12 @@ def config_kwargs(args: argparse.Namespace) -> dict:
         stream_opts=sets["stream"],
         model_opts=sets["model"],
     )
+
+
+def _domain_names(value: object) -> object:
+    """Domain names as a list, whether given as text ("fog, snow") or a list (["fog", "snow"]); others unchanged
+    (the stream's own check names them)."""
+    items = value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else None
+    if items is None or not all(isinstance(n, str) for n in items):
+        return value
+    return [n.strip() for n in items if n.strip()]

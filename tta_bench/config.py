@@ -14,7 +14,22 @@ from pathlib import Path
 from typing import Any
 
 from tta_bench.kernel.errors import UserError
-from tta_bench.kernel.options import SCOPES, check_options, coerce, parse_sets, parse_value  # noqa: F401  (re-exported)
+from tta_bench.kernel.options import (  # noqa: F401  (re-exported)
+    MAX_BATCH,
+    MAX_IMAGES,
+    MAX_ROUNDS,
+    MAX_SEED,
+    MAX_SIDE,
+    MAX_WORKERS,
+    SCOPES,
+    check_float,
+    check_int,
+    check_options,
+    check_path,
+    coerce,
+    parse_sets,
+    parse_value,
+)
 from tta_bench.presets import CHOICES as PRESET_CHOICES
 
 SETTINGS = ("continual", "episodic", "gradual", "mixed", "non-iid", "realistic")
@@ -27,19 +42,52 @@ CHANNELS_LAST = ("auto", "on", "off")
 _CHOOSER_FIELDS = ("preset",)
 
 
+DATA_ENV, WEIGHTS_ENV, CACHE_ENV = "TTA_BENCH_DATA", "TTA_BENCH_WEIGHTS", "TTA_BENCH_CACHE"
+
+
+def _env_dir(var: str, leaf: str) -> Path:
+    """`$var` when set (checked: an empty value, which would mean the current folder, a name too long for the file
+    system or a symlink loop is a UserError naming the variable), else `~/.cache/tta_bench/<leaf>`."""
+    value = os.environ.get(var)
+    if value is None:
+        return Path.home() / ".cache" / "tta_bench" / leaf
+    return check_path(value, f"${var}", empty=f"Set it to a folder, or unset it for ~/.cache/tta_bench/{leaf}.")
+
+
 def data_dir_default() -> Path:
     """`$TTA_BENCH_DATA` or `~/.cache/tta_bench/data`: where streams look for datasets."""
-    return Path(os.environ.get("TTA_BENCH_DATA", Path.home() / ".cache" / "tta_bench" / "data"))
+    return _env_dir(DATA_ENV, "data")
 
 
 def weights_dir_default() -> Path:
     """`$TTA_BENCH_WEIGHTS` or `~/.cache/tta_bench/weights`: downloaded / placed model weights."""
-    return Path(os.environ.get("TTA_BENCH_WEIGHTS", Path.home() / ".cache" / "tta_bench" / "weights"))
+    return _env_dir(WEIGHTS_ENV, "weights")
 
 
 def cache_dir_default() -> Path:
     """`$TTA_BENCH_CACHE` or `~/.cache/tta_bench/cache`: trained source models, warm-ups, prepares."""
-    return Path(os.environ.get("TTA_BENCH_CACHE", Path.home() / ".cache" / "tta_bench" / "cache"))
+    return _env_dir(CACHE_ENV, "cache")
+
+
+def check_run_paths(cfg: RunConfig) -> None:
+    """UserError, before any work, when a folder a run reads or writes is unusable; each named by the option or
+    environment variable that set it: `--out` and `$TTA_BENCH_CACHE` must be (or be creatable as) folders this user
+    can write (a read-only cache would fail only after the source model is trained), `--data-dir` / `$TTA_BENCH_DATA`
+    and `$TTA_BENCH_WEIGHTS` usable paths that are not files. The runner calls it first."""
+    check_writable_folder(cfg.out, "--out")
+    check_writable_folder(cache_dir_default(), _env_name(CACHE_ENV, "cache"))
+    data = ("--data-dir", Path(cfg.data_dir)) if cfg.data_dir is not None else None
+    for option, path in (
+        data or (_env_name(DATA_ENV, "datasets"), data_dir_default()),
+        (_env_name(WEIGHTS_ENV, "weights"), weights_dir_default()),
+    ):
+        if path.exists() and not path.is_dir():
+            raise UserError(f"{option} {path} is a file, not a folder. Point it at a folder (created if missing).")
+
+
+def _env_name(var: str, what: str) -> str:
+    """How a message names a default folder: the variable when it is set, else the default it fell back to."""
+    return f"${var}" if var in os.environ else f"the {what} folder (default, set with ${var})"
 
 
 _DEVICE = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
@@ -64,8 +112,9 @@ def check_device(device: str) -> None:
 
 
 def check_writable_folder(path: str | Path, option: str) -> None:
-    """UserError when `path` (a folder, created on demand) is under a file or a folder this process cannot write."""
-    p = Path(path).expanduser().absolute()
+    """UserError when `path` (a folder, created on demand) is empty, too long, behind a symlink loop, under a file or
+    a folder this process cannot write; the message names `option` (e.g. "--out" or "$TTA_BENCH_CACHE")."""
+    p = check_path(path, option, empty="Pass a folder (created if missing), or leave the option out.").absolute()
     for q in (p, *p.parents):
         if q.exists():
             if not q.is_dir():
@@ -73,6 +122,34 @@ def check_writable_folder(path: str | Path, option: str) -> None:
             if not os.access(q, os.W_OK | os.X_OK):
                 raise UserError(f"{option} {path}: {q} is not writable by this user. Pass a folder you can write to.")
             return
+
+
+# Ranges of the run's whole-number options: (smallest, largest, what the number means).
+RANGES: dict[str, tuple[int, int, str]] = {
+    "severity": (1, 5, "corruption severity"),
+    "batch_size": (1, MAX_BATCH, "images per batch"),
+    "seed": (0, MAX_SEED, "random seed, a signed 64-bit integer"),
+    "limit": (1, MAX_IMAGES, "images per domain"),
+    "rounds": (1, MAX_ROUNDS, "passes over the stream's domains"),
+    "workers": (0, MAX_WORKERS, "DataLoader worker processes"),
+}
+# Upper bounds of `--set stream.* / model.*` options that count images or pixels, whichever stream or model declares
+# them (their lower bounds are the streams' and models' own: tta_bench.streams.COUNT_OPTIONS, the model factories).
+SET_BOUNDS: dict[str, tuple[int, str]] = {
+    **dict.fromkeys(
+        ("length", "speed", "calib_size", "clean_size", "clean_n", "holdout", "shots", "source_limit", "samples"),
+        (MAX_IMAGES, "images"),
+    ),
+    "window": (MAX_IMAGES, "images per window"),
+    **dict.fromkeys(("image_size", "size", "crop", "stride"), (MAX_SIDE, "pixels")),
+    "width": (4096, "channels of the first stage; WRN-28-10's widest stage has 640"),
+    "blocks": (1000, "residual blocks a stage"),
+    "source_epochs": (100_000, "epochs of source training"),
+    "batch_size": (MAX_BATCH, "images per training batch"),
+    **dict.fromkeys(("seed", "init_seed"), (MAX_SEED, "random seed")),
+}
+# `--set` options that name files or folders (checked as paths: not empty, not too long, no symlink loop).
+PATH_OPTIONS = ("root", "clean_dir", "source_root", "weights", "data_dir")
 
 
 @dataclass(frozen=True)
@@ -112,22 +189,8 @@ class RunConfig:
             raise UserError(f"Unknown precision '{self.precision}'. Choose fp32 or amp (--precision).")
         if self.clean_eval not in CLEAN_EVAL:
             raise UserError(f"--clean-eval must be one of {', '.join(CLEAN_EVAL)}, got '{self.clean_eval}'.")
-        for name in ("severity", "batch_size", "seed", "rounds", "workers", "limit"):
-            v = getattr(self, name)
-            whole = isinstance(v, numbers.Integral) and not isinstance(v, bool)
-            if not whole and not (name == "limit" and v is None):
-                raise UserError(f"--{name.replace('_', '-')} takes a whole number, got {v!r} ({type(v).__name__}).")
-        if not 1 <= self.severity <= 5:
-            raise UserError(f"Severity must be 1..5, got {self.severity} (--severity).")
-        for name in ("batch_size", "rounds"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
-        if self.limit is not None and self.limit < 1:
-            raise UserError(f"--limit must be a positive number of samples per domain, got {self.limit}.")
-        if self.stream_opts.get("speed_ratio") is not None or "window" in self.stream_opts:
-            from tta_bench.protocols import check_stream_options  # lazy: it imports torch
-
-            check_stream_options(self.setting, self.stream_opts)
+        for name, (low, high, what) in RANGES.items():
+            check_int(f"--{name.replace('_', '-')}", getattr(self, name), low, high, what, none_ok=name == "limit")
         if self.preset not in PRESET_CHOICES:
             raise UserError(f"Unknown preset '{self.preset}'. Choose one of: {', '.join(PRESET_CHOICES)} (--preset).")
         if not isinstance(self.compile, bool):
@@ -136,24 +199,30 @@ class RunConfig:
             raise UserError(
                 f"--channels-last must be auto (on for CUDA devices only), on or off, got {self.channels_last!r}."
             )
-        for name in ("seed", "workers"):
-            if getattr(self, name) < 0:
-                raise UserError(f"--{name} must be 0 or more, got {getattr(self, name)}.")
         check_device(self.device)
         check_writable_folder(self.out, "--out")
-        if self.data_dir is not None and Path(self.data_dir).exists() and not Path(self.data_dir).is_dir():
-            raise UserError(f"--data-dir {self.data_dir} is a file, not a folder. Pass the datasets folder.")
+        if self.data_dir is not None:
+            d = check_path(self.data_dir, "--data-dir", empty="Pass the datasets folder, or leave --data-dir out.")
+            if d.exists() and not d.is_dir():
+                raise UserError(f"--data-dir {self.data_dir} is a file, not a folder. Pass the datasets folder.")
         self._check_options()
 
     def _check_options(self) -> None:
-        """Range checks of the given `--set` values (types and names are checked when the run resolves)."""
+        """Range checks of the given `--set` values (types and names are checked when the run resolves), each
+        whatever the other options are."""
         gamma = self.stream_opts.get("gamma")
-        if isinstance(gamma, (int, float)) and not isinstance(gamma, bool) and not gamma > 0:
-            raise UserError(
-                f"stream.gamma (the Dirichlet concentration of the non-iid setting) must be > 0, got {gamma!r}; small "
-                "values give strongly label-correlated order. Example: --set stream.gamma=0.1."
+        if isinstance(gamma, (int, float)) and not isinstance(gamma, bool):
+            what = (
+                "the Dirichlet concentration of the non-iid setting; small values give strongly label-correlated order"
             )
+            check_float("stream.gamma", gamma, 0.0, 1e6, what, low_open=True)
+        for scope, opts in (("stream", self.stream_opts), ("model", self.model_opts)):
+            for key, value in opts.items():
+                self._check_set(scope, key, value)
         if self.stream_opts:
+            from tta_bench.protocols import check_stream_options  # lazy: it imports torch
+
+            check_stream_options(self.setting, self.stream_opts)
             from tta_bench.streams import check_counts  # lazy: streams imports torch
 
             check_counts(self.stream_opts)
@@ -162,6 +231,17 @@ class RunConfig:
 
             cls = methods.get(self.method)
             cls.validate(check_options("method", self.method, self.method_opts, cls.defaults))
+
+    @staticmethod
+    def _check_set(scope: str, key: str, value: Any) -> None:
+        """The harness-wide bounds of one `--set scope.key` value (SET_BOUNDS, PATH_OPTIONS)."""
+        option = f"--set {scope}.{key}"
+        if key in SET_BOUNDS and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            high, what = SET_BOUNDS[key]
+            if value > high:
+                raise UserError(f"{option}={value:,} is too large: at most {high:,} ({what}). Pass a smaller number.")
+        if key in PATH_OPTIONS and isinstance(value, str):
+            check_path(value, option, empty=f"Pass a path, or leave {option} out.")
 
     def identity(self) -> dict[str, Any]:
         """The hashed part of the config, JSON-ready."""
@@ -186,7 +266,7 @@ class RunConfig:
         return Path(self.out) / self.run_id()
 
     def resolved_data_dir(self) -> Path:
-        return Path(self.data_dir) if self.data_dir else data_dir_default()
+        return Path(self.data_dir) if self.data_dir is not None else data_dir_default()
 
     @classmethod
     def field_names(cls) -> list[str]:

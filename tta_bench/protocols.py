@@ -33,29 +33,37 @@ from typing import Any
 import torch
 
 from tta_bench.kernel import UserError
+from tta_bench.kernel.options import MAX_IMAGES
 from tta_bench.rundir import window_errors  # the schema's rule (the leaderboard uses it too)
 
 COLLAPSE_MARGIN = 5.0  # percentage points below chance error that still count as collapsed
 DEFAULT_WINDOW = 1000  # images per window (stream.window)
 
 
+MAX_SPEED_RATIO = 1e6  # a method a million times slower than the source forward adapts on the first batch only
+
+
 def check_stream_options(setting: str, opts: dict[str, Any]) -> None:
-    """UserError for a bad `stream.window`, or a `stream.speed_ratio` that is not a positive number or is given
-    outside the realistic setting (RunConfig checks the user's options with it)."""
+    """UserError for a bad `stream.window`, or a `stream.speed_ratio` that is not a finite number in
+    (0, MAX_SPEED_RATIO] or is given outside the realistic setting (RunConfig checks the user's options with it).
+    Each option is checked whatever the others are."""
     k = opts.get("speed_ratio")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, (int, float)) or not 0 < k <= MAX_SPEED_RATIO):
+        raise UserError(
+            f"stream.speed_ratio must be a positive number up to {MAX_SPEED_RATIO:g} (the method's cost relative to "
+            f"the source model's forward, e.g. 2 = adapt on every 2nd batch), got {k!r}. Omit it to measure it."
+        )
     if k is not None and setting != "realistic":
         raise UserError(
             f"stream.speed_ratio={k!r} only applies to --setting realistic (the compute-aware protocol); "
             f"drop it or pass --setting realistic."
         )
-    if k is not None and (isinstance(k, bool) or not isinstance(k, (int, float)) or not k > 0):
-        raise UserError(
-            f"stream.speed_ratio must be a positive number (the method's cost relative to the source "
-            f"model's forward, e.g. 2 = adapt on every 2nd batch), got {k!r}. Omit it to measure it."
-        )
     w = opts.get("window", DEFAULT_WINDOW)
-    if isinstance(w, bool) or not isinstance(w, int) or w < 1:
-        raise UserError(f"stream.window must be a positive number of images, got {w!r} (e.g. stream.window=500).")
+    if isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= MAX_IMAGES:
+        raise UserError(
+            f"stream.window must be a positive number of images up to {MAX_IMAGES:,}, got {w!r} "
+            "(e.g. stream.window=500)."
+        )
 
 
 def clock_for(setting: str, opts: dict[str, Any], device: torch.device | None = None) -> RealisticClock | None:

@@ -27,6 +27,7 @@ from typing import Any
 from tta_bench.cli_options import add_run_arguments, config_kwargs
 from tta_bench.config import RunConfig
 from tta_bench.kernel import UserError
+from tta_bench.kernel.options import MAX_SEED, MAX_WORKERS, check_float, check_int, check_path
 
 ENV_VARS = ("TTA_BENCH_DATA", "TTA_BENCH_WEIGHTS", "TTA_BENCH_CACHE")  # forwarded to worker processes / tasks
 
@@ -59,9 +60,14 @@ def expand(args: argparse.Namespace) -> list[RunConfig]:
     for flag, values in (("--methods", args.methods), ("--streams", args.streams), ("--seeds", args.seeds)):
         if not _names(values):
             raise UserError(f"{flag} names nothing ({' '.join(values)!r}): give at least one, e.g. {flag} tent.")
-    if args.processes < 1:
-        raise UserError(f"--processes must be at least 1 (local worker processes), got {args.processes}.")
+    check_int("--processes", args.processes, 1, MAX_WORKERS, "local worker processes")
+    check_float("--gpus-per-run", args.gpus_per_run, 0.0, 1024.0, "GPUs each Ray task reserves")
+    for sd in seeds:
+        check_int("--seeds", sd, 0, MAX_SEED, "random seeds, each a signed 64-bit integer")
     kwargs = config_kwargs(args)
+    check_path(kwargs["out"], "--out", empty="Pass a folder for the run folders, or leave --out out for runs/.")
+    if kwargs["data_dir"] is not None:
+        check_path(kwargs["data_dir"], "--data-dir", empty="Pass the datasets folder, or leave --data-dir out.")
     kwargs["out"] = str(Path(kwargs["out"]).resolve())  # workers may run elsewhere: no relative paths
     if kwargs["data_dir"]:
         kwargs["data_dir"] = str(Path(kwargs["data_dir"]).resolve())
@@ -103,6 +109,8 @@ def run_one(cfg_dict: dict[str, Any], env: dict[str, str], force: bool = False, 
     out = Outcome(cfg.run_id(), label(cfg), str(cfg.folder()))
     try:
         out.mean_error = run(cfg, force=force, quiet=True).summary["mean_error"]
+    except UserError as e:  # bad input or data: its one paragraph says what to fix (a traceback would hide it)
+        out.error = "error: " + " ".join(str(e).split())
     except Exception as e:  # noqa: BLE001 - one failed run must not lose the others
         out.error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"
     out.seconds = time.perf_counter() - t0

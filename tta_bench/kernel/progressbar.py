@@ -16,12 +16,13 @@ is counted and named in the lines.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
+
+from tta_bench.kernel.options import env_number
 
 INTERVAL_ENV = "TTA_BENCH_PROGRESS_INTERVAL"  # seconds between plain progress lines (default 20)
 _STATE: dict[str, Any] = {"bar": None, "quiet": False}
@@ -46,6 +47,12 @@ def quiet_while(quiet: bool) -> Iterator[None]:
         yield
     finally:
         _STATE["quiet"] = before
+
+
+def interval() -> float:
+    """Seconds between plain progress lines: `$TTA_BENCH_PROGRESS_INTERVAL` (0 to a day; unset or empty: 20). A value
+    that is not such a number is a UserError naming the variable (the CLI checks it before any work)."""
+    return env_number(INTERVAL_ENV, 20.0, 0.0, 86400.0, "the seconds between plain progress lines")
 
 
 def is_terminal() -> bool:
@@ -78,7 +85,7 @@ class Progress:
         self.total, self.n, self.passes = total, 0, 0
         self.off = disable or _STATE["quiet"]
         self.t0 = self.last = time.perf_counter()
-        self.interval = float(os.environ.get(INTERVAL_ENV, "20"))
+        self.interval = interval()
         factory = _STATE["bar"]
         self.bar = None
         if not self.off and factory is not None and is_terminal():
