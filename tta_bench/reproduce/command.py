@@ -260,7 +260,11 @@ def main(args: argparse.Namespace) -> int:
     failed = execute(planned, args)
     mode, seeds = ("stand-in" if args.stand_in else "full"), _seeds(args, table)
     rows = parity.rows(table, measured(table, planned), mode=mode, limit=args.limit, seeds=seeds)
-    if mode == "full" and any(r["verdict"] == "reduced" for r in rows):
+    if (
+        mode == "full"
+        and args.limit
+        and any(args.limit < table.cell_protocol(c)["samples_per_domain"] for c in table.cells)
+    ):
         mode = "reduced"
     rep = parity.report(table, rows, mode=mode, limit=args.limit, seeds=seeds)
     js, cs = parity.write(rep, Path(args.out) / "parity")
