@@ -29,9 +29,10 @@ def rgb_image(im: Image.Image, path: Path | str, data: bytes | None = None) -> I
     and YCbCr converted. Modes whose value range the file does not state (32-bit integer `I`, float `F`) and any
     other mode are a UserError naming the file. `data`: the file's bytes where `path` is not a file (e.g. a pool)."""
     mode = im.mode
-    if im.format == "PNG" and any(";16" in str(getattr(t, "args", t[3] if len(t) > 3 else "")) for t in im.tile):
+    if im.format == "PNG" and _sixteen_bit(im):
         return _png16(data if data is not None else Path(path).read_bytes(), path)
-    if mode in SIXTEEN_BIT_MODES:
+    if mode in SIXTEEN_BIT_MODES or (mode == "I" and (_sixteen_bit(im) or im.format == "PPM")):
+        # 16-bit TIFF/PGM decode to I; Pillow scales a PGM's maxval (256..65535) to 0..65535
         grey = np.asarray(im).astype(np.float64)
         return Image.fromarray(_scale16(grey)).convert("RGB")
     if mode in EXACT_MODES and "transparency" not in im.info:
@@ -50,6 +51,11 @@ def rgb_image(im: Image.Image, path: Path | str, data: bytes | None = None) -> I
 
 
 _MODE_WORDS = {"I": "32-bit integer samples", "F": "32-bit float samples", "LAB": "CIELAB", "HSV": "HSV"}
+
+
+def _sixteen_bit(im: Image.Image) -> bool:
+    """Whether the file stores 16-bit samples (its decoder's raw mode, e.g. `I;16B`, `RGB;16B`)."""
+    return any(";16" in str(getattr(t, "args", "")) for t in im.tile)
 
 
 def _scale16(a: np.ndarray) -> np.ndarray:
