@@ -5,13 +5,17 @@ bytes (`<entry>.json`), and an entry that does not match is reported, removed an
 - a cache entry that is a directory, an entry without its record, a truncated one;
 - a prepare-stage (warm-up) state replaced by another key's;
 - CCC calibration cells of another key;
-each time the run's numbers equal those of a cold cache, and the CLI exits 0.
+each time the run's numbers equal those of a cold cache, and the CLI exits 0. And the data's fingerprint is by
+content: a byte changed in place with the mtime put back is a new run id; byte-identical data in two folders is one
+fingerprint (one leaderboard table); large files are sampled; a device is never read.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -141,3 +145,70 @@ def test_ccc_calibration_of_another_key_is_measured_again(tmp_path, capfd):
     assert "another key" in capfd.readouterr().err and not path.exists()
     path.mkdir()
     assert _cached_cells(path, "k1") == {} and not path.exists()
+
+
+# --- the data's fingerprint: by content ----------------------------------------------------------------------------
+def _cifar_c(root: Path, n: int = 20) -> Path:
+    import numpy as np
+
+    from tta_bench import corruptions
+
+    folder = root / "CIFAR-10-C"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    np.save(folder / "labels.npy", np.arange(n) % 10)
+    for d in corruptions.BENCHMARK:
+        np.save(folder / f"{d}.npy", rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8))
+    return folder
+
+
+def _fingerprint_and_id(data: Path) -> tuple[str, str]:
+    from tta_bench.identity import data_fingerprint, open_stream, resolve, run_id
+
+    cfg = resolve(RunConfig(method="source", stream="cifar10-c", data_dir=str(data), stream_opts={"holdout": 0}))
+    spec = open_stream(cfg)
+    return data_fingerprint(spec), run_id(cfg, spec)
+
+
+def test_data_changed_in_place_with_its_mtime_kept_is_a_new_run(tmp_path):
+    import numpy as np
+
+    folder = _cifar_c(tmp_path / "data")
+    fp, rid = _fingerprint_and_id(tmp_path / "data")
+    fog = folder / "fog.npy"
+    st = fog.stat()
+    arr = np.load(fog)
+    arr[3, 0, 0, 0] ^= 1  # one byte of one image, same size ...
+    np.save(fog, arr)
+    os.utime(fog, ns=(st.st_atime_ns, st.st_mtime_ns))  # ... and the mtime put back
+    assert fog.stat().st_mtime_ns == st.st_mtime_ns and fog.stat().st_size == st.st_size
+    fp2, rid2 = _fingerprint_and_id(tmp_path / "data")
+    assert fp2 != fp and rid2 != rid
+
+
+def test_byte_identical_data_in_two_folders_has_one_fingerprint(tmp_path):
+    from tta_bench.leaderboard.collect import table_key
+
+    _cifar_c(tmp_path / "a")
+    time.sleep(0.01)
+    shutil.copytree(tmp_path / "a", tmp_path / "b", copy_function=shutil.copyfile)  # a copy: new mtimes
+    (fa, ra), (fb, rb) = _fingerprint_and_id(tmp_path / "a"), _fingerprint_and_id(tmp_path / "b")
+    assert fa == fb and ra == rb  # one run id (--data-dir is not part of it), and one leaderboard table:
+    conf = {"config": {"stream": "cifar10-c", "setting": "continual", "severity": 5, "batch_size": 64, "rounds": 1,
+                       "precision": "fp32", "stream_opts": {}}, "samples_per_domain": {"0/fog": 20}}  # fmt: skip
+    assert table_key({**conf, "data_fingerprint": fa}) == table_key({**conf, "data_fingerprint": fb})
+
+
+def test_fingerprint_reads_a_sample_of_large_files(tmp_path):
+    from tta_bench.kernel import FULL_HASH_BYTES, SAMPLE_BLOCK, SAMPLE_BLOCKS, fingerprint_files
+
+    big = tmp_path / "big.bin"
+    size = FULL_HASH_BYTES * 8
+    big.write_bytes(bytes(size))
+    first = fingerprint_files([big])
+    with open(big, "r+b") as f:  # a byte in the second sampled block changes it
+        f.seek((size - SAMPLE_BLOCK) // (SAMPLE_BLOCKS - 1) + 5)
+        f.write(b"\1")
+    assert fingerprint_files([big]) != first
+    dev = fingerprint_files([Path("/dev/null")])  # a device: stat'ed, never read
+    assert isinstance(dev, str) and len(dev) == 16

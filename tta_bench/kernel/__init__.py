@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from tta_bench.kernel.errors import UserError, close_matches, unknown_name
 from tta_bench.kernel.files import (
+    FULL_HASH_BYTES,
+    SAMPLE_BLOCK,
+    SAMPLE_BLOCKS,
     NoSpace,
     content_digest,
     discard_cache_entry,
@@ -42,6 +45,9 @@ __all__ = [
     "UserError",
     "close_matches",
     "unknown_name",
+    "FULL_HASH_BYTES",
+    "SAMPLE_BLOCK",
+    "SAMPLE_BLOCKS",
     "NoSpace",
     "content_digest",
     "discard_cache_entry",
