@@ -81,8 +81,7 @@ def check_run_paths(cfg: RunConfig) -> None:
         data or (_env_name(DATA_ENV, "datasets"), data_dir_default()),
         (_env_name(WEIGHTS_ENV, "weights"), weights_dir_default()),
     ):
-        if path.exists() and not path.is_dir():
-            raise UserError(f"{option} {path} is a file, not a folder. Point it at a folder (created if missing).")
+        check_writable_folder(path, option, write=False)  # read (a shared read-only store is fine), not under a file
 
 
 def _env_name(var: str, what: str) -> str:
@@ -111,15 +110,15 @@ def check_device(device: str) -> None:
         raise UserError(f"--device {device}: PyTorch sees {n} {kind.upper()} device(s): use a lower index or cpu.")
 
 
-def check_writable_folder(path: str | Path, option: str) -> None:
+def check_writable_folder(path: str | Path, option: str, write: bool = True) -> None:
     """UserError when `path` (a folder, created on demand) is empty, too long, behind a symlink loop, under a file or
-    a folder this process cannot write; the message names `option` (e.g. "--out" or "$TTA_BENCH_CACHE")."""
+    (`write`) a folder this process cannot write; the message names `option` (e.g. "--out" or "$TTA_BENCH_CACHE")."""
     p = check_path(path, option, empty="Pass a folder (created if missing), or leave the option out.").absolute()
     for q in (p, *p.parents):
         if q.exists():
             if not q.is_dir():
                 raise UserError(f"{option} {path}: {q} is a file, not a folder. Pass a folder (created if missing).")
-            if not os.access(q, os.W_OK | os.X_OK):
+            if write and not os.access(q, os.W_OK | os.X_OK):
                 raise UserError(f"{option} {path}: {q} is not writable by this user. Pass a folder you can write to.")
             return
 
