@@ -100,6 +100,11 @@ def main(args: argparse.Namespace) -> int:
             "(as downloaded by torchvision.datasets.CIFAR10/100) or an ImageFolder of 32x32 images. "
             "Point --src at that folder."
         )
+    if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
+        raise MakeCError(
+            f"--out {out} is --src {src} or inside it: the corrupted images would land among the clean ones (and "
+            "become classes of the next listing). Pass an --out outside the clean dataset's folder."
+        )
     batch_size = args.batch_size or (100 if args.format == "imagenet-c" else 1000)
     want = manifest(args, src, batch_size, device)
     force = getattr(args, "force", False)
@@ -294,7 +299,8 @@ def _open_rgb(path: Path) -> Image.Image:
             raise
         raise MakeCError(
             f"Cannot decode the image {path} ({type(e).__name__}: {e}); it is truncated or damaged. "
-            "Replace or delete it, then run make-c again (finished outputs are kept)."
+            "Replace or delete it, then run make-c again with --force (the source changed, so the data set is rebuilt; "
+            "the outputs so far are kept until the new set is complete)."
         ) from None
 
 

@@ -315,3 +315,11 @@ def test_adding_corruptions_or_moving_the_source_is_a_resume(tmp_path: Path, cap
     shutil.copy(moved / "n01440764" / "ILSVRC2012_val_00000000.JPEG", moved / "n01440764" / "extra.JPEG")
     with pytest.raises(ValueError, match="files added, removed or changed"):
         run("--src", str(moved), *base, "--corruptions", "fog", "--severities", "1")
+
+
+def test_out_inside_src_is_refused(tmp_path: Path):
+    src = fake_imagenet(tmp_path / "val")
+    for out in (src, src / "corrupted"):
+        with pytest.raises(ValueError, match="is --src .* or inside it"):
+            run("--src", str(src), "--out", str(out), "--format", "imagenet-c", "--corruptions", "fog")
+    assert sorted(p.name for p in src.iterdir()) == ["n01440764", "n01443537"]
