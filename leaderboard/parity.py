@@ -69,6 +69,7 @@ def section(path: Path) -> dict[str, Any]:
             "generated": rep.get("generated", ""),
             "counts": rep.get("counts", {}),
             "rows": [_row(r) for r in rep["rows"] if isinstance(r, dict)],
+            "notes": [n for n in rep.get("notes", []) if isinstance(n, str)],
         }
     except (UserError, KeyError, TypeError, ValueError) as e:
         return {"file": path.name, "error": str(e)}

@@ -152,6 +152,8 @@ def test_parity_rows_from_known_results(tmp_path):
         tent["verdict"] == "differs" and tent["diff"] == pytest.approx(2.2) and "2 of the published 5" in tent["reason"]
     )
     assert rows["roid"]["verdict"] == "missing" and rows["roid"]["published_spread"] == 0.05
+    failed = parity.rows(t, measured, errors={"roid": "roid failed: no weights", "source": "not shown"})
+    assert failed[-1]["reason"] == "roid failed: no weights" and failed[0]["verdict"] == "match"  # only missing rows
     assert parity.rows(t, measured, limit=1000)[0]["verdict"] == "reduced"
     assert parity.rows(t, measured, mode="stand-in")[0]["verdict"] == "stand-in"
 

@@ -248,6 +248,19 @@ def measured(table: Table, planned: list[Planned]) -> dict[str, dict[str, dict[i
     return out
 
 
+def failures(planned: list[Planned], failed: list[dict[str, Any]]) -> dict[str, str]:
+    """cell id -> the first line of the first failure among its runs (for the report's `missing` reason)."""
+    by_folder = {
+        o["folder"]: o["error"].strip().splitlines()[0].removeprefix("error: ") for o in failed if o.get("error")
+    }
+    out: dict[str, str] = {}
+    for p in planned:
+        msg = by_folder.get(str(p.cfg.folder()))
+        if msg and p.cell not in out:
+            out[p.cell] = f"{p.cfg.method} failed: {msg}"
+    return out
+
+
 def main(args: argparse.Namespace) -> int:
     if args.table == "list":
         print(listing())
@@ -259,7 +272,8 @@ def main(args: argparse.Namespace) -> int:
         return 0
     failed = execute(planned, args)
     mode, seeds = ("stand-in" if args.stand_in else "full"), _seeds(args, table)
-    rows = parity.rows(table, measured(table, planned), mode=mode, limit=args.limit, seeds=seeds)
+    errors = failures(planned, failed)
+    rows = parity.rows(table, measured(table, planned), mode=mode, limit=args.limit, seeds=seeds, errors=errors)
     if (
         mode == "full"
         and args.limit

@@ -51,8 +51,10 @@ def rows(
     mode: str = "full",
     limit: int | None = None,
     seeds: list[int] | None = None,
+    errors: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """One parity row per cell. `measured[cell_id][role][seed]` = value; `mode` full | reduced | stand-in."""
+    """One parity row per cell. `measured[cell_id][role][seed]` = value; `mode` full | reduced | stand-in;
+    `errors[cell_id]`: why a cell's runs failed (the reason of a `missing` row)."""
     out = []
     for cell in table.cells:
         proto = table.cell_protocol(cell)
@@ -80,6 +82,8 @@ def rows(
         }
         row["diff"] = None if row["ours"] is None else row["ours"] - cell.value
         row["verdict"], row["reason"] = verdict(row, proto, mode, limit, seeds or proto["seeds"])
+        if row["verdict"] == "missing" and (errors or {}).get(cell.id):
+            row["reason"] = errors[cell.id]  # type: ignore[index]
         out.append(row)
     return out
 
