@@ -202,6 +202,13 @@ class _Heartbeat:
 _HEARTBEAT = _Heartbeat()
 
 
+def _after_fork() -> None:  # a child never inherits a held lock or its parent's folders
+    _HEARTBEAT.lock, _HEARTBEAT.folders, _HEARTBEAT.pid = threading.Lock(), set(), None
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 def _claim(folder: Path) -> None:
     """Write this process's owner record into `folder` and keep its lease fresh until the folder is gone."""
     write_atomic(folder / OWNER, json.dumps(owner_record()) + "\n")
@@ -371,7 +378,10 @@ def commit(tmp: Path, final: Path) -> None:
                 raise
             _release(final)
             return
-        write_atomic(final / OWNER, json.dumps(owner_record()) + "\n")  # the old result, once swapped out, is ours
+        try:  # the old result, once swapped out, is ours to delete (best effort: without it the lease decides)
+            write_atomic(final / OWNER, json.dumps(owner_record()) + "\n")
+        except (OSError, UserError):
+            pass
         if _exchange(tmp, final):  # final: new result; tmp: the old one
             _release(final)
             kill_point()
@@ -414,16 +424,17 @@ def replace_tree(build: Callable[[Path], Any], out: Path) -> Any:
         result = build(tmp)
         if out.is_dir():
             for entry in out.iterdir():
-                if not (tmp / entry.name).exists() and entry.name != OWNER:
+                ours = entry.name == OWNER or entry.name.startswith(f".{out.name}.")
+                if not ours and not (tmp / entry.name).exists():
                     (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, tmp / entry.name)
         commit(tmp, out)
     except BaseException as e:
-        written = folder_bytes(tmp)
+        full = isinstance(e, NoSpace) or (isinstance(e, OSError) and e.errno in NO_SPACE_ERRNOS)
+        need = max(folder_bytes(tmp), folder_bytes(out)) + (64 << 10) if full else 0  # so far, or the previous tree
         shutil.rmtree(tmp, ignore_errors=True)
-        need = max(written, folder_bytes(out)) + (64 << 10)
         if isinstance(e, NoSpace):
             raise e.regarding(out.parent, need) from None
-        if isinstance(e, OSError) and e.errno in NO_SPACE_ERRNOS:
-            raise no_space(e, out.parent, need, f"{out.name}/ (kept unchanged)") from None
+        if full:
+            raise no_space(e, out.parent, need, f"{out.name}/") from None  # type: ignore[arg-type]
         raise
     return result
