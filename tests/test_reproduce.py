@@ -183,6 +183,7 @@ def test_stand_in_end_to_end_resumes_and_feeds_the_page(tmp_path, capsys, one_th
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "4 run(s) in the grid, 0 already complete, 4 to run" in out
+    assert "skipped" not in out and "ignored" not in out  # the parity/ folder is not taken for a damaged run folder
     rep = json.loads((runs / "parity" / "tiny-alfarra-stand-in.json").read_text())
     rows = {r["cell"]: r for r in rep["rows"]}
     assert rep["mode"] == "stand-in" and rows["source-offline"]["verdict"] == "stand-in"
