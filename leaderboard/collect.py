@@ -60,14 +60,21 @@ def find_run_folders(
 
     A directory is a run folder when it directly holds one of the runner's files; an empty directory
     counts as an incomplete run (the runner creates the folder before writing anything). Other
-    directories are searched further (so `runs/<sweep>/<hash>/` layouts work), each once (a symlink loop
-    or a second link to a folder is not followed again). `exclude` (e.g. the site being written inside the runs
-    folder) is skipped. A directory below `root` that cannot be listed is appended to `errors` with the reason.
+    directories are searched further (so `runs/<sweep>/<hash>/` layouts work), each once (a symlink loop, a
+    second link to a folder, or a link to the runs folder or one above it, such as `/`, is not followed).
+    `exclude` (e.g. the site being written inside the runs folder) is skipped. A directory below `root` that
+    cannot be listed is appended to `errors` with the reason.
     """
     complete: list[Path] = []
     incomplete: list[Path] = []
     excluded = exclude.resolve() if exclude is not None else None
     seen: set[tuple[int, int]] = set()
+    for up in (Path(root), *Path(root).resolve().parents):  # a link back to the runs folder or above it (`/`): not read
+        try:
+            st = up.stat()
+            seen.add((st.st_dev, st.st_ino))
+        except OSError:
+            pass
 
     def visit(d: Path) -> None:
         try:

@@ -75,6 +75,7 @@ def _dup_domain_row(folder: Path) -> None:
     (folder / rundir.DOMAINS).write_text("\n".join([*lines, lines[1]]) + "\n")
 
 
+MANY_DOMAINS = {f"d{i}": 1.0 for i in range(20_000)}
 # case -> (damage, words the reason holds). The first nine broke the whole leaderboard before (traceback/exit 2).
 CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     "huge int": (_replace(rundir.SUMMARY, '"seed": 0', '"seed": ' + "9" * 5000), "not strict JSON"),
@@ -116,6 +117,10 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     "empty domains.csv": (lambda f: (f / rundir.DOMAINS).write_text(""), "is empty"),
     "repeated domain row": (_dup_domain_row, "repeats a (round, segment, domain) row"),
     "batches renumbered": (_replace(rundir.BATCHES, "\n2,0,", "\n200000000000,0,"), "does not number its batches"),
+    "20,000 domains": (
+        _edit_json(rundir.SUMMARY, lambda s: s["domain_errors"].update(MANY_DOMAINS)),
+        "more than 10,000 domains",
+    ),  # fmt: skip
     "ragged CSV row": (_replace(rundir.DOMAINS, "\n0,", "\n0,0,"), "cells for"),
     "truncated JSON": (lambda f: (f / rundir.SUMMARY).write_text('{"method": "tent", "mean_'), "not strict JSON"),
 }

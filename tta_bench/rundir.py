@@ -271,6 +271,7 @@ MAX_JSON_DEPTH = 32
 MAX_INT = 2**63 - 1
 MAX_CSV_COLUMNS = 4096
 MAX_NAME = 256  # characters of a name shown on the page (method, stream, domain, ...)
+MAX_DOMAINS = 10_000  # distinct domains of a run (each is a column of the leaderboard's tables)
 
 
 class Identity(TypedDict):
@@ -573,6 +574,8 @@ def check_run(folder: Path) -> tuple[dict[str, Any], Summary, tuple[list[str], l
     domains = read_run_csv(folder / DOMAINS, DOMAIN_TYPES, REQUIRED_DOMAIN)
     batches = read_run_csv(folder / BATCHES, BATCH_TYPES, REQUIRED_BATCH)
     h = domains[0]
+    if max(len(summary["domain_errors"]), len({r[h.index("domain")] for r in domains[1]})) > MAX_DOMAINS:
+        raise _damaged(folder, f"holds more than {MAX_DOMAINS:,} domains (each would be a column of the tables)")
     keys = [(r[h.index("round")], r[h.index("segment")], r[h.index("domain")]) for r in domains[1]]
     if len(set(keys)) != len(keys):
         raise _damaged(folder / DOMAINS, "repeats a (round, segment, domain) row")
