@@ -174,6 +174,12 @@ case("make-c-out-empty", lambda t: make_c_args(t, out=""), "--out", "empty")
 case("make-c-src-long", lambda t: make_c_args(t, src=str(t / LONG)), "--src", "too long")
 case("make-c-out-long", lambda t: make_c_args(t, out=str(t / LONG)), "--out", "too long")
 
+case("out-tilde-no-such-user", lambda t: [*run_args(t), "--out", "~no-such-user-xyz/runs"], "--out", "~")
+case("device-data-yes", run_args, "$TTA_BENCH_DEVICE_DATA", env=lambda t: {"TTA_BENCH_DEVICE_DATA": "yes"})
+case("model-empty", lambda t: run_args(t, "--model", ""), "--model", "unset shell variable")
+case("sweep-models-empty", lambda t: sweep_args(t, "--models", ""), "--models", "names nothing")
+case("model-weights-empty", lambda t: run_args(t, "--set", "model.weights="), "model.weights", "empty")
+
 # --- --set and --domains -----------------------------------------------------------------------------------------
 case("set-key-twice", lambda t: run_args(t, "--set", "method.lr=1e-3", "--set", "method.lr=1e-4"), "method.lr", "twice")
 case("set-stream-key-twice", lambda t: run_args(t, "--set", "stream.window=5", "--set", "stream.window=5"), "twice")
@@ -208,6 +214,13 @@ def test_census(id, build, env, needles, tmp_path, monkeypatch, capsys, no_work)
     for needle in needles:
         assert needle in lines[0], f"{id}: {needle!r} not in: {lines[0]}"
     assert set(os.listdir(tmp_path)) == before, f"{id}: wrote into the current folder"
+
+
+def test_long_value_named_not_repeated(tmp_path, capsys, no_work):
+    """A 100,000-character value is elided in the message (its length said), not printed whole."""
+    assert main(run_args(tmp_path, "--setting", "x" * 100_000)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and ",00" in err and "characters)" in err and len(err) < 2000
 
 
 # --- accepted inputs ---------------------------------------------------------------------------------------------

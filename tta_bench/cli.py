@@ -124,6 +124,11 @@ def check_args(args: argparse.Namespace) -> None:
     if getattr(args, "gpus_per_run", None) is not None:
         check_float("--gpus-per-run", args.gpus_per_run, 0.0, 1024.0, "GPUs each Ray task reserves")
     interval()
+    if os.environ.get("TTA_BENCH_DEVICE_DATA", "") not in ("", "0", "1"):
+        raise UserError(
+            f"$TTA_BENCH_DEVICE_DATA={os.environ['TTA_BENCH_DEVICE_DATA']!r}: set it to 1 (corrupt generated images "
+            "on the device) or 0 (in the loader), or unset it for the default (on the device for CUDA only)."
+        )
     if args.command in _ENV_COMMANDS:
         data_dir_default(), weights_dir_default(), cache_dir_default()
 
@@ -139,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e)
         if "\nOriginal Traceback" in msg:  # re-raised from a DataLoader worker: the worker's own message only
             msg = msg.rstrip().splitlines()[-1].partition(": ")[2] or msg
-        print("error: " + " ".join(msg.split()), file=sys.stderr)  # one paragraph, whatever the message holds
+        print("error: " + " ".join(map(_shorten, msg.split())), file=sys.stderr)  # one paragraph, whatever it holds
         return 2
     except BrokenPipeError:  # output piped into e.g. `head`, which closed early: not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -182,3 +187,9 @@ def _out_of_memory(e: BaseException) -> bool:
 def _first_line(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     return (lines[0] if lines else type(e).__name__)[:300]
+
+
+def _shorten(word: str, most: int = 300) -> str:
+    """A word of a message, its middle elided when it is longer than `most` characters (a pasted 100,000-character
+    value is named, not repeated)."""
+    return word if len(word) <= most else f"{word[:120]}...({len(word):,} characters)...{word[-60:]}"

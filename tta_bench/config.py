@@ -182,6 +182,11 @@ class RunConfig:
     channels_last: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.model == "" or not isinstance(self.model, (str, type(None))):
+            raise UserError(
+                f"--model is {self.model!r} (an unset shell variable?): name a model (see `list models`), or leave "
+                "--model out for the stream's default model."
+            )
         if self.setting not in SETTINGS:
             raise UserError(f"Unknown setting '{self.setting}'. Choose one of: {', '.join(SETTINGS)} (--setting).")
         if self.precision not in PRECISIONS:

@@ -57,9 +57,14 @@ def expand(args: argparse.Namespace) -> list[RunConfig]:
         seeds = [int(s) for s in _names(args.seeds)]
     except ValueError as e:
         raise UserError(f"--seeds takes integers, e.g. --seeds 0 1 2 ({e}).") from None
-    for flag, values in (("--methods", args.methods), ("--streams", args.streams), ("--seeds", args.seeds)):
+    for flag, values, example in (
+        ("--methods", args.methods, "tent"),
+        ("--streams", args.streams, "digits-c"),
+        ("--seeds", args.seeds, "0 1 2"),
+        *([("--models", args.models, "small-cnn")] if args.models is not None else []),
+    ):
         if not _names(values):
-            raise UserError(f"{flag} names nothing ({' '.join(values)!r}): give at least one, e.g. {flag} tent.")
+            raise UserError(f"{flag} names nothing ({' '.join(values)!r}): give at least one, e.g. {flag} {example}.")
     check_int("--processes", args.processes, 1, MAX_WORKERS, "local worker processes")
     check_float("--gpus-per-run", args.gpus_per_run, 0.0, 1024.0, "GPUs each Ray task reserves")
     for sd in seeds:

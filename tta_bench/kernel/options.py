@@ -168,7 +168,12 @@ def check_path(path: Any, option: str, empty: str = "") -> Path:
             f"{option} {ascii(text)} holds characters this file system's encoding cannot store. Pass a path in "
             "plain characters."
         ) from None
-    p = Path(text).expanduser()
+    try:
+        p = Path(text).expanduser()
+    except RuntimeError:  # "~name/..." of no known user, or "~" without a home folder
+        raise UserError(
+            f"{option} {_short(raw)}: its leading ~ names no home folder known here. Pass the path without ~."
+        ) from None
     absolute = os.fsencode(os.path.abspath(p))
     name_max, path_max = _limits(p)
     longest = max((len(part) for part in absolute.split(b"/")), default=0)
