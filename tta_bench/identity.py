@@ -54,12 +54,13 @@ def open_stream(cfg: RunConfig) -> st.StreamSpec:
 
 
 def data_fingerprint(spec: st.StreamSpec) -> str | None:
-    """What the stream read from disk (files' names, sizes, mtimes) or generated: a changed file, a new run id."""
+    """What the stream read from disk (files' relative names, sizes and contents: `kernel.fingerprint_files`) or
+    generated: a changed file, a new run id; the same bytes under another folder, the same fingerprint."""
     return spec.info.get("data_fingerprint")
 
 
 def weights_fingerprint(model_opts: dict) -> str | None:
-    """Fingerprint (names, sizes, mtimes) of the file, or of the files directly in the folder (a saved Hugging Face
+    """Fingerprint (names, sizes, contents) of the file, or of the files directly in the folder (a saved Hugging Face
     model: config and weights side by side; not recursive, so a mistaken `/` costs nothing), that `model.weights`
     names; None when it names none (default weights: fixed, checksummed files; a hub name such as segformer's).
 
