@@ -302,3 +302,17 @@ def test_no_clean_split_is_recorded_with_its_reason(tmp_path, runs_dir):
     rec = load_config(out.folder)["clean_split"]
     assert rec["n"] == 0 and not rec["measured"] and "holdout=0" in rec["not_measured_because"]
     assert out.summary["forgetting"] is None and "holdout=0" in forgetting_text(out.summary, out.folder)
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_ccc_cifar_resnet20_clean_error_is_the_models_clean_error(shared_data, runs_dir, one_thread):
+    """ccc-cifar's clean error under a batch-statistics method is ResNet-20's own clean error (about 19 % on
+    cifar10-test-jpeg, ../shared/data/README.md), not the 82.7 % of one-class batches read in file order."""
+    (w,) = sorted((shared_data / "models" / "cifar10-resnet").glob("resnet20-*.th"))
+    opts = {"clean_dir": str(shared_data / "cifar10-test-jpeg"), "length": 128, "speed": 64, "calib_size": 20}
+    cfg = RunConfig(method="norm", stream="ccc-cifar", model="resnet20-cifar10", model_opts={"weights": str(w)},
+                    stream_opts=opts, clean_eval="end", out=str(runs_dir), device="cpu")  # fmt: skip
+    s = run(cfg, quiet=True).summary
+    print(f"\nccc-cifar ResNet-20 norm: clean error {s['clean_error_before']:.2f} % -> {s['clean_error_after']:.2f} %")
+    assert 10.0 <= s["clean_error_before"] <= 26.0 and abs(s["clean_error_after"] - s["clean_error_before"]) <= 5.0
