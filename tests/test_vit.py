@@ -236,7 +236,8 @@ def test_harness_runs_sar_on_a_timm_vit_with_the_imagenet_preset(shared_data, tm
                                  "domains": "fog,gaussian_noise"})  # fmt: skip
     result = run(cfg, quiet=True)
     config = json.loads((result.folder / "config.json").read_text())
-    assert config["preset"]["family"] == "imagenet-c" and config["preset"]["source"] == "mr-eggplant/SAR:main.py"
+    assert config["preset"]["family"] == "imagenet-c"
+    assert config["preset"]["source"] == "mr-eggplant/SAR:main.py@20f6e24"
     assert config["config"]["method_opts"]["lr"] == 0.00025
     assert config["model_info"]["input"]["mean"] == [0.5, 0.5, 0.5]
     assert [d["domain"] for d in config["domain_order"]] == ["fog", "gaussian_noise"]
