@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import math
+import numbers
 import os
 from pathlib import Path
 from typing import Any
@@ -101,8 +102,9 @@ def check_int(option: str, value: Any, low: int, high: int, what: str = "", none
     if value is None and none_ok:
         return None
     meaning = f" ({what})" if what else ""
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # numpy integers are whole numbers too
         raise UserError(f"{option} takes a whole number{meaning}, got {value!r} ({type(value).__name__}).")
+    value = int(value)
     if not low <= value <= high:
         raise UserError(
             f"{option} must be a whole number from {low:,} to {high:,}{meaning}, got {value:,}. Pass a number in "
@@ -115,7 +117,7 @@ def check_float(option: str, value: Any, low: float, high: float, what: str = ""
     """`value` if it is a finite real number in [low, high] (`low_open`: above `low`); else a UserError naming
     `option`. nan, inf and text are refused (`1e400` on a command line reads as inf)."""
     meaning = f" ({what})" if what else ""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise UserError(f"{option} takes a number{meaning}, got {value!r} ({type(value).__name__}).")
     above = value > low if low_open else value >= low
     if not (math.isfinite(value) and above and value <= high):
