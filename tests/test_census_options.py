@@ -324,3 +324,22 @@ def test_entry_point(tmp_path, argv, env):
     cmd = [sys.executable, "-m", "tta_bench", *run_args(tmp_path, *argv)]
     p = subprocess.run(cmd, capture_output=True, text=True, env=full, timeout=120)
     assert p.returncode == 2 and p.stderr.startswith("error: ") and "Traceback" not in p.stderr + p.stdout
+
+
+def test_late_os_error_under_cache_names_the_variable(tmp_path, monkeypatch, capsys):
+    """An OSError met later (e.g. a cache file another process made read-only) names the variable that set its
+    folder."""
+    import errno
+
+    import tta_bench.runner
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("TTA_BENCH_CACHE", str(cache))
+
+    def refused(*a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied", str(cache / "models" / "x.pt"))
+
+    monkeypatch.setattr(tta_bench.runner, "run", refused)
+    assert main(run_args(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "$TTA_BENCH_CACHE" in err and "Traceback" not in err

@@ -152,10 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # the environment refused a path (permissions, a file where a folder belongs, disk full)
         if e.errno not in _ENVIRONMENT_ERRNOS or not e.filename:
             raise  # anything else (e.g. a missing file the code should have checked) is a bug: keep its traceback
+        where = _set_by(e.filename) or (
+            "Check the paths given (--out, --data-dir, --src, --runs or a --set ...=PATH option)"
+        )
         print(
-            f"error: cannot write or read {e.filename}: {e.strerror}. Check the paths given (--out, --data-dir, "
-            "--src, --runs or a --set ...=PATH option): folders must be folders (not files) this user may write, "
-            "on a disk with free space.",
+            f"error: cannot write or read {_shorten(os.fsdecode(e.filename))}: {e.strerror}. {where}: folders must be "
+            "folders (not files) this user may write, on a disk with free space.",
             file=sys.stderr,
         )
         return 2
@@ -193,3 +195,15 @@ def _shorten(word: str, most: int = 300) -> str:
     """A word of a message, its middle elided when it is longer than `most` characters (a pasted 100,000-character
     value is named, not repeated)."""
     return word if len(word) <= most else f"{word[:120]}...({len(word):,} characters)...{word[-60:]}"
+
+
+def _set_by(filename: str | bytes) -> str | None:
+    """ "It is under $VAR (folder)" when `filename` lies in the folder an environment variable set, else None."""
+    from tta_bench.config import CACHE_ENV, DATA_ENV, WEIGHTS_ENV
+
+    path = os.path.abspath(os.fsdecode(filename))
+    for var in (CACHE_ENV, WEIGHTS_ENV, DATA_ENV):
+        folder = os.environ.get(var)
+        if folder and (path == os.path.abspath(folder) or path.startswith(os.path.abspath(folder) + os.sep)):
+            return f"It is under ${var} ({folder}); set ${var} to another folder, or fix this one"
+    return None
