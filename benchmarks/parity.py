@@ -495,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.record:
         args.record.write_text(json.dumps(record, separators=(",", ":")) + "\n")
         print(f"recorded: {args.record} ({args.record.stat().st_size / 1e3:.0f} kB)")
-    return 1 if failed else 0
+    return 1 if any(not SPECS[n].known_issue for n in failed) else 0  # a known peer bug is reported, not failed
 
 
 if __name__ == "__main__":
