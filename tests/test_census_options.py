@@ -343,3 +343,18 @@ def test_late_os_error_under_cache_names_the_variable(tmp_path, monkeypatch, cap
     assert main(run_args(tmp_path)) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "$TTA_BENCH_CACHE" in err and "Traceback" not in err
+
+
+def test_undecodable_path_printed_escaped(monkeypatch):
+    """stdout in strict UTF-8 (e.g. PYTHONIOENCODING=utf-8:strict): a path with a non-UTF-8 byte (an --out folder
+    named so) prints escaped instead of ending the command in a UnicodeEncodeError."""
+    import io
+
+    import tta_bench.report
+
+    raw = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(raw, encoding="utf-8", errors="strict"))
+    monkeypatch.setattr(tta_bench.report, "list_entries", lambda what, verbose: "results: " + os.fsdecode(b"r\xff"))
+    assert main(["list", "settings"]) == 0
+    sys.stdout.flush()
+    assert raw.getvalue() == b"results: r\\udcff\n"

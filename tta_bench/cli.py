@@ -137,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(argv)
     args = parser.parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):  # a path with undecodable bytes prints escaped, never a UnicodeEncodeError
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
         check_args(args)
         return int(args.func(args) or 0)
