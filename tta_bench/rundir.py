@@ -20,13 +20,8 @@ other hosts or in other PID namespaces sharing `--out` keep theirs. The machiner
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import math
-import os
 import re
-import stat
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -35,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Required, TypedDict, Union
 
-from tta_bench.kernel import UserError, atomic, is_hex_id, write_atomic, write_json
+from tta_bench.kernel import UserError, atomic, is_hex_id, untrusted, write_atomic, write_json
 
 CONFIG, BATCHES, DOMAINS, SUMMARY, DONE = "config.json", "batches.csv", "domains.csv", "summary.json", "done"
 RUN_FILES = (CONFIG, BATCHES, DOMAINS, SUMMARY, DONE)
@@ -250,13 +245,13 @@ def check_summary(obj: Any, where: str = "summary.json") -> Summary:
 def load_summary(folder: Path) -> Summary:
     """The validated summary.json of run folder `folder` (UserError on a missing, truncated or invalid file)."""
     path = Path(folder) / SUMMARY
-    return check_summary(read_strict_json(path, "run summary"), str(path))
+    return check_summary(untrusted.read_json(path, MAX_FILE_BYTES, "run summary", DAMAGED), str(path))
 
 
 def load_config(folder: Path) -> dict[str, Any]:
     """config.json of `folder`, checked to be an object whose `run_id` is a valid run id."""
     path = Path(folder) / CONFIG
-    cfg = read_strict_json(path, "run config")
+    cfg = untrusted.read_json(path, MAX_FILE_BYTES, "run config", DAMAGED)
     if not isinstance(cfg, dict) or not is_run_id(cfg.get("run_id")) or not isinstance(cfg.get("config"), dict):
         raise UserError(
             f"{path} is not a run config (needs a hex `run_id` of {RUN_ID_LENGTH} characters and a `config` object)."
@@ -265,12 +260,11 @@ def load_config(folder: Path) -> dict[str, Any]:
 
 
 # --- validating a whole run folder (the leaderboard reads nothing it has not checked) -----------------------
-# Limits no real run comes near: a larger file is refused unread, deeper JSON unparsed, a larger number as damage.
+# Every file is read through tta_bench.kernel.untrusted (regular files only, strict JSON at most 32 deep, 64-bit
+# integers, typed CSV cells). Limits no real run comes near: a larger file is refused unread.
 MAX_FILE_BYTES = 64 << 20
-MAX_JSON_DEPTH = 32
-MAX_INT = 2**63 - 1
-MAX_CSV_COLUMNS = 4096
-MAX_NAME = 256  # characters of a name shown on the page (method, stream, domain, ...)
+MAX_NAME = untrusted.MAX_TEXT  # characters of a name shown on the page (method, stream, domain, ...)
+DAMAGED = "The run folder is damaged or was not written by tta_bench: delete it and run again."
 MAX_DOMAINS = 10_000  # distinct domains of a run (each is a column of the leaderboard's tables)
 
 
@@ -348,92 +342,7 @@ SUMMARY_EXTRA = re.compile(r"[a-z][a-z0-9_]{0,63}")  # extra summary keys (task 
 
 
 def _damaged(path: Path, what: str) -> UserError:
-    return UserError(
-        f"{path} {what}. The run folder is damaged or was not written by tta_bench: delete it and run again."
-    )
-
-
-def read_run_bytes(path: Path) -> bytes:
-    """The bytes of run file `path`: a regular file of at most MAX_FILE_BYTES (checked unread), else UserError."""
-    path = Path(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the reader
-    except FileNotFoundError:
-        raise UserError(f"{path} does not exist; the run folder is incomplete: delete it and run again.") from None
-    except OSError as e:
-        raise _damaged(path, f"cannot be opened ({e.strerror})") from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise _damaged(path, "is not a regular file")
-    with os.fdopen(fd, "rb") as f:
-        if st.st_size > MAX_FILE_BYTES:
-            raise _damaged(path, f"holds {st.st_size:,} bytes, more than any run file ({MAX_FILE_BYTES:,})")
-        data = f.read(MAX_FILE_BYTES + 1)
-    if len(data) > MAX_FILE_BYTES:  # grew while being read
-        raise _damaged(path, f"holds more than {MAX_FILE_BYTES:,} bytes")
-    return data
-
-
-def _strict_float(text: str) -> float:
-    v = float(text)
-    if not math.isfinite(v):
-        raise ValueError(f"number {text[:20]} is not finite")
-    return v
-
-
-def _strict_int(text: str) -> int:
-    v = int(text)  # over 4,300 digits: ValueError
-    if abs(v) > MAX_INT:
-        raise ValueError(f"integer {text[:20]}... is larger than 64 bits")
-    return v
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    d = dict(pairs)
-    if len(d) != len(pairs):
-        raise ValueError(f"duplicate key {next(k for i, (k, _) in enumerate(pairs) if k in dict(pairs[:i]))!r}"[:80])
-    return d
-
-
-def _check_tree(obj: Any) -> None:
-    """Depth at most MAX_JSON_DEPTH and every string valid Unicode (no lone surrogates from \\udXXX escapes)."""
-    stack = [(obj, 1)]
-    while stack:
-        x, depth = stack.pop()
-        if depth > MAX_JSON_DEPTH and isinstance(x, (dict, list)):
-            raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
-        items = [*x.keys(), *x.values()] if isinstance(x, dict) else x if isinstance(x, list) else [x]
-        for v in items:
-            if isinstance(v, str):
-                v.encode("utf-8")  # UnicodeEncodeError (a ValueError) on a lone surrogate
-            elif isinstance(v, (dict, list)):
-                stack.append((v, depth + 1))
-
-
-def read_strict_json(path: Path, what: str = "file") -> Any:
-    """A run's JSON file, strictly: UTF-8, RFC 8259 JSON, finite numbers (no NaN/Infinity/1e999), 64-bit integers,
-    no duplicate keys, at most MAX_JSON_DEPTH deep and MAX_FILE_BYTES long; anything else is a UserError naming it."""
-    data = read_run_bytes(path)
-    try:
-        obj = json.loads(
-            data.decode("utf-8"),
-            parse_float=_strict_float,
-            parse_int=_strict_int,
-            parse_constant=_reject_constant,
-            object_pairs_hook=_no_duplicates,
-        )
-        _check_tree(obj)
-    except UnicodeDecodeError as e:
-        raise _damaged(path, f"is not UTF-8 text (byte {e.start}: {data[e.start : e.start + 1]!r})") from None
-    except (ValueError, RecursionError) as e:
-        reason = "nested too deeply" if isinstance(e, RecursionError) else str(e)[:200]
-        raise _damaged(path, f"is not strict JSON ({reason}); the {what} is truncated or damaged") from None
-    return obj
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-standard JSON constant {name}")
+    return UserError(f"{path} {what}. {DAMAGED}")
 
 
 def _mismatch(value: Any, hint: Any, where: str) -> str | None:
@@ -507,62 +416,11 @@ def _check_numbers(s: dict[str, Any], where: str) -> None:
         raise _damaged(Path(where), f"has the key {json.dumps(extra[0])[:40]}, not a lowercase identifier")
 
 
-def read_run_csv(path: Path, types_: dict[str, str], required: Sequence[str]) -> tuple[list[str], list[list[Any]]]:
-    """(header, rows) of a run's CSV file, each cell checked and converted: int, finite float, non-empty text, or None
-    (empty, where allowed); columns not in `types_` must be numbers or empty. UserError naming the file and the first
-    bad cell otherwise (not UTF-8, missing or repeated columns, ragged rows, text where a number belongs, inf/nan)."""
-    data = read_run_bytes(path)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise _damaged(path, f"is not UTF-8 text (byte {e.start}: {data[e.start : e.start + 1]!r})") from None
-    try:
-        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-        header = next(reader, None)
-        if not header:
-            raise _damaged(path, "is empty (no header row)")
-        if len(header) > MAX_CSV_COLUMNS or len(set(header)) != len(header):
-            raise _damaged(path, f"has {len(header)} columns, repeated or more than {MAX_CSV_COLUMNS}")
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise _damaged(path, f"lacks the column(s) {', '.join(missing)}")
-        kinds = [types_.get(c, "number?") for c in header]
-        rows = []
-        for line in reader:
-            if len(line) != len(header):
-                raise _damaged(path, f"row {reader.line_num} has {len(line)} cells for {len(header)} columns")
-            rows.append([_cell(v, k, path, reader.line_num, c) for v, k, c in zip(line, kinds, header)])
-    except csv.Error as e:
-        raise _damaged(path, f"is not valid CSV (line {reader.line_num}: {e})") from None
-    return header, rows
-
-
-def _cell(v: str, kind: str, path: Path, line: int, column: str) -> Any:
-    if v == "":
-        if kind.endswith("?"):
-            return None
-        raise _damaged(path, f"has an empty `{column}` on line {line}")
-    if kind == "text":
-        if len(v) > MAX_NAME:
-            raise _damaged(path, f"has a `{column}` of {len(v)} characters on line {line} (at most {MAX_NAME})")
-        return v
-    try:
-        x = float(v)
-    except ValueError:
-        raise _damaged(path, f"has the text {v[:30]!r} in the number column `{column}` on line {line}") from None
-    if not math.isfinite(x) or abs(x) > MAX_INT:
-        raise _damaged(path, f"has the non-finite or huge number {v[:30]!r} in `{column}` on line {line}")
-    if kind.startswith("int"):
-        if x != int(x) or x < 0:
-            raise _damaged(path, f"has {v[:30]!r} in `{column}` on line {line}, not a count (integer >= 0)")
-        return int(x)
-    return x
-
-
 def check_run(folder: Path) -> tuple[dict[str, Any], Summary, tuple[list[str], list[list[Any]]], tuple]:
-    """Validate a complete run folder against this schema: (config, summary, domains.csv, batches.csv), the CSVs
-    as (header, rows) of converted cells. Raises UserError naming the file and what is wrong; nothing it returns
-    can surprise a reader (types, sizes, depth, encodings, non-finite numbers, duplicate rows, inconsistent files)."""
+    """Validate a complete run folder against this schema: (config, summary, domains.csv, batches.csv), the CSVs as
+    (header, rows) of converted cells (`tta_bench.kernel.untrusted.read_csv`). Raises UserError naming the file and
+    what is wrong; nothing it returns can surprise a reader (types, sizes, depth, encodings, non-finite numbers,
+    duplicate rows, inconsistent files)."""
     folder = Path(folder)
     cfg = check_config(load_config(folder), str(folder / CONFIG))
     summary = load_summary(folder)
@@ -571,8 +429,8 @@ def check_run(folder: Path) -> tuple[dict[str, Any], Summary, tuple[list[str], l
     differ = [k for k in ("method", "stream", "model", "setting", "seed") if summary[k] != c[k]]
     if differ:
         raise _damaged(folder / SUMMARY, f"disagrees with config.json on {', '.join(differ)}")
-    domains = read_run_csv(folder / DOMAINS, DOMAIN_TYPES, REQUIRED_DOMAIN)
-    batches = read_run_csv(folder / BATCHES, BATCH_TYPES, REQUIRED_BATCH)
+    domains = untrusted.read_csv(folder / DOMAINS, DOMAIN_TYPES, REQUIRED_DOMAIN, MAX_FILE_BYTES, DAMAGED)
+    batches = untrusted.read_csv(folder / BATCHES, BATCH_TYPES, REQUIRED_BATCH, MAX_FILE_BYTES, DAMAGED)
     h = domains[0]
     if max(len(summary["domain_errors"]), len({r[h.index("domain")] for r in domains[1]})) > MAX_DOMAINS:
         raise _damaged(folder, f"holds more than {MAX_DOMAINS:,} domains (each would be a column of the tables)")
