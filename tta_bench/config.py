@@ -136,7 +136,8 @@ RANGES: dict[str, tuple[int, int, str]] = {
 # them (their lower bounds are the streams' and models' own: tta_bench.streams.COUNT_OPTIONS, the model factories).
 SET_BOUNDS: dict[str, tuple[int, str]] = {
     **dict.fromkeys(
-        ("length", "speed", "calib_size", "clean_size", "clean_n", "holdout", "shots", "source_limit", "samples"),
+        ("length", "speed", "calib_size", "clean_size", "clean_n", "holdout", "shots", "source_limit", "samples",
+         "source_size"),
         (MAX_IMAGES, "images"),
     ),
     "window": (MAX_IMAGES, "images per window"),
@@ -148,7 +149,7 @@ SET_BOUNDS: dict[str, tuple[int, str]] = {
     **dict.fromkeys(("seed", "init_seed"), (MAX_SEED, "random seed")),
 }
 # `--set` options that name files or folders (checked as paths: not empty, not too long, no symlink loop).
-PATH_OPTIONS = ("root", "clean_dir", "source_root", "weights", "data_dir")
+PATH_OPTIONS = ("root", "clean_dir", "source_root", "source_dir", "weights", "data_dir")
 
 
 @dataclass(frozen=True)

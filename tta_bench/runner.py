@@ -89,6 +89,7 @@ def run(cfg: RunConfig, force: bool = False, quiet: bool = False) -> RunResult:
     check_run_paths(cfg)  # --out, the cache (writable), data and weights folders: before any work
     cfg = resolve(cfg)
     spec = open_stream(cfg)
+    check_source(cfg, spec)  # before the model is built (or its weights downloaded)
     rid, out = run_id(cfg, spec), Path(cfg.out)
     found = _reusable(rundir.find_complete(out, rid), quiet)
     if found is not None and not force:
@@ -191,15 +192,22 @@ def prepare_key(adapter: methods.Adapter, spec: st.StreamSpec, cfg: RunConfig, w
     )
 
 
+def check_source(cfg: RunConfig, spec: st.StreamSpec) -> None:
+    """UserError when the method needs clean source data (`needs_source`) and the stream has no source split; checked
+    as soon as the stream is open, before the model is built or downloaded."""
+    if methods.get(cfg.method).needs_source and spec.source is None:
+        raise UserError(
+            f"Method '{cfg.method}' needs clean source data for its prepare stage, but stream "
+            f"'{cfg.stream}' provides none. "
+            + (spec.source_hint or "Use a stream with a source split (e.g. digits-c).")
+        )
+
+
 def prepare(adapter, spec, cfg: RunConfig, ctx: ModelContext, weights: dict, quiet: bool = True) -> dict:
     """Run adapter.prepare(source) once per key (see `prepare_key`); cache its state; snapshot the result."""
     if not adapter.needs_source:
         return {}
-    if spec.source is None:
-        raise UserError(
-            f"Method '{cfg.method}' needs clean source data for its prepare stage, but stream "
-            f"'{cfg.stream}' provides none. Use a stream with a source split (e.g. digits-c)."
-        )
+    check_source(cfg, spec)
     key = prepare_key(adapter, spec, cfg, weights, ctx.device)
     path = ctx.cache_dir / "prepare" / f"{cfg.method}-{cfg.model}-{key}.pt"
     info: dict[str, Any] = {"cache": str(path), "key": key}

@@ -77,6 +77,9 @@ class StreamSpec:
     # Streams built against the source model (CCC's calibration): `calibrate(model, device, cache_dir, model_key)`
     # is called by the runner before the stream and returns info recorded in config.json (stream_info.calibration).
     calibrate: Callable[..., dict[str, Any]] | None = None
+    # How to give the stream a source split when it has none (`source` None; e.g. "--set stream.source_dir=PATH ..."):
+    # the end of the runner's error for a method that needs one.
+    source_hint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -385,18 +388,22 @@ def register(
     description: str | None = None,
     family: str | None = None,
     clean: CleanSplit | None = None,
+    source_option: str | None = None,
 ) -> Callable[[Callable], Callable]:
     """Decorator for stream factories `fn(*, data_dir, seed, **options) -> StreamSpec`.
 
     `default_model` is the model used when `--model` is not given (known before any data is read); `family` is
     the benchmark family whose official method settings apply to it (tta_bench/presets.py; None: none); `clean`
-    where its held-out clean sample comes from (`CleanSplit`; shown by `list streams -v`, recorded in config.json).
+    where its held-out clean sample comes from (`CleanSplit`; shown by `list streams -v`, recorded in config.json);
+    `source_option` the stream option without which it has no source split (e.g. "source_dir"; None: it has one
+    whenever its data allows, or never), known before any data is read (`reproduce --plan` flags such runs).
     """
 
     def deco(fn: Callable) -> Callable:
         fn.default_model = default_model
         fn.family = family
         fn.clean_split = clean or NO_CLEAN
+        fn.source_option = source_option
         STREAMS.add(name, fn, description)
         return fn
 
@@ -408,6 +415,13 @@ def clean_split(name: str) -> CleanSplit:
     return getattr(STREAMS.get(name).factory, "clean_split", NO_CLEAN)
 
 
+def missing_source_option(name: str, opts: dict[str, Any]) -> str | None:
+    """The option (`register(source_option=...)`) that stream `name` needs for a source split and `opts` leave unset;
+    None when it is set or the stream declares none."""
+    option = getattr(STREAMS.get(name).factory, "source_option", None)
+    return option if option and not opts.get(option) else None
+
+
 def stream_options(name: str) -> dict[str, Any]:
     """Declared options of stream `name` (its keyword-only defaults) plus the common ones."""
     own = declared_options(STREAMS.get(name).factory)
@@ -417,7 +431,7 @@ def stream_options(name: str) -> dict[str, Any]:
 
 # Stream options that count images (any stream that declares one): their smallest sensible value.
 COUNT_OPTIONS: dict[str, int] = {"clean_size": 0, "clean_n": 0, "holdout": 0, "shots": 1, "source_limit": 1,
-                                 "image_size": 1}  # fmt: skip
+                                 "source_size": 1, "image_size": 1}  # fmt: skip
 
 
 def check_counts(opts: dict[str, Any]) -> None:

@@ -11,6 +11,10 @@ Generated: from an ImageFolder by wnid (`<clean_dir>/<wnid>/*.JPEG`, e.g. the Im
 each image is resized (shorter side 256), centre-cropped to 224 and corrupted (seeded per image, so any
 visiting order gives the same pixels). The subset ids are used when the folder holds them (the real val
 set), otherwise all images in a fixed shuffled order. Class index = position of the wnid in sorted order.
+
+Source split (prepare stages: EATA's Fisher, RMT's warm-up, EcoTTA's warm-up): ImageNet training images from
+`--set stream.source_dir=PATH` (`<wnid>/*.JPEG`; `stream.source_size=N` a seeded subset), disjoint from the stream
+and its clean split (`tta_bench.data.imagenet_source`); without it the stream has no source split.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from tta_bench.data.folders import (
     wnid_index,
 )
 from tta_bench.data.generated import corrupt_images
-from tta_bench.kernel import UserError, fingerprint_files
+from tta_bench.data.imagenet_source import missing_hint, source_split
+from tta_bench.kernel import UserError, fingerprint_files, hash_text
 from tta_bench.streams import CleanSplit, StreamSpec, register, segment_seed
 
 LAYOUT = "<root>/<corruption>/<severity 1..5>/<wnid>/<image>.JPEG"
@@ -92,10 +97,12 @@ def _clean_files(clean: Path, samples: str | None) -> tuple[list[Path], np.ndarr
     default_model="resnet50",
     family="imagenet-c",
     clean=CleanSplit(
-        "generated: stream.clean_size (500) images of stream.clean_dir that the stream does not show",
+        "generated: stream.clean_size (500) images of stream.clean_dir that the stream does not show (the source "
+        "split, for prepare stages, is ImageNet training images from stream.source_dir, disjoint from both)",
         disjoint=True,
         reason="reading the published ImageNet-C folders (no clean images), or every clean_dir image is streamed",
     ),
+    source_option="source_dir",
 )
 def imagenet_c(
     *,
@@ -106,8 +113,11 @@ def imagenet_c(
     mode: str = "auto",
     samples: str | None = None,
     clean_size: int = 500,
+    source_dir: str | None = None,
+    source_size: int | str | None = None,
 ) -> StreamSpec:
-    """ImageNet-C: published folders (5,000-image subset or all) or generated from an ImageNet val folder."""
+    """ImageNet-C: published folders (5,000-image subset or all) or generated from an ImageNet val folder; source
+    split from ImageNet training images (`source_dir`, `source_size`: all or a seeded subset of N)."""
     if samples not in (None, "all", "5000", 5000):
         raise UserError(f"stream.samples must be 5000 (RobustBench's subset; default) or all, got {samples!r}.")
     samples = "all" if samples == "all" else None
@@ -135,6 +145,7 @@ def imagenet_c(
     if use_files:
         index = _index_files(files_root, samples)
         info.update(files=str(files_root), samples=len(index[0]), data_fingerprint=_folders_fingerprint(files_root))
+        shown = index[0]
 
         def load(domain: str, severity: int | None, limit: int | None) -> EncodedFiles:
             rel, labels = index
@@ -153,6 +164,7 @@ def imagenet_c(
         files, labels, rest, which = _clean_files(clean, samples)
         info.update(clean_dir=str(clean), samples=which, stream_size=len(files))
         info["data_fingerprint"] = fingerprint_files([*files, *rest], clean)  # every image it may read
+        shown = [f"{f.parent.name}/{f.name}" for f in (*files, *rest)]
         if rest:
             pick = fixed_order(len(rest), "imagenet-clean")[:clean_size]
             spec_clean = ImageFiles([rest[i] for i in pick], [wnid_label(rest[i].parent.name) for i in pick])
@@ -161,16 +173,33 @@ def imagenet_c(
             s = segment_seed(seed, "imagenet-c", domain, severity)
             return CorruptedFiles(files[:limit], labels[:limit], domain, int(severity or 5), s)
 
+    source = with_source(info, source_dir, source_size, seed, shown, "imagenet-c", no_val=True)
     return StreamSpec(
         name="imagenet-c",
         domain_names=domains,
         load=load,
         num_classes=1000,
         default_model="resnet50",
+        source=source,
         clean=spec_clean,
         class_names=list(imagenet_wnids()),
         info=info,
+        source_hint=missing_hint("imagenet-c"),
     )
+
+
+def with_source(
+    info: dict, source_dir: str | None, size, seed: int, shown, stream: str, no_val: bool = False
+) -> ImageFiles | None:
+    """The source split of `source_dir` (None when it is not set); its facts and fingerprint go into `info`, the
+    latter into the data fingerprint (so the run id), which stays as before when no source split is set."""
+    if not source_dir:
+        return None
+    source, facts = source_split(source_dir, size, seed, shown, stream, no_val)
+    info["source_split"] = facts
+    info["source_fingerprint"] = f"imagenet-train-{facts['fingerprint']}"
+    info["data_fingerprint"] = hash_text(f"{info.get('data_fingerprint')}|{info['source_fingerprint']}", 16)
+    return source
 
 
 def _folders_fingerprint(root: Path) -> str:

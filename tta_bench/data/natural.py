@@ -13,6 +13,11 @@ Labels stay in the 1,000-class ImageNet space; ImageNet-R/A are scored over thei
 (`StreamSpec.class_subsets`: the other logits are masked, as in the papers' evaluation code). Images are
 resized (shorter side 256) and centre-cropped to 224, and streamed in a fixed, seed-independent
 shuffled order, so `--limit N` takes a class-mixed sample.
+
+Source split (prepare stages: EATA, RMT, EcoTTA): ImageNet training images from `--set stream.source_dir=PATH`
+(`<wnid>/*.JPEG`, all 1,000 classes; `stream.source_size=N` a seeded subset; `tta_bench.data.imagenet_source`). The
+peer suite keeps only ImageNet-R's/-A's 200 classes of it, whose logits its model alone outputs; here the adapters see
+all 1,000 logits (the 200-class mask applies to the metrics only), so the source split keeps all classes.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from pathlib import Path
 
 from tta_bench.data.decode import EncodedFiles
 from tta_bench.data.folders import fixed_order, imagenet_wnids, list_image_folder, wnid_index
+from tta_bench.data.imagenet import with_source
+from tta_bench.data.imagenet_source import missing_hint
 from tta_bench.kernel import UserError, fingerprint_files
 from tta_bench.streams import CleanSplit, StreamSpec, register
 
@@ -88,8 +95,10 @@ def _index_label(name: str) -> int:
 
 
 def folder_stream(
-    name: str, data_dir, root: str | None, folder: str, label_of: Callable[[str], int], where: str, subset=None
-) -> StreamSpec:
+    name: str, data_dir, root: str | None, folder: str, label_of: Callable[[str], int], where: str, subset=None,
+    source: tuple[str | None, int | str | None, int] = (None, None, 0),
+) -> StreamSpec:  # fmt: skip
+    """One natural-shift test set in its folder; `source` = (stream.source_dir, stream.source_size, seed)."""
     path = Path(root).expanduser() if root else Path(data_dir) / folder
     if not path.is_dir():
         raise UserError(
@@ -103,6 +112,14 @@ def folder_stream(
     def load(domain: str, severity: int | None, limit: int | None) -> EncodedFiles:
         return EncodedFiles(files[:limit], labels[:limit], 256, 224)  # decoded on the device on CUDA runs
 
+    info = {
+        "source": "files",
+        "root": str(path),
+        "images": len(files),
+        "class_folders": len(classes),
+        "data_fingerprint": fingerprint_files(files, path),
+    }
+    src = with_source(info, source[0], source[1], source[2], [f"{f.parent.name}/{f.name}" for f in files], name)
     return StreamSpec(
         name=name,
         domain_names=[name],
@@ -112,45 +129,89 @@ def folder_stream(
         severities=None,
         class_names=list(imagenet_wnids()),
         class_subsets={name: sorted(wnid_index()[w] for w in subset)} if subset else {},
-        info={
-            "source": "files",
-            "root": str(path),
-            "images": len(files),
-            "class_folders": len(classes),
-            "data_fingerprint": fingerprint_files(files, path),
-        },  # fmt: skip
+        source=src,
+        info=info,
+        source_hint=missing_hint(name),
     )
 
 
-NATURAL_CLEAN = CleanSplit(None, reason="a natural-shift test set comes without clean source-domain images")
+NATURAL_CLEAN = CleanSplit(
+    None,
+    reason="a natural-shift test set comes without clean source-domain images (a source split for prepare stages: "
+    "ImageNet training images from stream.source_dir)",
+)
 
 
-@register("imagenet-r", default_model="resnet50", family="imagenet-c", clean=NATURAL_CLEAN)
-def imagenet_r(*, data_dir, seed: int = 0, root: str | None = None) -> StreamSpec:
+@register("imagenet-r", default_model="resnet50", family="imagenet-c", clean=NATURAL_CLEAN, source_option="source_dir")
+def imagenet_r(
+    *,
+    data_dir,
+    seed: int = 0,
+    root: str | None = None,
+    source_dir: str | None = None,
+    source_size: int | str | None = None,
+) -> StreamSpec:
     """ImageNet-R: 30,000 renditions (art, cartoons, ...) of 200 classes; scored over those 200."""
     where = "https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar"
     lab = _wnid_label(set(IMAGENET_R), "imagenet-r")
-    return folder_stream("imagenet-r", data_dir, root, "imagenet-r", lab, where, IMAGENET_R)
+    return folder_stream(
+        "imagenet-r", data_dir, root, "imagenet-r", lab, where, IMAGENET_R, (source_dir, source_size, seed)
+    )
 
 
-@register("imagenet-a", default_model="resnet50", family="imagenet-c", clean=NATURAL_CLEAN)
-def imagenet_a(*, data_dir, seed: int = 0, root: str | None = None) -> StreamSpec:
+@register("imagenet-a", default_model="resnet50", family="imagenet-c", clean=NATURAL_CLEAN, source_option="source_dir")
+def imagenet_a(
+    *,
+    data_dir,
+    seed: int = 0,
+    root: str | None = None,
+    source_dir: str | None = None,
+    source_size: int | str | None = None,
+) -> StreamSpec:
     """ImageNet-A: 7,500 natural adversarial examples of 200 classes; scored over those 200."""
     where = "https://people.eecs.berkeley.edu/~hendrycks/imagenet-a.tar"
     lab = _wnid_label(set(IMAGENET_A), "imagenet-a")
-    return folder_stream("imagenet-a", data_dir, root, "imagenet-a", lab, where, IMAGENET_A)
+    return folder_stream(
+        "imagenet-a", data_dir, root, "imagenet-a", lab, where, IMAGENET_A, (source_dir, source_size, seed)
+    )
 
 
-@register("imagenet-sketch", default_model="resnet50", family="imagenet-c", clean=NATURAL_CLEAN)
-def imagenet_sketch(*, data_dir, seed: int = 0, root: str | None = None) -> StreamSpec:
+@register(
+    "imagenet-sketch", default_model="resnet50", family="imagenet-c", clean=NATURAL_CLEAN, source_option="source_dir"
+)
+def imagenet_sketch(
+    *,
+    data_dir,
+    seed: int = 0,
+    root: str | None = None,
+    source_dir: str | None = None,
+    source_size: int | str | None = None,
+) -> StreamSpec:
     """ImageNet-Sketch: 50,889 black-and-white sketches of the 1,000 ImageNet classes."""
     where = "https://github.com/HaohanWang/ImageNet-Sketch"
-    return folder_stream("imagenet-sketch", data_dir, root, "sketch", _wnid_label(None, "imagenet-sketch"), where)
+    return folder_stream(
+        "imagenet-sketch",
+        data_dir,
+        root,
+        "sketch",
+        _wnid_label(None, "imagenet-sketch"),
+        where,
+        source=(source_dir, source_size, seed),
+    )
 
 
-@register("imagenet-v2", default_model="resnet50", family="imagenet-c", clean=NATURAL_CLEAN)
-def imagenet_v2(*, data_dir, seed: int = 0, root: str | None = None) -> StreamSpec:
+@register("imagenet-v2", default_model="resnet50", family="imagenet-c", clean=NATURAL_CLEAN, source_option="source_dir")
+def imagenet_v2(
+    *,
+    data_dir,
+    seed: int = 0,
+    root: str | None = None,
+    source_dir: str | None = None,
+    source_size: int | str | None = None,
+) -> StreamSpec:
     """ImageNetV2 matched-frequency: 10,000 new test images; folders are class indices 0..999."""
     where = "https://github.com/modestyachts/ImageNetV2 (imagenetv2-matched-frequency.tar.gz)"
     folder = "imagenetv2-matched-frequency-format-val"
-    return folder_stream("imagenet-v2", data_dir, root, folder, _index_label, where)
+    return folder_stream(
+        "imagenet-v2", data_dir, root, folder, _index_label, where, source=(source_dir, source_size, seed)
+    )

@@ -178,17 +178,35 @@ def expand(args: argparse.Namespace, table: Table) -> list[Planned]:
 def plan_text(table: Table, planned: list[Planned]) -> str:
     runs = {json.dumps(asdict(p.cfg), sort_keys=True, default=str) for p in planned}  # no data needed (no run id)
     lines = [f"{table.name}: {len(planned)} cell run(s), {len(runs)} distinct run(s)"]
-    images = 0
+    images, unsourced = 0, {}
     for p in planned:
         cfg = p.cfg
         images += (cfg.limit or 0) * (1 if p.domain else len(table.cell_protocol(_cell(table, p.cell))["domains"]))
         where = f", domain {p.domain}" if p.domain else ""
+        option = missing_source(cfg)
+        if option:
+            unsourced.setdefault(option, set()).add(p.cell)
         lines.append(
             f"  {p.cell:<20} {p.role:<8} {cfg.method:<12} {cfg.stream}/{cfg.model} {cfg.setting} seed {cfg.seed} "
             f"batch {cfg.batch_size} limit {cfg.limit}{where}"
+            + (f"  [fails: no source split, {option}]" if option else "")
         )
     lines.append(f"{images:,} images through the adapters in all")
+    for option, cells in unsourced.items():
+        lines.append(
+            f"missing source split: cell(s) {', '.join(sorted(cells))} run a method with a prepare stage on clean "
+            f"source data and will fail (and stay 'missing') unless --set stream.{option}=PATH is given (the "
+            "README's Streams section says what it holds)."
+        )
     return "\n".join(lines)
+
+
+def missing_source(cfg: RunConfig) -> str | None:
+    """The stream option a planned run still needs for its method's prepare stage (None: none needed or set)."""
+    from tta_bench import methods
+    from tta_bench.streams import missing_source_option
+
+    return missing_source_option(cfg.stream, cfg.stream_opts) if methods.get(cfg.method).needs_source else None
 
 
 def _cell(table: Table, cell_id: str):
