@@ -84,10 +84,19 @@ class ParityNet(nn.Module):
         return self.model(self.normalize(x))
 
 
-def build_model(seed: int, weights: Path | None = WEIGHTS) -> tuple[nn.Module, str]:
+def use_data(folder: Path) -> None:
+    """Read the real weights and images from `folder` (the layout of ../shared/data) instead."""
+    global DATA, WEIGHTS, PNG20, JPEG
+    DATA = Path(folder).expanduser()
+    WEIGHTS = DATA / "models" / "cifar10-resnet" / "resnet20-12fca82f.th"
+    PNG20, JPEG = DATA / "cifar10-test-png20", DATA / "cifar10-test-jpeg" / "test"
+
+
+def build_model(seed: int, weights: Path | None = None) -> tuple[nn.Module, str]:
     """ParityNet(ResNet-20) in eval mode with the real weights if `weights` exists, else seeded random weights."""
     from tta_bench.zoo.cifar_resnet import CifarResNet, load_checkpoint
 
+    weights = WEIGHTS if weights is None else weights
     torch.manual_seed(seed)
     net = CifarResNet(20, 10)
     if weights is not None and Path(weights).is_file():
@@ -455,8 +464,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peer", required=True, type=Path, help=f"a checkout of {PEER_REPO}")
     ap.add_argument("--methods", default=",".join(SPECS), help="comma-separated, ours names (default: all shared)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=DATA,
+        help="real weights and images, laid out as ../shared/data (absent: seeded random weights and synthetic images)",
+    )
     ap.add_argument("--record", type=Path, help="write the peer's outputs and the recipe to this JSON file")
     args = ap.parse_args(argv)
+    use_data(args.data)
     names = [n for n in args.methods.split(",") if n]
     unknown = [n for n in names if n not in SPECS]
     if unknown:
