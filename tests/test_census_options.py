@@ -100,6 +100,9 @@ case("model-width-1e12", lambda t: run_args(t, "--set", "model.width=10000000000
 case("model-lr-1e400", lambda t: run_args(t, "--set", "model.lr=1e400"), "model.lr")
 case("method-lr-1e400", lambda t: run_args(t, "--set", "method.lr=1e400"), "method.lr", "finite")
 case("method-steps-1e20", lambda t: run_args(t, "--set", "method.steps=" + BIG), "method.steps")
+case("method-n-aug-2^40", lambda t: run_args(t, "--set", f"method.n_aug={2**40}", "--method", "cotta"), "method.n_aug")
+case("method-queue-2^40", lambda t: run_args(t, "--set", f"method.queue_size={2**40}", "--method", "adacontrast"),
+     "method.queue_size", "2,147,483,647")  # fmt: skip
 case("method-betas-inf", lambda t: run_args(t, "--set", "method.betas=[0.9,1e999]"), "method.betas", "finite")
 case("method-lr-complex", lambda t: run_args(t, "--set", "method.lr=1j"), "method.lr", "complex")
 case("set-text-huge", lambda t: run_args(t, "--set", "method.optimizer=" + "x" * 20_000), "method.optimizer", "10,000")

@@ -136,8 +136,18 @@ RANGES: dict[str, tuple[int, int, str]] = {
 # them (their lower bounds are the streams' and models' own: tta_bench.streams.COUNT_OPTIONS, the model factories).
 SET_BOUNDS: dict[str, tuple[int, str]] = {
     **dict.fromkeys(
-        ("length", "speed", "calib_size", "clean_size", "clean_n", "holdout", "shots", "source_limit", "samples",
-         "source_size"),
+        (
+            "length",
+            "speed",
+            "calib_size",
+            "clean_size",
+            "clean_n",
+            "holdout",
+            "shots",
+            "source_limit",
+            "samples",
+            "source_size",
+        ),
         (MAX_IMAGES, "images"),
     ),
     "window": (MAX_IMAGES, "images per window"),
@@ -236,13 +246,16 @@ class RunConfig:
 
             cls = methods.get(self.method)
             cls.validate(check_options("method", self.method, self.method_opts, cls.defaults))
+            for key, value in self.method_opts.items():
+                self._check_set("method", key, value)
 
     @staticmethod
     def _check_set(scope: str, key: str, value: Any) -> None:
-        """The harness-wide bounds of one `--set scope.key` value (SET_BOUNDS, PATH_OPTIONS)."""
+        """The harness-wide bounds of one `--set scope.key` value: SET_BOUNDS, else every whole number (a count or
+        size: method steps, augmentations, queue sizes, ...) fits a signed 32-bit integer; PATH_OPTIONS are paths."""
         option = f"--set {scope}.{key}"
-        if key in SET_BOUNDS and isinstance(value, numbers.Integral) and not isinstance(value, bool):
-            high, what = SET_BOUNDS[key]
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            high, what = SET_BOUNDS.get(key, (MAX_IMAGES, "a count or size, a signed 32-bit integer"))
             if value > high:
                 raise UserError(f"{option}={value:,} is too large: at most {high:,} ({what}). Pass a smaller number.")
         if key in PATH_OPTIONS and isinstance(value, str):
