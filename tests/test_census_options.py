@@ -113,6 +113,8 @@ case("ccc-calib-0-target", lambda t: ccc(t, "stream.target_accuracy=50", "stream
 case("ccc-length-2^40", lambda t: ccc(t, f"stream.length={2**40}"), "stream.length", "2,147,483,647")
 case("ccc-target-nan", lambda t: ccc(t, "stream.target_accuracy=nan"), "target_accuracy")
 case("ccc-target-1e400", lambda t: ccc(t, "stream.target_accuracy=1e400"), "target_accuracy")
+case("ccc-size-0", lambda t: run_args(t, "--set", "stream.size=0", stream="ccc"), "stream.size")
+case("ccc-size-huge", lambda t: run_args(t, "--set", "stream.size=100000", stream="ccc"), "stream.size", "8,192")
 case("ccc-difficulty-with-target", lambda t: ccc(t, "stream.target_accuracy=50", "stream.difficulty=x"), "difficulty")
 # sweep and make-c
 case("sweep-seeds-2^64", lambda t: sweep_args(t, "--seeds", "18446744073709551616"), "--seed")
