@@ -209,6 +209,19 @@ def test_reproduce_plan_flags_cells_without_a_source_split(capsys):
     assert "fails" not in out and "missing source split" not in out
 
 
+def test_reproduce_takes_source_dir_for_the_cells_whose_stream_has_it(capsys):
+    """ecotta-memory runs on imagenet-c and cifar10-c: stream.source_dir reaches the imagenet-c cells only."""
+    argv = ["reproduce", "ecotta-memory", "--plan", "--set", "stream.source_dir=/data/imagenet/train"]
+    assert main([*argv, "--set", "stream.source_size=10000"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet50" in out and "wrn40" in out and "fails" not in out and "missing source split" not in out
+    assert main(["reproduce", "ecotta-memory", "--plan"]) == 0
+    assert "missing source split: cell(s) resnet50 " in capsys.readouterr().out
+    assert main(["reproduce", "ecotta-memory", "--plan", "--set", "stream.sorce_dir=/x"]) == 2
+    err = capsys.readouterr().err
+    assert "--set stream.sorce_dir: no stream of this grid (cifar10-c, imagenet-c)" in err and "Traceback" not in err
+
+
 @pytest.mark.real
 def test_real_eata_fisher_pass_on_imagenet_sample(shared_data, tmp_path, monkeypatch, one_thread):
     """imagenet-sample (1,000 ImageNet images by wnid) as the source folder; the stream generated from the 20 images

@@ -146,7 +146,7 @@ def expand(args: argparse.Namespace, table: Table) -> list[Planned]:
         for seed in seeds:
             for role, method in roles:
                 for group in groups:
-                    s_opts = {**stream_opts, **({"domains": ",".join(group)} if group else {}), **sets["stream"]}
+                    s_opts = {**stream_opts, **({"domains": ",".join(group)} if group else {}), **_for(stream, sets)}
                     m_opts = {**(p.get("method_opts", {}) if role == "method" else {}), **sets["method"]}
                     cfg = RunConfig(
                         method=method,
@@ -172,7 +172,29 @@ def expand(args: argparse.Namespace, table: Table) -> list[Planned]:
                     )
                     domain = group[0] if p.get("split_domains") else None
                     planned.append(Planned(cell.id, role, seed, domain, resolve(cfg)))
+    _all_used(sets["stream"], {p.cfg.stream for p in planned})
     return planned
+
+
+def _for(stream: str, sets: dict) -> dict[str, Any]:
+    """The `--set stream.*` options stream `stream` declares: a table whose cells run on several streams (EcoTTA's
+    imagenet-c and cifar10-c) takes e.g. `stream.source_dir` for the cells whose stream has it."""
+    from tta_bench.streams import stream_options
+
+    return {k: v for k, v in sets["stream"].items() if k in stream_options(stream)}
+
+
+def _all_used(given: dict[str, Any], streams: set[str]) -> None:
+    """UserError for a `--set stream.KEY` that none of the grid's streams declares (a typo is not dropped silently)."""
+    from tta_bench.streams import stream_options
+
+    for key in given:
+        if not any(key in stream_options(s) for s in streams):
+            known = sorted(set().union(*(stream_options(s) for s in streams)))
+            raise UserError(
+                f"--set stream.{key}: no stream of this grid ({', '.join(sorted(streams))}) has the option '{key}'. "
+                f"Their options: {', '.join(known)}."
+            )
 
 
 def plan_text(table: Table, planned: list[Planned]) -> str:
