@@ -81,10 +81,16 @@ def write_site(col: Collection, runs_dir: Path, out: Path) -> Site:
         s = summary[summary["table"] == table].reset_index(drop=True)
         s = s.drop(columns=[c for c in s.columns if c.startswith("err:") and s[c].isna().all()])
         s.to_csv(out / "csv" / f"summary_{slug(table)}.csv", index=False)
-        figs, files = table_plots(table, s, col, out)
+        try:
+            figs, files = table_plots(table, s, col, out)
+            context = table_context(table, s, col, figs)
+        except Exception as e:  # noqa: BLE001 - a table that cannot be drawn is listed with its runs, never sinks the site
+            why = f"its table {table} could not be drawn ({type(e).__name__}: {e})"
+            col.unreadable += [(col.folders[r], why) for r in col.runs.loc[col.runs["table"] == table, "run_id"]]
+            continue
         written += files
         tables.append(table)
-        tables_ctx.append(table_context(table, s, col, figs))
+        tables_ctx.append(context)
     for rid in col.folders:
         if rundir.is_run_id(rid):  # collect admits only valid ids; never a path from a file's contents
             # the validated content, not the file again (it may have been replaced since, by a FIFO or a huge file)
@@ -245,7 +251,7 @@ def protocol(table: str, col: Collection) -> dict[str, str]:
         "models": _distinct([c["config"]["model"] for c in cfgs]),
         "devices": _distinct([c.get("execution", {}).get("device") for c in cfgs]),
         "library versions": " | ".join(versions) or "–",
-        "git commits": _distinct([(c.get("git") or {}).get("commit", "")[:10] or None for c in cfgs]),
+        "git commits": _distinct([((c.get("git") or {}).get("commit") or "")[:10] or None for c in cfgs]),
     }
     return {k: v for k, v in out.items() if v != ""}
 

@@ -273,3 +273,35 @@ def test_only_an_unusable_runs_or_out_stops_the_build(where, words, tmp_path, ca
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert {p: p.read_bytes() for p in good.iterdir()} == before  # the run is untouched
+
+
+def test_a_run_made_outside_a_git_checkout_is_ranked(tmp_path):
+    """The runner records {"commit": null} where git is unavailable (an installed wheel): not damage (was a crash)."""
+    root = tmp_path / "runs"
+    pneumonia_run(root, "source", 0)
+    _edit_json(rundir.CONFIG, lambda c: c.update(git={"commit": None, "dirty": None}))(pneumonia_run(root, "tent", 0))
+    site = build(root, tmp_path / "site")
+    assert site.n_runs == 2 and not site.unreadable
+
+
+def test_a_table_that_cannot_be_drawn_is_listed_and_the_others_are_built(tmp_path, monkeypatch):
+    from test_metrics_page import camvid_run
+
+    from tta_bench.leaderboard import site as site_mod
+
+    root = tmp_path / "runs"
+    pneumonia_run(root, "source", 0)
+    seg = camvid_run(root, "source", 0)
+    real = site_mod.table_plots
+
+    def failing(table, *a, **k):
+        if table.startswith("camvid-c"):
+            raise ZeroDivisionError("an unforeseen value")
+        return real(table, *a, **k)
+
+    monkeypatch.setattr(site_mod, "table_plots", failing)
+    site = build(root, tmp_path / "site")
+    assert [t.split("/")[0] for t in site.tables] == ["pneumoniamnist-c"]
+    [(folder, why)] = site.unreadable
+    assert folder == seg and "could not be drawn (ZeroDivisionError: an unforeseen value)" in why
+    assert str(seg) in (site.out / "index.html").read_text(encoding="utf-8")
