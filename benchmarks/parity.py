@@ -1,6 +1,6 @@
 """Parity against the peer suite mariodoebler/test-time-adaptation, from the user's own checkout of it.
 
-    python -m benchmarks.parity --peer PATH [--methods tent,eta,...] [--record FILE.json] [--seed 0]
+    python -m benchmarks.parity --peer PATH [--methods tent,eta,...] [--data DIR] [--record FILE.json] [--seed 0]
 
 Builds every method the two suites share twice, from the peer's own classes (`PATH/classification/methods`,
 constructed from its yacs `cfg` as its `test_time.py` does) and from ours (`tta_bench.methods.create`), wraps the
@@ -15,8 +15,12 @@ No peer code is copied here: `PATH/classification` goes first on `sys.path` (our
 `tta_bench.methods`, so the peer's top-level `methods` package does not clash with ours). The peer imports a few
 packages at module level that its methods never use here: `autoattack` (RobustBench's attack, not on the package
 registry) is stubbed when absent, and the peer's one `.cuda()` call without a device check (CMF) is answered on a
-CPU-only machine by the tensor itself; both are printed. Nothing else of the peer is changed. Its other needs:
-`pip install yacs iopath einops webdataset` (the `parity` extra).
+CPU-only machine by the tensor itself; both are printed. The peer's data pipeline is not run: its source loader
+(EATA's Fisher, SANTA's and RMT's prototypes, RMT's warm-up and replay) is the list of source batches our
+`prepare()` gets, and where it expects augmented views from its loader (MEMO, TTAug: [x, v_1..v_n] per image;
+AdaContrast: [x, x_w, x_q, x_k]) it gets the views our adapter drew. Nothing else of the peer is changed: its
+classes, cfg defaults and update rules run as they are. Its other needs: `pip install -e ".[parity]"` (yacs,
+iopath, einops, webdataset, timm, open_clip_torch).
 
 `--record FILE` writes the peer's outputs (per method, per step: predictions and logits to 4 decimals) with the
 peer commit and the inputs' recipe: tests/test_parity.py recomputes our side from that file, without the peer.
@@ -291,7 +295,8 @@ SPECS: dict[str, Spec] = {
 # The peer's methods this tool does not run, and why.
 NOT_RUN = {
     "GTTA": "no GTTA adapter here",
-    "TPT, VTE": "CLIP prompt tuning: needs an OpenCLIP model and its tokenizer on both sides, not this ResNet",
+    "TPT, VTE": "CLIP test-time prompt tuning: the peer wraps its own OpenCLIP model (models/custom_clip.py) with "
+    "pretrained weights from the hub; this ResNet cannot stand in",
     "BNEMA": "no EMA-statistics BN adapter here",
 }
 
@@ -490,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     source, recipe["source"] = source_batches(args.seed)
     peer = load_peer(args.peer)
     print(f"peer: {PEER_REPO} @ {peer.commit} ({peer.root})\nmodel: {model_what}\ninputs: {json.dumps(recipe)}")
+    if not torch.cuda.is_available():
+        peer.notes.append("no CUDA here: tensor.cuda() returns the tensor (the peer's CMF calls it unconditionally)")
     for note in peer.notes:
         print(f"note: {note}")
     labels = [y for _, y in batches]
