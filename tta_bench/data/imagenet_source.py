@@ -85,10 +85,7 @@ def source_split(
             f"stream.source_size must be a whole number of source images >= 1, or all (the default), got {size!r}."
         )
     root = find_root(source_dir)
-    files, labels, classes = list_image_folder(
-        root, label_of=_label_of(root), what="stream.source_dir (ImageNet train)"
-    )
-    keys = [f"{f.parent.name}/{f.name}" for f in files]
+    files, labels, classes, keys, listing = _listing(root)
     val = next((k for k in keys if k.split("/")[1].startswith("ILSVRC2012_val_")), None) if no_val else None
     if val is not None:
         raise UserError(
@@ -103,16 +100,13 @@ def source_split(
             f"split, e.g. {sorted(shared)[0]}: the source split must be disjoint from them. Point stream.source_dir "
             f"at the ImageNet training images ({LAYOUT}), not at the validation folder."
         )
-    listing = hashlib.sha256()
-    for k, f in zip(keys, files):
-        listing.update(f"{k}\0{os.stat(f).st_size}\n".encode())
     pick = np.arange(len(files))
     if size is not None and size < len(files):
         rng = np.random.default_rng(segment_seed(seed, "imagenet-source", size))
         pick = np.sort(rng.choice(len(files), size, replace=False))
     chosen = [files[i] for i in pick]
     content = fingerprint_files(chosen, root) if size is not None else "listing"
-    fp = hash_text(f"{listing.hexdigest()}|{content}", 16)
+    fp = hash_text(f"{listing}|{content}", 16)
     info = {
         "root": str(root),
         "images": len(chosen),
@@ -123,3 +117,16 @@ def source_split(
         "fingerprint": fp,
     }
     return ImageFiles(chosen, labels[pick]), info
+
+
+def _listing(root: Path) -> tuple[list[Path], np.ndarray, list[str], list[str], str]:
+    """(files, labels, class folders, `<wnid>/<file>` keys, digest of the keys and file sizes) of the source folder
+    (the full training set: 1.28 million names and stats, a few seconds on a local disk, each time the stream opens)."""
+    files, labels, classes = list_image_folder(
+        root, label_of=_label_of(root), what="stream.source_dir (ImageNet train)"
+    )
+    keys = [f"{f.parent.name}/{f.name}" for f in files]
+    h = hashlib.sha256()
+    for k, f in zip(keys, files):
+        h.update(f"{k}\0{os.stat(f).st_size}\n".encode())
+    return files, labels, classes, keys, h.hexdigest()
