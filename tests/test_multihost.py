@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+import crash_hooks
 import pytest
 
 from tta_bench import rundir
@@ -31,7 +32,7 @@ from tta_bench.config import RunConfig
 from tta_bench.kernel import UserError, atomic
 from tta_bench.runner import run
 
-SCRIPT = (
+SCRIPT = crash_hooks.CHILD_PREFIX + (
     "import sys, torch; torch.set_num_threads(1); from tta_bench.config import RunConfig; "
     "from tta_bench.runner import run; r = run(RunConfig(method='source', stream='digits-c', limit=8, batch_size=8, "
     "seed=int(sys.argv[2]), out=sys.argv[1]), quiet=False); print('SKIPPED' if r.skipped else 'RAN', r.folder)"
@@ -40,9 +41,9 @@ SCRIPT = (
 
 def _env(hold: Path | None = None, **extra: str) -> dict[str, str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **extra}
-    env.pop(rundir.HOLD_ENV, None)
+    env.pop(crash_hooks.HOLD_WHILE, None)
     if hold is not None:
-        env[rundir.HOLD_ENV] = str(hold)
+        env[crash_hooks.HOLD_WHILE] = str(hold)
     return env
 
 

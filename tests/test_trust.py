@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import crash_hooks
 import numpy as np
 import pytest
 import torch
@@ -29,7 +30,7 @@ import torch
 from tta_bench import corruptions, rundir
 from tta_bench.config import RunConfig
 from tta_bench.identity import data_fingerprint
-from tta_bench.kernel import hash_json
+from tta_bench.kernel import atomic, hash_json
 from tta_bench.leaderboard.collect import collect
 from tta_bench.leaderboard.site import build
 from tta_bench.runner import load_result, open_stream, prepare_key, resolve, run, run_id
@@ -177,9 +178,9 @@ def test_weights_replaced_at_the_same_path_give_a_new_run_id(tmp_path):
 def _child(cfg: dict, kill_at: int | None, force: bool) -> None:
     """Forked: run `cfg` with SIGKILL at write step `kill_at` (None: no kill)."""
     torch.set_num_threads(1)
+    atomic.reset_steps()
     if kill_at is not None:
-        os.environ[rundir.KILL_ENV] = str(kill_at)
-    rundir._KILL["count"] = 0
+        crash_hooks.kill_at(kill_at)
     run(RunConfig(**cfg), force=force, quiet=True)
     os._exit(0)
 
@@ -250,7 +251,7 @@ def test_concurrent_duplicate_waits_and_reuses_even_when_the_first_is_killed(fir
 
 
 def test_second_identical_run_waits_and_reuses(tmp_path):
-    script = (
+    script = crash_hooks.CHILD_PREFIX + (
         "import sys, torch; torch.set_num_threads(1); from tta_bench.config import RunConfig; "
         "from tta_bench.runner import run; r = run(RunConfig(method='source', stream='digits-c', limit=8, "
         f"batch_size=8, out={str(tmp_path / 'runs')!r}), quiet=False); "
@@ -258,7 +259,7 @@ def test_second_identical_run_waits_and_reuses(tmp_path):
     )
     hold = tmp_path / "hold"
     hold.touch()  # the first run stops at its first write (holding the lock) while this file exists
-    env = {**os.environ, "OMP_NUM_THREADS": "1", rundir.HOLD_ENV: str(hold)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", crash_hooks.HOLD_WHILE: str(hold)}
 
     def start() -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

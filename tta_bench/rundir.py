@@ -449,7 +449,6 @@ def check_run(folder: Path) -> tuple[dict[str, Any], Summary, tuple[list[str], l
 
 
 # --- writing: build aside, lock, swap (tta_bench.kernel.atomic; re-exported here for the runner and the tests) ----
-KILL_ENV, SLOW_ENV, HOLD_ENV, _KILL = atomic.KILL_ENV, atomic.SLOW_ENV, atomic.HOLD_ENV, atomic._KILL
 kill_point, commit, replace_tree, is_live = atomic.kill_point, atomic.commit, atomic.replace_tree, atomic.is_live
 
 

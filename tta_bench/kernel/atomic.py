@@ -41,7 +41,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import sys
 import threading
@@ -60,25 +59,30 @@ DEFAULT_LEASE_S = 300.0
 _NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL}
 
 
-# --- kill points (crash and concurrency tests) ----------------------------------------------------------------
-_KILL = {"count": 0}
-KILL_ENV = "TTA_BENCH_TEST_KILL_AT"
-SLOW_ENV = "TTA_BENCH_TEST_SLOW_WRITES"
-HOLD_ENV = "TTA_BENCH_TEST_HOLD_WHILE"
+# --- write steps (crash and concurrency tests hook in here) -----------------------------------------------------
+_STEPS = {"count": 0}
+_STEP_HOOKS: list[Callable[[int], None]] = []
 
 
 def kill_point() -> None:
-    """Count a write step; SIGKILL this process at step `$TTA_BENCH_TEST_KILL_AT`; before each step sleep
-    `$TTA_BENCH_TEST_SLOW_WRITES` seconds and wait while the file `$TTA_BENCH_TEST_HOLD_WHILE` exists
-    (crash and concurrency tests only)."""
-    _KILL["count"] += 1
-    at, slow, hold = os.environ.get(KILL_ENV), os.environ.get(SLOW_ENV), os.environ.get(HOLD_ENV)
-    if at and int(at) == _KILL["count"]:
-        os.kill(os.getpid(), signal.SIGKILL)
-    if slow:
-        time.sleep(float(slow))
-    while hold and Path(hold).exists():
-        time.sleep(0.05)
+    """Count a write step and call the installed step hooks with its number (none in production).
+
+    Crash and concurrency tests install a hook (`add_step_hook`) that kills the process at step N or holds it while
+    a file exists (tests/crash_hooks.py); production code reads no test switch of its own."""
+    _STEPS["count"] += 1
+    for hook in tuple(_STEP_HOOKS):
+        hook(_STEPS["count"])
+
+
+def add_step_hook(hook: Callable[[int], None]) -> None:
+    """Call `hook(step number)` at every write step from now on (steps counted from `reset_steps()`)."""
+    _STEP_HOOKS.append(hook)
+
+
+def reset_steps() -> None:
+    """Restart the write-step count at 0 and remove every hook."""
+    _STEPS["count"] = 0
+    _STEP_HOOKS.clear()
 
 
 # --- owners and leases -------------------------------------------------------------------------------------------
@@ -181,6 +185,7 @@ class _Heartbeat:
                 self.folders, self.pid = set(), os.getpid()
                 threading.Thread(target=self._loop, name="tta-bench-lease", daemon=True).start()
             self.folders.add(Path(folder))
+        self.wake.set()  # the loop re-reads the lease (it may have changed) and touches the new folder now
 
     def discard(self, folder: Path) -> None:
         with self.lock:
@@ -189,7 +194,8 @@ class _Heartbeat:
     def _loop(self) -> None:
         me = os.getpid()
         while self.pid == me:
-            time.sleep(lease_seconds() / 6)
+            self.wake.wait(lease_seconds() / 6)
+            self.wake.clear()
             with self.lock:
                 folders = list(self.folders)
             for f in folders:
@@ -204,6 +210,7 @@ _HEARTBEAT = _Heartbeat()
 
 def _after_fork() -> None:  # a child never inherits a held lock or its parent's folders
     _HEARTBEAT.lock, _HEARTBEAT.folders, _HEARTBEAT.pid = threading.Lock(), set(), None
+    _HEARTBEAT.wake = threading.Event()
 
 
 os.register_at_fork(after_in_child=_after_fork)
