@@ -45,6 +45,7 @@ def write_with(path: Path, write: Callable[[IO[bytes]], Any], *, fsync: bool = T
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes 0600: give the file the mode open() would (shared results)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -59,6 +60,19 @@ def write_with(path: Path, write: Callable[[IO[bytes]], Any], *, fsync: bool = T
         if isinstance(e, OSError) and e.errno in NO_SPACE_ERRNOS:
             raise no_space(e, path.parent, max(size, written) + (64 << 10), str(path.name)) from None
         raise
+
+
+def umask() -> int:
+    """The process's umask, read without changing it (/proc/self/status on Linux; else set and restored at once)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 # --- full disks -----------------------------------------------------------------------------------------
