@@ -116,8 +116,9 @@ def imagenet_c(
     source_dir: str | None = None,
     source_size: int | str | None = None,
 ) -> StreamSpec:
-    """ImageNet-C: published folders (5,000-image subset or all) or generated from an ImageNet val folder; source
-    split from ImageNet training images (`source_dir`, `source_size`: all or a seeded subset of N)."""
+    """ImageNet-C: published folders (5,000-image subset or all) or generated from an ImageNet val folder.
+
+    Source split: ImageNet training images from `source_dir` (`source_size`: all, or a seeded subset of N)."""
     if samples not in (None, "all", "5000", 5000):
         raise UserError(f"stream.samples must be 5000 (RobustBench's subset; default) or all, got {samples!r}.")
     samples = "all" if samples == "all" else None

@@ -137,8 +137,8 @@ def folder_stream(
 
 NATURAL_CLEAN = CleanSplit(
     None,
-    reason="a natural-shift test set comes without clean source-domain images (a source split for prepare stages: "
-    "ImageNet training images from stream.source_dir)",
+    reason="a natural-shift test set comes without clean source-domain images; the source split for prepare stages is "
+    "ImageNet training images from stream.source_dir",
 )
 
 
