@@ -175,6 +175,7 @@ def test_eata_runs_with_the_source_split_and_its_fisher_sees_it(folders, tmp_pat
         prepare(self, ([seen.append(len(x)), (x, y)][1] for x, y in source))
 
     monkeypatch.setattr(EATA, "prepare", counting)
+    monkeypatch.setenv("TTA_BENCH_CACHE", str(tmp_path / "cache"))  # no prepare state cached by an earlier run
     cfg = _cfg(tmp_path, val, source_dir=str(train), source_size=6)
     result = run(cfg, quiet=True)
     assert sum(seen) == 6  # fisher_size 2,000 > the 6 source images: the Fisher pass saw all of them
@@ -240,6 +241,7 @@ def test_real_eata_fisher_pass_on_imagenet_sample(shared_data, tmp_path, monkeyp
         fishers.append(sum(float(getattr(self, f"fisher_{i}").sum()) for i in range(len(self.params))))
 
     monkeypatch.setattr(EATA, "prepare", counting)
+    monkeypatch.setenv("TTA_BENCH_CACHE", str(tmp_path / "cache"))  # no prepare state cached by an earlier run
     source = shared_data / "imagenet-sample" / "images"
     cfg = RunConfig(method="eata", stream="imagenet-c", model="efficientnet-lite0", limit=8, batch_size=8,
                     device="cpu", clean_eval="off", out=str(tmp_path / "runs"),
