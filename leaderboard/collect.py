@@ -37,7 +37,6 @@ LOCATION_OPTIONS = ("root", "clean_dir", "source_root", "download")
 # Columns of `runs` besides metrics (summary.json scalars not listed here become extra metric columns).
 FIXED = ("severity", "batch_size", "limit", "rounds", "n_samples", "device", "first_diverged_batch", "task")
 IDENTITY = ("run_id", "table", "stream", "setting", "model", "method", "entry", "seed")
-METRICS = rundir.HEADLINE_METRICS
 
 
 @dataclass
@@ -166,7 +165,7 @@ def load_run(folder: Path) -> tuple[dict[str, Any], dict[str, Any], pd.DataFrame
 
 
 def _frame(header: list[str], rows: list[list[Any]]) -> pd.DataFrame:
-    """A validated CSV (`rundir.read_run_csv`) as a DataFrame: number columns numeric, text columns text."""
+    """A validated CSV (`rundir.check_run`) as a DataFrame: number columns numeric, text columns text."""
     df = pd.DataFrame(rows, columns=header)
     for c in header:
         if not any(isinstance(v, str) for v in df[c]):
@@ -245,7 +244,7 @@ def run_row(cfg: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
     row.update({k: c[k] for k in ("stream", "setting", "model", "method", "seed")})
     row.update({k: c[k] for k in ("severity", "batch_size", "limit", "rounds")})
     row["task"] = s.get("task")
-    row.update({k: _num(s.get(k)) for k in METRICS})
+    row.update({k: _num(s.get(k)) for k in rundir.core_keys()})  # the METRICS table's core keys
     row["n_samples"] = s.get("n_samples")
     row["diverged"] = bool(s["diverged"])
     row["first_diverged_batch"] = s["first_diverged_batch"]

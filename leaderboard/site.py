@@ -293,11 +293,6 @@ def _key(v: Any) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
 
 
-WORST_WINDOW = rundir.Metric(
-    "worst_window_error", "worst window", False, meaning="error of the worst full window of stream.window images (%)"
-)
-
-
 def collapsed_seeds(sel: pd.DataFrame) -> list[int]:
     """Seeds of an entry whose worst window reached the collapse threshold (`collapsed` in summary.json)."""
     if "collapsed" not in sel:
@@ -315,9 +310,7 @@ def diverged_seeds(sel: pd.DataFrame) -> list[int]:
 def headline_of(s: pd.DataFrame) -> tuple[rundir.Metric, ...]:
     """The headline metrics recorded in a table's summary rows (`headline` column, see leaderboard.stats)."""
     keys = str(s["headline"].iat[0]).split(",") if "headline" in s and len(s) else ["mean_error"]
-    known = {m.key: m for m in (rundir.ERROR, *[m for ms in rundir.TASK_METRICS.values() for m in ms])}
-    known.update({m.key: m for ms in rundir.STREAM_METRICS for m in ms})
-    return tuple(known.get(k, rundir.Metric(k, k, False)) for k in keys)
+    return tuple(rundir.metric(k) for k in keys)
 
 
 def _metric_column(
@@ -347,7 +340,7 @@ def result_columns(s: pd.DataFrame, col: Collection, table: str) -> tuple[list[d
     head = headline_of(s)
     cols, notes = [], []
     for m in head:
-        cols.append(_metric_column(s, m, m.key, f"{m.label} % {m.arrow}"))
+        cols.append(_metric_column(s, m, m.key, m.title))
     first = head[0]
     if f"{first.key}_ci_low" in s:
         cols.append(
@@ -362,7 +355,8 @@ def result_columns(s: pd.DataFrame, col: Collection, table: str) -> tuple[list[d
             }
         )
     if first.key != "mean_error":
-        cols.append(_metric_column(s, rundir.ERROR, "mean_error", "error % ↓"))
+        error = rundir.metric("mean_error")
+        cols.append(_metric_column(s, error, error.key, error.title))
     pm = s["paired_metric"].iat[0] if "paired_metric" in s and len(s) else "error"
     what = "error" if pm == "error" else first.label
     for b in BASELINES:
@@ -382,19 +376,11 @@ def result_columns(s: pd.DataFrame, col: Collection, table: str) -> tuple[list[d
             )
         cols.append({"label": f"Δ {what} vs {b}", "better": "", "title": f"paired per-domain {what} difference, pp",
                      "cells": cells})  # fmt: skip
-    optional = (
-        (rundir.Metric("ece", "ECE", False, meaning="expected calibration error (%)"), "ECE % ↓", 2),
-        (rundir.Metric("forgetting", "forgetting", False, meaning="clean error after − before (pp)"),
-         "forgetting pp ↓", 2),
-        (rundir.Metric("adapt_mb", "adapt MB", False, meaning="params + grads + optimizer + copies + activations"),
-         "adapt MB ↓", 2),
-        (rundir.Metric("peak_device_mb", "peak MB", False, meaning="peak GPU memory"), "peak MB ↓", 2),
-        (rundir.Metric("images_per_s", "images/s", True, meaning="stream throughput"), "images/s ↑", 0),
-    )  # fmt: skip
-    if plots.has_windows(col.runs[col.runs["table"] == table]):
-        optional = (*optional[:1], (WORST_WINDOW, "worst window % ↓", 2), *optional[1:])
-    for m, title, digits in optional:
-        c = _metric_column(s, m, m.key, title, digits, with_std=m.key == "forgetting")
+    windows = plots.has_windows(col.runs[col.runs["table"] == table])  # a worst window needs two windows or more
+    for m in rundir.METRICS:  # the optional result columns, in the table's order
+        if not m.column or m in head or (m.key == "worst_window_error" and not windows):
+            continue
+        c = _metric_column(s, m, m.key, m.title, m.digits, with_std=m.std)
         if any(x["key"] != "" for x in c["cells"]):
             cols.append(c)
         elif m.key == "forgetting":

@@ -21,11 +21,10 @@ import pandas as pd
 from pandas.api.types import is_numeric_dtype
 
 from tta_bench import rundir
-from tta_bench.leaderboard.collect import FIXED, IDENTITY, METRICS
+from tta_bench.leaderboard.collect import FIXED, IDENTITY
 
 BASELINES = ("source", "norm")
 ALPHA = 0.05
-AGGREGATED = ("mean_error", "ece", "forgetting", "clean_error_after", "adapt_mb", "peak_device_mb", "images_per_s")
 
 
 def mean_std_ci(values: np.ndarray | pd.Series, confidence: float = 0.95) -> tuple[float, float, float, float]:
@@ -98,16 +97,17 @@ def summarize(runs: pd.DataFrame, domains: pd.DataFrame) -> pd.DataFrame:
     """One row per (table, model, entry): seeds aggregated as described in the module docstring.
 
     Columns: table, stream, setting, model, method, entry, n_seeds, seeds, `headline` (the table's headline metric
-    keys, comma-separated; the first ranks the table), `<metric>_mean` / `_std` for AGGREGATED metrics and any extra
-    scalar summary keys, `<headline>_ci_low` / `_ci_high` (and mean_error's), `err:<domain>` (mean over seeds), and
-    per baseline delta_vs_<b>, p_vs_<b>, n_pairs_vs_<b>, sig_vs_<b> on the per-domain `paired_metric` column.
+    keys, comma-separated; the first ranks the table), `<metric>_mean` / `_std` for the aggregated metrics of
+    rundir.METRICS and any other scalar summary keys, `<headline>_ci_low` / `_ci_high` (and mean_error's),
+    `err:<domain>` (mean over seeds), and per baseline delta_vs_<b>, p_vs_<b>, n_pairs_vs_<b>, sig_vs_<b> on the
+    per-domain `paired_metric` column.
     Rows are ranked within each table by its first headline metric in its direction (best first). Runs that repeat
     a (table, model, entry, seed), e.g. the same data reached through another path, count once (the last read).
     """
     runs = runs.drop_duplicates(["table", "model", "entry", "seed"], keep="last")
     frames = []
     dom_cols = [c for c in runs.columns if c.startswith("err:")]
-    known = set(IDENTITY) | set(FIXED) | set(METRICS)
+    known = set(IDENTITY) | set(FIXED) | set(rundir.core_keys())
     extras = [c for c in runs.columns if c not in known and not c.startswith("err:") and is_numeric_dtype(runs[c])]
     for table, t_runs in runs.groupby("table", sort=False):
         head = table_headline(t_runs)
@@ -128,7 +128,7 @@ def summarize(runs: pd.DataFrame, domains: pd.DataFrame) -> pd.DataFrame:
                 "headline": ",".join(m.key for m in head),
                 "paired_metric": pcol,
             }
-            for k in dict.fromkeys((*AGGREGATED, *extras)):
+            for k in dict.fromkeys((*(k for k in rundir.aggregated_keys() if k in g), *extras)):
                 mean, std, lo, hi = mean_std_ci(g[k])
                 row[f"{k}_mean"], row[f"{k}_std"] = mean, std
                 if k == "mean_error" or any(m.key == k for m in head):
