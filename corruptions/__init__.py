@@ -112,4 +112,3 @@ def corrupt(
     if to_luma:
         out = to_gray(out)
     return out.to(x.dtype)
-
