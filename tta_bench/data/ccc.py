@@ -318,11 +318,11 @@ class CCC:
             acc = np.zeros((len(GRID), len(GRID)))
             for i in GRID:
                 for j in GRID:
-                    key = cell_key(n1, i, n2, j)
-                    if key not in self.cells:
-                        self.cells[key] = _accuracy(net, calib, Step(n1, i, n2, j), self.seed, key, device, self.jpeg)
+                    cell = cell_key(n1, i, n2, j)  # not `key`: that is the cache entry's key, sealed below
+                    if cell not in self.cells:
+                        self.cells[cell] = _accuracy(net, calib, Step(n1, i, n2, j), self.seed, cell, device, self.jpeg)
                         bar.update(1)
-                    acc[i, j] = self.cells[key]
+                    acc[i, j] = self.cells[cell]
             if len(self.cells) > known:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 cells = dumps_json({"model": model_key, "seed": self.seed, "cells": self.cells}).encode()
