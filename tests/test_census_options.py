@@ -363,3 +363,15 @@ def test_undecodable_path_printed_escaped(monkeypatch):
     assert main(["list", "settings"]) == 0
     sys.stdout.flush()
     assert raw.getvalue() == b"results: r\\udcff\n"
+
+
+def test_a_tilde_after_equals_is_the_home_folder(tmp_path, monkeypatch, capsys):
+    """`--out=~/runs` reaches the program unexpanded (the shell expands ~ only at a word's start): it is the home
+    folder's runs/, not a folder named `~` in the current one."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "home").mkdir()
+    argv = ["run", "--method", "source", "--stream", "digits-c", "--limit", "8", "--batch-size", "8",
+            "--clean-eval", "off", "--quiet", "--out=~/runs"]  # fmt: skip
+    assert main(argv) == 0
+    assert list((tmp_path / "home" / "runs").iterdir()) and not (tmp_path / "~").exists()

@@ -115,7 +115,8 @@ def check_args(args: argparse.Namespace) -> None:
         value = getattr(args, dest, None)
         if isinstance(value, str):
             required = args.command == "make-c" and dest in ("src", "out")
-            check_path(value, option, empty="Pass a folder" + ("." if required else f", or leave {option} out."))
+            path = check_path(value, option, empty="Pass a folder" + ("." if required else f", or leave {option} out."))
+            setattr(args, dest, str(path))  # `--out=~/runs` (no shell expansion after '='): the home folder's runs/
     ranges = {**RANGES, "processes": (1, MAX_WORKERS, "worker processes")}
     for dest, (low, high, what) in ranges.items():
         value = getattr(args, dest, None)
