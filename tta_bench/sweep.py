@@ -194,12 +194,14 @@ def run_ray(todo: list[RunConfig], env: dict[str, str], args: argparse.Namespace
         report(ray.get(ready[0]))
 
 
-def main(args: argparse.Namespace) -> int:
-    configs = expand(args)
+def execute(configs: list[RunConfig], args: argparse.Namespace, name: str = "sweep") -> list[dict[str, Any]]:
+    """Run the configs whose run folder is not complete (all of them with `--force`) with the chosen executor
+    (`--executor local|ray`, `--processes`), printing one line per finished run; the failed runs' outcomes.
+    `name` prefixes the lines (`sweep`, `reproduce`)."""
     from tta_bench.runner import is_complete
 
     todo = [c for c in configs if args.force or not is_complete(c.folder())]
-    print(f"sweep: {len(configs)} run(s) in the grid, {len(configs) - len(todo)} already complete, {len(todo)} to run")
+    print(f"{name}: {len(configs)} run(s) in the grid, {len(configs) - len(todo)} already complete, {len(todo)} to run")
     if todo and args.executor == "ray":
         import_ray()  # fail before anything runs
     env = {k: os.environ[k] for k in ENV_VARS if k in os.environ}
@@ -218,6 +220,11 @@ def main(args: argparse.Namespace) -> int:
     for o in failed:
         print(f"\nrun failed: {o['label']} ({o['folder']})\n{o['error']}")
     if failed:
-        print(f"sweep: {len(failed)} of {len(todo)} run(s) failed (see above); re-run the sweep to retry them")
-        return 1
-    return 0
+        print(
+            f"{name}: {len(failed)} of {len(todo)} run(s) failed (see above); run the same {name} command again to retry them"
+        )
+    return failed
+
+
+def main(args: argparse.Namespace) -> int:
+    return 1 if execute(expand(args), args) else 0

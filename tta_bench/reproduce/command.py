@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from tta_bench.config import RunConfig
 from tta_bench.kernel import UserError, parse_sets
 from tta_bench.reproduce import parity
 from tta_bench.reproduce.tables import Table, load, names
-from tta_bench.sweep import ENV_VARS, _names
+from tta_bench.sweep import _names
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -238,33 +237,11 @@ def _cell(table: Table, cell_id: str):
 def execute(planned: list[Planned], args: argparse.Namespace) -> list[dict[str, Any]]:
     """Run the grid's missing runs with the sweep's executors; the failed runs' outcomes."""
     from tta_bench import sweep
-    from tta_bench.runner import is_complete
 
     if args.processes < 1:
         raise UserError(f"--processes must be at least 1 (local worker processes), got {args.processes}.")
     configs = list({p.cfg.run_id(): p.cfg for p in planned}.values())
-    todo = [c for c in configs if args.force or not is_complete(c.folder())]
-    print(
-        f"reproduce: {len(configs)} run(s) in the grid, {len(configs) - len(todo)} already complete, {len(todo)} to run"
-    )
-    if todo and args.executor == "ray":
-        sweep.import_ray()  # fail before anything runs
-    env = {k: os.environ[k] for k in ENV_VARS if k in os.environ}
-    done: list[dict[str, Any]] = []
-
-    def report(o: dict[str, Any]) -> None:
-        done.append(o)
-        status = f"FAILED {o['error'].splitlines()[0]}" if o["error"] else f"{o['mean_error']:.2f} % error"
-        print(f"[{len(done)}/{len(todo)}] {o['label']}: {status} ({o['seconds']:.1f} s)", flush=True)
-
-    if todo and args.executor == "ray":
-        sweep.run_ray(todo, env, args, args.force, report)
-    elif todo:
-        sweep.run_local(todo, env, args.processes, args.force, report)
-    failed = [o for o in done if o["error"]]
-    for o in failed:
-        print(f"\nrun failed: {o['label']} ({o['folder']})\n{o['error']}")
-    return failed
+    return sweep.execute(configs, args, "reproduce")
 
 
 def measured(table: Table, planned: list[Planned]) -> dict[str, dict[str, dict[int, float]]]:
