@@ -220,9 +220,8 @@ def execute(configs: list[RunConfig], args: argparse.Namespace, name: str = "swe
     for o in failed:
         print(f"\nrun failed: {o['label']} ({o['folder']})\n{o['error']}")
     if failed:
-        print(
-            f"{name}: {len(failed)} of {len(todo)} run(s) failed (see above); run the same {name} command again to retry them"
-        )
+        again = f"run the same {name} command again to retry them"
+        print(f"{name}: {len(failed)} of {len(todo)} run(s) failed (see above); {again}")
     return failed
 
 
