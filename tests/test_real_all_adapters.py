@@ -13,7 +13,8 @@ JPEG test images, which the stream never shows (see tta_bench/data/cifar.py, `st
 
     python -m pytest tests/test_real_all_adapters.py -m slow -s     # prints the per-domain tables
 
-Measured (one thread, CPU, cifar10-c presets), mean error %: source 57.86, cotta 32.25, rmt 32.79, santa 35.86,
+Measured (one thread, CPU, cifar10-c presets), mean error %: source 57.86, rmt 31.89 (32.80 before #24, which
+cleared Adam's warm-up state; the official keeps it), cotta 32.25, santa 35.86,
 eata 35.97, rdumb 35.99, tent 36.40, deyo 36.51, cmf 36.78, roid 37.03, rpl 37.81, adacontrast 38.71, sar 38.78,
 norm 39.19, ecotta 40.73, core 43.65, alpha_bn 45.97, rotta 52.58, lame 77.16 (1,000/domain); at 100/domain source
 58.07, tta_aug 45.87, memo 47.00. Forgetting (pp; the clean split is JPEG-shifted, so adapting can lower its error):
