@@ -106,6 +106,7 @@ def write_site(col: Collection, runs_dir: Path, out: Path) -> Site:
         runs_dir=printable(str(runs_dir)),
         alpha=ALPHA,
         baselines=BASELINES,
+        collapse_margin=f"{rundir.COLLAPSE_MARGIN:g}",
         parity=parity.sections(runs_dir),  # `reproduce` reports under <runs>/parity/
     )
     (out / "index.html").write_text(html, encoding="utf-8")
@@ -126,7 +127,7 @@ def table_plots(table: str, s: pd.DataFrame, col: Collection, out: Path) -> tupl
             plots.curves(batches, out / "plots" / f"{slug(table)}-curve", runs=col.runs[col.runs["table"] == table]),
             "Error over the stream, batches in stream order (mean over seeds); dashed lines: round boundaries; "
             "with two windows or more, pale steps: error per window of stream.window images, ▼ the worst full "
-            "window, dotted: the collapse threshold (chance error − 5 pp)",
+            f"window, dotted: the collapse threshold (chance error − {rundir.COLLAPSE_MARGIN:g} pp)",
         ),
         "heatmap": (
             plots.heatmap(grid, out / "plots" / f"{slug(table)}-heatmap", label=f"{label} %"),

@@ -34,11 +34,9 @@ import torch
 
 from tta_bench.kernel import UserError
 from tta_bench.kernel.options import MAX_IMAGES
-from tta_bench.rundir import window_errors  # the schema's rule (the leaderboard uses it too)
 
-COLLAPSE_MARGIN = 5.0  # percentage points below chance error that still count as collapsed
-DEFAULT_WINDOW = 1000  # images per window (stream.window)
-
+# the schema's window rule and constants (the leaderboard uses them too)
+from tta_bench.rundir import COLLAPSE_MARGIN, DEFAULT_WINDOW, window_errors
 
 MAX_SPEED_RATIO = 1e6  # a method a million times slower than the source forward adapts on the first batch only
 

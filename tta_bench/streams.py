@@ -21,13 +21,14 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from tta_bench.kernel import Registry, UserError, close_matches, declared_options
+from tta_bench.rundir import DEFAULT_WINDOW
 
 STREAMS = Registry("stream", "python -m tta_bench list streams", packages=("tta_bench.data",))  # loaded on first use
 GRADUAL_SEVERITIES = (1, 2, 3, 4, 5, 4, 3, 2, 1)  # CoTTA's gradual schedule, per corruption
 # Options every stream accepts (--set stream.<key>=...), handled by the harness, not the factory.
 COMMON_OPTIONS: dict[str, Any] = {
     "gamma": 0.1,  # Dirichlet concentration of the non-iid setting
-    "window": 1000,  # images per window of the long-horizon metrics (tta_bench.protocols)
+    "window": DEFAULT_WINDOW,  # images per window of the long-horizon metrics (tta_bench.rundir.metrics)
     "speed_ratio": None,  # realistic setting: fixed relative cost k (None: measured on the run's device)
     "domains": None,  # a subset / custom order of the stream's domains, e.g. "fog,snow" (None: all, standard order)
 }

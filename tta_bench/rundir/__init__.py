@@ -27,6 +27,8 @@ other hosts or in other PID namespaces sharing `--out` keep theirs.
 from __future__ import annotations
 
 from tta_bench.rundir.metrics import (
+    COLLAPSE_MARGIN,
+    DEFAULT_WINDOW,
     METRICS,
     Metric,
     aggregated_keys,
@@ -75,7 +77,7 @@ from tta_bench.rundir.writing import (
 
 __all__ = [
     "REQUIRED_BATCH", "BATCHES", "BATCH_COLUMNS", "CONFIG", "DAMAGED", "DOMAINS", "DOMAIN_COLUMNS", "DONE",
-    "MAX_DOMAINS",
+    "COLLAPSE_MARGIN", "DEFAULT_WINDOW", "MAX_DOMAINS",
     "MAX_FILE_BYTES", "MAX_NAME", "METRICS", "Metric", "Number", "RUN_FILES", "RUN_ID_LENGTH", "SUMMARY",
     "SUMMARY_KEYS", "Summary", "aggregated_keys", "check_config", "check_run", "check_summary", "clean_stale",
     "commit", "core_keys", "find_complete", "headline", "is_complete", "is_live", "is_run_id", "kill_point",

@@ -81,6 +81,13 @@ METRICS: tuple[Metric, ...] = (
 )  # fmt: skip
 
 
+# The long-horizon metrics (summary.json `window_errors`, `worst_window_error`, `collapsed`): the default window and
+# how close to chance error a window must come to count as a collapse. The runner, the streams' options, the page and
+# its plots use these.
+DEFAULT_WINDOW = 1000  # images per window (stream.window)
+COLLAPSE_MARGIN = 5.0  # percentage points below chance error that still count as collapsed
+
+
 def metric(key: str) -> Metric:
     """The METRICS row of `key`; a key no row declares (a stream's own scalar) gets a plain row (lower is better)."""
     return next((m for m in METRICS if m.key == key), Metric(key, key, False))
