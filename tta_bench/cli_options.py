@@ -1,45 +1,47 @@
-"""The run options shared by the `run` and `sweep` commands: their argparse definitions and the RunConfig fields
-they give. Part of the harness (the sweep uses it), so the CLI (`tta_bench.cli`) is imported only by `__main__`.
+"""The run options shared by the `run` and `sweep` commands: their argparse flags, generated from RunConfig's
+declarations (one per option: default, meaning, choices; `tta_bench.config.option`), and the RunConfig fields they
+give. Part of the harness (the sweep uses it), so the CLI (`tta_bench.cli`) is imported only by `__main__`.
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import MISSING, Field, fields
 
+from tta_bench.config import RunConfig
 from tta_bench.kernel import UserError, parse_sets
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _help(f: Field) -> str:
+    """The flag's help from the field's declaration: its meaning, choices and default."""
+    meta, default = f.metadata, f.default
+    choices = f" ({' | '.join(meta['choices'])})" if meta["choices"] and " | " not in meta["help"] else ""
+    shown = "" if default is MISSING or default is None or isinstance(default, bool) else f"; default {default}"
+    return f"{meta['help']}{choices}{shown}"
+
+
+def declared() -> list[Field]:
+    """The RunConfig fields that have a flag of their own (every run option but the `--set` dictionaries)."""
+    return [f for f in fields(RunConfig) if f.metadata.get("flag")]
+
+
 def add_run_arguments(p: argparse.ArgumentParser, many: bool = False) -> None:
-    """Options shared by `run` and `sweep` (sweep takes lists for method/stream/model/seed)."""
-    if not many:
-        p.add_argument("--method", required=True, help="adapter name (see `list methods`)")
-        p.add_argument("--stream", required=True, help="stream name (see `list streams`)")
-        p.add_argument("--model", default=None, help="model name (default: the stream's default model)")
-        p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument(
-        "--setting", default="continual", help="continual | episodic | gradual | mixed | non-iid | realistic"
-    )
-    p.add_argument("--severity", type=int, default=5, help="corruption severity 1-5 (default 5)")
-    p.add_argument("--batch-size", type=int, default=64, help="test batch size (default 64)")
-    p.add_argument("--rounds", type=int, default=1, help="repeat the stream N times (default 1)")
-    p.add_argument("--limit", type=int, default=None, help="samples per domain (default: all)")
-    p.add_argument("--precision", default="fp32", help="fp32 | amp (bf16 autocast)")
-    p.add_argument("--clean-eval", default="domain", help="forgetting measured after every domain | end | off")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
-    p.add_argument(
-        "--compile", action="store_true", help="torch.compile the adapted model (falls back to eager with a warning)"
-    )
-    p.add_argument(
-        "--channels-last",
-        default="auto",
-        help="channels-last memory format for model and batches: auto (CUDA only, default) | on | off; "
-        "on speeds up depthwise-conv models on CPU (EfficientNet ~1.9x), results within float tolerance",
-    )
-    p.add_argument(
-        "--data-dir", default=None, help="datasets root (default $TTA_BENCH_DATA or ~/.cache/tta_bench/data)"
-    )
-    p.add_argument("--out", default="runs", help="folder for run folders (default runs/)")
+    """The run options as flags, generated from RunConfig's declarations (`tta_bench.config.option`); `sweep`
+    (`many=True`) declares its own list-valued flags for the options marked `many` (method, stream, model, seed)."""
+    for f in declared():
+        meta = f.metadata
+        if many and meta["many"]:
+            continue
+        if f.type in ("bool", bool) or isinstance(f.default, bool):
+            p.add_argument(_flag(f.name), action="store_true", help=_help(f))
+        elif f.default is MISSING:
+            p.add_argument(_flag(f.name), required=True, help=_help(f))
+        else:
+            p.add_argument(_flag(f.name), type=meta["kind"] or str, default=f.default, help=_help(f))
     p.add_argument(
         "--set",
         dest="sets",
@@ -47,12 +49,6 @@ def add_run_arguments(p: argparse.ArgumentParser, many: bool = False) -> None:
         default=[],
         metavar="SCOPE.KEY=VALUE",
         help="override an option: method.<hp>, stream.<opt>, model.<opt> (repeatable)",
-    )
-    p.add_argument(
-        "--preset",
-        default="auto",
-        help="official method settings: auto (those of the stream's benchmark family, default) | none (class "
-        "defaults) | cifar10-c | cifar100-c | imagenet-c | segmentation; --set method.<hp>= still wins",
     )
     p.add_argument(
         "--domains",
@@ -64,7 +60,8 @@ def add_run_arguments(p: argparse.ArgumentParser, many: bool = False) -> None:
 
 
 def config_kwargs(args: argparse.Namespace) -> dict:
-    """The RunConfig keyword arguments the shared options give (all but method/stream/model/seed)."""
+    """The RunConfig keyword arguments the shared options give (all but the `many` ones: method/stream/model/seed,
+    which `run` passes itself and `sweep` expands)."""
     sets = parse_sets(args.sets)
     domains = getattr(args, "domains", None)
     if domains is not None:
@@ -75,25 +72,8 @@ def config_kwargs(args: argparse.Namespace) -> dict:
                 "option), or the same names in the same order in both."
             )
         sets["stream"]["domains"] = domains
-    return dict(
-        setting=args.setting,
-        severity=args.severity,
-        batch_size=args.batch_size,
-        rounds=args.rounds,
-        limit=args.limit,
-        precision=args.precision,
-        clean_eval=args.clean_eval,
-        preset=getattr(args, "preset", "auto"),
-        device=args.device,
-        workers=args.workers,
-        compile=getattr(args, "compile", False),
-        channels_last=getattr(args, "channels_last", "auto"),
-        data_dir=args.data_dir,
-        out=args.out,
-        method_opts=sets["method"],
-        stream_opts=sets["stream"],
-        model_opts=sets["model"],
-    )
+    kwargs = {f.name: getattr(args, f.name, f.default) for f in declared() if not f.metadata["many"]}
+    return {**kwargs, "method_opts": sets["method"], "stream_opts": sets["stream"], "model_opts": sets["model"]}
 
 
 def _domain_names(value: object) -> object:
