@@ -92,3 +92,51 @@ def test_adding_a_corruption_is_one_new_file(tmp_path: Path) -> None:
         tmp_path,
     )
     assert "photographic negative" in out
+
+
+NEW_STREAM = '''
+import torch
+from torch.utils.data import TensorDataset
+
+from tta_bench.streams import CleanSplit, StreamSpec, register
+
+
+@register("stripes-c", default_model="small-cnn", family="cifar10-c",
+          clean=CleanSplit("16 images of their own", disjoint=True))
+def stripes_c(*, data_dir=None, seed: int = 0) -> StreamSpec:
+    """Ten classes of horizontal stripes, brighter by domain."""
+
+    def images(n: int, shift: float, g: int) -> TensorDataset:
+        y = torch.arange(n) % 10
+        rows = (torch.arange(32)[None, :] * (y[:, None] + 1) // 8 % 2).float()
+        x = (rows[:, None, :, None].expand(n, 3, 32, 32) * 0.8 + shift).clamp(0, 1)
+        return TensorDataset(x + 0.01 * torch.randn(x.shape, generator=torch.Generator().manual_seed(g)), y)
+
+    def load(domain: str, severity, limit):
+        n = limit or 40
+        return images(n, {"dim": 0.0, "bright": 0.2}[domain], 1)
+
+    return StreamSpec(name="stripes-c", domain_names=["dim", "bright"], load=load, num_classes=10,
+                      default_model="small-cnn", source=images(200, 0.0, 2), clean=images(16, 0.0, 3),
+                      severities=None, info={"data_fingerprint": "stripes-v1", "source_fingerprint": "stripes-v1"})
+'''
+
+
+def test_adding_a_stream_is_one_new_file(tmp_path: Path) -> None:
+    (tmp_path / "stripes.py").write_text(NEW_STREAM)
+    out = run_python(
+        f"""
+        import torch
+        from tta_bench import data
+        data.__path__.append({str(tmp_path)!r})  # as if stripes.py sat in tta_bench/data/
+        from tta_bench.streams import STREAMS
+        assert "stripes-c" in STREAMS.names() and "digits-c" in STREAMS.names()
+        from tta_bench import RunConfig, run
+        torch.set_num_threads(1)
+        r = run(RunConfig(method="norm", stream="stripes-c", batch_size=20, clean_eval="end",
+                          out={str(tmp_path / "runs")!r}), quiet=True)
+        print("domains", sorted(r.summary["domain_errors"]), r.summary["n_samples"])
+        """,
+        tmp_path,
+    )
+    assert "domains ['bright', 'dim'] 80" in out
