@@ -16,6 +16,7 @@ import torch.nn as nn
 from tta_bench import RunConfig, run
 from tta_bench import streams as st
 from tta_bench.data.cifar import U8Images
+from tta_bench.identity import resolve, run_id
 from tta_bench.kernel import UserError
 from tta_bench.methods import Adapter
 from tta_bench.models import MODELS
@@ -91,10 +92,10 @@ def test_speed_ratio_is_checked_and_only_accepted_in_the_realistic_setting():
     check_stream_options("continual", opts)
     check_stream_options("realistic", {**opts, "speed_ratio": 2})
     with pytest.raises(UserError, match="only applies to --setting realistic"):
-        RunConfig(method="tent", stream="digits-c", stream_opts={"speed_ratio": 2})
+        resolve(RunConfig(method="tent", stream="digits-c", stream_opts={"speed_ratio": 2}))  # checked once, here
     for bad in (0, -1, "fast", True):
         with pytest.raises(UserError, match="positive number"):
-            RunConfig(method="tent", stream="digits-c", setting="realistic", stream_opts={"speed_ratio": bad})
+            resolve(RunConfig(method="tent", stream="digits-c", setting="realistic", stream_opts={"speed_ratio": bad}))
     with pytest.raises(UserError, match="stream.window"):
         check_stream_options("continual", {**opts, "window": 0})
     assert clock_for("continual", opts) is None and clock_for("realistic", opts).speed_ratio is None
@@ -141,9 +142,8 @@ def test_realistic_at_k1_equals_continual_and_k2_adapts_every_second_batch(runs_
     assert cont["batches_adapted"] == 12 and cont["speed_ratio"] is None and cont["mean_error"] > 0
     k2 = run(_cfg(runs_dir, setting="realistic", stream_opts={"speed_ratio": 2}), quiet=True)
     assert k2.summary["batches_adapted"] == 6 and k2.summary["batches_not_adapted"] == 6  # 4 batches/domain
-    assert (
-        _cfg(runs_dir, setting="realistic", stream_opts={"speed_ratio": 3}).run_id()
-        != _cfg(runs_dir, setting="realistic", stream_opts={"speed_ratio": 2}).run_id()
+    assert run_id(_cfg(runs_dir, setting="realistic", stream_opts={"speed_ratio": 3})) != run_id(
+        _cfg(runs_dir, setting="realistic", stream_opts={"speed_ratio": 2})
     )
     measured = run(_cfg(runs_dir, setting="realistic"), quiet=True).summary
     assert measured["speed_ratio_measured"] is True and measured["speed_ratio"] > 0

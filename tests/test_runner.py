@@ -16,6 +16,8 @@ import torch
 import tta_bench.methods.tent
 from tta_bench import rundir
 from tta_bench.config import RunConfig
+from tta_bench.identity import folder as folder_of
+from tta_bench.identity import run_id
 from tta_bench.runner import is_complete, resolve, run
 
 
@@ -37,9 +39,9 @@ def test_crash_midway_leaves_no_done_and_rerun_is_clean(tmp_path, monkeypatch):
     cfg = _cfg(tmp_path)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(cfg, quiet=True)
-    folder = cfg.folder()
-    assert folder == resolve(cfg).folder()  # named by the resolved config (defaults filled in)
-    assert cfg.run_id() == _cfg(tmp_path, method_opts={"lr": 1e-3}).run_id()
+    folder = folder_of(cfg)
+    assert folder == folder_of(resolve(cfg))  # named by the resolved config (defaults filled in)
+    assert run_id(cfg) == run_id(_cfg(tmp_path, method_opts={"lr": 1e-3}))
     assert not folder.exists()  # built aside: nothing at the result's name
     assert not list(folder.parent.glob(".*.tmp-*"))  # the temporary folder was removed with the exception
     monkeypatch.setattr(tta_bench.methods.tent.Tent, "adapt", original)
@@ -82,8 +84,8 @@ def test_force_replaces_and_hash_ignores_execution_fields(tmp_path):
     first = run(cfg, quiet=True)
     assert not first.skipped
     assert run(cfg, quiet=True).skipped
-    assert _cfg(tmp_path, method="norm", setting="episodic", device="cpu", workers=0).run_id() == cfg.run_id()
-    assert _cfg(tmp_path, method="norm", setting="continual").run_id() != cfg.run_id()
+    assert run_id(_cfg(tmp_path, method="norm", setting="episodic", device="cpu", workers=0)) == run_id(cfg)
+    assert run_id(_cfg(tmp_path, method="norm", setting="continual")) != run_id(cfg)
     again = run(cfg, force=True, quiet=True)
     assert not again.skipped and is_complete(again.folder)
     conf = json.loads((again.folder / "config.json").read_text())
@@ -97,7 +99,7 @@ def test_force_replaces_and_hash_ignores_execution_fields(tmp_path):
 def test_set_overrides_reach_the_adapter(tmp_path):
     cfg = resolve(_cfg(tmp_path, method_opts={"lr": 5e-4, "steps": 2}))
     assert cfg.method_opts["lr"] == 5e-4 and cfg.method_opts["steps"] == 2
-    assert cfg.run_id() != resolve(_cfg(tmp_path)).run_id()
+    assert run_id(cfg) != run_id(resolve(_cfg(tmp_path)))
 
 
 def test_prepare_cache_is_keyed_by_resolved_hyper_parameters_and_architecture(tmp_path, monkeypatch):

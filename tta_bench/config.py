@@ -1,4 +1,9 @@
-"""RunConfig: the frozen description of one run; its hash names the run folder.
+"""RunConfig: the frozen description of one run, a plain value; its resolved identity names the run folder.
+
+`RunConfig(...)` checks only what needs no file and no registry (types, choices, ranges, the `--set` bounds that
+hold for any method or stream) and imports no torch; the registries' checks (method, stream, protocol options) and the
+file system's (`--set` paths, `--data-dir`) are `tta_bench.identity.resolve`'s, once per run, and the folders a run
+writes are checked where it starts (`check_run_paths`, `check_device`: the runner, the CLI).
 
 Only fields that change the numbers enter the hash (not the device, output folder, data location or
 worker count), so the same experiment run twice, or on another machine, lands in the same folder.
@@ -92,10 +97,16 @@ def _env_name(var: str, what: str) -> str:
 _DEVICE = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
 
 
-def check_device(device: str) -> None:
-    """UserError unless `device` is auto, cpu, mps, cuda[:N] or xpu[:N] (N an index of a visible GPU)."""
+def check_device_name(device: str) -> None:
+    """UserError unless `device` is spelled auto, cpu, mps, cuda[:N] or xpu[:N] (a pure check: no torch)."""
     if not isinstance(device, str) or not _DEVICE.fullmatch(device):
         raise UserError(f"--device {device!r} is not a device here: use auto, cpu, cuda, cuda:N (N: GPU index) or mps.")
+
+
+def check_device(device: str) -> None:
+    """UserError unless `device` is auto, cpu, mps, cuda[:N] or xpu[:N] (N an index of a visible GPU). Asks torch
+    when an accelerator is named, so it runs where a run starts (the runner, the CLI), not in RunConfig()."""
+    check_device_name(device)
     if device in ("auto", "cpu"):
         return
     import torch  # lazy: only when an accelerator is named
@@ -158,7 +169,8 @@ SET_BOUNDS: dict[str, tuple[int, str]] = {
     "batch_size": (MAX_BATCH, "images per training batch"),
     **dict.fromkeys(("seed", "init_seed"), (MAX_SEED, "random seed")),
 }
-# `--set` options that name files or folders (checked as paths: not empty, not too long, no symlink loop).
+# `--set` options that name files or folders (checked as paths: not empty, not too long, no symlink loop; when the run
+# resolves, `tta_bench.identity.check_set_paths`).
 PATH_OPTIONS = ("root", "clean_dir", "source_root", "source_dir", "weights", "data_dir")
 
 
@@ -238,52 +250,33 @@ class RunConfig:
             check_int(f"--{name.replace('_', '-')}", getattr(self, name), low, high, what, none_ok=name == "limit")
         if not isinstance(self.compile, bool):
             raise UserError(f"compile must be true or false (--compile), got {self.compile!r}.")
-        check_device(self.device)
-        check_writable_folder(self.out, "--out")
-        if self.data_dir is not None:
-            d = check_path(self.data_dir, "--data-dir", empty="Pass the datasets folder, or leave --data-dir out.")
-            if d.exists() and not d.is_dir():
-                raise UserError(f"--data-dir {self.data_dir} is a file, not a folder. Pass the datasets folder.")
+        check_device_name(self.device)
         self._check_options()
 
     def _check_options(self) -> None:
-        """Range checks of the given `--set` values (types and names are checked when the run resolves), each
-        whatever the other options are."""
+        """The bounds of the given `--set` values that hold whatever the method, stream and model are (pure
+        functions of the values); names, types and the registered classes' own ranges are checked once, when the
+        run resolves (`tta_bench.identity.resolve`)."""
         gamma = self.stream_opts.get("gamma")
         if isinstance(gamma, (int, float)) and not isinstance(gamma, bool):
             what = (
                 "the Dirichlet concentration of the non-iid setting; small values give strongly label-correlated order"
             )
             check_float("stream.gamma", gamma, 0.0, 1e6, what, low_open=True)
-        for scope, opts in (("stream", self.stream_opts), ("model", self.model_opts)):
+        for scope, opts in (("stream", self.stream_opts), ("model", self.model_opts), ("method", self.method_opts)):
             for key, value in opts.items():
                 self._check_set(scope, key, value)
-        if self.stream_opts:
-            from tta_bench.protocols import check_stream_options  # lazy: it imports torch
-
-            check_stream_options(self.setting, self.stream_opts)
-            from tta_bench.streams import check_counts  # lazy: streams imports torch
-
-            check_counts(self.stream_opts)
-        if self.method_opts:
-            from tta_bench import methods  # lazy: the registry imports torch
-
-            cls = methods.get(self.method)
-            cls.validate(check_options("method", self.method, self.method_opts, cls.defaults))
-            for key, value in self.method_opts.items():
-                self._check_set("method", key, value)
 
     @staticmethod
     def _check_set(scope: str, key: str, value: Any) -> None:
         """The harness-wide bounds of one `--set scope.key` value: SET_BOUNDS, else every whole number (a count or
-        size: method steps, augmentations, queue sizes, ...) fits a signed 32-bit integer; PATH_OPTIONS are paths."""
-        option = f"--set {scope}.{key}"
+        size: method steps, augmentations, queue sizes, ...) fits a signed 32-bit integer. (PATH_OPTIONS are checked
+        as paths when the run resolves: that reads the file system.)"""
         if isinstance(value, numbers.Integral) and not isinstance(value, bool):
             high, what = SET_BOUNDS.get(key, (MAX_IMAGES, "a count or size, a signed 32-bit integer"))
             if value > high:
+                option = f"--set {scope}.{key}"
                 raise UserError(f"{option}={value:,} is too large: at most {high:,} ({what}). Pass a smaller number.")
-        if key in PATH_OPTIONS and isinstance(value, str):
-            check_path(value, option, empty=f"Pass a path, or leave {option} out.")
 
     def identity(self) -> dict[str, Any]:
         """The hashed part of the config, JSON-ready."""
@@ -291,21 +284,6 @@ class RunConfig:
         for k in (*_EXECUTION_FIELDS, *_CHOOSER_FIELDS):
             d.pop(k)
         return d
-
-    def run_id(self) -> str:
-        """Short stable hash of the resolved `identity()` (every default filled in), of the stream's data
-        fingerprint (files' names, sizes, mtimes) and, when `model.weights` names a file or folder, of its
-        fingerprint: the run folder's name (`tta_bench.identity.run_id`).
-
-        Resolving first means `RunConfig(method="tent", stream="digits-c")` and the same config with Tent's
-        default lr spelled out name the same folder; a data file changed in place names a new one.
-        """
-        from tta_bench.identity import run_id  # lazy: resolving loads the registries and opens the stream
-
-        return run_id(self)
-
-    def folder(self) -> Path:
-        return Path(self.out) / self.run_id()
 
     def resolved_data_dir(self) -> Path:
         return Path(self.data_dir) if self.data_dir is not None else data_dir_default()

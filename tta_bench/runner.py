@@ -28,7 +28,7 @@ import tta_bench
 from tta_bench import methods, presets, protocols, rundir
 from tta_bench import streams as st
 from tta_bench.accel import compile_adapter
-from tta_bench.config import RunConfig, cache_dir_default, check_run_paths, weights_dir_default
+from tta_bench.config import RunConfig, cache_dir_default, check_device, check_run_paths, weights_dir_default
 from tta_bench.identity import data_fingerprint, open_stream, resolve, run_id  # noqa: F401  (re-exported)
 from tta_bench.kernel import NoSpace, UserError, folder_bytes, hash_json
 from tta_bench.memory import StepMemory, measure
@@ -86,8 +86,9 @@ def _say(quiet: bool, text: str) -> None:
 def run(cfg: RunConfig, force: bool = False, quiet: bool = False) -> RunResult:
     """Run `cfg`, or return its completed result. `force`: run again; the old result stays until the new one is
     complete. A concurrent run of the same id is waited for and its result reused. Raises UserError on bad input."""
+    check_device(cfg.device)  # a named accelerator PyTorch sees
     check_run_paths(cfg)  # --out, the cache (writable), data and weights folders: before any work
-    cfg = resolve(cfg)
+    cfg = resolve(cfg)  # the one resolution (and check of every option) of this run
     spec = open_stream(cfg)
     check_source(cfg, spec)  # before the model is built (or its weights downloaded)
     rid, out = run_id(cfg, spec), Path(cfg.out)

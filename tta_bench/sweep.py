@@ -3,7 +3,7 @@ leaderboard (`tta_bench.cli`: the harness never imports the leaderboard).
 
 The grid is streams × models × methods × seeds, each with the shared run options. Every config is
 resolved first (names and options checked before anything runs), and its run folder is named by the hash
-of the resolved config (`RunConfig.folder()`), so completed runs are skipped and an interrupted sweep
+of the resolved config (`identity.folder(run)`), so completed runs are skipped and an interrupted sweep
 resumes where it stopped (DomainBed's sweep style). Executors:
 
 - `local` (default): one run after another in this process, or `--processes N` worker processes;
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tta_bench.cli_options import add_run_arguments, config_kwargs
-from tta_bench.config import RunConfig
+from tta_bench.config import RunConfig, check_device, check_run_paths
 from tta_bench.kernel import UserError
 from tta_bench.kernel.options import MAX_SEED, MAX_WORKERS, check_float, check_int, check_path
 
@@ -50,8 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def expand(args: argparse.Namespace) -> list[RunConfig]:
-    """The grid as resolved RunConfigs (every default filled in, so `folder()` is the runner's folder)."""
-    from tta_bench.identity import resolve
+    """The grid as resolved runs (every default filled in, so `identity.folder(run)` is the runner's folder)."""
+    from tta_bench.identity import resolve, run_id
 
     try:
         seeds = [int(s) for s in _names(args.seeds)]
@@ -78,8 +78,12 @@ def expand(args: argparse.Namespace) -> list[RunConfig]:
         kwargs["data_dir"] = str(Path(kwargs["data_dir"]).resolve())
     models = _names(args.models) if args.models else [None]
     grid = itertools.product(_names(args.streams), models, _names(args.methods), seeds)
-    configs = [resolve(RunConfig(method=m, stream=s, model=mo, seed=sd, **kwargs)) for s, mo, m, sd in grid]
-    return list({c.run_id(): c for c in configs}.values())  # the same run listed twice runs once
+    configs = [RunConfig(method=m, stream=s, model=mo, seed=sd, **kwargs) for s, mo, m, sd in grid]
+    if configs:  # the device and folders every run shares, checked before anything runs (each run checks them too)
+        check_device(configs[0].device)
+        check_run_paths(configs[0])
+    resolved = [resolve(c) for c in configs]
+    return list({run_id(c): c for c in resolved}.values())  # the same run listed twice runs once
 
 
 @dataclass
@@ -104,14 +108,16 @@ def run_one(cfg_dict: dict[str, Any], env: dict[str, str], force: bool = False, 
     os.environ.update(env)
     import torch
 
+    from tta_bench.identity import folder, resolve
     from tta_bench.runner import run
 
     if threads > 0:
         torch.set_num_threads(threads)
 
-    cfg = RunConfig(**cfg_dict)
+    cfg = resolve(RunConfig(**cfg_dict))  # resolved in expand (a dict in this process): run(cfg) does not again
     t0 = time.perf_counter()
-    out = Outcome(cfg.run_id(), label(cfg), str(cfg.folder()))
+    where = folder(cfg)
+    out = Outcome(where.name, label(cfg), str(where))
     try:
         out.mean_error = run(cfg, force=force, quiet=True).summary["mean_error"]
     except UserError as e:  # bad input or data: its one paragraph says what to fix (a traceback would hide it)
@@ -198,9 +204,10 @@ def execute(configs: list[RunConfig], args: argparse.Namespace, name: str = "swe
     """Run the configs whose run folder is not complete (all of them with `--force`) with the chosen executor
     (`--executor local|ray`, `--processes`), printing one line per finished run; the failed runs' outcomes.
     `name` prefixes the lines (`sweep`, `reproduce`)."""
+    from tta_bench.identity import folder
     from tta_bench.runner import is_complete
 
-    todo = [c for c in configs if args.force or not is_complete(c.folder())]
+    todo = [c for c in configs if args.force or not is_complete(folder(c))]
     print(f"{name}: {len(configs)} run(s) in the grid, {len(configs) - len(todo)} already complete, {len(todo)} to run")
     if todo and args.executor == "ray":
         import_ray()  # fail before anything runs

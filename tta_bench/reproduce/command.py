@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tta_bench.config import RunConfig
+from tta_bench.config import RunConfig, check_device, check_run_paths
 from tta_bench.kernel import UserError, parse_sets
 from tta_bench.reproduce import parity
 from tta_bench.reproduce.tables import Table, load, names
@@ -115,7 +115,7 @@ def _cells(args: argparse.Namespace, table: Table) -> list:
 
 
 def expand(args: argparse.Namespace, table: Table) -> list[Planned]:
-    """The table's grid as resolved RunConfigs (names and options checked before anything runs)."""
+    """The table's grid as resolved runs (names, options, the device and folders checked before anything runs)."""
     from tta_bench.identity import resolve
 
     if args.limit is not None and args.limit < 1:
@@ -170,6 +170,9 @@ def expand(args: argparse.Namespace, table: Table) -> list[Planned]:
                         out=out,
                     )
                     domain = group[0] if p.get("split_domains") else None
+                    if not planned:  # the device and folders every run shares (each run checks them too)
+                        check_device(cfg.device)
+                        check_run_paths(cfg)
                     planned.append(Planned(cell.id, role, seed, domain, resolve(cfg)))
     _all_used(sets["stream"], {p.cfg.stream for p in planned})
     return planned
@@ -240,7 +243,9 @@ def execute(planned: list[Planned], args: argparse.Namespace) -> list[dict[str, 
 
     if args.processes < 1:
         raise UserError(f"--processes must be at least 1 (local worker processes), got {args.processes}.")
-    configs = list({p.cfg.run_id(): p.cfg for p in planned}.values())
+    from tta_bench.identity import run_id
+
+    configs = list({run_id(p.cfg): p.cfg for p in planned}.values())
     return sweep.execute(configs, args, "reproduce")
 
 
@@ -248,11 +253,12 @@ def measured(table: Table, planned: list[Planned]) -> dict[str, dict[str, dict[i
     """measured[cell][role][seed] from the completed run folders (split domains: the mean over the domains,
     only when every domain of that seed completed)."""
     from tta_bench import rundir
+    from tta_bench.identity import folder as folder_of
 
     key = table.metric["key"]
     parts: dict[tuple[str, str, int], list[float | None]] = {}
     for p in planned:
-        folder = p.cfg.folder()
+        folder = folder_of(p.cfg)
         value = None
         if rundir.is_complete(folder):
             v = rundir.load_summary(folder).get(key)
@@ -267,12 +273,14 @@ def measured(table: Table, planned: list[Planned]) -> dict[str, dict[str, dict[i
 
 def failures(planned: list[Planned], failed: list[dict[str, Any]]) -> dict[str, str]:
     """cell id -> the first line of the first failure among its runs (for the report's `missing` reason)."""
+    from tta_bench.identity import folder
+
     by_folder = {
         o["folder"]: o["error"].strip().splitlines()[0].removeprefix("error: ") for o in failed if o.get("error")
     }
     out: dict[str, str] = {}
     for p in planned:
-        msg = by_folder.get(str(p.cfg.folder()))
+        msg = by_folder.get(str(folder(p.cfg)))
         if msg and p.cell not in out:
             out[p.cell] = f"{p.cfg.method} failed: {msg}"
     return out
