@@ -55,7 +55,12 @@ def test_eata_adapts_on_the_default_stream_and_differs_from_norm(runs_dir, one_t
     norm = run(RunConfig(**{**vars(cfg), "method": "norm"}), quiet=True)
     assert load_config(eata.folder)["preset"]["family"] == "cifar10-c"
     e, n = (pd.read_csv(r.folder / "batches.csv")["error"] for r in (eata, norm))
-    assert len(e) == len(n) == 6 and (e != n).any(), (e.tolist(), n.tolist())
+    # Its predictions differ from norm's: on 6 batches an argmax need not flip on every float path (this CPU's AVX2
+    # kernels give equal per-batch errors), so the confidences speak too: the ECE moves by far more than float noise
+    # (measured 0.4-0.6 pp on AVX-512 and AVX2).
+    assert len(e) == len(n) == 6
+    ece_gap = abs(eata.summary["ece"] - norm.summary["ece"])
+    assert (e != n).any() or ece_gap > 0.05, (e.tolist(), n.tolist(), ece_gap)
 
     # the adapted parameters move away from the source state on a corrupted batch (by far more than float noise)
     r = resolve(cfg)
