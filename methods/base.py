@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
@@ -36,16 +37,43 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tta_bench.kernel import UserError, check_options
-from tta_bench.methods._doc import document
+from tta_bench.methods._doc import COMMON_OPTION_DOCS, document
 
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 NORM_TYPES = BN_TYPES + (nn.LayerNorm, nn.GroupNorm)
 
 
+class NothingToAdapt(UserError):
+    """The model has no parameter of the kind the adapter trains (raised by make_optimizer, named by Adapter)."""
+
+
+@dataclass(frozen=True)
+class Opt:
+    """One adapter option, declared once: its default, its meaning and (optionally) its valid values.
+
+    `range` is a spec of the range language (see `Adapter.ranges`) or a tuple of choices; None means "any value of
+    the default's type" (or the common range of a shared key such as `lr`, see COMMON_RANGES).
+    """
+
+    default: Any
+    help: str = ""
+    range: Any = None
+
+
+def opt(default: Any, help: str = "", range: Any = None) -> Opt:  # noqa: A002 (the natural names)
+    """Declare an option: `options = {"steps": opt(1, "optimizer steps per test batch", ">=1")}`."""
+    return Opt(default, help, range)
+
+
 class Adapter(nn.Module):
-    """Base class: subclasses set `defaults`, override `configure()` and `adapt(x)`."""
+    """Base class: subclasses declare `options`, override `configure()` and `adapt(x)`."""
 
     name: ClassVar[str] = ""  # registry name, set by methods.register
+    # The single declaration of the adapter's options: {name: opt(default, meaning, range)}, in the order shown by
+    # listings. `defaults`, `ranges` and `option_docs` below are derived from it when the class is created (an
+    # adapter declares `options`, not those three; a class that still sets `defaults` by hand keeps working, with
+    # `ranges`/`option_docs` of its own). Optimizer options come from `optimizer_options(...)`.
+    options: ClassVar[dict[str, Opt]] = {}
     defaults: ClassVar[dict[str, Any]] = {}
     needs_source: ClassVar[bool] = False  # prepare(source) must run before the stream
     episodic: ClassVar[bool] = False  # reset before every batch (Tent's episodic flag)
@@ -68,6 +96,17 @@ class Adapter(nn.Module):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        own = cls.__dict__
+        if "options" in own:
+            clash = [k for k in ("defaults", "ranges", "option_docs") if k in own]
+            if clash:  # a programming error in the adapter: two declarations of the same facts
+                raise TypeError(f"{cls.__name__} declares `options` and {clash}: declare each option once")
+            bad = [k for k, o in cls.options.items() if not isinstance(o, Opt)]
+            if bad:
+                raise TypeError(f"{cls.__name__}.options{bad}: declare each option with opt(default, meaning, range)")
+            cls.defaults = {k: o.default for k, o in cls.options.items()}
+            cls.ranges = {k: o.range for k, o in cls.options.items() if o.range is not None}
+            cls.option_docs = {k: o.help for k, o in cls.options.items() if o.help}
         document(cls)
 
     def __init__(self, model: nn.Module, *, inplace: bool = False, **hparams: Any) -> None:
@@ -81,7 +120,10 @@ class Adapter(nn.Module):
         self.validate(vars(self.hp))
         self.model = model if inplace else copy.deepcopy(model)
         self.optimizer: torch.optim.Optimizer | None = None
-        self.configure()
+        try:
+            self.configure()
+        except NothingToAdapt as e:
+            raise UserError(f"method '{self.name or type(self).__name__}': {e}") from None
         self.reset_state()  # non-tensor state starts as reset() leaves it: configure() need not call it
         self.snapshot()
 
@@ -257,22 +299,69 @@ def optimizer_defaults(
     wd: float = 0.0,
     nesterov: bool = False,
 ) -> dict[str, Any]:
-    """The optimizer hyper-parameters an adapter declares in its `defaults` (every key `make_optimizer` reads).
-
-    Use: `defaults = {**optimizer_defaults("sgd", lr=0.00025), "steps": 1}`.
-    """
+    """Every optimizer key with its default, for classes that set `defaults` by hand (new adapters declare
+    `options = {**optimizer_options(...), ...}` instead, which keeps only the keys of the optimizers they use)."""
     return {"optimizer": optimizer, "lr": lr, "betas": betas, "momentum": momentum, "wd": wd, "nesterov": nesterov}
 
 
 OPTIMIZER_KEYS = tuple(optimizer_defaults())
+# The keys each optimizer reads (besides `optimizer` itself).
+KEYS_OF_OPTIMIZER: dict[str, tuple[str, ...]] = {
+    "adam": ("lr", "betas", "wd"),
+    "adamw": ("lr", "betas", "wd"),
+    "sgd": ("lr", "momentum", "wd", "nesterov"),
+}
+
+
+def optimizer_options(
+    optimizer: str = "adam",
+    lr: float = 1e-3,
+    *,
+    also: tuple[str, ...] = (),
+    betas: tuple[float, float] = (0.9, 0.999),
+    momentum: float = 0.9,
+    wd: float = 0.0,
+    nesterov: bool = False,
+) -> dict[str, Opt]:
+    """The optimizer options of an adapter that uses `optimizer` (and the optimizers in `also`, e.g. those its
+    presets switch to): `optimizer` with exactly those choices, and only the keys they read, in a fixed order.
+
+    Use: `options = {**optimizer_options("sgd", lr=0.00025), "steps": opt(1, "...", ">=1")}`. An Adam-only
+    method has no `momentum`/`nesterov` option, an SGD-only one no `betas`.
+    """
+    used = (optimizer, *(o for o in also if o != optimizer))
+    unknown = [o for o in used if o not in KEYS_OF_OPTIMIZER]
+    if unknown:
+        raise TypeError(f"optimizer_options: unknown optimizer(s) {unknown}; known: {sorted(KEYS_OF_OPTIMIZER)}")
+    values = {"lr": lr, "betas": betas, "momentum": momentum, "wd": wd, "nesterov": nesterov}
+    keys = {k for o in used for k in KEYS_OF_OPTIMIZER[o]}
+    out = {"optimizer": Opt(optimizer, f"optimizer of the adapted parameters: {' or '.join(used)}", used)}
+    for k in ("lr", "betas", "momentum", "wd", "nesterov"):  # the order of optimizer_defaults
+        if k in keys:
+            out[k] = Opt(values[k], COMMON_OPTION_DOCS[k], COMMON_RANGES.get(k))
+    return out
 
 
 def make_optimizer(params: list[nn.Parameter], hp: SimpleNamespace) -> torch.optim.Optimizer:
-    """Adam, AdamW or SGD from the adapter's declared hyper-parameters (the keys of `optimizer_defaults()`)."""
-    missing = [k for k in OPTIMIZER_KEYS if not hasattr(hp, k)]
+    """Adam, AdamW or SGD from the adapter's declared options (those of `optimizer_options(...)`).
+
+    Raises UserError when there is nothing to adapt (the model has no parameter of the kind the adapter trains,
+    e.g. Tent on a model without normalisation layers) instead of torch's "empty parameter list".
+    """
+    needed = ("optimizer", *KEYS_OF_OPTIMIZER.get(hp.optimizer, ()))
+    missing = [k for k in needed if not hasattr(hp, k)]
     if missing:  # a programming error in the adapter, not user input
         raise TypeError(
-            f"make_optimizer: the adapter's defaults lack {missing}; declare them with optimizer_defaults()"
+            f"make_optimizer: the adapter's options lack {missing} for optimizer {hp.optimizer!r}; declare them with "
+            f"optimizer_options({hp.optimizer!r}, ...)"
+        )
+    params = list(params)
+    if not params:
+        raise NothingToAdapt(
+            "the adapter has no parameter to train in this model (it trains e.g. the affine parameters of "
+            "normalisation layers, and the model has none of them, or all are frozen). Use a model with the layers "
+            "the method adapts (python -m tta_bench list methods -v says what each method trains), or a "
+            "method that trains nothing (source, norm)."
         )
     if hp.optimizer == "adam":
         return torch.optim.Adam(params, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.wd)

@@ -25,7 +25,8 @@ from tta_bench.methods.base import (
     Adapter,
     make_optimizer,
     norm_affine_params,
-    optimizer_defaults,
+    opt,
+    optimizer_options,
     softmax_entropy_mean,
     train_only,
     use_batch_stats,
@@ -36,10 +37,10 @@ from tta_bench.methods.base import (
 class Tent(Adapter):
     """Entropy minimisation on BatchNorm affine parameters with test-batch statistics."""
 
-    option_docs = {
-        "steps": "entropy-minimisation steps per test batch (the returned logits are the first forward's)",
+    options = {
+        **optimizer_options("adam", lr=1e-3, also=("sgd",)),
+        "steps": opt(1, "entropy-minimisation steps per test batch (the returned logits are the first forward's)"),
     }
-    defaults = {**optimizer_defaults("adam", lr=1e-3), "steps": 1}
     presets = {
         "cifar10-c": {"source": "DequanWang/tent:cfgs/tent.yaml@e9e926a", "batch_size": 200,
                       "options": {"optimizer": "adam", "lr": 1e-3, "betas": (0.9, 0.999), "wd": 0.0, "steps": 1}},
