@@ -34,6 +34,12 @@ from tta_bench.methods import register
 from tta_bench.methods._contrast import HeadTap
 from tta_bench.methods.base import Adapter, entropy, opt
 
+_NEEDS_HEAD = (
+    "method 't3a' replaces the model's final linear classifier by prototypes of the features it receives, but the "
+    "output of {} is not the output of a last nn.Linear on (N, D) features. Use a model whose logits come from a "
+    "final linear layer, or a method that needs no classifier split (e.g. 'tent')."
+)
+
 
 def select_supports(
     supports: torch.Tensor, labels: torch.Tensor, ent: torch.Tensor, filter_k: int
@@ -76,8 +82,8 @@ class T3A(Adapter):
         self.model.requires_grad_(False)
         try:
             self.tap = HeadTap(self.model)
-        except TypeError as e:
-            raise UserError(f"method 't3a' adjusts the final linear classifier: {e}") from None
+        except TypeError:
+            raise UserError(_NEEDS_HEAD.format(type(self.model).__name__)) from None
         head = self.tap.head
         with torch.no_grad():
             w = head.weight.detach().float().clone()
@@ -93,8 +99,8 @@ class T3A(Adapter):
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         try:
             z, p = self.tap(x)
-        except TypeError as e:
-            raise UserError(f"method 't3a': {e}") from None
+        except TypeError:
+            raise UserError(_NEEDS_HEAD.format(type(self.model).__name__)) from None
         if self.supports.device != z.device:  # the adapter moved since the last reset (the official's .to())
             self.supports, self.labels, self.ent = (t.to(z.device) for t in (self.supports, self.labels, self.ent))
         return z.float(), p.float()
