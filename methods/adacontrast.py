@@ -38,7 +38,7 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 
 from tta_bench.methods import register
-from tta_bench.methods.base import Adapter, ema_update, frozen_copy, make_optimizer, optimizer_defaults
+from tta_bench.methods.base import Adapter, ema_update, frozen_copy, make_optimizer, opt, optimizer_options
 
 _SUITE = "mariodoebler/test-time-adaptation:classification/cfgs/{}/adacontrast.yaml@8b2ed63"
 _OPTS = {"lr": 2e-4, "momentum": 0.9, "wd": 1e-4, "nesterov": True, "temperature": 0.07}
@@ -82,30 +82,20 @@ def strong_view(x: torch.Tensor) -> torch.Tensor:
 class AdaContrast(Adapter):
     """MoCo-style instance contrast + kNN-refined pseudo-label CE + diversity, with an EMA key encoder."""
 
-    defaults = {
-        **optimizer_defaults("sgd", **{k: _OPTS[k] for k in ("lr", "momentum", "wd", "nesterov")}),
-        "steps": 1,
-        "queue_size": 16384,
-        "m": 0.999,
-        "temperature": 0.07,
-        "num_neighbors": 10,
-        "warmup_samples": 1024,
-        "alpha": 1.0,
-        "beta": 1.0,
-        "eta": 1.0,
+    options = {
+        **optimizer_options("sgd", **{k: _OPTS[k] for k in ("lr", "momentum", "wd", "nesterov")}),
+        "steps": opt(1, "optimizer steps per test batch, on the same augmented views"),
+        "queue_size": opt(16384, "entries of the MoCo queue (negatives) and of the kNN feature bank", ">=1"),
+        "m": opt(0.999, "EMA rate of the key encoder: key <- m · key + (1 - m) · model", "[0,1]"),
+        "temperature": opt(0.07, "temperature T of the instance-contrast logits (cosine similarities / T)", ">0"),
+        "num_neighbors": opt(10, "nearest bank features whose mean softmax gives a soft kNN pseudo-label", ">=1"),
+        "warmup_samples": opt(
+            1024, "samples labelled by the model's own argmax before kNN pseudo-labelling starts", ">=0"
+        ),
+        "alpha": opt(1.0, "weight of the pseudo-label cross-entropy on the strong query view", ">=0"),
+        "beta": opt(1.0, "weight of the class-aware instance-contrast loss", ">=0"),
+        "eta": opt(1.0, "weight of the diversity loss Σ p̄ log p̄ (p̄ the batch-mean softmax)", ">=0"),
     }
-    option_docs = {
-        "queue_size": "entries of the MoCo queue and of the kNN feature bank",
-        "m": "EMA rate of the key encoder",
-        "temperature": "temperature of the instance-contrast logits",
-        "num_neighbors": "neighbours voting in the soft kNN pseudo-labels",
-        "warmup_samples": "samples labelled by the model's own argmax before kNN refinement starts",
-        "alpha": "weight of the pseudo-label cross-entropy",
-        "beta": "weight of the instance-contrast loss",
-        "eta": "weight of the diversity loss",
-    }
-    ranges = {"queue_size": ">=1", "m": "[0,1]", "temperature": ">0", "num_neighbors": ">=1", "warmup_samples": ">=0",
-              "alpha": ">=0", "beta": ">=0", "eta": ">=0"}  # fmt: skip
     presets = {
         f: {"source": _SUITE.format(f.replace("-", "_")), "batch_size": b, "options": dict(_OPTS)}
         for f, b in (("cifar10-c", 200), ("cifar100-c", 200), ("imagenet-c", 64))

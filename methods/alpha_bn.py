@@ -28,7 +28,7 @@ import torch.nn as nn
 from tta_bench.kernel import UserError
 from tta_bench.methods import register
 from tta_bench.methods._norms import require_batchnorm
-from tta_bench.methods.base import BN_TYPES, Adapter
+from tta_bench.methods.base import BN_TYPES, Adapter, opt
 
 _SUITE = "mariodoebler/test-time-adaptation:"
 
@@ -84,11 +84,11 @@ def use_mixed_stats(model: nn.Module, source_weight: float) -> int:
 class AlphaBN(Adapter):
     """α-BN: BN statistics = source_weight·source + (1 − source_weight)·test batch. No training."""
 
-    option_docs = {
-        "source_weight": "α: weight of the source (running) BN statistics mixed with the test batch's",
+    options = {
+        "source_weight": opt(
+            0.9, "α: BN mean/variance = α · source (running) statistics + (1 - α) · the test batch's", "[0,1]"
+        ),
     }
-    defaults = {"source_weight": 0.9}
-    ranges = {"source_weight": "[0,1]"}
     presets = {
         fam: {"source": f"{_SUITE}{path}/norm_alpha.yaml@8b2ed63", "batch_size": 1, "options": {"source_weight": 0.9}}
         for fam, path in (("cifar10-c", "classification/cfgs/cifar10_c"),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from tta_bench.methods import register
+from tta_bench.methods.base import opt
 from tta_bench.methods.roid import IMAGENET_SGD, ROID, SUITE
 
 
@@ -27,13 +28,17 @@ from tta_bench.methods.roid import IMAGENET_SGD, ROID, SUITE
 class CMF(ROID):
     """ROID's loss with Kalman-filtered parameter merging towards a hidden, source-recovering model."""
 
-    defaults = {
-        **{k: v for k, v in ROID.defaults.items() if k != "momentum_src"},
-        "alpha": 0.99,
-        "gamma": 0.99,
-        "q": 0.005,
+    options = {
+        **{k: v for k, v in ROID.options.items() if k != "momentum_src"},
+        "steps": opt(1, "optimizer steps per test batch, each followed by the Kalman-filter parameter merge"),
+        "alpha": opt(
+            0.99, "α of the predict step: hidden h <- α h + (1 - α) θ_source, variance P <- α² P + q", "[0,1]"
+        ),
+        "gamma": opt(0.99, "γ of the parameter ensemble after each step: θ <- γ θ + (1 - γ) h", "[0,1]"),
+        "q": opt(
+            0.005, "process noise Q of the filter: q = Q · (#trained parameters / 38400) is added to P per step", ">=0"
+        ),
     }
-    ranges = {**ROID.ranges, "alpha": "[0,1]", "gamma": "[0,1]", "q": ">=0"}
     presets = {
         "cifar10-c": {"source": SUITE.format("cifar10_c", "cmf"), "options": {}},
         "cifar100-c": {"source": SUITE.format("cifar100_c", "cmf"), "options": {}},

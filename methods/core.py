@@ -27,7 +27,7 @@ import torch
 from tta_bench.methods import register
 from tta_bench.methods._norms import require_batchnorm
 from tta_bench.methods.alpha_bn import use_mixed_stats
-from tta_bench.methods.base import Adapter, make_optimizer, norm_affine_params, optimizer_defaults, train_only
+from tta_bench.methods.base import Adapter, make_optimizer, norm_affine_params, opt, optimizer_options, train_only
 
 
 def class_correlation_loss(logits: torch.Tensor) -> torch.Tensor:
@@ -52,17 +52,16 @@ def as_samples(logits: torch.Tensor, max_pixels: int) -> torch.Tensor:
 class Core(Adapter):
     """α-BN statistics, BN affine parameters trained with the pairwise class-correlation loss."""
 
-    option_docs = {
-        "source_weight": "α of the α-BN statistics mix (source weight)",
-        "max_pixels": "dense outputs: at most this many pixels per batch enter the loss",
+    options = {
+        "source_weight": opt(
+            0.9, "α of the α-BN statistics: α · source (running) statistics + (1 - α) · the test batch's", "[0,1]"
+        ),
+        **optimizer_options("adam", lr=1e-3),
+        "steps": opt(1, "optimizer steps per test batch (the returned logits: the last forward, before its update)"),
+        "max_pixels": opt(
+            16384, "dense outputs: at most this many randomly drawn pixels per batch enter the loss", ">=1"
+        ),
     }
-    defaults = {
-        "source_weight": 0.9,
-        **optimizer_defaults("adam", lr=1e-3),
-        "steps": 1,
-        "max_pixels": 16384,
-    }
-    ranges = {"source_weight": "[0,1]", "max_pixels": ">=1"}
 
     def configure(self) -> None:
         require_batchnorm(self.model, "core", "'tent' (entropy on LayerNorm/GroupNorm affine parameters) or 'source'")

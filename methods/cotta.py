@@ -52,7 +52,8 @@ from tta_bench.methods.base import (
     ema_update,
     frozen_copy,
     make_optimizer,
-    optimizer_defaults,
+    opt,
+    optimizer_options,
     use_batch_stats,
 )
 
@@ -102,25 +103,36 @@ def dense_views(teacher: nn.Module, x: torch.Tensor, scales: tuple) -> list[torc
 class CoTTA(Adapter):
     """EMA teacher with augmentation-averaged pseudo-labels, student update and stochastic restore."""
 
-    option_docs = {
-        "mt": "EMA rate of the mean teacher",
-        "rst": "stochastic restore probability per weight element",
-        "ap": "augment the teacher's prediction when the anchor model's confidence is below ap",
-        "n_aug": "augmented views averaged by the teacher",
-        "scales": "multi-scale factors of the teacher's views for dense (segmentation) outputs",
-        "loss": "consistency loss: ce (soft cross-entropy) or sce (symmetric, the ImageNet variant)",
-        "always_augment": "always use the augmentation-averaged teacher (CIFAR variant) instead of the ap rule",
-    }
-    defaults = {
-        **optimizer_defaults("adam", lr=1e-3),
-        "steps": 1,
-        "mt": 0.999,
-        "rst": 0.01,
-        "ap": 0.92,
-        "n_aug": 32,
-        "scales": (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0),
-        "loss": "ce",  # "ce" (CIFAR code) | "sce" (symmetric, ImageNet code)
-        "always_augment": True,  # CIFAR code: the n_aug teacher views are computed even when not used
+    options = {
+        **optimizer_options("adam", lr=1e-3, also=("sgd",)),
+        "steps": opt(1, "student updates per test batch (each: teacher views, step, EMA, stochastic restore)"),
+        "mt": opt(0.999, "EMA rate of the mean teacher: teacher <- mt · teacher + (1 - mt) · student", "[0,1]"),
+        "rst": opt(
+            0.01, "stochastic restore: probability that a trained weight element returns to its source value", "[0,1]"
+        ),
+        "ap": opt(
+            0.92,
+            "the teacher's pseudo-label is the augmentation average when the anchor (source) model's "
+            "mean confidence is below ap, else its plain prediction",
+            "[0,1]",
+        ),
+        "n_aug": opt(32, "augmented views averaged by the teacher (classification)", ">=1"),
+        "scales": opt(
+            (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0),
+            "multi-scale factors of the teacher's views (each with and without a flip) for dense "
+            "(segmentation) outputs",
+            ">0",
+        ),
+        "loss": opt(
+            "ce",
+            "consistency loss: ce (soft cross-entropy, CIFAR code) or sce (symmetric, ImageNet code)",
+            ("ce", "sce"),
+        ),
+        "always_augment": opt(
+            True,
+            "compute the teacher's augmented views even when the ap rule leaves them unused "
+            "(CIFAR code: same rule, more compute and random draws)",
+        ),
     }
     presets = {
         "cifar10-c": {"source": "qinenergy/cotta:cifar/cfgs/cifar10/cotta.yaml@c212a20", "batch_size": 200,
@@ -138,7 +150,6 @@ class CoTTA(Adapter):
                                      "steps": 1, "mt": 0.999, "rst": 0.01, "ap": 0.9, "loss": "ce",
                                      "always_augment": False}},
     }  # fmt: skip
-    ranges = {"mt": "[0,1]", "rst": "[0,1]", "ap": "[0,1]", "n_aug": ">=1", "scales": ">0", "loss": ("ce", "sce")}
 
     def configure(self) -> None:
         if self.hp.loss not in ("ce", "sce"):

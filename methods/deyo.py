@@ -29,7 +29,15 @@ import torch.nn as nn
 import torchvision.transforms.functional as TF
 
 from tta_bench.methods import register
-from tta_bench.methods.base import Adapter, entropy, make_optimizer, optimizer_defaults, train_only, use_batch_stats
+from tta_bench.methods.base import (
+    Adapter,
+    entropy,
+    make_optimizer,
+    opt,
+    optimizer_options,
+    train_only,
+    use_batch_stats,
+)
 
 SUITE = "mariodoebler/test-time-adaptation:classification/cfgs/{}/deyo.yaml@8b2ed63"
 SKIPPED = ("layer4", "blocks.9", "blocks.10", "blocks.11", "norm.")  # official collect_params name rules
@@ -76,22 +84,29 @@ def destroy(x: torch.Tensor, hp: SimpleNamespace) -> torch.Tensor:
 class DeYO(Adapter):
     """Entropy minimisation on samples that are confident and whose prediction depends on object shape."""
 
-    defaults = {
-        **optimizer_defaults("adam", lr=1e-3),
-        "steps": 1,
-        "margin": 0.5,
-        "margin_e0": 0.4,
-        "plpd_threshold": 0.2,
-        "reweight_ent": True,
-        "reweight_plpd": True,
-        "aug_type": "patch",
-        "patch_len": 4,
-        "occlusion_size": 112,
-        "row_start": 56,
-        "column_start": 56,
+    options = {
+        **optimizer_options("adam", lr=1e-3, also=("sgd",)),
+        "steps": opt(1, "optimizer steps per test batch, each a new forward that re-selects the samples"),
+        "margin": opt(
+            0.5, "entropy filter: samples with entropy below E_max = margin · ln C (C classes) are kept", ">=0"
+        ),
+        "margin_e0": opt(0.4, "E_0 = margin_e0 · ln C of the entropy weight exp(-(entropy - E_0))", ">=0"),
+        "plpd_threshold": opt(
+            0.2, "PLPD filter: kept samples need p_ŷ(x) - p_ŷ(x') above this (x' the object-destroyed image)"
+        ),
+        "reweight_ent": opt(True, "weight each kept sample's entropy by exp(-(entropy - E_0))"),
+        "reweight_plpd": opt(True, "weight each kept sample's entropy by exp(PLPD) (added to the entropy weight)"),
+        "aug_type": opt(
+            "patch",
+            "object-destroying transformation: patch (shuffle a patch_len × patch_len grid), pixel (shuffle "
+            "pixels) or occ (a square of the image mean)",
+            ("patch", "pixel", "occ"),
+        ),
+        "patch_len": opt(4, "aug_type patch: patches per side of the shuffled grid", ">=1"),
+        "occlusion_size": opt(112, "aug_type occ: side of the occluded square, in pixels", ">=1"),
+        "row_start": opt(56, "aug_type occ: top row of the occluded square, in pixels", ">=0"),
+        "column_start": opt(56, "aug_type occ: left column of the occluded square, in pixels", ">=0"),
     }
-    ranges = {"margin": ">=0", "margin_e0": ">=0", "aug_type": ("patch", "pixel", "occ"), "patch_len": ">=1",
-              "occlusion_size": ">=1", "row_start": ">=0", "column_start": ">=0"}  # fmt: skip
     presets = {
         "cifar10-c": {"source": SUITE.format("cifar10_c"), "options": {}},
         "cifar100-c": {"source": SUITE.format("cifar100_c"), "options": {}},

@@ -45,7 +45,8 @@ from tta_bench.methods.base import (
     entropy,
     make_optimizer,
     norm_affine_params,
-    optimizer_defaults,
+    opt,
+    optimizer_options,
     train_only,
     use_batch_stats,
 )
@@ -95,21 +96,23 @@ def update_model_probs(current: torch.Tensor | None, new_probs: torch.Tensor) ->
 class EATA(Adapter):
     """Entropy minimisation on reliable, non-redundant samples, with a Fisher anti-forgetting regulariser."""
 
-    option_docs = {
-        "e_margin_frac": "reliable samples: entropy below e_margin_frac · ln C (E_0)",
-        "d_margin": "non-redundant samples: |cos| to the moving mean probability below d_margin",
-        "fisher_alpha": "weight of the Fisher anti-forgetting regulariser (0 or no prepare: ETA)",
-        "fisher_size": "clean source samples used to estimate the Fisher information in prepare",
+    options = {
+        **optimizer_options("sgd", lr=0.00025, also=("adam",)),
+        "steps": opt(1, "optimizer steps per test batch, each a new forward that re-selects the samples"),
+        "e_margin_frac": opt(
+            0.4,
+            "reliable samples: entropy below E_0 = e_margin_frac · ln C (C classes); E_0 also sets the weight "
+            "exp(E_0 - entropy)",
+            ">=0",
+        ),
+        "d_margin": opt(
+            0.05, "non-redundant samples: |cos| between a sample's probabilities and their moving mean p̄ below d_margin"
+        ),
+        "fisher_alpha": opt(
+            2000.0, "weight of the Fisher anti-forgetting regulariser Σ F (θ - θ_0)² (0 or no prepare: ETA)", ">=0"
+        ),
+        "fisher_size": opt(2000, "clean source samples used to estimate the Fisher information in prepare", ">=1"),
     }
-    defaults = {
-        **optimizer_defaults("sgd", lr=0.00025),
-        "steps": 1,
-        "e_margin_frac": 0.4,
-        "d_margin": 0.05,
-        "fisher_alpha": 2000.0,
-        "fisher_size": 2000,
-    }
-    ranges = {"e_margin_frac": ">=0", "fisher_alpha": ">=0", "fisher_size": ">=1"}
     presets = EATA_PRESETS
     needs_source = True
     use_fisher = True
@@ -188,7 +191,7 @@ class EATA(Adapter):
 class ETA(EATA):
     """EATA without the Fisher regulariser (the official `--algorithm eta`); needs no source data."""
 
-    defaults = {k: v for k, v in EATA.defaults.items() if k not in ("fisher_alpha", "fisher_size")}
+    options = {k: v for k, v in EATA.options.items() if k not in ("fisher_alpha", "fisher_size")}
     presets = _eta_presets()
     needs_source = False
     use_fisher = False

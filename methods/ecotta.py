@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from tta_bench.kernel import UserError
 from tta_bench.methods import register
 from tta_bench.methods._meta import MetaNet, partition_blocks, self_distilled_loss
-from tta_bench.methods.base import Adapter, entropy, make_optimizer, optimizer_defaults, train_only
+from tta_bench.methods.base import Adapter, entropy, make_optimizer, opt, optimizer_options, train_only
 
 
 def confident_entropy(logits: torch.Tensor, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,28 +71,21 @@ class EcoTTA(Adapter):
     """Frozen network + K lightweight meta networks, entropy + self-distilled regularisation."""
 
     needs_source = True
-    option_docs = {
-        "partitions": "K: partitions of the frozen encoder, one meta network each",
-        "split": "explicit block counts per partition (e.g. 3,3,6,6); () = near-equal split",
-        "reg_weight": "λ of the self-distilled regulariser",
-        "e_margin": "confident samples: entropy below e_margin · ln C enter the loss",
-        "warmup_epochs": "epochs of the meta networks' warm-up on source data (prepare)",
-        "warmup_lr": "learning rate of the warm-up",
-        "meta_init": "meta network initialisation: identity (calibrated) or default (PyTorch's)",
+    options = {
+        "partitions": opt(4, "K: partitions of the frozen encoder, one meta network each", ">=1"),
+        "split": opt((), "explicit block counts per partition (e.g. 3,3,6,6); () = near-equal split", ">=1"),
+        "reg_weight": opt(0.5, "λ of the self-distilled regulariser (L1 of each meta output to the frozen one)", ">=0"),
+        "e_margin": opt(0.4, "confident samples: entropy below e_margin · ln C enter the loss", ">=0"),
+        **optimizer_options("sgd", lr=5e-3),
+        "steps": opt(1, "optimizer steps per test batch (the returned logits: the last forward, before its update)"),
+        "warmup_epochs": opt(10, "epochs of the meta networks' warm-up on source data (prepare; SGD with `momentum`)"),
+        "warmup_lr": opt(5e-2, "learning rate of the warm-up"),
+        "meta_init": opt(
+            "identity",
+            "meta network initialisation: identity (calibrated to the source features) or default (PyTorch's)",
+            ("identity", "default"),
+        ),
     }
-    defaults = {
-        "partitions": 4,
-        "split": (),
-        "reg_weight": 0.5,
-        "e_margin": 0.4,
-        **optimizer_defaults("sgd", lr=5e-3),
-        "steps": 1,
-        "warmup_epochs": 10,
-        "warmup_lr": 5e-2,
-        "meta_init": "identity",
-    }
-    ranges = {"partitions": ">=1", "split": ">=1", "reg_weight": ">=0", "e_margin": ">=0",
-              "meta_init": ("identity", "default")}  # fmt: skip
 
     def configure(self) -> None:
         if self.hp.meta_init not in ("identity", "default"):

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from tta_bench.kernel import UserError, close_matches
 from tta_bench.methods import register
-from tta_bench.methods.base import Adapter
+from tta_bench.methods.base import Adapter, opt
 
 
 def affinity(feats: torch.Tensor, kind: str, knn: int) -> torch.Tensor:
@@ -69,28 +69,25 @@ def laplacian_optimization(unary: torch.Tensor, kernel: torch.Tensor, bound_lamb
 class LAME(Adapter):
     """Laplacian regularised correction of the model's probabilities; never updates the model."""
 
-    option_docs = {
-        "affinity": "affinity kernel between the batch's features: rbf, knn or linear",
-        "knn": "neighbours per sample in the kNN/rbf affinity",
-        "sigma": "rbf bandwidth factor (unused by knn/linear)",
-        "force_symmetry": "symmetrise the affinity matrix",
-        "bound_lambda": "weight λ of the Laplacian term",
-        "max_steps": "maximum bound-optimisation iterations",
-        "feature_layer": "module whose input is the feature (default '': the last nn.Linear)",
-        "output": "returned values: log_probs (log of LAME's assignment) or probs",
+    options = {
+        "affinity": opt(
+            "rbf", "affinity kernel between the batch's features: rbf, knn or linear", ("rbf", "knn", "linear")
+        ),
+        "knn": opt(
+            5,
+            "knn affinity: 1 for each sample's knn nearest others; rbf: σ = mean distance to the knn-th nearest "
+            "point (self included)",
+            ">=1",
+        ),
+        "sigma": opt(1.0, "read by no kernel: LAME's config key, its rbf takes σ from the knn distances", ">0"),
+        "force_symmetry": opt(False, "use the symmetrised affinity (K + Kᵀ) / 2"),
+        "bound_lambda": opt(1.0, "weight λ of the Laplacian term: Y <- softmax(log p + λ K Y)", ">=0"),
+        "max_steps": opt(100, "maximum bound-optimisation iterations (stops early when the energy settles)", ">=1"),
+        "feature_layer": opt("", "module whose input (L2-normalised) is the feature; '': the last nn.Linear"),
+        "output": opt(
+            "log_probs", "returned values: log_probs (log of LAME's assignment) or probs", ("log_probs", "probs")
+        ),
     }
-    defaults = {
-        "affinity": "rbf",
-        "knn": 5,
-        "sigma": 1.0,
-        "force_symmetry": False,
-        "bound_lambda": 1.0,
-        "max_steps": 100,
-        "feature_layer": "",
-        "output": "log_probs",
-    }
-    ranges = {"affinity": ("rbf", "knn", "linear"), "knn": ">=1", "sigma": ">0", "bound_lambda": ">=0",
-              "max_steps": ">=1", "output": ("log_probs", "probs")}  # fmt: skip
 
     presets = {
         fam: {"source": f"mariodoebler/test-time-adaptation:classification/cfgs/{d}/lame.yaml@8b2ed63",

@@ -38,7 +38,7 @@ from tta_bench.methods._augmix import (
     seeded_rng,
     use_prior_bn,
 )
-from tta_bench.methods.base import Adapter, make_optimizer, optimizer_defaults
+from tta_bench.methods.base import Adapter, make_optimizer, opt, optimizer_options
 
 _AUTHORS = "zhangmarvin/memo:imagenet-exps/script_test_in.py+test_calls/test_adapt.py@228b290"
 _PER = {"batch_size": 1, "note": PER_POINT}
@@ -56,19 +56,19 @@ _SUITE = "mariodoebler/test-time-adaptation:classification/cfgs/{}/memo.yaml+con
 class MEMO(Adapter):
     """Per test point: marginal entropy over AugMix views, one step on all parameters, predict, reset."""
 
-    defaults = {
-        **optimizer_defaults("sgd", lr=0.005, momentum=0.0),
-        "steps": 1,
-        "n_aug": 32,
-        "prior_strength": 9,
-        "crop": "auto",
+    options = {
+        **optimizer_options("sgd", lr=0.005, momentum=0.0),
+        "steps": opt(1, "optimizer steps per test point, on the same views (then predict and reset)"),
+        "n_aug": opt(32, "AugMix views of each test point per step (the marginal-entropy batch)", ">=1"),
+        "prior_strength": opt(
+            9, "BN prior N: statistics = N/(N+1) source + 1/(N+1) batch; -1 keeps source statistics", ">=-1"
+        ),
+        "crop": opt(
+            "auto",
+            "pre-augmentation: pad (CIFAR: pad-4 random crop), resized (RandomResizedCrop), auto (by size)",
+            ("auto", "pad", "resized"),
+        ),
     }
-    option_docs = {
-        "n_aug": "AugMix views of each test point per step (the marginal-entropy batch)",
-        "prior_strength": "BN prior N: statistics = N/(N+1) source + 1/(N+1) batch; -1 keeps source statistics",
-        "crop": "pre-augmentation: pad (CIFAR: pad-4 random crop), resized (RandomResizedCrop), auto (by size)",
-    }
-    ranges = {"n_aug": ">=1", "prior_strength": ">=-1", "crop": ("auto", "pad", "resized")}
     presets = {
         "cifar10-c": {"source": _SUITE.format("cifar10_c"), **_PER, "options": _CIFAR},
         "cifar100-c": {"source": _SUITE.format("cifar100_c"), **_PER, "options": _CIFAR},

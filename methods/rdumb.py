@@ -14,10 +14,12 @@ no Fisher); the imagenet-c preset is the authors' (SGD lr 0.00025, momentum 0.9,
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from tta_bench.methods import register
-from tta_bench.methods.base import optimizer_defaults
+from tta_bench.methods.base import opt, optimizer_options
 from tta_bench.methods.eata import ETA
 
 SUITE = "mariodoebler/test-time-adaptation:classification/cfgs/{}/rdumb.yaml@8b2ed63"
@@ -27,8 +29,14 @@ SUITE = "mariodoebler/test-time-adaptation:classification/cfgs/{}/rdumb.yaml@8b2
 class RDumb(ETA):
     """ETA that resets itself to the source model every `reset_every` steps."""
 
-    defaults = {**ETA.defaults, **optimizer_defaults("adam", lr=1e-3), "d_margin": 0.4, "reset_every": 1000}
-    ranges = {**ETA.ranges, "reset_every": ">=1"}
+    options = {
+        **ETA.options,
+        **optimizer_options("adam", lr=1e-3, also=("sgd",)),
+        "d_margin": replace(ETA.options["d_margin"], default=0.4),
+        "reset_every": opt(
+            1000, "optimizer steps between full resets to the source state (model, optimizer, p̄)", ">=1"
+        ),
+    }
     presets = {
         "cifar10-c": {"source": SUITE.format("cifar10_c"), "options": {}},
         "cifar100-c": {"source": SUITE.format("cifar100_c"), "options": {}},

@@ -35,7 +35,8 @@ from tta_bench.methods.base import (
     entropy,
     make_optimizer,
     norm_affine_params,
-    optimizer_defaults,
+    opt,
+    optimizer_options,
     train_only,
     use_batch_stats,
 )
@@ -59,17 +60,26 @@ def smoothed_prior(outputs: torch.Tensor) -> torch.Tensor:
 class ROID(Adapter):
     """Certainty/diversity-weighted soft-likelihood-ratio + consistency, weight ensembling, prior correction."""
 
-    defaults = {
-        **optimizer_defaults("adam", lr=1e-3),
-        "steps": 1,
-        "use_weighting": True,
-        "use_prior_correction": True,
-        "use_consistency": True,
-        "momentum_src": 0.99,
-        "momentum_probs": 0.9,
-        "temperature": 1 / 3,
+    options = {
+        **optimizer_options("adam", lr=1e-3, also=("sgd",)),
+        "steps": opt(1, "optimizer steps per test batch, each followed by the weight ensembling"),
+        "use_weighting": opt(
+            True,
+            "weight samples by w = exp(w_div · w_cert / temperature) and drop those below the mean w_div "
+            "(off: every sample kept with weight 1)",
+        ),
+        "use_prior_correction": opt(True, "multiply the returned logits by the smoothed batch-mean softmax prior"),
+        "use_consistency": opt(
+            True, "add the symmetric cross-entropy between the kept samples' augmented and original predictions"
+        ),
+        "momentum_src": opt(
+            0.99, "weight ensembling after each step: θ <- momentum_src · θ + (1 - momentum_src) · θ_source", "[0,1]"
+        ),
+        "momentum_probs": opt(
+            0.9, "EMA rate of p̄, the moving mean probability that the diversity weight w_div compares with", "[0,1]"
+        ),
+        "temperature": opt(1 / 3, "temperature T of the sample weights exp(w_div · w_cert / T)", ">0"),
     }
-    ranges = {"momentum_src": "[0,1]", "momentum_probs": "[0,1]", "temperature": ">0"}
     presets = {
         "cifar10-c": {"source": SUITE.format("cifar10_c", "roid"), "options": {}},
         "cifar100-c": {"source": SUITE.format("cifar100_c", "roid"), "options": {}},
