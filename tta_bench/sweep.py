@@ -1,5 +1,5 @@
-"""`python -m tta_bench sweep`: run a grid of configs (locally or as Ray tasks); the CLI then regenerates the
-leaderboard (`tta_bench.cli`: the harness never imports the leaderboard).
+"""`python -m tta_bench sweep`: run a grid of configs (locally, as Ray tasks or as a Slurm job array); the CLI then
+regenerates the leaderboard (`tta_bench.cli`: the harness never imports the leaderboard).
 
 The grid is streams × models × methods × seeds, each with the shared run options. Every config is
 resolved first (names and options checked before anything runs), and its run folder is named by the hash
@@ -9,7 +9,13 @@ resumes where it stopped (DomainBed's sweep style). Executors:
 - `local` (default): one run after another in this process, or `--processes N` worker processes;
 - `ray`: one Ray task per run on a local Ray instance, or an existing cluster (`--ray-address`), with
   `num_gpus=--gpus-per-run` when the cluster has GPUs and the run's device is not `cpu`. Ray is optional:
-  `pip install "tta_bench[distributed]"`. On a multi-machine cluster `--out` must be a shared folder.
+  `pip install "tta_bench[distributed]"`. On a multi-machine cluster `--out` must be a shared folder. A task that
+  fails (its node died) is reported as a failed run, and the same command again runs what is missing.
+- `slurm`: one Slurm job array through submitit (`tta_bench.launch.slurm`: `--slurm-*` options, requeue on
+  preemption, a dependent leaderboard job; `pip install "tta_bench[slurm]"`).
+
+Ray and Slurm attempts are logged in `<out>/.sweep-log/<run id>.json` (host, Ray node, Slurm job: which ran what).
+`--dry-run` prints what would run (and, for Slurm, the sbatch script) without running anything.
 """
 
 from __future__ import annotations
@@ -43,10 +49,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", nargs="+", default=None, help="model names (default: each stream's default model)")
     p.add_argument("--seeds", nargs="+", default=["0"], help="random seeds (default 0)")
     add_run_arguments(p, many=True)
-    p.add_argument("--executor", default="local", choices=["local", "ray"], help="local (default) or ray")
+    p.add_argument("--executor", default="local", choices=["local", "ray", "slurm"], help="local (default), ray, slurm")
     p.add_argument("--processes", type=int, default=1, help="local executor: parallel worker processes (default 1)")
     p.add_argument("--ray-address", default=None, help="existing Ray cluster address (default: start a local one)")
     p.add_argument("--gpus-per-run", type=float, default=1.0, help="Ray: GPUs per run when GPUs exist (default 1)")
+    p.add_argument("--dry-run", action="store_true", help="print the runs (and Slurm's sbatch script); run nothing")
+    from tta_bench.launch.slurm import add_arguments as slurm_arguments  # stdlib only: no submitit import
+
+    slurm_arguments(p)
 
 
 def expand(args: argparse.Namespace) -> list[RunConfig]:
@@ -96,15 +106,20 @@ class Outcome:
     mean_error: float | None = None
     seconds: float = 0.0
     error: str | None = None
+    skipped: bool = False  # the run folder was complete when the run started (nothing ran)
+    where: str = ""  # where it ran, when not in this process (a Ray node, a Slurm job)
 
 
 def label(cfg: RunConfig) -> str:
     return f"{cfg.method} on {cfg.stream} ({cfg.model}, {cfg.setting}, seed {cfg.seed})"
 
 
-def run_one(cfg_dict: dict[str, Any], env: dict[str, str], force: bool = False, threads: int = 0) -> dict[str, Any]:
-    """Run one config (in whatever process or Ray worker calls this); never raises, reports the error.
-    `threads` > 0 caps torch's CPU threads (parallel workers would otherwise oversubscribe the cores)."""
+def run_one(
+    cfg_dict: dict[str, Any], env: dict[str, str], force: bool = False, threads: int = 0, log: bool = False
+) -> dict[str, Any]:
+    """Run one config (in whatever process, Ray worker or Slurm task calls this); never raises, reports the error.
+    `threads` > 0 caps torch's CPU threads (parallel workers would otherwise oversubscribe the cores); `log` records
+    the attempt in `<out>/.sweep-log/<run id>.json` (`tta_bench.launch.attempts`: host, Ray node, Slurm job)."""
     os.environ.update(env)
     import torch
 
@@ -118,13 +133,23 @@ def run_one(cfg_dict: dict[str, Any], env: dict[str, str], force: bool = False, 
     t0 = time.perf_counter()
     where = folder(cfg)
     out = Outcome(where.name, label(cfg), str(where))
+    if log:
+        from tta_bench.launch import attempts
+
+        here = attempts.where()
+        out.where = f"ray node {here['ray_node']}" if "ray_node" in here else f"slurm job {here.get('slurm_job', '?')}"
+        attempt = attempts.begin(cfg.out, where.name, out.label)
     try:
-        out.mean_error = run(cfg, force=force, quiet=True).summary["mean_error"]
+        result = run(cfg, force=force, quiet=True)
+        out.mean_error, out.skipped = result.summary["mean_error"], bool(result.skipped)
     except UserError as e:  # bad input or data: its one paragraph says what to fix (a traceback would hide it)
         out.error = "error: " + " ".join(str(e).split())
     except Exception as e:  # noqa: BLE001 - one failed run must not lose the others
         out.error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"
     out.seconds = time.perf_counter() - t0
+    if log:
+        state = "failed" if out.error else "skipped" if out.skipped else "done"
+        attempts.end(cfg.out, where.name, out.label, attempt, state, out.seconds, out.error)
     return asdict(out)
 
 
@@ -191,13 +216,22 @@ def run_ray(todo: list[RunConfig], env: dict[str, str], args: argparse.Namespace
         ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=False)
     has_gpus = ray.cluster_resources().get("GPU", 0) > 0
     task = ray.remote(run_one)
-    pending = []
+    pending, of = [], {}
     for cfg in todo:
         gpus = args.gpus_per_run if has_gpus and cfg.device != "cpu" else 0
-        pending.append(task.options(num_cpus=1, num_gpus=gpus).remote(asdict(cfg), env, force))
+        ref = task.options(num_cpus=1, num_gpus=gpus).remote(asdict(cfg), env, force, 0, True)
+        pending.append(ref)
+        of[ref] = cfg
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
-        report(ray.get(ready[0]))
+        try:
+            report(ray.get(ready[0]))
+        except ray.exceptions.RayError as e:  # the task's node or worker died (run_one itself never raises)
+            from tta_bench.identity import folder
+
+            cfg = of[ready[0]]
+            why = " ".join(str(e).split())[:500]
+            report(asdict(Outcome(folder(cfg).name, label(cfg), str(folder(cfg)), error=f"{type(e).__name__}: {why}")))
 
 
 def execute(configs: list[RunConfig], args: argparse.Namespace, name: str = "sweep") -> list[dict[str, Any]]:
@@ -209,7 +243,14 @@ def execute(configs: list[RunConfig], args: argparse.Namespace, name: str = "swe
 
     todo = [c for c in configs if args.force or not is_complete(folder(c))]
     print(f"{name}: {len(configs)} run(s) in the grid, {len(configs) - len(todo)} already complete, {len(todo)} to run")
-    if todo and args.executor == "ray":
+    executor = getattr(args, "executor", "local")
+    if executor == "slurm":
+        from tta_bench.launch import slurm
+
+        slurm.options(args)  # fail before anything runs
+    if getattr(args, "dry_run", False):
+        return dry_run(todo, args, name)
+    if todo and executor == "ray":
         import_ray()  # fail before anything runs
     env = {k: os.environ[k] for k in ENV_VARS if k in os.environ}
     done: list[dict[str, Any]] = []
@@ -217,9 +258,14 @@ def execute(configs: list[RunConfig], args: argparse.Namespace, name: str = "swe
     def report(o: dict[str, Any]) -> None:
         done.append(o)
         status = f"FAILED {o['error'].splitlines()[0]}" if o["error"] else f"{o['mean_error']:.2f} % error"
-        print(f"[{len(done)}/{len(todo)}] {o['label']}: {status} ({o['seconds']:.1f} s) -> {o['folder']}", flush=True)
+        status += " (already complete)" if o.get("skipped") else ""
+        at = f" on {o['where']}" if o.get("where") else ""
+        line = f"[{len(done)}/{len(todo)}] {o['label']}: {status} ({o['seconds']:.1f} s{at}) -> {o['folder']}"
+        print(line, flush=True)
 
-    if todo and args.executor == "ray":
+    if todo and executor == "slurm":
+        slurm.execute(todo, env, args, report, name)
+    elif todo and executor == "ray":
         run_ray(todo, env, args, args.force, report)
     elif todo:
         run_local(todo, env, args.processes, args.force, report)
@@ -230,6 +276,25 @@ def execute(configs: list[RunConfig], args: argparse.Namespace, name: str = "swe
         again = f"run the same {name} command again to retry them"
         print(f"{name}: {len(failed)} of {len(todo)} run(s) failed (see above); {again}")
     return failed
+
+
+def dry_run(todo: list[RunConfig], args: argparse.Namespace, name: str) -> list[dict[str, Any]]:
+    """`--dry-run`: print the runs that would run (for Slurm, the array's sbatch script and task list)."""
+    from tta_bench.identity import folder
+
+    if getattr(args, "executor", "local") == "slurm" and todo:
+        from tta_bench.launch import slurm
+
+        site = None if getattr(args, "no_leaderboard", True) else getattr(args, "site", None)
+        site = str(Path(site).resolve()) if site else None
+        print(slurm.dry_run(todo, slurm.options(args), str(Path(todo[0].out)), site, name=f"tta_bench-{name}"))
+    else:
+        print(f"dry run: nothing run. {len(todo)} run(s) to run:")
+        for cfg in todo:
+            print(f"  {label(cfg)} -> {folder(cfg)}")
+    if hasattr(args, "no_leaderboard"):
+        args.no_leaderboard = True  # nothing ran: the CLI builds no leaderboard either
+    return []
 
 
 def main(args: argparse.Namespace) -> int:
