@@ -23,7 +23,7 @@ SUITE = "mariodoebler/test-time-adaptation:classification/cfgs"
 class Norm(Adapter):
     """BN-adapt: every BatchNorm layer uses the current test batch's mean and variance."""
 
-    defaults = {}
+    options = {}  # nothing to set: the batch statistics are the method
     presets = {
         "cifar10-c": {"source": "DequanWang/tent:cfgs/norm.yaml@e9e926a", "batch_size": 200, "options": {}},
         "cifar100-c": {"source": f"{SUITE}/cifar100_c/norm_test.yaml@8b2ed63", "batch_size": 200, "options": {}},

@@ -40,7 +40,7 @@ from tta_bench.methods._augment import tta_augment
 from tta_bench.methods._contrast import PrototypeContrast
 from tta_bench.methods._losses import symmetric_cross_entropy
 from tta_bench.methods._optim_state import load_state_tensors, state_tensors
-from tta_bench.methods.base import ema_update, frozen_copy, make_optimizer, optimizer_defaults, use_batch_stats
+from tta_bench.methods.base import ema_update, frozen_copy, make_optimizer, opt, optimizer_options, use_batch_stats
 from tta_bench.methods.cotta import weights_and_biases
 
 _OPT = "optim_state_"  # buffer-name prefix of the optimizer state kept from the warm-up
@@ -56,22 +56,28 @@ def cycle(source: Iterable) -> Iterator:
 class RMT(PrototypeContrast):
     """Mean teacher with symmetric CE, source-prototype contrast, source replay and a source warm-up."""
 
-    defaults = {
-        **optimizer_defaults("adam", lr=1e-3),
-        "steps": 1,
-        "mt": 0.999,
-        "lambda_ce_src": 1.0,
-        "lambda_ce_trg": 1.0,
-        "lambda_cont": 1.0,
-        "temperature": 0.1,
-        "projection_dim": 128,
-        "num_samples_warm_up": 50000,
-        "max_proto_samples": 100000,
-        "replay_size": 10000,
-    }
-    ranges = {"mt": "[0,1]", "lambda_ce_src": ">=0", "lambda_ce_trg": ">=0", "lambda_cont": ">=0", "temperature": ">0",
-              "projection_dim": ">=1", "num_samples_warm_up": ">=0", "max_proto_samples": ">=1",
-              "replay_size": ">=1"}  # fmt: skip
+    options = {
+        **optimizer_options("adam", lr=1e-3, also=("sgd",)),
+        "steps": opt(1, "optimizer steps per test batch, each followed by the teacher EMA (returned: the last "
+                        "step's student + teacher logits, before its update)"),
+        "mt": opt(0.999, "mean-teacher EMA momentum m: teacher <- m teacher + (1 - m) student, after every step "
+                         "(warm-up included)", "[0,1]"),
+        "lambda_ce_src": opt(1.0, "weight of the cross-entropy on a replayed labelled source batch (0: no replay)",
+                             ">=0"),
+        "lambda_ce_trg": opt(1.0, "weight of the symmetric cross-entropy of the student (on x and its augmentation) "
+                                  "against the mean teacher", ">=0"),
+        "lambda_cont": opt(1.0, "weight of the SupCon loss aligning test features (and augmented ones) with their "
+                                "nearest source class prototype", ">=0"),
+        "temperature": opt(0.1, "SupCon temperature (divides the cosine similarities of the projected features)",
+                           ">0"),
+        "projection_dim": opt(128, "hidden and output width of the contrastive projector Linear-ReLU-Linear", ">=1"),
+        "num_samples_warm_up": opt(50000, "source images of the mean-teacher warm-up in prepare (steps = this // "
+                                          "batch size, lr ramped linearly; 0: no warm-up)", ">=0"),
+        "max_proto_samples": opt(100000, "source images for the class prototypes: prepare stops reading source "
+                                         "batches once more than this many are held", ">=1"),
+        "replay_size": opt(10000, "source images (first ones of one pass) kept in the replay buffer the source "
+                                  "cross-entropy draws its batches from, in order", ">=1"),
+    }  # fmt: skip
     needs_source = True
     presets = {
         "cifar10-c": {"source": SUITE.format("cifar10_c"), "options": {}},

@@ -45,7 +45,8 @@ from tta_bench.methods.base import (
     ema_update,
     frozen_copy,
     make_optimizer,
-    optimizer_defaults,
+    opt,
+    optimizer_options,
 )
 
 
@@ -155,25 +156,17 @@ _OFFICIAL = {
 class RoTTA(Adapter):
     """Robust BN + category-balanced memory bank + timeliness-reweighted teacher-student update."""
 
-    option_docs = {
-        "memory_size": "capacity of the category-balanced memory bank (CSTU)",
-        "update_frequency": "adapt once per this many test samples, on the memory bank",
-        "nu": "EMA rate of the teacher",
-        "alpha": "momentum of the robust BN statistics (RBN)",
-        "lambda_t": "weight of timeliness (age) in the memory's heuristic score",
-        "lambda_u": "weight of uncertainty (entropy) in the memory's heuristic score",
-    }
-    defaults = {
-        **optimizer_defaults("adam", lr=1e-3),
-        "memory_size": 64,
-        "update_frequency": 64,
-        "nu": 0.001,
-        "alpha": 0.05,
-        "lambda_t": 1.0,
-        "lambda_u": 1.0,
-    }
-    ranges = {"memory_size": ">=1", "update_frequency": ">=1", "nu": "[0,1]", "alpha": "[0,1]", "lambda_t": ">=0",
-              "lambda_u": ">=0"}  # fmt: skip
+    options = {
+        **optimizer_options("adam", lr=1e-3),
+        "memory_size": opt(64, "capacity of the category-balanced memory bank (CSTU), in test samples", ">=1"),
+        "update_frequency": opt(64, "adapt once per this many test samples, on the memory bank", ">=1"),
+        "nu": opt(0.001, "EMA rate ν of the teacher: teacher <- (1 - ν) teacher + ν student after each update",
+                  "[0,1]"),
+        "alpha": opt(0.05, "momentum α of the robust BN statistics: μ <- (1 - α) μ + α μ_batch in train-mode "
+                           "forwards", "[0,1]"),
+        "lambda_t": opt(1.0, "weight of timeliness (age) in the memory's heuristic score", ">=0"),
+        "lambda_u": opt(1.0, "weight of uncertainty (entropy / ln C) in the memory's heuristic score", ">=0"),
+    }  # fmt: skip
 
     presets = {
         fam: {"source": src, "batch_size": 64, "options": _OFFICIAL}

@@ -24,7 +24,8 @@ from tta_bench.methods.base import (
     Adapter,
     make_optimizer,
     norm_affine_params,
-    optimizer_defaults,
+    opt,
+    optimizer_options,
     train_only,
     use_batch_stats,
 )
@@ -44,9 +45,12 @@ def gce_loss(logits: torch.Tensor, q: float) -> torch.Tensor:
 class RPL(Adapter):
     """Generalised cross-entropy on hard pseudo-labels; norm-layer affine parameters, test-batch BN statistics."""
 
-    defaults = {**optimizer_defaults("adam", lr=1e-3), "steps": 1, "q": 0.8}
-    option_docs = {"q": "exponent of the generalised cross-entropy (1 - p^q) / q; q -> 0 is CE, q = 1 is MAE"}
-    ranges = {"q": "(0,1]"}
+    options = {
+        **optimizer_options("adam", lr=1e-3, also=("sgd",)),
+        "steps": opt(1, "GCE optimizer steps per test batch (the returned logits are the last step's forward, before "
+                        "its update)"),
+        "q": opt(0.8, "exponent of the generalised cross-entropy (1 - p^q) / q; q -> 0 is CE, q = 1 is MAE", "(0,1]"),
+    }  # fmt: skip
     presets = {
         "cifar10-c": {"source": _SUITE.format("cifar10_c"), "batch_size": 200, "options": _ADAM},
         "cifar100-c": {"source": _SUITE.format("cifar100_c"), "batch_size": 200, "options": _ADAM},

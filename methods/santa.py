@@ -30,7 +30,8 @@ from tta_bench.methods.base import (
     frozen_copy,
     make_optimizer,
     norm_affine_params,
-    optimizer_defaults,
+    opt,
+    optimizer_options,
     train_only,
     use_batch_stats,
 )
@@ -42,17 +43,20 @@ SUITE = "mariodoebler/test-time-adaptation:classification/cfgs/{}/santa.yaml@8b2
 class SANTA(PrototypeContrast):
     """Self-training against a frozen source anchor + contrastive alignment to source prototypes."""
 
-    defaults = {
-        **optimizer_defaults("adam", lr=1e-3),
-        "steps": 1,
-        "lambda_ce_trg": 1.0,
-        "lambda_cont": 1.0,
-        "temperature": 0.1,
-        "projection_dim": 128,
-        "max_proto_samples": 100000,
-    }
-    ranges = {"lambda_ce_trg": ">=0", "lambda_cont": ">=0", "temperature": ">0", "projection_dim": ">=1",
-              "max_proto_samples": ">=1"}  # fmt: skip
+    options = {
+        **optimizer_options("adam", lr=1e-3, also=("sgd",)),
+        "steps": opt(1, "optimizer steps per test batch (the returned logits are the last step's forward, before its "
+                        "update)"),
+        "lambda_ce_trg": opt(1.0, "weight of the self-training loss: cross-entropy of the student's softmax (on x and "
+                                  "its augmentation) against the frozen source anchor's log-softmax", ">=0"),
+        "lambda_cont": opt(1.0, "weight of the SupCon loss aligning test features (and augmented ones) with their "
+                                "nearest source class prototype", ">=0"),
+        "temperature": opt(0.1, "SupCon temperature (divides the cosine similarities of the projected features)",
+                           ">0"),
+        "projection_dim": opt(128, "hidden and output width of the contrastive projector Linear-ReLU-Linear", ">=1"),
+        "max_proto_samples": opt(100000, "source images for the class prototypes: prepare stops reading source "
+                                         "batches once more than this many are held", ">=1"),
+    }  # fmt: skip
     needs_source = True
     presets = {
         "cifar10-c": {"source": SUITE.format("cifar10_c"), "options": {}},

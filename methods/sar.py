@@ -37,7 +37,15 @@ import torch
 import torch.nn as nn
 
 from tta_bench.methods import register
-from tta_bench.methods.base import Adapter, entropy, make_optimizer, optimizer_defaults, train_only, use_batch_stats
+from tta_bench.methods.base import (
+    Adapter,
+    entropy,
+    make_optimizer,
+    opt,
+    optimizer_options,
+    train_only,
+    use_batch_stats,
+)
 
 SAR_NORMS = (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
 # torchvision's names of the layers the official list skips in timm's ViT-B/16 (blocks 9-11 and the final norm)
@@ -70,22 +78,17 @@ def sar_params(model: nn.Module, skip: tuple[str, ...]) -> list[nn.Parameter]:
 class SAR(Adapter):
     """Reliable entropy minimisation with SAM, and recovery when the entropy EMA collapses."""
 
-    option_docs = {
-        "rho": "SAM neighbourhood radius ρ",
-        "steps": "SAM update steps per test batch",
-        "margin_e0_frac": "reliable samples: entropy below margin_e0_frac · ln C (E_0)",
-        "reset_constant": "model recovery when the EMA of the loss falls below this",
-        "skip_layers": "norm layers whose name contains one of these are not adapted (the top layers)",
-    }
-    defaults = {
-        **optimizer_defaults("sgd", lr=0.00025),
-        "rho": 0.05,
-        "steps": 1,
-        "margin_e0_frac": 0.4,
-        "reset_constant": 0.2,
-        "skip_layers": ("layer4", "blocks.9", "blocks.10", "blocks.11", "norm.", *TORCHVISION_VIT_TOP),
-    }
-    ranges = {"rho": ">=0", "margin_e0_frac": ">=0", "reset_constant": ">=0"}
+    options = {
+        **optimizer_options("sgd", lr=0.00025),
+        "rho": opt(0.05, "SAM neighbourhood radius ρ: the second forward is at θ + ρ g / ‖g‖", ">=0"),
+        "steps": opt(1, "SAM update steps per test batch (each: two forwards, two backwards, one SGD step)"),
+        "margin_e0_frac": opt(0.4, "reliable samples: entropy below margin_e0_frac · ln C (E_0), in both forwards",
+                              ">=0"),
+        "reset_constant": opt(0.2, "model recovery when the EMA of the second-forward entropy loss falls below this",
+                              ">=0"),
+        "skip_layers": opt(("layer4", "blocks.9", "blocks.10", "blocks.11", "norm.", *TORCHVISION_VIT_TOP),
+                           "norm layers whose name contains one of these are not adapted (the top layers)"),
+    }  # fmt: skip
     presets = {
         "cifar10-c": {"source": f"{_SUITE}/cifar10_c/sar.yaml@8b2ed63", "batch_size": 200, "options": _CIFAR},
         "cifar100-c": {"source": f"{_SUITE}/cifar100_c/sar.yaml@8b2ed63", "batch_size": 200, "options": _CIFAR},

@@ -12,7 +12,7 @@ from tta_bench.methods.base import Adapter
 class Source(Adapter):
     """No adaptation: the source model in eval mode."""
 
-    defaults = {}
+    options = {}  # nothing to set: no adaptation
 
     def configure(self) -> None:
         self.model.eval()
