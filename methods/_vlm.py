@@ -26,18 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tta_bench.kernel import UserError
-from tta_bench.methods.base import Adapter
-
-PROMPT_DEFAULTS: dict[str, Any] = {
-    "ctx_init": "a photo of a",
-    "epochs": 10,
-    "lr": 0.002,
-    "momentum": 0.9,
-    "wd": 5e-4,
-    "warmup_epochs": 1,
-    "warmup_lr": 1e-5,
-    "augment": True,
-}
+from tta_bench.methods.base import Adapter, opt
 
 
 class NeedsCLIP(UserError, TypeError):
@@ -132,17 +121,20 @@ class PromptAdapter(FrozenCLIPAdapter):
     """Base of CLIP prompt learners: frozen encoders, prepare() learns, the stream is pure inference."""
 
     needs_source = True
-    option_docs = {
-        "ctx_init": "initial words of the learned prompt context",
-        "epochs": "prompt-learning epochs over the few-shot source data (prepare)",
-        "lr": "SGD learning rate of prompt learning",
-        "momentum": "SGD momentum of prompt learning",
-        "wd": "weight decay of prompt learning",
-        "warmup_epochs": "constant-lr warm-up epochs before the cosine schedule",
-        "warmup_lr": "learning rate during the warm-up epochs",
-        "augment": "random crop + flip of the source images each epoch (else cached features)",
-    }
-    defaults = PROMPT_DEFAULTS
+    # Prompt learning always runs SGD (dassl's), so there is no `optimizer` choice; ranges: COMMON_RANGES by name.
+    options = {
+        "ctx_init": opt("a photo of a", "initial words of the learned prompt context (its word count is the context "
+                                        "length)"),
+        "epochs": opt(10, "prompt-learning epochs over the few-shot source data (prepare)"),
+        "lr": opt(0.002, "peak SGD learning rate of prompt learning (cosine-decayed over the epochs after the "
+                         "warm-up)"),
+        "momentum": opt(0.9, "SGD momentum of prompt learning"),
+        "wd": opt(5e-4, "SGD weight decay of prompt learning"),
+        "warmup_epochs": opt(1, "constant-lr warm-up epochs before the cosine schedule"),
+        "warmup_lr": opt(1e-5, "learning rate during the warm-up epochs"),
+        "augment": opt(True, "random resized crop + flip of the source images each epoch (else the features are "
+                             "encoded once and cached)"),
+    }  # fmt: skip
 
     def configure(self) -> None:
         self.freeze_clip()

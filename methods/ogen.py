@@ -31,7 +31,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tta_bench.methods import register
-from tta_bench.methods._vlm import PROMPT_DEFAULTS, PromptAdapter
+from tta_bench.methods._vlm import PromptAdapter
+from tta_bench.methods.base import opt
 
 
 class FeatureGenerator(nn.Module):
@@ -56,15 +57,14 @@ def window_size(t: int, total: int, m0: int) -> int:
 class OGEN(PromptAdapter):
     """CoOp + class-conditional unknown-feature synthesis + adaptive self-distillation; frozen on the stream."""
 
-    option_docs = {
-        "k": "known classes whose text features the generator attends over (nearest in text space)",
-        "heads": "attention heads of the feature generator",
-        "warmup_frac": "fraction of the epochs in which only the generator's MSE terms train",
-        "window": "initial window m0 of the adaptive local mean teacher",
-        "distill": "weight of the self-distillation term",
-    }
-    defaults = {**PROMPT_DEFAULTS, "k": 3, "heads": 4, "warmup_frac": 0.2, "window": 2, "distill": 1.0}
-    ranges = {"k": ">=1", "heads": ">=1", "warmup_frac": "[0,1]", "window": ">=1", "distill": ">=0"}
+    options = {
+        **PromptAdapter.options,
+        "k": opt(3, "known classes whose text features the generator attends over (nearest in text space)", ">=1"),
+        "heads": opt(4, "attention heads of the feature generator", ">=1"),
+        "warmup_frac": opt(0.2, "fraction of the epochs in which only the generator's MSE terms train", "[0,1]"),
+        "window": opt(2, "initial window m0 of the adaptive local mean teacher (epoch states averaged)", ">=1"),
+        "distill": opt(1.0, "weight of the self-distillation term KL(teacher || student) after the warm-up", ">=0"),
+    }  # fmt: skip
 
     def configure(self) -> None:
         super().configure()

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from tta_bench.methods import register
 from tta_bench.methods._augmix import marginal_entropy, seeded_rng, select_confident
 from tta_bench.methods._clip_tta import CLIPTestTime, ensemble_text_features, templates_of
+from tta_bench.methods.base import opt
 
 _TDA = "kdiAAA/TDA:configs/imagenet.yaml@e697fb0"
 SCALE = 100.0
@@ -57,49 +58,36 @@ def cache_logits(f: torch.Tensor, cache: dict, alpha: float, beta: float, values
 class TDA(CLIPTestTime):
     """Positive and negative dynamic caches of test features on top of zero-shot CLIP; training-free."""
 
-    defaults = {
-        "n_aug": 0,
-        "augmix": True,
-        "selection_p": 0.1,
-        "templates": "tda7",
-        "pos_shot_capacity": 3,
-        "pos_alpha": 2.0,
-        "pos_beta": 5.0,
-        "neg_shot_capacity": 2,
-        "neg_alpha": 0.117,
-        "neg_beta": 1.0,
-        "neg_entropy_lower": 0.2,
-        "neg_entropy_upper": 0.5,
-        "neg_mask_lower": 0.03,
-        "neg_mask_upper": 1.0,
-    }
-    option_docs = {
-        "n_aug": "augmented views per image (0: the image alone, TDA's ImageNet setting; 63 for ImageNet-A/V/R/S)",
-        "augmix": "AugMix on top of crop + flip for the views",
-        "selection_p": "fraction of lowest-entropy views averaged (with n_aug > 0)",
-        "templates": "prompt-template ensemble of the zero-shot weights: tda7, clip80, model",
-        "pos_shot_capacity": "positive cache entries per class",
-        "pos_alpha": "weight of the positive cache logits",
-        "pos_beta": "sharpness of the positive cache affinity",
-        "neg_shot_capacity": "negative cache entries per class",
-        "neg_alpha": "weight of the negative cache logits (subtracted)",
-        "neg_beta": "sharpness of the negative cache affinity",
-        "neg_entropy_lower": "a test feature enters the negative cache above this normalised entropy",
-        "neg_entropy_upper": "... and below this one",
-        "neg_mask_lower": "negative pseudo-label: classes whose probability is above this ...",
-        "neg_mask_upper": "... and below this",
-    }
-    ranges = {"n_aug": ">=0", "selection_p": "(0,1]", "pos_shot_capacity": ">=0", "pos_alpha": ">=0", "pos_beta": ">=0",
-              "neg_shot_capacity": ">=0", "neg_alpha": ">=0", "neg_beta": ">=0", "neg_entropy_lower": "[0,1]",
-              "neg_entropy_upper": "[0,1]", "neg_mask_lower": "[0,1]", "neg_mask_upper": "[0,1]",
-              "templates": ("tda7", "clip80", "model")}  # fmt: skip
+    options = {
+        "n_aug": opt(0, "augmented views per image (0: the image alone, TDA's ImageNet setting; 63 for "
+                        "ImageNet-A/V/R/S)", ">=0"),
+        "augmix": opt(True, "AugMix on top of crop + flip for the views (with n_aug > 0)"),
+        "selection_p": opt(0.1, "fraction of lowest-entropy views averaged (with n_aug > 0)", "(0,1]"),
+        "templates": opt("tda7", "prompt-template ensemble of the zero-shot weights: tda7 (TDA's 7 ImageNet "
+                                 "templates), clip80 (OpenAI's 80), model (the model's own template)",
+                         ("tda7", "clip80", "model")),
+        "pos_shot_capacity": opt(3, "positive cache entries (feature, entropy) kept per pseudo-class", ">=0"),
+        "pos_alpha": opt(2.0, "weight α of the positive cache logits (added to the CLIP logits)", ">=0"),
+        "pos_beta": opt(5.0, "sharpness β of the positive cache affinity exp(-β (1 - f·k))", ">=0"),
+        "neg_shot_capacity": opt(2, "negative cache entries (feature, entropy, softmax) kept per pseudo-class", ">=0"),
+        "neg_alpha": opt(0.117, "weight α of the negative cache logits (subtracted from the CLIP logits)", ">=0"),
+        "neg_beta": opt(1.0, "sharpness β of the negative cache affinity exp(-β (1 - f·k))", ">=0"),
+        "neg_entropy_lower": opt(0.2, "a test feature enters the negative cache only if its normalised entropy is "
+                                      "above this", "[0,1]"),
+        "neg_entropy_upper": opt(0.5, "a test feature enters the negative cache only if its normalised entropy is "
+                                      "below this", "[0,1]"),
+        "neg_mask_lower": opt(0.03, "negative pseudo-label: the classes whose stored probability is above this (and "
+                                    "below neg_mask_upper)", "[0,1]"),
+        "neg_mask_upper": opt(1.0, "negative pseudo-label: the classes whose stored probability is below this (and "
+                                   "above neg_mask_lower)", "[0,1]"),
+    }  # fmt: skip
     presets = {
         "imagenet-c": {
             "source": _TDA,
             "batch_size": 1,
             "note": "ImageNet (I) config; for -A/-V/-R/-Sketch TDA uses n_aug=63 with AugMix and pos_alpha/pos_beta "
             "2.0/5.0 (A), 1.0/8.0 (V, R), 2.363/7.45 (S) (configs/imagenet_{a,v,r,s}.yaml)",
-            "options": {k: v for k, v in defaults.items() if k != "augmix"},
+            "options": {k: o.default for k, o in options.items() if k != "augmix"},
         }
     }
 

@@ -26,7 +26,7 @@ from tta_bench.methods import register
 from tta_bench.methods._augmix import PER_POINT, marginal_entropy, select_confident
 from tta_bench.methods._clip_tta import CLIPTestTime
 from tta_bench.methods._vlm import PromptLearner
-from tta_bench.methods.base import make_optimizer, optimizer_defaults
+from tta_bench.methods.base import make_optimizer, opt, optimizer_options
 
 _SUITE = "mariodoebler/test-time-adaptation:classification/cfgs/imagenet_c/tpt.yaml@8b2ed63"
 
@@ -35,21 +35,16 @@ _SUITE = "mariodoebler/test-time-adaptation:classification/cfgs/imagenet_c/tpt.y
 class TPT(CLIPTestTime):
     """Per image: tune the prompt context on the confident views' marginal entropy, predict, reset."""
 
-    defaults = {
-        **optimizer_defaults("adamw", lr=5e-3, wd=0.01),
-        "steps": 1,
-        "n_aug": 63,
-        "selection_p": 0.1,
-        "augmix": False,
-        "ctx_init": "a photo of a",
-    }
-    option_docs = {
-        "n_aug": "augmented views of each test image (plus the image itself)",
-        "selection_p": "fraction of lowest-entropy views kept for the loss",
-        "augmix": "AugMix on top of crop + flip (the official does it for fine-grained sets, not ImageNet)",
-        "ctx_init": "initial prompt context (its token count is the context length)",
-    }
-    ranges = {"n_aug": ">=0", "selection_p": "(0,1]"}
+    options = {
+        **optimizer_options("adamw", lr=5e-3, wd=0.01),
+        "steps": opt(1, "AdamW steps on the prompt context per test image (the context is reset before each image)"),
+        "n_aug": opt(63, "augmented views of each test image (plus the image itself)", ">=0"),
+        "selection_p": opt(0.1, "fraction of lowest-entropy views kept for the loss (selected once, before the "
+                                "first step)", "(0,1]"),
+        "augmix": opt(False, "AugMix on top of crop + flip (the official does it for fine-grained sets, not "
+                             "ImageNet)"),
+        "ctx_init": opt("a photo of a", "initial prompt context (its token count is the context length)"),
+    }  # fmt: skip
     presets = {
         "imagenet-c": {
             "source": _SUITE,

@@ -19,7 +19,7 @@ import torch
 
 from tta_bench.methods import register
 from tta_bench.methods._augmix import PER_POINT, augmix_views, check_crop, default_crop, seeded_rng, use_prior_bn
-from tta_bench.methods.base import Adapter
+from tta_bench.methods.base import Adapter, opt
 
 _CONF = {
     "source": "mariodoebler/test-time-adaptation:classification/conf.py(TEST.N_AUGMENTATIONS, BN.ALPHA)@8b2ed63",
@@ -33,13 +33,13 @@ _CONF = {
 class TTAug(Adapter):
     """Mean logits over the image and its AugMix views; BN with a 0.9 source prior; nothing trained."""
 
-    defaults = {"n_aug": 32, "bn_prior": 0.9, "crop": "auto"}
-    option_docs = {
-        "n_aug": "AugMix views averaged with the image",
-        "bn_prior": "weight of the source statistics in BN (1: source statistics only)",
-        "crop": "pre-augmentation: pad (CIFAR: pad-4 random crop), resized (RandomResizedCrop), auto (by size)",
-    }
-    ranges = {"n_aug": ">=1", "bn_prior": "[0,1]", "crop": ("auto", "pad", "resized")}
+    options = {
+        "n_aug": opt(32, "AugMix views averaged with the image (mean of the 1 + n_aug logits)", ">=1"),
+        "bn_prior": opt(0.9, "weight of the source statistics in BN, the rest the test batch's (1: source "
+                             "statistics only)", "[0,1]"),
+        "crop": opt("auto", "pre-augmentation: pad (CIFAR: pad-4 random crop), resized (RandomResizedCrop), auto "
+                            "(by size)", ("auto", "pad", "resized")),
+    }  # fmt: skip
     presets = {"cifar10-c": _CONF, "cifar100-c": _CONF, "imagenet-c": _CONF}
 
     def configure(self) -> None:

@@ -24,6 +24,7 @@ import torch
 from tta_bench.methods import register
 from tta_bench.methods._augmix import PER_POINT, select_confident
 from tta_bench.methods._clip_tta import CLIPTestTime, ensemble_text_features, templates_of
+from tta_bench.methods.base import opt
 
 _SUITE = "mariodoebler/test-time-adaptation:classification/cfgs/imagenet_c/vte.yaml@8b2ed63"
 
@@ -32,14 +33,13 @@ _SUITE = "mariodoebler/test-time-adaptation:classification/cfgs/imagenet_c/vte.y
 class VTE(CLIPTestTime):
     """Prompt-template ensemble x mean feature of the confident augmented views; training-free."""
 
-    defaults = {"n_aug": 63, "selection_p": 0.1, "augmix": False, "templates": "clip80"}
-    option_docs = {
-        "n_aug": "augmented views of each test image (plus the image itself)",
-        "selection_p": "fraction of lowest-entropy views whose mean feature is classified",
-        "augmix": "AugMix on top of crop + flip (the suite does it for fine-grained sets, not ImageNet)",
-        "templates": "prompt-template ensemble: clip80 (OpenAI ImageNet), tda7, model (the model's template)",
-    }
-    ranges = {"n_aug": ">=0", "selection_p": "(0,1]", "templates": ("clip80", "tda7", "model")}
+    options = {
+        "n_aug": opt(63, "augmented views of each test image (plus the image itself)", ">=0"),
+        "selection_p": opt(0.1, "fraction of lowest-entropy views whose mean feature is classified", "(0,1]"),
+        "augmix": opt(False, "AugMix on top of crop + flip (the suite does it for fine-grained sets, not ImageNet)"),
+        "templates": opt("clip80", "prompt-template ensemble: clip80 (OpenAI's 80 ImageNet templates), tda7 (TDA's "
+                                   "7), model (the model's own template)", ("clip80", "tda7", "model")),
+    }  # fmt: skip
     presets = {
         "imagenet-c": {
             "source": _SUITE,
