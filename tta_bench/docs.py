@@ -35,6 +35,19 @@ STREAM_GROUPS = {
     "imagenet-v2": "natural",
     "pathmnist-site": "medmnist",
 }
+# Groups in the order the streams index shows them, with their titles (a group not named here comes last).
+GROUP_TITLES = {
+    "digits": "Embedded (no download)",
+    "cifar": "CIFAR corruptions",
+    "imagenet": "ImageNet corruptions",
+    "natural": "ImageNet natural shifts",
+    "ccc": "Long horizons: continuously changing corruptions",
+    "segmentation": "Semantic segmentation",
+    "medmnist": "Medical: MedMNIST",
+    "camelyon": "Medical: Camelyon17",
+    "confounded": "Medical: confounded splits",
+    "b2n": "CLIP base-to-new and domain shift",
+}
 # Meanings of the options every stream accepts (tta_bench.streams.COMMON_OPTIONS), handled by the harness.
 COMMON_STREAM_OPTION_DOCS = {
     "gamma": "Dirichlet concentration of the `non-iid` setting (small: strongly label-correlated order)",
@@ -261,16 +274,26 @@ def streams_index(entries: list[Any]) -> str:
         "`digits-c` and `digits-b2n` are embedded and need no download. To add one, see "
         "[add a stream](../guides/add-a-stream.md).",
         "",
-        "| stream | what it is | default model | preset family | forgetting measured |",
-        "|---|---|---|---|---|",
     ]
+    groups: dict[str, list[Any]] = {}
     for e in entries:
-        measured = "yes" if clean_split(e.name).source is not None else "no"
-        out.append(
-            f"| [`{e.name}`]({e.name}.md) | {_text(e.description)} | `{_stream_attr(e, 'default_model')}` | "
-            f"{_stream_attr(e, 'family') or '-'} | {measured} |"
-        )
-    return "\n".join(out) + "\n"
+        groups.setdefault(stream_group(e.name, e.factory), []).append(e)
+    order = [g for g in GROUP_TITLES if g in groups] + sorted(g for g in groups if g not in GROUP_TITLES)
+    for group in order:
+        out += [
+            f"## {GROUP_TITLES.get(group, group)}",
+            "",
+            "| stream | what it is | default model | preset family | forgetting measured |",
+            "|---|---|---|---|---|",
+        ]
+        for e in groups[group]:
+            measured = "yes" if clean_split(e.name).source is not None else "no"
+            out.append(
+                f"| [`{e.name}`]({e.name}.md) | {_text(e.description)} | `{_stream_attr(e, 'default_model')}` | "
+                f"{_stream_attr(e, 'family') or '-'} | {measured} |"
+            )
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
 
 
 def run_options_page() -> str:
