@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tta_bench import rundir
 from tta_bench.kernel import UserError
-from tta_bench.runner import RunResult
+
+if TYPE_CHECKING:
+    from tta_bench.runner import RunResult
 
 
 def _fmt(v: Any, unit: str = "") -> str:
@@ -104,51 +106,25 @@ def print_result(result: RunResult) -> None:
     print(results_table(result))
 
 
-def _presets_text(method_cls: type) -> str:
-    """Continuation lines under a method in `list methods`: its official presets per benchmark family."""
-    from tta_bench.presets import describe
-
-    return "".join(f"\n      preset {line}" for line in describe(method_cls))
-
-
-def _options_text(method_cls: type) -> str:
-    """Continuation lines under a method in `list methods -v`: each option, its default and meaning."""
-    from tta_bench.methods._doc import option_lines
-
-    return "".join(f"\n      option {line}" for line in option_lines(method_cls)) or "\n      (no options)"
-
-
 def list_entries(what: str = "all", verbose: bool = False) -> str:
     """One line per registered method / stream / model / corruption / setting, with its description; `verbose`:
-    each method's options (default and meaning) too."""
-    from tta_bench import corruptions, methods
-    from tta_bench.models import MODELS, load_zoo
-    from tta_bench.streams import SETTING_FNS, STREAMS, clean_split
+    each method's options (default and meaning) and each stream's clean split too. The registries' rows come from
+    `tta_bench.catalogue` (cached: no torch once built); settings are pure Python (`tta_bench.settings`)."""
+    from tta_bench import settings
 
-    load_zoo()
-    sections = {
-        "methods": [
-            (e.name, e.description + (_options_text(e.factory) if verbose else "") + _presets_text(e.factory))
-            for e in methods.METHODS.items()
-        ],
-        "streams": [
-            (
-                e.name,
-                e.description + f" [default model: {e.factory.default_model}; "
-                f"family: {getattr(e.factory, 'family', None) or '-'}]"
-                + (f"\n      {clean_split(e.name).describe()}" if verbose else ""),
-            )
-            for e in STREAMS.items()
-        ],  # fmt: skip
-        "models": [(e.name, e.description) for e in MODELS.items()],
-        "corruptions": [(n, corruptions.describe(n)) for n in corruptions.names()],
-        "settings": [(n, (f.__doc__ or "").strip().splitlines()[0]) for n, f in SETTING_FNS.items()],
-    }
+    sections: dict[str, list[tuple[str, str]]] = {}
+    if what in ("all", "methods", "streams", "models", "corruptions"):
+        from tta_bench import catalogue
+
+        rows = catalogue.load()
+        for sec in catalogue.SECTIONS:
+            sections[sec] = [(name, more if verbose else text) for name, text, more in rows[sec]]
+    sections["settings"] = [(n, settings.describe(n)) for n in settings.SETTINGS]
     out = []
-    for sec, rows in sections.items():
+    for sec, rows_ in sections.items():
         if what not in ("all", sec):
             continue
         out.append(f"{sec}:")
-        w = max((len(n) for n, _ in rows), default=0)
-        out += [f"  {n:<{w}}  {d}" for n, d in rows]
+        w = max((len(n) for n, _ in rows_), default=0)
+        out += [f"  {n:<{w}}  {d}" for n, d in rows_]
     return "\n".join(out)

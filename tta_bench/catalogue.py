@@ -1,0 +1,174 @@
+"""What `python -m tta_bench list` prints, and the names the CLI checks a typo against, without importing torch.
+
+Methods, streams, models and corruptions register when their modules are imported, and those modules import torch
+(about 5 s of CPU). The catalogue is the registries' listing rows (name, description, the `-v` details), built from
+the live registries and kept as a JSON file in the cache folder (`$TTA_BENCH_CACHE/catalogue/<fingerprint>.json`).
+Its name is a fingerprint of the code that decides the listing: every `.py` file of `tta_bench`, `tta_bench.methods`
+and `tta_bench.corruptions` (names and contents, ~1 MB, hashed in a few ms), the Python version and the catalogue
+format. Any edit, an added method or stream file included, changes the fingerprint, so a stale listing is never
+shown: the first `list` after a change builds it again from the registries (importing torch, once), the next ones read
+the file. A damaged or unreadable file is rebuilt; a cache folder that cannot be written only costs the speed.
+
+Why a cache rather than reading the method files statically (ast): a method's listing is computed (options
+inherited from its base class and optimizer, presets resolved, defaults evaluated), so a static reader would be a
+second implementation that drifts; the cache is the live registries' own output, checked by its fingerprint.
+
+Settings need no catalogue: they are declared in pure Python (`tta_bench.settings`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import tta_bench
+
+FORMAT = 1  # bump when the rows' layout changes
+SECTIONS = ("methods", "streams", "models", "corruptions")  # the registries' sections (settings are separate)
+KEEP = 8  # catalogue files kept in the cache folder (several checkouts may share it)
+_MAX_BYTES = 8 << 20
+
+Row = tuple[str, str, str]  # (name, description, what `-v` adds below it)
+
+
+def _roots() -> list[Path]:
+    """The folders whose code decides the listing: tta_bench and (in a source tree, beside it) methods/corruptions."""
+    roots = [Path(tta_bench.__file__).resolve().parent]
+    for name in ("tta_bench.methods", "tta_bench.corruptions"):
+        spec = importlib.util.find_spec(name)  # finds the package without running it
+        if spec is not None and spec.submodule_search_locations:
+            folder = Path(list(spec.submodule_search_locations)[0]).resolve()
+            if not any(folder == r or r in folder.parents for r in roots):
+                roots.append(folder)
+    return roots
+
+
+def fingerprint() -> str:
+    """Hash of every source file's name and bytes under the listing's roots, the Python version and FORMAT."""
+    h = hashlib.sha256(f"catalogue {FORMAT} python {sys.version_info[0]}.{sys.version_info[1]}\n".encode())
+    for root in _roots():
+        for path in sorted(root.rglob("*.py")):
+            rel = path.relative_to(root.parent).as_posix()
+            try:
+                data = path.read_bytes()
+            except OSError:
+                data = b"<unreadable>"
+            h.update(f"{rel}\0{len(data)}\0".encode())
+            h.update(data)
+    return h.hexdigest()[:24]
+
+
+def _folder() -> Path | None:
+    """The cache folder's `catalogue/`, or None when `$TTA_BENCH_CACHE` is unusable (then nothing is cached)."""
+    from tta_bench.config import cache_dir_default
+    from tta_bench.kernel import UserError
+
+    try:
+        return cache_dir_default() / "catalogue"
+    except UserError:
+        return None
+
+
+def _valid(obj: Any, fp: str) -> bool:
+    """True for a catalogue file of this format and fingerprint whose rows are lists of three strings."""
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT or obj.get("fingerprint") != fp:
+        return False
+    sections = obj.get("sections")
+    if not isinstance(sections, dict) or set(sections) != set(SECTIONS):
+        return False
+    return all(
+        isinstance(rows, list)
+        and all(isinstance(r, list) and len(r) == 3 and all(isinstance(x, str) for x in r) for r in rows)
+        for rows in sections.values()
+    )
+
+
+def cached() -> dict[str, list[Row]] | None:
+    """The catalogue of the code as it is now, when the cache holds it (no torch imported); else None."""
+    folder = _folder()
+    if folder is None:
+        return None
+    fp = fingerprint()
+    path = folder / f"{fp}.json"
+    try:
+        if not path.is_file() or path.stat().st_size > _MAX_BYTES:
+            return None
+        obj = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not _valid(obj, fp):
+        return None
+    return {sec: [tuple(r) for r in rows] for sec, rows in obj["sections"].items()}
+
+
+def build() -> dict[str, list[Row]]:
+    """The listing rows from the live registries (imports every method, stream, model and corruption: torch)."""
+    from tta_bench import corruptions, methods, presets
+    from tta_bench.identity import default_model
+    from tta_bench.methods._doc import option_lines
+    from tta_bench.models import MODELS
+    from tta_bench.streams import STREAMS, clean_split
+
+    def method_row(e) -> Row:
+        preset_lines = "".join(f"\n      preset {line}" for line in presets.describe(e.factory))
+        options = "".join(f"\n      option {line}" for line in option_lines(e.factory)) or "\n      (no options)"
+        return (e.name, e.description + preset_lines, e.description + options + preset_lines)
+
+    def stream_row(e) -> Row:
+        text = (
+            f"{e.description} [default model: {default_model(e.name)}; family: {presets.stream_family(e.name) or '-'}]"
+        )
+        return (e.name, text, f"{text}\n      {clean_split(e.name).describe()}")
+
+    return {
+        "methods": [method_row(e) for e in methods.METHODS.items()],
+        "streams": [stream_row(e) for e in STREAMS.items()],
+        "models": [(e.name, e.description, e.description) for e in MODELS.items()],
+        "corruptions": [(n, corruptions.describe(n), corruptions.describe(n)) for n in corruptions.names()],
+    }
+
+
+def save(sections: dict[str, list[Row]]) -> Path | None:
+    """Write `sections` as the catalogue of the current code (atomically); the oldest files beyond KEEP are removed.
+    Returns the file, or None when the cache folder cannot be written (the listing is still printed)."""
+    from tta_bench.kernel import write_atomic
+
+    folder = _folder()
+    if folder is None:
+        return None
+    fp = fingerprint()
+    path = folder / f"{fp}.json"
+    obj = {
+        "format": FORMAT,
+        "fingerprint": fp,
+        "sections": {s: [list(r) for r in rows] for s, rows in sections.items()},
+    }
+    try:
+        write_atomic(path, json.dumps(obj, ensure_ascii=False))
+        old = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)[KEEP:]
+        for p in old:
+            p.unlink(missing_ok=True)
+    except OSError:
+        return None
+    return path
+
+
+def load() -> dict[str, list[Row]]:
+    """The catalogue: from the cache when it matches the code, else built from the registries and cached."""
+    found = cached()
+    if found is not None:
+        return found
+    sections = build()
+    save(sections)
+    return sections
+
+
+def known(section: str) -> list[str] | None:
+    """The names of a section (methods, streams, models, corruptions) when the cached catalogue holds them (no
+    torch), else None (the caller then asks the registry itself)."""
+    found = cached()
+    return None if found is None else [r[0] for r in found[section]]
