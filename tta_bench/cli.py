@@ -15,12 +15,26 @@ from tta_bench.kernel import UserError
 
 def cmd_run(args: argparse.Namespace) -> int:
     from tta_bench.config import RunConfig
-    from tta_bench.report import print_result
-    from tta_bench.runner import run
 
     cfg = RunConfig(method=args.method, stream=args.stream, model=args.model, seed=args.seed, **config_kwargs(args))
+    check_names(method=[cfg.method], stream=[cfg.stream], model=[cfg.model] if cfg.model else [])
+    from tta_bench.report import print_result  # torch from here on: the config and names are checked
+    from tta_bench.runner import run
+
     result = run(cfg, force=args.force, quiet=args.quiet)
     print_result(result)
+    record = getattr(args, "loaded", None)
+    if (
+        record is not None
+        and record.run_id
+        and result.folder.name != record.run_id
+        and cfg.identity() == record.identity
+    ):
+        print(
+            f"warning: {args.from_folder} recorded run id {record.run_id}; the same options now give "
+            f"{result.folder.name}: the stream's data (its fingerprint is in config.json) or the code changed since.",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -35,6 +49,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     """The sweep, then (unless --no-leaderboard) the leaderboard of its --out folder: only the CLI joins the two."""
     from tta_bench import sweep
 
+    check_names(method=_split(args.methods), stream=_split(args.streams), model=_split(args.models or []))
     status = sweep.main(args)
     if not args.no_leaderboard:
         from tta_bench.leaderboard.cli import build_and_report
@@ -55,42 +70,114 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return status
 
 
-def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+def _split(values: list[str]) -> list[str]:
+    """`["a,b", "c"]` -> `["a", "b", "c"]` (sweep lists are space- or comma-separated)."""
+    return [v.strip() for item in values for v in str(item).split(",") if v.strip()]
+
+
+def check_names(**given: list[str]) -> None:
+    """An unknown method / stream / model name is the registry's own UserError (close matches, known names), told
+    without importing torch when the cached catalogue matches the code (`tta_bench.catalogue`); otherwise nothing is
+    checked here and the registry checks the name when the run resolves."""
+    from tta_bench import catalogue
+    from tta_bench.kernel import unknown_name
+
+    rows = catalogue.cached()
+    if rows is None:
+        return
+    for kind, names in given.items():
+        known = [r[0] for r in rows[f"{kind}s"]]
+        for name in names:
+            if name not in known:
+                raise unknown_name(kind, name, known, f"python -m tta_bench list {kind}s")
+
+
+def _add_leaderboard_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--site", default="leaderboard_site", help="leaderboard site folder (default leaderboard_site/)")
+    p.add_argument("--no-leaderboard", action="store_true", help="do not regenerate the leaderboard at the end")
+
+
+# Sub-commands implemented in other packages, each module with add_arguments(parser) and main(args) -> int:
+# name -> (module, help, what the CLI runs: None for the module's main, or a command that runs it and then builds
+# the leaderboard of --out, which also gets --site and --no-leaderboard).
+DELEGATED = {
+    "leaderboard": ("tta_bench.leaderboard.cli", "aggregate run folders into CSVs, plots, HTML", None),
+    "sweep": ("tta_bench.sweep", "run a grid of configs (local or Ray), then the leaderboard", cmd_sweep),
+    "make-c": ("tta_bench.corruptions.make_c", "write an ImageNet-C / CIFAR-C dataset to disk", None),
+    "reproduce": ("tta_bench.reproduce.command", "rerun a published table and report parity with it", cmd_reproduce),
+}
+
+
+def build_parser(argv: list[str], run_defaults: dict | None = None) -> argparse.ArgumentParser:
+    """The CLI's parser; only the chosen sub-command's module is imported (`--help` and `list` stay light).
+    `run_defaults`: defaults of the `run` options read from `--config` / `--from` (the command line overrides)."""
     parser = argparse.ArgumentParser(prog="python -m tta_bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="{run,list,leaderboard,sweep,make-c,reproduce}")
     p = sub.add_parser("run", help="run one method on one stream and write a run folder")
-    add_run_arguments(p)
+    add_run_arguments(p, required=False)  # --method/--stream may come from --config/--from: checked in main()
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_run)
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read the run options from FILE (.yaml, .yml or .json: a mapping whose keys are the options above "
+        "without --, e.g. method: tent, batch_size: 64, set: [method.lr=1e-4], or method_opts: {lr: 1e-4}); "
+        "options given on the command line override the file",
+    )
+    source.add_argument(
+        "--from",
+        dest="from_folder",
+        metavar="RUN_FOLDER",
+        help="re-run what RUN_FOLDER/config.json records (same options, same run id; --out defaults to the folder's "
+        "parent, so a complete run is found, or run again with --force); options given here override the record",
+    )
+    p.set_defaults(func=cmd_run, **(run_defaults or {}))
+    parser.run_parser = p  # type: ignore[attr-defined]  (main() names its missing options)
     p = sub.add_parser("list", help="list methods, streams, models, corruptions or settings")
     p.add_argument(
         "what", nargs="?", default="all", choices=["all", "methods", "streams", "models", "corruptions", "settings"]
     )
     p.add_argument("-v", "--verbose", action="store_true", help="methods: every option with its default and meaning")
     p.set_defaults(func=cmd_list)
-    # Implemented in other packages, each module with add_arguments(parser) and main(args) -> int.
-    delegated = {
-        "leaderboard": ("tta_bench.leaderboard.cli", "aggregate run folders into CSVs, plots, HTML"),
-        "sweep": ("tta_bench.sweep", "run a grid of configs (local or Ray), then the leaderboard"),
-        "make-c": ("tta_bench.corruptions.make_c", "write an ImageNet-C / CIFAR-C dataset to disk"),
-        "reproduce": ("tta_bench.reproduce.command", "rerun a published table and report parity with it"),
-    }
     chosen = argv[0] if argv else None
-    for name, (module, help_) in delegated.items():
+    for name, (module, help_, then_leaderboard) in DELEGATED.items():
         p = sub.add_parser(name, help=help_)
-        if name == chosen:  # import the implementation only when that sub-command is used
-            mod = importlib.import_module(module)
-            mod.add_arguments(p)
-            p.set_defaults(func=mod.main)
-            if name in ("sweep", "reproduce"):
-                p.add_argument(
-                    "--site", default="leaderboard_site", help="leaderboard site folder (default leaderboard_site/)"
-                )
-                p.add_argument(
-                    "--no-leaderboard", action="store_true", help="do not regenerate the leaderboard at the end"
-                )
-                p.set_defaults(func=cmd_sweep if name == "sweep" else cmd_reproduce)
+        if name != chosen:  # import the implementation only when that sub-command is used
+            continue
+        mod = importlib.import_module(module)
+        mod.add_arguments(p)
+        p.set_defaults(func=mod.main)
+        if then_leaderboard is not None:
+            _add_leaderboard_arguments(p)
+            p.set_defaults(func=then_leaderboard)
     return parser
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The command line's arguments; for `run --config FILE` / `--from RUN_FOLDER`, the file's options as the
+    defaults of the flags (UserError for a bad file). A `run` without --method/--stream is argparse's usage error."""
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if args.command != "run":
+        return args
+    if args.config is not None or args.from_folder is not None:
+        from tta_bench import run_files
+
+        keys = run_files.run_keys(parser.run_parser)
+        if args.config is not None:
+            loaded = run_files.load_config(args.config, keys)
+        else:
+            loaded = run_files.load_run_folder(args.from_folder, keys)
+        defaults = {**loaded.defaults, "file_opts": loaded.file_opts, "loaded": loaded}
+        parser = build_parser(argv, run_defaults=defaults)
+        args = parser.parse_args(argv)
+    missing = [flag for flag, value in (("--method", args.method), ("--stream", args.stream)) if value is None]
+    if missing:
+        parser.run_parser.error(
+            f"the following arguments are required: {', '.join(missing)} (on the command line, in --config FILE, or "
+            "from a run folder: --from RUN_FOLDER)"
+        )
+    return args
 
 
 # OSErrors that mean "this path cannot be used here", which the user fixes (not bugs).
@@ -136,11 +223,10 @@ def check_args(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser(argv)
-    args = parser.parse_args(argv)
     if hasattr(sys.stdout, "reconfigure"):  # a path with undecodable bytes prints escaped, never a UnicodeEncodeError
         sys.stdout.reconfigure(errors="backslashreplace")
     try:
+        args = parse(argv)
         check_args(args)
         return int(args.func(args) or 0)
     except UserError as e:

@@ -29,9 +29,11 @@ def declared() -> list[Field]:
     return [f for f in fields(RunConfig) if f.metadata.get("flag")]
 
 
-def add_run_arguments(p: argparse.ArgumentParser, many: bool = False) -> None:
+def add_run_arguments(p: argparse.ArgumentParser, many: bool = False, required: bool = True) -> None:
     """The run options as flags, generated from RunConfig's declarations (`tta_bench.config.option`); `sweep`
-    (`many=True`) declares its own list-valued flags for the options marked `many` (method, stream, model, seed)."""
+    (`many=True`) declares its own list-valued flags for the options marked `many` (method, stream, model, seed).
+    `required=False`: the options without a default (method, stream) may come from elsewhere (`run --config`,
+    `run --from`); the caller checks they were given."""
     for f in declared():
         meta = f.metadata
         if many and meta["many"]:
@@ -39,7 +41,7 @@ def add_run_arguments(p: argparse.ArgumentParser, many: bool = False) -> None:
         if f.type in ("bool", bool) or isinstance(f.default, bool):
             p.add_argument(_flag(f.name), action="store_true", help=_help(f))
         elif f.default is MISSING:
-            p.add_argument(_flag(f.name), required=True, help=_help(f))
+            p.add_argument(_flag(f.name), required=required, default=None, help=_help(f))
         else:
             p.add_argument(_flag(f.name), type=meta["kind"] or str, default=f.default, help=_help(f))
     p.add_argument(
@@ -73,7 +75,8 @@ def config_kwargs(args: argparse.Namespace) -> dict:
             )
         sets["stream"]["domains"] = domains
     kwargs = {f.name: getattr(args, f.name, f.default) for f in declared() if not f.metadata["many"]}
-    return {**kwargs, "method_opts": sets["method"], "stream_opts": sets["stream"], "model_opts": sets["model"]}
+    given = getattr(args, "file_opts", None) or {}  # from `run --config` / `--from`: the command line's --set wins
+    return {**kwargs, **{f"{s}_opts": {**given.get(s, {}), **sets[s]} for s in ("method", "stream", "model")}}
 
 
 def _domain_names(value: object) -> object:
