@@ -120,6 +120,19 @@ def test_stream_pages_carry_registry_facts_and_hand_notes(generated):
             assert f"`{key}`" in page
 
 
+def test_every_summary_key_has_a_meaning(generated):
+    from tta_bench import rundir
+    from tta_bench.rundir import schema
+
+    keys = set(schema.Summary.__annotations__)
+    metrics = {m.key for m in rundir.METRICS}
+    assert sorted(keys - metrics - set(docs.SUMMARY_DOCS)) == []  # a new key: say what it means in SUMMARY_DOCS
+    assert sorted(set(docs.SUMMARY_DOCS) - keys) == []  # a key gone from the schema: drop its meaning
+    page = generated["run-folder-schema.md"]
+    assert "| `forgetting` | `Number \\| None` | clean error after − before (pp) |" in page
+    assert all(f"| `{m.key}` |" in page for m in rundir.METRICS)
+
+
 def test_check_finds_changed_and_orphan_pages(tmp_path, generated):
     copy = tmp_path / "docs"
     shutil.copytree(DOCS, copy)

@@ -3,12 +3,12 @@
     python -m tta_bench.docs            # (re)write docs/run-options.md, docs/methods/*.md, docs/streams/*.md
     python -m tta_bench.docs --check    # exit 1 and name the pages that differ from what the code gives
 
-`docs/run-options.md` comes from RunConfig's option declarations. Method pages come from each adapter class: its
-docstring (what it adapts), its module's docstring (paper, official code, what was matched, deviations), its declared
-options (`defaults`, meanings through `methods._doc.option_docs`, ranges) and its `presets` (per benchmark family,
-each with the file it cites). Stream pages come from the stream registry (description, default model, preset family,
-clean split, options and their defaults) plus the hand-written text of the stream's group in
-`docs/_src/streams/<group>.md` (data layout on disk, how to get it). Everything else in
+`docs/run-options.md` comes from RunConfig's option declarations, `docs/run-folder-schema.md` from `tta_bench.rundir`.
+Method pages come from each adapter class: its docstring (what it adapts), its module's docstring (paper, official
+code, what was matched, deviations), its declared options (`defaults`, meanings through `methods._doc.option_docs`,
+ranges) and its `presets` (per benchmark family, each with the file it cites). Stream pages come from the stream
+registry (description, default model, preset family, clean split, options and their defaults) plus the hand-written
+text of the stream's group in `docs/_src/streams/<group>.md` (data layout on disk, how to get it). Everything else in
 `docs/` is written by hand. `tests/test_docs.py` checks that regenerating gives the committed files.
 """
 
@@ -334,13 +334,110 @@ def run_options_page() -> str:
     return "\n".join(out) + "\n"
 
 
+# Meanings of the summary.json keys that are not metrics (the metrics' meanings come from rundir.METRICS).
+SUMMARY_DOCS = {
+    "method": "method name",
+    "stream": "stream name",
+    "model": "model name",
+    "setting": "setting (continual, episodic, ...)",
+    "seed": "run seed",
+    "severity": "the run's `--severity` (unused by streams without severity levels)",
+    "rounds": "times the stream was repeated",
+    "batch_size": "test batch size",
+    "task": "classification, binary, segmentation, ...",
+    "domain_errors": "{domain: error %}, mean over rounds, in stream order",
+    "round_errors": "error (%) of every round, mean over its domains",
+    "n_samples": "images (or label maps) streamed",
+    "memory": "the parts of adapt_mb: parameters, gradients, optimizer state, extra copies, activations (MB)",
+    "stream_seconds": "wall time of the stream (s)",
+    "prepare_s": "wall time of the prepare stage (s; null: none)",
+    "prepare_adapt_mb": "adapt_mb of one prepare step (null: no prepare step)",
+    "diverged": "some prediction was non-finite (NaN/inf): counted as an error",
+    "first_diverged_batch": "batch index (batches.csv `batch`) of the first non-finite prediction",
+    "window": "images per window of the long-horizon metrics (stream.window)",
+    "window_errors": "error (%) of every consecutive window",
+    "worst_window": "index of the worst full window",
+    "collapse_threshold": "error (%) from which a window counts as collapsed: chance error minus the margin",
+    "collapsed": "the worst window's error reached collapse_threshold",
+    "speed_ratio": "realistic setting: the relative cost k used (null in other settings)",
+    "speed_ratio_measured": "realistic setting: whether k was measured on this device",
+    "batches_adapted": "batches the method adapted on (all of them outside the realistic setting)",
+}
+
+
+def _type_text(annotation: Any) -> str:
+    return getattr(annotation, "__forward_arg__", None) or getattr(annotation, "__name__", None) or str(annotation)
+
+
+def schema_page() -> str:
+    """docs/run-folder-schema.md: the run folder's files, summary.json keys, CSV columns and the METRICS table, from
+    `tta_bench.rundir` (the definitions the runner writes with and the leaderboard validates against)."""
+    from tta_bench import rundir
+    from tta_bench.rundir import schema
+
+    metrics = {m.key: m for m in rundir.METRICS}
+    out = [
+        NOTICE,
+        "",
+        "# Run-folder schema",
+        "",
+        "The definitions in `tta_bench/rundir/` that the runner writes with and the leaderboard checks every folder "
+        "against (`tta_bench.rundir.check_run`). What the files mean: [the run folder](run-folder.md).",
+        "",
+        "## Files",
+        "",
+        ", ".join(f"`{f}`" for f in schema.RUN_FILES) + f" (written last: `{schema.DONE}`). Run ids are "
+        f"{schema.RUN_ID_LENGTH} hexadecimal characters; no file may exceed {schema.MAX_FILE_BYTES >> 20} MiB.",
+        "",
+        "## summary.json",
+        "",
+        "Keys every run writes (streams and tasks add scalar keys of their own, e.g. the task metrics below). "
+        "Errors in %, memory in MB, `null` = not measured or non-finite.",
+        "",
+        "| key | type | meaning |",
+        "|---|---|---|",
+    ]
+    for key, annotation in schema.Summary.__annotations__.items():
+        meaning = metrics[key].meaning if key in metrics else SUMMARY_DOCS.get(key, "")
+        out.append(f"| `{key}` | `{_cell(_type_text(annotation))}` | {_text(meaning)} |")
+    out += [
+        "",
+        "## CSV files",
+        "",
+        f"- `{schema.BATCHES}`, one row per batch: " + ", ".join(f"`{c}`" for c in schema.BATCH_COLUMNS) + ".",
+        f"- `{schema.DOMAINS}`, one row per domain per round: "
+        + ", ".join(f"`{c}`" for c in schema.DOMAIN_COLUMNS)
+        + "; task-specific metric columns (`ece`, `miou`, `iou_<class>`, ...) come between `severity` and "
+        "`clean_error`.",
+        "",
+        "## Metrics (`tta_bench.rundir.METRICS`)",
+        "",
+        "Every result metric, declared once; the leaderboard's CSVs, statistics and page iterate this table "
+        "([add a metric](guides/add-a-metric.md)).",
+        "",
+        "| key | column title | meaning | headline of | mean ± std over seeds | page column |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m in rundir.METRICS:
+        headline = ", ".join(m.headline) or (f"group `{m.group}`" if m.group else "-")
+        out.append(
+            f"| `{m.key}` | {_text(m.title)} | {_text(m.meaning)} | {_text(headline)} | "
+            f"{'yes' if m.aggregated else '-'} | {'yes' if m.column else '-'} |"
+        )
+    return "\n".join(out) + "\n"
+
+
 def pages(docs: Path = DOCS) -> dict[str, str]:
     """{path relative to docs/: text} of every generated page."""
     from tta_bench import methods
     from tta_bench.streams import STREAMS
 
     classes = {e.name: e.factory for e in methods.METHODS.items()}
-    out = {"run-options.md": run_options_page(), "methods/README.md": methods_index(classes)}
+    out = {
+        "run-options.md": run_options_page(),
+        "run-folder-schema.md": schema_page(),
+        "methods/README.md": methods_index(classes),
+    }
     out.update({f"methods/{n}.md": method_page(n, c) for n, c in classes.items()})
     hand = {p.stem: p.read_text(encoding="utf-8") for p in sorted((docs / "_src" / "streams").glob("*.md"))}
     entries = STREAMS.items()
