@@ -17,15 +17,18 @@ Tables (pandas DataFrames, one row per ...):
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from tta_bench import rundir
 from tta_bench.kernel import UserError, hash_json
+
+if TYPE_CHECKING:  # pandas loads where tables are built, so `printable` and the CLI's checks answer without it
+    import pandas as pd
 
 # Protocol fields: runs are only compared (same table) when all of these agree. The data is named by its fingerprint
 # (config.json `data_fingerprint`: files' names, sizes, mtimes), not by the path it was reached through, and the
@@ -50,6 +53,8 @@ class Collection:
     folders: dict[str, Path] = field(default_factory=dict)  # run_id -> run folder
     incomplete: list[Path] = field(default_factory=list)
     unreadable: list[tuple[Path, str]] = field(default_factory=list)  # complete folders that could not be read
+    conflicts: list[Conflict] = field(default_factory=list)  # run ids whose copies hold different results
+    n_copies: int = 0  # identical extra copies of a run (found in several folders), each counted once
 
 
 def find_run_folders(
@@ -166,6 +171,8 @@ def load_run(folder: Path) -> tuple[dict[str, Any], dict[str, Any], pd.DataFrame
 
 def _frame(header: list[str], rows: list[list[Any]]) -> pd.DataFrame:
     """A validated CSV (`rundir.check_run`) as a DataFrame: number columns numeric, text columns text."""
+    import pandas as pd
+
     df = pd.DataFrame(rows, columns=header)
     for c in header:
         if not any(isinstance(v, str) for v in df[c]):
@@ -187,12 +194,26 @@ def entry_labels(runs: pd.DataFrame, opts: dict[str, dict[str, Any]]) -> pd.Seri
     return labels
 
 
-def collect(root: Path, exclude: Path | None = None) -> Collection:
-    """Read every completed run folder under `root` into a `Collection` (incomplete ones listed, not read)."""
+def collect(roots: Path | str | Sequence[Path | str], exclude: Path | None = None) -> Collection:
+    """Read every completed run folder under `roots` (one runs folder or several, e.g. the out folders of several
+    machines) into a `Collection`; incomplete ones are listed, not read.
+
+    A run id found in several folders counts once when every copy holds the same results (`results_digest`); copies
+    that disagree are a `Conflict`: none of them is ranked, each is listed in `unreadable` with what differs, and the
+    conflict in `conflicts`. A folder reached twice (the same path under two roots) is read once."""
+    import pandas as pd
+
+    roots = [Path(roots)] if isinstance(roots, (str, os.PathLike)) else [Path(r) for r in roots]
     unreadable: list[tuple[Path, str]] = []
-    complete, incomplete = find_run_folders(Path(root), exclude, unreadable)
-    rows, dom_frames, batch_frames = [], [], []
-    configs, folders, method_opts = {}, {}, {}
+    complete, incomplete, seen = [], [], set()
+    for root in roots:
+        done, partial = find_run_folders(root, exclude, unreadable)
+        for found, into in ((done, complete), (partial, incomplete)):
+            for folder in found:
+                if folder.resolve() not in seen:
+                    seen.add(folder.resolve())
+                    into.append(folder)
+    copies: dict[str, list[_Copy]] = {}
     for folder in complete:
         try:
             cfg, s, dom, bat = load_run(folder)
@@ -200,18 +221,35 @@ def collect(root: Path, exclude: Path | None = None) -> Collection:
         except Exception as e:  # noqa: BLE001 - one bad folder, whatever its damage, never aborts the leaderboard
             unreadable.append((folder, reason(e)))
             continue
-        rid = cfg["run_id"]
-        if rid in configs:  # the same run copied twice: count it once
+        copies.setdefault(cfg["run_id"], []).append(_Copy(folder, cfg, s, dom, bat, row))
+    rows, dom_frames, batch_frames = [], [], []
+    configs, folders, method_opts = {}, {}, {}
+    conflicts: list[Conflict] = []
+    n_copies = 0
+    for rid, same in copies.items():
+        groups: dict[str, list[_Copy]] = {}
+        for c in same:
+            groups.setdefault(results_digest(c.summary, c.domains, c.batches), []).append(c)
+        if len(groups) > 1:  # same run id, different results: never pick one
+            conflict = Conflict(
+                rid, [[c.folder for c in g] for g in groups.values()], differences(list(groups.values()))
+            )
+            conflicts.append(conflict)
+            unreadable += [(f, conflict.why(f)) for g in conflict.folders for f in g]
             continue
-        configs[rid], folders[rid] = cfg, folder
-        method_opts[rid] = cfg["config"].get("method_opts", {})
-        rows.append(row)
-        dom_frames.append(dom.assign(run_id=rid))
-        batch_frames.append(bat.assign(run_id=rid))
+        n_copies += len(same) - 1  # identical copies (the same run fetched from several machines): counted once
+        c = same[0]
+        configs[rid], folders[rid] = c.cfg, c.folder
+        method_opts[rid] = c.cfg["config"].get("method_opts", {})
+        rows.append(c.row)
+        dom_frames.append(c.domains.assign(run_id=rid))
+        batch_frames.append(c.batches.assign(run_id=rid))
     runs = pd.DataFrame(rows)
     if runs.empty:
         empty = pd.DataFrame(columns=list(IDENTITY))
-        return Collection(empty, empty.copy(), empty.copy(), configs, folders, incomplete, unreadable)
+        return Collection(
+            empty, empty.copy(), empty.copy(), configs, folders, incomplete, unreadable, conflicts, n_copies
+        )
     runs.insert(runs.columns.get_loc("method") + 1, "entry", entry_labels(runs, method_opts))
     runs = runs.sort_values(["table", "model", "entry", "seed"], kind="stable").reset_index(drop=True)
     ident = runs[list(IDENTITY)]
@@ -220,7 +258,91 @@ def collect(root: Path, exclude: Path | None = None) -> Collection:
     front = list(IDENTITY)
     domains = domains[front + [c for c in domains.columns if c not in front]]
     batches = batches[front + [c for c in batches.columns if c not in front]]
-    return Collection(runs, domains, batches, configs, folders, incomplete, unreadable)
+    return Collection(runs, domains, batches, configs, folders, incomplete, unreadable, conflicts, n_copies)
+
+
+@dataclass
+class _Copy:
+    """One read copy of a run folder."""
+
+    folder: Path
+    cfg: dict[str, Any]
+    summary: dict[str, Any]
+    domains: pd.DataFrame
+    batches: pd.DataFrame
+    row: dict[str, Any]
+
+
+# What a run measures of the machine it ran on rather than of the method: left out when copies of one run id are
+# compared (the same run made on two machines has other timings, and is still the same result).
+MEASURED_KEYS = ("images_per_s", "stream_seconds", "prepare_s", "peak_device_mb")
+MEASURED_COLUMNS = ("seconds", "images_per_s", "peak_device_mb")
+
+
+def results(summary: dict[str, Any], domains: pd.DataFrame, batches: pd.DataFrame) -> dict[str, Any]:
+    """The results of a run, the part two copies of one run id must share: summary.json, domains.csv and batches.csv
+    without the machine's measurements (MEASURED_KEYS, MEASURED_COLUMNS; a measured `speed_ratio`)."""
+    s = {k: v for k, v in summary.items() if k not in MEASURED_KEYS}
+    if isinstance(s.get("memory"), dict):
+        s["memory"] = {k: v for k, v in s["memory"].items() if k not in MEASURED_KEYS}
+    if s.get("speed_ratio_measured"):
+        s.pop("speed_ratio", None)
+
+    def rows(df: pd.DataFrame) -> dict[str, list[Any]]:
+        kept = df.drop(columns=[c for c in MEASURED_COLUMNS if c in df])
+        return {c: [None if _missing(v) else v for v in kept[c].tolist()] for c in kept.columns}
+
+    return {"summary": s, "domains.csv": rows(domains), "batches.csv": rows(batches)}
+
+
+def results_digest(summary: dict[str, Any], domains: pd.DataFrame, batches: pd.DataFrame) -> str:
+    """sha256 (16 hex) of `results`: equal for copies of a run that hold the same results."""
+    return hash_json(results(summary, domains, batches))
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def differences(groups: list[list[_Copy]], most: int = 3) -> list[str]:
+    """What differs between the first copy of each group, in words: up to `most` summary values (`mean_error 8.54
+    vs 9.10`), else the CSV files that differ."""
+    first = [results(g[0].summary, g[0].domains, g[0].batches) for g in groups]
+    keys = [k for k in first[0]["summary"] if len({json.dumps(r["summary"].get(k), default=str) for r in first}) > 1]
+    keys += [k for r in first[1:] for k in r["summary"] if k not in first[0]["summary"] and k not in keys]
+    out = [f"{k} " + " vs ".join(_short(r["summary"].get(k)) for r in first) for k in keys[:most]]
+    out += [f"and {len(keys) - most} more summary value(s)"] if len(keys) > most else []
+    if not keys:
+        out = [
+            f"{name} differs" for name in ("domains.csv", "batches.csv") if len({hash_json(r[name]) for r in first}) > 1
+        ]
+    return out
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    text = printable(json.dumps(v, default=str))
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+@dataclass
+class Conflict:
+    """One run id whose copies hold different results: `folders` groups the copies by results (identical copies
+    together), `differs` says what differs."""
+
+    run_id: str
+    folders: list[list[Path]]
+    differs: list[str]
+
+    def why(self, folder: Path) -> str:
+        """Why `folder` is not ranked (the page's list of skipped folders)."""
+        others = [printable(str(f)) for g in self.folders if folder not in g for f in g]
+        return printable(
+            f"conflicting copies of run {self.run_id}: {', '.join(others)} hold(s) other results "
+            f"({'; '.join(self.differs) or 'results differ'}); no copy is ranked",
+            400,
+        )
 
 
 def reason(e: BaseException) -> str:
