@@ -21,8 +21,8 @@ is None (PyTorch's cumulative average) keeps it under `momentum=None`, as the of
 BatchNorm is refused with a UserError (the official would silently run the source model). Batch size 1 works
 on BN layers that see spatial positions (a BatchNorm1d on (1, D) features fails in train mode, as in PyTorch).
 
-Presets: none here. The suite's `cfgs/{cifar10_c,cifar100_c,imagenet_c}/norm_ema.yaml` set only the batch size
-(200, 200, 64) and tests/test_preset_citations.py requires each preset's cited values to be recorded there.
+Presets record the suite's official batch sizes (the method's only setting there): `classification/cfgs/
+{cifar10_c,cifar100_c,imagenet_c}/norm_ema.yaml` (200, 200, 64) and `segmentation/cfgs/norm_ema.yaml` (1).
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from tta_bench.kernel import UserError
 from tta_bench.methods import register
 from tta_bench.methods._norms import require_batchnorm
 from tta_bench.methods.base import Adapter, bn_layers, opt
+
+_SUITE = "mariodoebler/test-time-adaptation:"
 
 
 @register("bn_ema")
@@ -47,6 +49,13 @@ class BNEMA(Adapter):
             "(0,1]",
         ),
     }
+    presets = {
+        fam: {"source": f"{_SUITE}{path}/norm_ema.yaml@8b2ed63", "batch_size": bs, "options": {}}
+        for fam, path, bs in (("cifar10-c", "classification/cfgs/cifar10_c", 200),
+                              ("cifar100-c", "classification/cfgs/cifar100_c", 200),
+                              ("imagenet-c", "classification/cfgs/imagenet_c", 64),
+                              ("segmentation", "segmentation/cfgs", 1))
+    }  # fmt: skip
 
     def configure(self) -> None:
         require_batchnorm(self.model, "bn_ema", "'tent' (trains LayerNorm/GroupNorm affine parameters) or 'source'")

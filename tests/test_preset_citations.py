@@ -97,6 +97,8 @@ SUITE_YAML: dict[tuple[str, str], dict[str, Any]] = {
        for fam in ("cifar10_c", "cifar100_c")},
     **{("norm_alpha.yaml", fam): {"BN.ALPHA": 0.1, "TEST.BATCH_SIZE": 1}
        for fam in ("cifar10_c", "cifar100_c", "imagenet_c")},
+    **{("norm_ema.yaml", fam): {"TEST.BATCH_SIZE": bs} for fam, bs in (("cifar10_c", 200), ("cifar100_c", 200),
+                                                                       ("imagenet_c", 64))},
     # classification/cfgs/imagenet_c/<file>
     ("adacontrast.yaml", "imagenet_c"): {**_ADACONTRAST, "TEST.BATCH_SIZE": 64},
     ("cmf.yaml", "imagenet_c"): {**_IN_SGD, "TEST.BATCH_SIZE": 64},
@@ -121,6 +123,7 @@ SEG_YAML = {  # segmentation/cfgs/<file>
     "cotta.yaml": {"TEST.BATCH_SIZE": 1, "OPTIM.METHOD": "SGD", "OPTIM.LR": 0.00025, "OPTIM.WD": 0.0005,
                    "OPTIM.STEPS": 1, "COTTA.RST": 0.01, "COTTA.AP": 0.9, "M_TEACHER.MOMENTUM": 0.999},
     "norm_test.yaml": {"TEST.BATCH_SIZE": 1},
+    "norm_ema.yaml": {"TEST.BATCH_SIZE": 1},
     "norm_alpha.yaml": {"BN.ALPHA": 0.1, "TEST.BATCH_SIZE": 1},
 }  # fmt: skip
 
@@ -212,6 +215,7 @@ TRANSLATE = {
         "templates": {"ensemble": "clip80"}[c["CLIP.PROMPT_MODE"]],  # the OpenAI ImageNet template ensemble
     },
     "tta_aug": lambda c: {"n_aug": c["TEST.N_AUGMENTATIONS"], "bn_prior": 1 - c["BN.ALPHA"]},
+    "bn_ema": lambda c: {"momentum": None},  # methods/bn.py EMABatchNorm keeps each layer's own BN momentum
 }  # fmt: skip
 TRANSLATE_ROTTA_AUTHORS = lambda c: {  # noqa: E731 - BIT-DA/RoTTA: ADAPTER.RoTTA.* keys, build_optimizer = suite's
     **{k: v for k, v in _optim(c).items() if k != "steps"},
@@ -258,6 +262,9 @@ CITED: dict[tuple[str, str], dict] = {
                                                                    ("imagenet-c", _IN))},
     **{("norm", fam): suite("norm", d, "norm_test.yaml") for fam, d in (("cifar100-c", _C100), ("imagenet-c", _IN))},
     ("norm", "segmentation"): seg("norm", "norm_test.yaml"),
+    **{("bn_ema", fam): suite("bn_ema", d, "norm_ema.yaml") for fam, d in (("cifar10-c", _C10), ("cifar100-c", _C100),
+                                                                          ("imagenet-c", _IN))},
+    ("bn_ema", "segmentation"): seg("bn_ema", "norm_ema.yaml"),
     ("norm", "cifar10-c"): {"repo": "DequanWang/tent", "commit": "e9e926a", "path": "cfgs/norm.yaml",
                             "cfg": {**TENT_CONF, "TEST.BATCH_SIZE": 200}, "values": {}},
     ("tent", "cifar10-c"): {"repo": "DequanWang/tent", "commit": "e9e926a", "path": "cfgs/tent.yaml",
