@@ -24,6 +24,7 @@ Deviations: LayerNorm/GroupNorm affine parameters are trained too (TTAB's choice
 BatchNorm2d only, so a BatchNorm model trains the same parameters); layers other than BatchNorm stay in eval mode
 (dropout off; the official `model.train()` would activate dropout, which its ResNets do not have). For ε = 0 the
 identity system is not solved (y* = p exactly). TTAB returns the pre-update logits divided by T instead.
+Dense (segmentation) logits are scored per pixel (the official is classification only).
 """
 
 from __future__ import annotations
@@ -43,8 +44,12 @@ from tta_bench.methods.base import (
 
 
 def conjugate_loss(logits: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
-    """Per-sample conjugate pseudo-label loss (N,) of (temperature-scaled) logits (N,C) for poly-1 coefficient eps."""
+    """Per-sample conjugate pseudo-label loss (N,) of (temperature-scaled) logits (N,C) for poly-1 coefficient eps.
+
+    Dense logits (N,C,H,W) are scored per pixel: the result is (N·H·W,)."""
     logits = logits.float()
+    if logits.dim() > 2:
+        logits = logits.movedim(1, -1).reshape(-1, logits.shape[1])
     p = logits.softmax(1)
     if eps == 0:
         y_star = p

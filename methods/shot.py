@@ -23,6 +23,7 @@ confidence-threshold pseudo-labels, as in TTAB and T3A. Layers other than BatchN
 off; TTAB's whole-model `train()` also activates dropout, which its CIFAR ResNets do not have). With no sample
 above the threshold TTAB's cross-entropy is NaN on an empty batch but contributes no gradient; here the term is
 left out, so the update is the same and the loss finite.
+Classification only (TTAB's SHOT is): a model with dense outputs is refused with a UserError.
 """
 
 from __future__ import annotations
@@ -79,6 +80,11 @@ class SHOT(Adapter):
     def adapt(self, x: torch.Tensor) -> torch.Tensor:
         for _ in range(self.hp.steps):
             outputs = self.model(x)
+            if outputs.dim() != 2:
+                raise UserError(
+                    f"method 'shot' adapts classifiers (logits (N, C)); this model returns {tuple(outputs.shape)}. "
+                    "Use a classification model, or a method that supports segmentation (e.g. 'tent')."
+                )
             loss = shot_loss(outputs.float(), self.hp.threshold, self.hp.cls_par, self.hp.ent_par)
             loss.backward()
             self.optimizer.step()

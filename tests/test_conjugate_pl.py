@@ -105,3 +105,11 @@ def test_bad_options() -> None:
         methods.create("conjugate_pl", model(), temperature=0.0)
     with pytest.raises(UserError, match="eps"):
         methods.create("conjugate_pl", model(), eps=-1.0)
+
+
+def test_dense_logits_are_scored_per_pixel() -> None:
+    torch.manual_seed(1)
+    dense = torch.randn(2, 4, 3, 3) * 2
+    flat = dense.movedim(1, -1).reshape(-1, 4)
+    for eps in (0.0, 3.0):
+        torch.testing.assert_close(conjugate_loss(dense, eps), conjugate_loss(flat, eps))

@@ -109,3 +109,17 @@ def test_loss_by_hand() -> None:
 def test_refuses_a_model_without_linear_classifier() -> None:
     with pytest.raises(UserError, match="shot"):
         methods.create("shot", nn.Sequential(nn.Conv2d(3, 5, 3), nn.BatchNorm2d(5), nn.AdaptiveAvgPool2d(1)))
+
+
+def test_refuses_dense_outputs() -> None:
+    class Seg(nn.Module):  # a linear layer that is not the output: the model's logits are dense
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1))
+            self.aux = nn.Linear(2, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.body(x)
+
+    with pytest.raises(UserError, match="classif"):
+        methods.create("shot", Seg())(torch.rand(2, 3, 8, 8))
