@@ -82,6 +82,10 @@ def test_list_from_the_catalogue_imports_no_torch_and_prints_the_same(warm):
         (("run", "--method", "tent", "--stream", "digits-c", "--severity", "9"), 2, "--severity must be"),
         (("run", "--method", "tent", "--stream", "digits-c", "--setting", "contnual"), 2, "Unknown setting"),
         (("sweep", "--methods", "tent,tnet", "--streams", "digits-c"), 2, "Unknown method 'tnet'"),
+        (("run", "--method", "tent", "--stream", "digits-c", "--set", "method.lrr=1"), 2, "no option 'lrr'. Did you"),
+        (("run", "--method", "tent", "--stream", "digits-c", "--set", "stream.gama=1"), 2, "no option 'gama'"),
+        (("run", "--method", "tent", "--stream", "digits-c", "--set", "model.widht=8"), 2, "'small-cnn' has no option"),
+        (("sweep", "--methods", "tent", "--streams", "digits-c", "--set", "method.lrr=1"), 2, "no option 'lrr'"),
     ],
 )
 def test_answers_without_torch(warm, args, code, needle):
@@ -98,16 +102,23 @@ def test_list_settings_needs_no_catalogue(tmp_path):
     assert not (tmp_path / "catalogue").exists()
 
 
-def test_the_typo_message_is_the_registrys(warm):
-    """The fast check reads the catalogue's names; its message is the one the registry gives (same close matches)."""
+def test_the_typo_messages_are_the_registrys(warm):
+    """The fast checks read the catalogue's names; their messages are the ones the run's own checks give."""
     from tta_bench import methods
+    from tta_bench.config import RunConfig
+    from tta_bench.identity import resolve
     from tta_bench.kernel import UserError
 
+    cache, _ = warm
     with pytest.raises(UserError) as live:
         methods.METHODS.get("tnet")
-    cache, _ = warm
     _, _, err, _ = _probe(cache, "run", "--method", "tnet", "--stream", "digits-c")
     assert err.strip() == "error: " + str(live.value)
+    for scope, key in (("method", "lrr"), ("stream", "gama"), ("model", "widht")):
+        with pytest.raises(UserError) as live:
+            resolve(RunConfig(method="tent", stream="digits-c", **{f"{scope}_opts": {key: 1}}))
+        _, _, err, heavy = _probe(cache, "run", "--method", "tent", "--stream", "digits-c", "--set", f"{scope}.{key}=1")
+        assert err.strip() == "error: " + str(live.value) and heavy == []
 
 
 # --- the catalogue -------------------------------------------------------------------------------------------------
@@ -134,7 +145,11 @@ def test_the_real_roots_cover_methods_corruptions_and_streams():
 
 def test_cache_is_used_only_for_this_code_and_damage_is_rebuilt(tmp_path, monkeypatch):
     monkeypatch.setenv("TTA_BENCH_CACHE", str(tmp_path))
-    rows = {s: [(f"{s}-a", "one", "one more")] for s in catalogue.SECTIONS}
+    rows = {
+        "sections": {s: [(f"{s}-a", "one", "one more")] for s in catalogue.SECTIONS},
+        "options": {"method": {"methods-a": ["lr"]}, "stream": {"streams-a": []}, "model": {"models-a": ["width"]}},
+        "default_model": {"streams-a": "models-a"},
+    }
     path = catalogue.save(rows)
     assert path is not None and path.parent == tmp_path / "catalogue"
     assert catalogue.cached() == rows and catalogue.known("methods") == ["methods-a"]
@@ -142,7 +157,8 @@ def test_cache_is_used_only_for_this_code_and_damage_is_rebuilt(tmp_path, monkey
     assert catalogue.cached() is None and catalogue.known("methods") is None  # changed code: not used
     monkeypatch.undo()
     monkeypatch.setenv("TTA_BENCH_CACHE", str(tmp_path))
-    for damage in (b'{"format": 1, "fingerp', b"[]", b'{"format": 1}', b"\xff\xfe"):
+    good = path.read_bytes()
+    for damage in (b'{"format": 2, "fingerp', b"[]", b'{"format": 2}', b"\xff\xfe", good.replace(b'"lr"', b"7")):
         path.write_bytes(damage)
         assert catalogue.cached() is None
     monkeypatch.setattr(catalogue, "build", lambda: rows)
@@ -155,9 +171,13 @@ def test_live_catalogue_lists_every_registered_name():
     from tta_bench.streams import STREAMS
 
     built = catalogue.build()
-    assert [r[0] for r in built["methods"]] == methods.METHODS.names()
-    assert [r[0] for r in built["streams"]] == STREAMS.names()
-    assert [r[0] for r in built["models"]] == MODELS.names()
-    assert [r[0] for r in built["corruptions"]] == list(corruptions.names())
-    tent = dict((n, (t, v)) for n, t, v in built["methods"])["tent"]
+    sections = built["sections"]
+    assert [r[0] for r in sections["methods"]] == methods.METHODS.names()
+    assert [r[0] for r in sections["streams"]] == STREAMS.names()
+    assert [r[0] for r in sections["models"]] == MODELS.names()
+    assert [r[0] for r in sections["corruptions"]] == list(corruptions.names())
+    tent = dict((n, (t, v)) for n, t, v in sections["methods"])["tent"]
     assert "preset cifar10-c" in tent[0] and "option lr" in tent[1] and "option lr" not in tent[0]
+    assert built["options"]["method"]["tent"] == sorted(methods.get("tent").defaults)
+    assert "gamma" in built["options"]["stream"]["digits-c"] and "width" in built["options"]["model"]["small-cnn"]
+    assert built["default_model"]["digits-c"] == "small-cnn"

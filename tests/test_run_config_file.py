@@ -182,3 +182,17 @@ def test_from_with_an_override_is_another_run(tiny_run):
     args = parse(["run", "--from", str(tiny_run), "--seed", "5"])
     assert args.seed == 5 and args.out == str(tiny_run.parent) and args.method == "tent"
     assert args.file_opts["method"]["lr"] == 0.002 and args.loaded.run_id == tiny_run.name
+
+
+def test_from_a_record_whose_id_no_longer_matches_warns(tiny_run, tmp_path, capsys):
+    """A record whose run id the same options no longer give (here: edited; in life: changed data or code)."""
+    record = json.loads((tiny_run / "config.json").read_text())
+    record["run_id"] = "fedcba9876543210"
+    fake = tmp_path / record["run_id"]
+    fake.mkdir()
+    (fake / "config.json").write_text(json.dumps(record))
+    capsys.readouterr()
+    assert main(["run", "--from", str(fake), "--out", str(tiny_run.parent), "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert f"completed run found (not run again; --force to redo): {tiny_run}" in out
+    assert f"recorded run id fedcba9876543210; the same options now give {tiny_run.name}" in err

@@ -1,13 +1,15 @@
-"""What `python -m tta_bench list` prints, and the names the CLI checks a typo against, without importing torch.
+"""What `python -m tta_bench list` prints, and the names and option names the CLI checks typos against, without
+importing torch.
 
 Methods, streams, models and corruptions register when their modules are imported, and those modules import torch
-(about 5 s of CPU). The catalogue is the registries' listing rows (name, description, the `-v` details), built from
-the live registries and kept as a JSON file in the cache folder (`$TTA_BENCH_CACHE/catalogue/<fingerprint>.json`).
-Its name is a fingerprint of the code that decides the listing: every `.py` file of `tta_bench`, `tta_bench.methods`
-and `tta_bench.corruptions` (names and contents, ~1 MB, hashed in a few ms), the Python version and the catalogue
-format. Any edit, an added method or stream file included, changes the fingerprint, so a stale listing is never
-shown: the first `list` after a change builds it again from the registries (importing torch, once), the next ones read
-the file. A damaged or unreadable file is rebuilt; a cache folder that cannot be written only costs the speed.
+(about 5 s of CPU). The catalogue is the registries' listing rows (name, description, the `-v` details) and the
+option names of every method, stream and model (with each stream's default model), built from the live registries
+and kept as a JSON file in the cache folder (`$TTA_BENCH_CACHE/catalogue/<fingerprint>.json`). Its name is a
+fingerprint of the code that decides it: every `.py` file of `tta_bench`, `tta_bench.methods` and
+`tta_bench.corruptions` (names and contents, ~1 MB, hashed in a few ms), the Python version and the catalogue format.
+Any edit, an added method or stream file included, changes the fingerprint, so a stale listing is never shown: the
+first `list` after a change builds it again from the registries (importing torch, once), the next ones read the
+file. A damaged or unreadable file is rebuilt; a cache folder that cannot be written only costs the speed.
 
 Why a cache rather than reading the method files statically (ast): a method's listing is computed (options
 inherited from its base class and optimizer, presets resolved, defaults evaluated), so a static reader would be a
@@ -27,12 +29,13 @@ from typing import Any
 
 import tta_bench
 
-FORMAT = 1  # bump when the rows' layout changes
+FORMAT = 2  # bump when the layout changes
 SECTIONS = ("methods", "streams", "models", "corruptions")  # the registries' sections (settings are separate)
 KEEP = 8  # catalogue files kept in the cache folder (several checkouts may share it)
 _MAX_BYTES = 8 << 20
 
 Row = tuple[str, str, str]  # (name, description, what `-v` adds below it)
+OPTION_KINDS = ("method", "stream", "model")
 
 
 def _roots() -> list[Path]:
@@ -80,15 +83,30 @@ def _valid(obj: Any, fp: str) -> bool:
     sections = obj.get("sections")
     if not isinstance(sections, dict) or set(sections) != set(SECTIONS):
         return False
-    return all(
+    rows_ok = all(
         isinstance(rows, list)
         and all(isinstance(r, list) and len(r) == 3 and all(isinstance(x, str) for x in r) for r in rows)
         for rows in sections.values()
     )
+    options, defaults = obj.get("options"), obj.get("default_model")
+    return (
+        rows_ok
+        and isinstance(options, dict)
+        and set(options) == set(OPTION_KINDS)
+        and all(
+            isinstance(by_name, dict)
+            and all(isinstance(v, list) and all(isinstance(k, str) for k in v) for v in by_name.values())
+            for by_name in options.values()
+        )
+        and isinstance(defaults, dict)
+        and all(isinstance(v, str) for v in defaults.values())
+    )
 
 
-def cached() -> dict[str, list[Row]] | None:
-    """The catalogue of the code as it is now, when the cache holds it (no torch imported); else None."""
+def cached() -> dict[str, Any] | None:
+    """The catalogue of the code as it is now, when the cache holds it (no torch imported); else None. Keys:
+    `sections` ({section: [Row]}), `options` ({"method"|"stream"|"model": {name: [option names]}}) and
+    `default_model` ({stream: model})."""
     folder = _folder()
     if folder is None:
         return None
@@ -102,16 +120,17 @@ def cached() -> dict[str, list[Row]] | None:
         return None
     if not _valid(obj, fp):
         return None
-    return {sec: [tuple(r) for r in rows] for sec, rows in obj["sections"].items()}
+    sections = {sec: [tuple(r) for r in rows] for sec, rows in obj["sections"].items()}
+    return {"sections": sections, "options": obj["options"], "default_model": obj["default_model"]}
 
 
-def build() -> dict[str, list[Row]]:
-    """The listing rows from the live registries (imports every method, stream, model and corruption: torch)."""
+def build() -> dict[str, Any]:
+    """The catalogue from the live registries (imports every method, stream, model and corruption: torch)."""
     from tta_bench import corruptions, methods, presets
     from tta_bench.identity import default_model
     from tta_bench.methods._doc import option_lines
-    from tta_bench.models import MODELS
-    from tta_bench.streams import STREAMS, clean_split
+    from tta_bench.models import MODELS, model_options
+    from tta_bench.streams import STREAMS, clean_split, stream_options
 
     def method_row(e) -> Row:
         preset_lines = "".join(f"\n      preset {line}" for line in presets.describe(e.factory))
@@ -124,16 +143,22 @@ def build() -> dict[str, list[Row]]:
         )
         return (e.name, text, f"{text}\n      {clean_split(e.name).describe()}")
 
-    return {
+    sections = {
         "methods": [method_row(e) for e in methods.METHODS.items()],
         "streams": [stream_row(e) for e in STREAMS.items()],
         "models": [(e.name, e.description, e.description) for e in MODELS.items()],
         "corruptions": [(n, corruptions.describe(n), corruptions.describe(n)) for n in corruptions.names()],
     }
+    options = {
+        "method": {n: sorted(methods.get(n).defaults) for n in methods.METHODS.names()},
+        "stream": {n: sorted(stream_options(n)) for n in STREAMS.names()},
+        "model": {n: sorted(model_options(n)) for n in MODELS.names()},
+    }
+    return {"sections": sections, "options": options, "default_model": {n: default_model(n) for n in STREAMS.names()}}
 
 
-def save(sections: dict[str, list[Row]]) -> Path | None:
-    """Write `sections` as the catalogue of the current code (atomically); the oldest files beyond KEEP are removed.
+def save(cat: dict[str, Any]) -> Path | None:
+    """Write `cat` as the catalogue of the current code (atomically); the oldest files beyond KEEP are removed.
     Returns the file, or None when the cache folder cannot be written (the listing is still printed)."""
     from tta_bench.kernel import write_atomic
 
@@ -142,11 +167,8 @@ def save(sections: dict[str, list[Row]]) -> Path | None:
         return None
     fp = fingerprint()
     path = folder / f"{fp}.json"
-    obj = {
-        "format": FORMAT,
-        "fingerprint": fp,
-        "sections": {s: [list(r) for r in rows] for s, rows in sections.items()},
-    }
+    rows = {s: [list(r) for r in rows] for s, rows in cat["sections"].items()}
+    obj = {"format": FORMAT, "fingerprint": fp, **cat, "sections": rows}
     try:
         write_atomic(path, json.dumps(obj, ensure_ascii=False))
         old = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)[KEEP:]
@@ -157,18 +179,18 @@ def save(sections: dict[str, list[Row]]) -> Path | None:
     return path
 
 
-def load() -> dict[str, list[Row]]:
+def load() -> dict[str, Any]:
     """The catalogue: from the cache when it matches the code, else built from the registries and cached."""
     found = cached()
     if found is not None:
         return found
-    sections = build()
-    save(sections)
-    return sections
+    cat = build()
+    save(cat)
+    return cat
 
 
 def known(section: str) -> list[str] | None:
     """The names of a section (methods, streams, models, corruptions) when the cached catalogue holds them (no
     torch), else None (the caller then asks the registry itself)."""
     found = cached()
-    return None if found is None else [r[0] for r in found[section]]
+    return None if found is None else [r[0] for r in found["sections"][section]]

@@ -17,7 +17,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tta_bench.config import RunConfig
 
     cfg = RunConfig(method=args.method, stream=args.stream, model=args.model, seed=args.seed, **config_kwargs(args))
-    check_names(method=[cfg.method], stream=[cfg.stream], model=[cfg.model] if cfg.model else [])
+    check_names([cfg.method], [cfg.stream], [cfg.model] if cfg.model else None, config_kwargs(args))
     from tta_bench.report import print_result  # torch from here on: the config and names are checked
     from tta_bench.runner import run
 
@@ -49,7 +49,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     """The sweep, then (unless --no-leaderboard) the leaderboard of its --out folder: only the CLI joins the two."""
     from tta_bench import sweep
 
-    check_names(method=_split(args.methods), stream=_split(args.streams), model=_split(args.models or []))
+    models = _split(args.models) if args.models else None
+    check_names(_split(args.methods), _split(args.streams), models, config_kwargs(args))
     status = sweep.main(args)
     if not args.no_leaderboard:
         from tta_bench.leaderboard.cli import build_and_report
@@ -75,21 +76,27 @@ def _split(values: list[str]) -> list[str]:
     return [v.strip() for item in values for v in str(item).split(",") if v.strip()]
 
 
-def check_names(**given: list[str]) -> None:
-    """An unknown method / stream / model name is the registry's own UserError (close matches, known names), told
-    without importing torch when the cached catalogue matches the code (`tta_bench.catalogue`); otherwise nothing is
-    checked here and the registry checks the name when the run resolves."""
+def check_names(methods: list[str], streams: list[str], models: list[str] | None, opts: dict) -> None:
+    """An unknown method / stream / model name, or an unknown `--set` option of one, is the registry's own UserError
+    (the same message: close matches, known names), told without importing torch when the cached catalogue matches
+    the code (`tta_bench.catalogue`); otherwise nothing is checked here and the run checks them when it resolves.
+    `models` None: each stream's default model; `opts`: `method_opts`, `stream_opts`, `model_opts` as given."""
     from tta_bench import catalogue
-    from tta_bench.kernel import unknown_name
+    from tta_bench.kernel import check_options, unknown_name
 
-    rows = catalogue.cached()
-    if rows is None:
+    cat = catalogue.cached()
+    if cat is None:
         return
-    for kind, names in given.items():
-        known = [r[0] for r in rows[f"{kind}s"]]
+    models = models if models is not None else [cat["default_model"].get(s) for s in streams]
+    for kind, names in (("method", methods), ("stream", streams), ("model", models)):
+        known = [r[0] for r in cat["sections"][f"{kind}s"]]
         for name in names:
             if name not in known:
                 raise unknown_name(kind, name, known, f"python -m tta_bench list {kind}s")
+    for kind, names in (("method", methods), ("stream", streams), ("model", models)):
+        given = opts.get(f"{kind}_opts") or {}
+        for name in names if given else ():
+            check_options(kind, name, given, dict.fromkeys(cat["options"][kind][name]))  # unknown keys only
 
 
 def _add_leaderboard_arguments(p: argparse.ArgumentParser) -> None:

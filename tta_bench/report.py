@@ -116,7 +116,7 @@ def list_entries(what: str = "all", verbose: bool = False) -> str:
     if what in ("all", "methods", "streams", "models", "corruptions"):
         from tta_bench import catalogue
 
-        rows = catalogue.load()
+        rows = catalogue.load()["sections"]
         for sec in catalogue.SECTIONS:
             sections[sec] = [(name, more if verbose else text) for name, text, more in rows[sec]]
     sections["settings"] = [(n, settings.describe(n)) for n in settings.SETTINGS]
