@@ -46,12 +46,15 @@ def select_supports(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per pseudo-class (argmax of the one-hot `labels` (S,C)), the `filter_k` lowest-entropy supports (-1: all)."""
     y = labels.argmax(1)
-    keep = []
-    for c in range(labels.shape[1]):
-        members = torch.where(y == c)[0]
-        ranked = members[torch.sort(ent[members], stable=True)[1]]
-        keep.append(ranked if filter_k == -1 else ranked[:filter_k])
-    idx = torch.cat(keep)
+    order = torch.sort(ent, stable=True)[1]
+    order = order[torch.sort(y[order], stable=True)[1]]  # grouped by class (ascending), each by entropy
+    if filter_k == -1:
+        idx = order
+    else:
+        counts = torch.bincount(y, minlength=labels.shape[1])
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(len(order), device=order.device) - starts[y[order]]  # position within its class
+        idx = order[rank < filter_k]
     return supports[idx], labels[idx], ent[idx]
 
 
