@@ -102,6 +102,8 @@ def test_method_page_shows_options_presets_and_sources(generated):
     # a cited file becomes a link to that file at that commit
     assert "(https://github.com/DequanWang/tent/blob/e9e926a/cfgs/tent.yaml)" in page
     assert "Wang et al., ICLR 2021" in page  # the module docstring: paper
+    row = next(r for r in generated["methods/README.md"].splitlines() if r.startswith("| [`tent`](tent.md) |"))
+    assert "| Fully test-time adaptation by entropy minimisation (Wang et al., ICLR 2021). |" in row
 
 
 def test_stream_pages_carry_registry_facts_and_hand_notes(generated):

@@ -103,6 +103,23 @@ def _class_summary(cls: type) -> str:
     return " ".join(doc.split())
 
 
+def _paper(cls: type) -> str:
+    """The first paragraph of the method module's docstring without its leading "`name`:" (the method and its paper)."""
+    lead = " ".join(_module_doc(cls).partition("\n\n")[0].split())
+    paper = re.sub(r"^(`[^`]+`(\s*/\s*`[^`]+`)*\s*:\s*)", "", lead)
+    return paper[:1].upper() + paper[1:]
+
+
+def _repos(cls: type) -> list[str]:
+    """The repositories the presets cite, in order of first citation."""
+    out: list[str] = []
+    for preset in cls.presets.values():
+        m = re.fullmatch(r"([\w.-]+/[\w.-]+):.*", str(preset.get("source", "")))
+        if m and m.group(1) not in out:
+            out.append(m.group(1))
+    return out
+
+
 def method_page(name: str, cls: type) -> str:
     """The docs page of method `name` (class `cls`)."""
     from tta_bench import presets as presets_mod
@@ -120,6 +137,9 @@ def method_page(name: str, cls: type) -> str:
         ("command", f"`python -m tta_bench run --method {name} --stream <stream>`"),
         ("needs source data", "yes: a `prepare` stage runs on the stream's source split" if cls.needs_source else "no"),
     ]
+    repos = _repos(cls)
+    if repos:
+        facts.append(("code its presets cite", ", ".join(f"[{r}](https://github.com/{r})" for r in repos)))
     if getattr(cls, "episodic", False):
         facts.append(("episodic", "yes: reset to the source state before every batch"))
     requires = getattr(cls, "requires", None)
@@ -184,13 +204,14 @@ def methods_index(classes: dict[str, type]) -> str:
         "implementation (paper, official code matched, deviations). `python -m tta_bench list methods -v` prints the "
         "same options in a terminal. To add one, see [add a method](../guides/add-a-method.md).",
         "",
-        "| method | what it adapts | presets | source data |",
-        "|---|---|---|---|",
+        "| method | what it does | paper | presets | source data |",
+        "|---|---|---|---|---|",
     ]
     for name, cls in classes.items():
         fams = ", ".join(f for f in presets_mod.FAMILIES if f in cls.presets) or "-"
         out.append(
-            f"| [`{name}`]({name}.md) | {_text(_class_summary(cls))} | {fams} | {'yes' if cls.needs_source else '-'} |"
+            f"| [`{name}`]({name}.md) | {_text(_class_summary(cls))} | {_text(_paper(cls))} | {fams} | "
+            f"{'yes' if cls.needs_source else '-'} |"
         )
     return "\n".join(out) + "\n"
 
