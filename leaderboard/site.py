@@ -29,8 +29,9 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from tta_bench import rundir
 from tta_bench.kernel import dumps_json
-from tta_bench.leaderboard import parity, plots
+from tta_bench.leaderboard import names, parity, plots
 from tta_bench.leaderboard.collect import LOCATION_OPTIONS, Collection, collect, printable, protocol_opts
+from tta_bench.leaderboard.overview import disambiguated_titles, overview_tables, table_order
 from tta_bench.leaderboard.stats import ALPHA, BASELINES, summarize
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -77,13 +78,20 @@ def write_site(col: Collection, runs_dir: Path, out: Path) -> Site:
     col.domains.to_csv(out / "csv" / "domains.csv", index=False)
     summary.to_csv(out / "csv" / "summary.csv", index=False)
     tables, written, tables_ctx = [], [], []
-    for table in col.runs["table"].unique() if not col.runs.empty else []:
+    order = table_order(col, summary) if not col.runs.empty else []
+    titles = disambiguated_titles(order, col)
+    short = names.short_names(col.runs, col.configs)
+    colors = method_colors(short)
+    for table in order:
         s = summary[summary["table"] == table].reset_index(drop=True)
         s = s.drop(columns=[c for c in s.columns if c.startswith("err:") and s[c].isna().all()])
         s.to_csv(out / "csv" / f"summary_{slug(table)}.csv", index=False)
+        look = {
+            (m, e): (v["short"], colors[v["short"]]) for (t, m, e), v in short.items() if t == table
+        }  # (model, entry) -> (short name, colour) of this table
         try:
-            figs, files = table_plots(table, s, col, out)
-            context = table_context(table, s, col, figs)
+            figs, files = table_plots(table, s, col, out, look)
+            context = table_context(table, s, col, figs, titles[table], short)
         except Exception as e:  # noqa: BLE001 - a table that cannot be drawn is listed with its runs, never sinks the site
             why = f"its table {table} could not be drawn ({type(e).__name__}: {e})"
             col.unreadable += [(col.folders[r], why) for r in col.runs.loc[col.runs["table"] == table, "run_id"]]
@@ -95,11 +103,14 @@ def write_site(col: Collection, runs_dir: Path, out: Path) -> Site:
         if rundir.is_run_id(rid):  # collect admits only valid ids; never a path from a file's contents
             # the validated content, not the file again (it may have been replaced since, by a FIFO or a huge file)
             (out / "configs" / f"{rid}.json").write_text(dumps_json(col.configs[rid]), encoding="utf-8")
-    disambiguate(tables_ctx)
+    drawn = [t for t in order if t in tables]
+    overview = overview_tables(col, summary[summary["table"].isin(drawn)] if drawn else summary) if drawn else []
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
     html = env.get_template("index.html").render(
         tables=tables_ctx,
+        overview=overview,
         groups=stream_groups(tables_ctx),
+        definitions=definitions(summary),
         n_runs=len(col.runs),
         n_incomplete=len(col.incomplete),
         unreadable=[{"path": printable(str(p)), "why": printable(why)} for p, why in col.unreadable],
@@ -114,40 +125,72 @@ def write_site(col: Collection, runs_dir: Path, out: Path) -> Site:
     return Site(out, len(col.runs), col.incomplete, col.unreadable, tables, summary, col.runs, written)
 
 
-def table_plots(table: str, s: pd.DataFrame, col: Collection, out: Path) -> tuple[list[dict], list[Path]]:
-    """The plots of one table: (figure entries for the page, files written). Domains follow the stream's order."""
+def method_colors(short: dict[tuple[str, str, str], dict[str, str]]) -> dict[str, str]:
+    """One colour per entry name on the whole page (baselines first, then by name), the same in every plot."""
+    labels = sorted({v["short"] for v in short.values()})
+    first = [b for b in names.BASELINE_ORDER if b in labels]
+    return plots.palette(first + [x for x in labels if x not in first])
+
+
+def table_plots(
+    table: str, s: pd.DataFrame, col: Collection, out: Path, look: dict[tuple[str, str], tuple[str, str]] | None = None
+) -> tuple[list[dict], list[Path]]:
+    """The plots of one table: (figure entries for the page, files written). Domains follow the stream's order.
+    `look`: (model, entry) -> (short name, colour). Nothing is drawn for a table of one entry (nothing to compare).
+
+    The curve plots the metric the table ranks by: the batch error over the stream where the table ranks by error,
+    else the headline metric per domain in stream order (batches.csv holds only the error)."""
+    if len(s) < 2:
+        return [], []
+    look = look or {}
+    labels = {k: v[0] for k, v in look.items()}
+    colors = {k: v[1] for k, v in look.items()}
     head = headline_of(s)
     metric = s["paired_metric"].iat[0] if "paired_metric" in s and len(s) else "error"
     label = head[0].label if metric != "error" else "error"
     order = domain_order(table, col)
-    grid = domain_grid(s, col.domains[col.domains["table"] == table], metric, order)
+    grid = domain_grid(s, col.domains[col.domains["table"] == table], metric, order, labels)
     batches = col.batches[col.batches["table"] == table]
-    made = {
-        "curve": (
-            plots.curves(batches, out / "plots" / f"{slug(table)}-curve", runs=col.runs[col.runs["table"] == table]),
-            "Error over the stream, batches in stream order (mean over seeds); dashed lines: round boundaries; "
+    stem = out / "plots" / slug(table)
+    if head[0].key == "mean_error" or metric == "error":
+        curve = (
+            plots.curves(batches, Path(f"{stem}-curve"), runs=col.runs[col.runs["table"] == table], labels=labels,
+                         colors=colors),
+            "Error over the stream, batches in stream order (mean over seeds); thin lines: domain changes; "
             "with two windows or more, pale steps: error per window of stream.window images, ▼ the worst full "
             f"window, dotted: the collapse threshold (chance error − {rundir.COLLAPSE_MARGIN:g} pp)",
-        ),
+        )  # fmt: skip
+    else:
+        by_label = {labels.get(k, k[1]) if s["model"].nunique() == 1 else f"{labels.get(k, k[1])} ({k[0]})": c
+                    for k, c in colors.items()}  # fmt: skip
+        curve = (
+            plots.domain_lines(grid, Path(f"{stem}-curve"), f"{label} %", by_label),
+            f"{head[0].label} per domain in stream order (mean over seeds): the metric this table ranks by",
+        )
+    made = {
+        "curve": curve,
         "heatmap": (
-            plots.heatmap(grid, out / "plots" / f"{slug(table)}-heatmap", label=f"{label} %"),
+            plots.heatmap(grid, Path(f"{stem}-heatmap"), label=f"{label} %"),
             f"Per-domain {label} (mean over seeds), domains in stream order",
         ),
         "memory": (
-            plots.memory_scatter(s, out / "plots" / f"{slug(table)}-memory", head[0]),
+            plots.memory_scatter(s, Path(f"{stem}-memory"), head[0], labels=labels, colors=colors),
             f"Adapted memory vs {head[0].label} (EcoTTA trade-off)",
         ),
         "forgetting": (
-            plots.forgetting_bars(s, out / "plots" / f"{slug(table)}-forgetting"),
+            plots.forgetting_bars(s, Path(f"{stem}-forgetting"), labels=labels, colors=colors),
             "Forgetting on held-out clean data",
         ),
     }
     figs, written = [], []
     for kind in PLOT_KINDS:
-        stem, caption = made[kind]
-        if stem is not None:
-            written += [Path(f"{stem}{x}") for x in plots.SUFFIXES]
-            figs.append({"png": f"plots/{stem.name}.png", "svg": f"plots/{stem.name}.svg", "caption": caption})
+        made_stem, caption = made[kind]
+        if made_stem is not None:
+            written += [Path(f"{made_stem}{x}") for x in plots.SUFFIXES]
+            figs.append(
+                {"png": f"plots/{made_stem.name}.png", "svg": f"plots/{made_stem.name}.svg", "caption": caption,
+                 "kind": kind}
+            )  # fmt: skip
     return figs, written
 
 
@@ -165,9 +208,16 @@ def domain_order(table: str, col: Collection) -> list[str]:
     return [d for d in order if d in seen] + [d for d in dict.fromkeys(seen) if d not in order]
 
 
-def domain_grid(s: pd.DataFrame, domains: pd.DataFrame, metric: str, order: list[str]) -> pd.DataFrame:
-    """Entries (rows, ranked as in `s`, labelled `entry` or `entry (model)`) × domains (columns, in `order`):
-    the per-domain `metric` (domains.csv column), mean over seeds and rounds."""
+def domain_grid(
+    s: pd.DataFrame,
+    domains: pd.DataFrame,
+    metric: str,
+    order: list[str],
+    labels: dict[tuple[str, str], str] | None = None,
+) -> pd.DataFrame:
+    """Entries (rows, ranked as in `s`, labelled by `labels` {(model, entry): name} or the entry, `name (model)`
+    with several models) × domains (columns, in `order`): the per-domain `metric` (domains.csv column), mean over
+    seeds and rounds."""
     if s.empty or domains.empty or metric not in domains:
         return pd.DataFrame()
     kept = domains[domains["entry"].isin(s["entry"])]
@@ -175,7 +225,8 @@ def domain_grid(s: pd.DataFrame, domains: pd.DataFrame, metric: str, order: list
     piv = piv.reindex(columns=[d for d in order if d in piv.columns])
     piv = piv.reindex(pd.MultiIndex.from_frame(s[["model", "entry"]]))
     models = s["model"].nunique()
-    piv.index = [e if models == 1 else f"{e} ({m})" for m, e in piv.index]
+    named = [(labels or {}).get((m, e), e) for m, e in piv.index]
+    piv.index = [n if models == 1 else f"{n} ({m})" for n, (m, _e) in zip(named, piv.index)]
     return piv
 
 
@@ -245,7 +296,10 @@ def protocol(table: str, col: Collection) -> dict[str, str]:
         "rounds": str(c0["rounds"]),
         "precision": c0["precision"],
         "clean eval": _distinct([c["config"]["clean_eval"] for c in cfgs]) if has_clean else "",
-        "stream options": ", ".join(f"{k}={v}" for k, v in protocol_opts(cfgs[0]).items() if v is not None) or "–",
+        "stream options": ", ".join(
+            f"{k}={v}" for k, v in names.applicable_stream_opts(c0["setting"], protocol_opts(cfgs[0])).items()
+        )
+        or "–",  # only what applies to the setting: no gamma on a continual run
         "data fingerprint": ", ".join(fp if len(fp) <= 48 else fp[:45] + "…" for fp in fps),
         "data found at": " | ".join(locations) or "–",
         "order": f"{' / '.join(sorted(orders))}: " + " → ".join(order),
@@ -377,6 +431,9 @@ def result_columns(s: pd.DataFrame, col: Collection, table: str) -> tuple[list[d
             )
         cols.append({"label": f"Δ {what} vs {b}", "better": "", "title": f"paired per-domain {what} difference, pp",
                      "cells": cells})  # fmt: skip
+    k_cols, k_notes = compute_columns(s, col, table)
+    cols += k_cols
+    notes += k_notes
     windows = plots.has_windows(col.runs[col.runs["table"] == table])  # a worst window needs two windows or more
     for m in rundir.METRICS:  # the optional result columns, in the table's order
         if not m.column or m in head or (m.key == "worst_window_error" and not windows):
@@ -388,6 +445,58 @@ def result_columns(s: pd.DataFrame, col: Collection, table: str) -> tuple[list[d
             notes.append(forgetting_note(table, col))
         elif m.key == "peak_device_mb":
             notes.append("No peak MB column: device memory peaks are measured on GPU only (these runs ran on CPU).")
+    return cols, notes
+
+
+K_MEANING = (
+    "relative cost of the method (time of an adapted batch over a plain forward, measured on the run's device; "
+    "fixed: stream.speed_ratio), mean over seeds; after each batch it adapts on, ceil(k) − 1 batches go unadapted"
+)
+ADAPTED_MEANING = "batches the method adapted on / batches in the stream (mean over seeds)"
+
+
+def compute_columns(s: pd.DataFrame, col: Collection, table: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """The realistic setting's and CCC's columns: k (the method's relative cost, measured on the run's device or
+    fixed by stream.speed_ratio) and batches adapted / total (mean over seeds); a warning when every batch was
+    adapted (then the realistic setting equals the continual one)."""
+    sel = col.runs[col.runs["table"] == table]
+    realistic = bool((sel["setting"] == "realistic").any())
+    if not realistic and not sel["stream"].astype(str).str.startswith("ccc").any():
+        return [], []
+    total = col.batches[col.batches["table"] == table].groupby("run_id")["batch"].nunique()
+    k_cells, b_cells, every = [], [], []
+    for r in s.to_dict("records"):
+        g = sel[(sel["model"] == r["model"]) & (sel["entry"] == r["entry"])]
+        n_total = [int(total.get(rid, 0)) for rid in g["run_id"]]
+        adapted = g["batches_adapted"].astype(float).tolist() if "batches_adapted" in g else []
+        if adapted and n_total:
+            a, t = sum(adapted) / len(adapted), sum(n_total) / len(n_total)
+            text = f"{a:.0f} / {t:.0f}" if a == int(a) and t == int(t) else f"{a:.1f} / {t:.1f}"
+            share = f"{100 * a / t:.0f} %" if t else ""
+            b_cells.append({"text": text, "small": share, "key": _key(a / t if t else None)})
+            every.append(all(x >= y for x, y in zip(adapted, n_total)))
+        else:
+            b_cells.append({"text": "–", "small": "", "key": ""})
+        ks = g["speed_ratio"].astype(float).dropna().tolist() if "speed_ratio" in g else []
+        fixed = [col.configs[r]["config"].get("stream_opts", {}).get("speed_ratio") is not None for r in g["run_id"]]
+        how = "fixed" if all(fixed) else "measured" if not any(fixed) else "fixed/measured"
+        k = sum(ks) / len(ks) if ks else math.nan
+        k_cells.append({"text": _fmt(k), "small": how if ks else "", "key": _key(k)})
+    cols = []
+    if realistic:
+        cols.append({"label": "k", "better": "lower", "cells": k_cells, "title": K_MEANING})
+    cols.append({"label": "batches adapted", "better": "higher", "cells": b_cells, "title": ADAPTED_MEANING})
+    notes = []
+    if realistic and every and all(every):
+        notes.append(
+            "Warning: every entry adapted on every batch (k ≤ 1, or one batch per domain), so this realistic "
+            "table equals the continual setting; a method only loses batches when adapting costs more than a "
+            "forward pass (k > 1)."
+        )
+    elif realistic and any(every):
+        short = names.short_names(sel, col.configs)
+        who = [short[(table, r["model"], r["entry"])]["short"] for r, e in zip(s.to_dict("records"), every) if e]
+        notes.append(f"Adapted on every batch (as in the continual setting): {', '.join(who)}.")
     return cols, notes
 
 
@@ -403,18 +512,29 @@ def forgetting_note(table: str, col: Collection) -> str:
     )
 
 
-def table_context(table: str, s: pd.DataFrame, col: Collection, figs: list[dict]) -> dict[str, Any]:
-    """Template context for one table: protocol, result columns (display text, sort keys, best marks), plots."""
+def table_context(
+    table: str,
+    s: pd.DataFrame,
+    col: Collection,
+    figs: list[dict],
+    title: str | None = None,
+    short: dict[tuple[str, str, str], dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    """Template context for one table: protocol, result columns (display text, sort keys, best marks), plots.
+    Entries are shown by their short names (`names.short_names`), the full resolved options in a tooltip."""
     columns, notes = result_columns(s, col, table)
+    short = short if short is not None else names.short_names(col.runs, col.configs)
     rows = []
     for rank, r in enumerate(s.to_dict("records"), 1):
         sel = col.runs[
             (col.runs["table"] == table) & (col.runs["model"] == r["model"]) & (col.runs["entry"] == r["entry"])
         ]
+        name = short.get((table, r["model"], r["entry"]), {"short": r["entry"], "full": r["entry"]})
         rows.append(
             {
                 "rank": rank,
-                "entry": r["entry"],
+                "entry": name["short"],
+                "options": name["full"],
                 "model": r["model"],
                 "n_seeds": r["n_seeds"],
                 "seeds": r["seeds"],
@@ -429,7 +549,7 @@ def table_context(table: str, s: pd.DataFrame, col: Collection, figs: list[dict]
     return {
         "key": table,
         "id": slug(table),
-        "title": f"{c['stream']} · {c['setting']}",
+        "title": title or f"{c['stream']} · {c['setting']}",
         "protocol": c,
         "columns": columns,
         "headline": f"{head[0].label} ({head[0].arrow}, {head[0].meaning})"
@@ -437,5 +557,23 @@ def table_context(table: str, s: pd.DataFrame, col: Collection, figs: list[dict]
         "notes": notes,
         "rows": rows,
         "figures": figs,
+        "no_plots": "" if figs or len(rows) != 1 else (
+            "One entry: nothing to compare, so no plots (its per-domain values are in the CSV)."),
         "csv": f"csv/summary_{slug(table)}.csv",
-    }
+    }  # fmt: skip
+
+
+# The definitions of metrics that have two readings (pooled over the stream, or a mean over domains): the page and
+# its tables use one, stated once in the page's header; the other is in summary.csv.
+POOLED = {
+    "auc": "AUC is the ROC AUC of the positive class pooled over all the stream's images (summary.json `auc`, the "
+    "run's results header); the mean of the per-domain AUCs is in summary.csv as auc_domains_mean",
+    "balanced_error": "balanced error is pooled over the stream (mean per-class error of all its images); the mean "
+    "of the per-domain values is in summary.csv as balanced_error_domains_mean, and the per-domain plots and paired "
+    "tests use the per-domain values",
+}
+
+
+def definitions(summary: pd.DataFrame) -> list[str]:
+    """The page's statements of which definition its pooled metrics use (only those some table shows)."""
+    return [text for key, text in POOLED.items() if f"{key}_mean" in summary and summary[f"{key}_mean"].notna().any()]

@@ -24,6 +24,9 @@ from tta_bench import rundir
 from tta_bench.leaderboard.collect import FIXED, IDENTITY
 
 BASELINES = ("source", "norm")
+# Metrics a run reports pooled over the whole stream (summary.json) and per domain (domains.csv): the page shows the
+# pooled one; summary.csv also keeps `<key>_domains_mean` / `_domains_std`, the mean over domains (over seeds).
+DOMAIN_MEANS = ("auc", "balanced_error")
 ALPHA = 0.05
 
 
@@ -99,7 +102,8 @@ def summarize(runs: pd.DataFrame, domains: pd.DataFrame) -> pd.DataFrame:
     Columns: table, stream, setting, model, method, entry, n_seeds, seeds, `headline` (the table's headline metric
     keys, comma-separated; the first ranks the table), `<metric>_mean` / `_std` for the aggregated metrics of
     rundir.METRICS and any other scalar summary keys, `<headline>_ci_low` / `_ci_high` (and mean_error's),
-    `err:<domain>` (mean over seeds), and per baseline delta_vs_<b>, p_vs_<b>, n_pairs_vs_<b>, sig_vs_<b> on the
+    `err:<domain>` (mean over seeds), `<key>_domains_mean` / `_domains_std` for DOMAIN_MEANS, and per baseline
+    delta_vs_<b>, p_vs_<b>, n_pairs_vs_<b>, sig_vs_<b> on the
     per-domain `paired_metric` column.
     Rows are ranked within each table by its first headline metric in its direction (best first). Runs that repeat
     a (table, model, entry, seed), e.g. the same data reached through another path, count once (the last read).
@@ -133,6 +137,11 @@ def summarize(runs: pd.DataFrame, domains: pd.DataFrame) -> pd.DataFrame:
                 row[f"{k}_mean"], row[f"{k}_std"] = mean, std
                 if k == "mean_error" or any(m.key == k for m in head):
                     row[f"{k}_ci_low"], row[f"{k}_ci_high"] = lo, hi
+            for k in DOMAIN_MEANS:  # the page shows the pooled value; the mean over domains is kept here
+                if k in tdom and tdom[k].notna().any() and "run_id" in tdom:
+                    per_run = tdom.groupby("run_id")[k].mean()
+                    mean, std, _, _ = mean_std_ci([per_run.get(r, math.nan) for r in g["run_id"]])
+                    row[f"{k}_domains_mean"], row[f"{k}_domains_std"] = mean, std
             for c in dom_cols:
                 row[c] = float(g[c].mean()) if g[c].notna().any() else math.nan
             for b in BASELINES:

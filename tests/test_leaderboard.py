@@ -157,7 +157,7 @@ def test_plots_are_written_and_decode(site):
 
 def test_page_links_configs_and_shows_protocol(site, runs):
     html = (site.out / "index.html").read_text()
-    assert html.count("<tr>") == 1 + len(METHODS)  # header + one row per method
+    assert html.count("<tr>") == 2 * (1 + len(METHODS))  # overview matrix and detail table: header + a row per method
     for folder in (p.parent for p in runs.glob("*/done")):
         copy = site.out / "configs" / f"{folder.name}.json"
         assert f'href="configs/{folder.name}.json"' in html
@@ -326,8 +326,12 @@ def test_page_shows_worst_window_and_collapsed_only_where_they_apply(window_runs
     assert "worst window % ↓" in html
     for s in out.values():
         assert f">{s['worst_window_error']:.2f}<" in html
-    rows = [r for r in html.split("<tr>") if 'class="entry"' in r]
+    board = html.split('class="board"')[1]  # the detail table (the overview matrix comes first)
+    rows = [r for r in board.split("<tr>") if 'class="entry"' in r]
     flagged = [r for r in rows if 'class="collapsed"' in r]
-    assert len(rows) == 2 and len(flagged) == 1 and "tent[lr=0.002]" in flagged[0]
+    # short names: tent's cifar10-c preset (digits-c's family) uses lr 0.001, so only the other run names its lr
+    assert len(rows) == 2 and len(flagged) == 1 and ">tent (lr=0.002) <span" in flagged[0]
+    assert [r.split('title="')[1].split('">')[1].split("<")[0].strip() for r in rows if ">tent<" in r] == ["tent"]
     plain = (site.out / "index.html").read_text()  # digits-c, 480 images, windows of 1,000: one window
-    assert "worst window" not in plain and 'class="collapsed"' not in plain.split("</header>")[1]
+    tables = plain.split('class="board"')[1]
+    assert "worst window" not in tables and 'class="collapsed"' not in tables

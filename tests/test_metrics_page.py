@@ -52,13 +52,18 @@ def make_run(
     fingerprint: str | None = None,
     clean: tuple[float, float] | None = None,
     clean_eval: str = "domain",
+    setting: str = "continual",
+    method_opts: dict[str, Any] | None = None,
+    preset: dict[str, Any] | None = None,
+    batches_per_domain: int = 1,
 ) -> Path:
-    """Write one complete run folder (schema of tta_bench.rundir) and return it."""
+    """Write one complete run folder (schema of tta_bench.rundir) and return it. `preset`: config.json's preset
+    record (tta_bench.presets.record); `batches_per_domain`: batches.csv rows per domain (its error each)."""
     config = {
-        "method": method, "stream": stream, "model": model, "setting": "continual", "severity": 5, "batch_size": 4,
+        "method": method, "stream": stream, "model": model, "setting": setting, "severity": 5, "batch_size": 4,
         "seed": seed, "limit": limit, "rounds": 1, "precision": "fp32", "clean_eval": clean_eval,
-        "method_opts": {}, "stream_opts": {"gamma": 0.1, "window": 1000, "speed_ratio": None, "domains": None,
-                                           **(stream_opts or {})},
+        "method_opts": method_opts or {}, "stream_opts": {"gamma": 0.1, "window": 1000, "speed_ratio": None,
+                                                          "domains": None, **(stream_opts or {})},
     }  # fmt: skip
     fp = fingerprint if fingerprint is not None else FP[stream]
     rid = hash_json({"config": config, "data": fp}, rundir.RUN_ID_LENGTH)
@@ -67,6 +72,7 @@ def make_run(
     cfg = {
         "run_id": rid,
         "config": config,
+        "preset": preset or {"requested": "auto", "stream_family": None, "family": None},
         "execution": {"device": "cpu", "data_dir": "/data", "out": str(root), "workers": 0, "threads": 1},
         "versions": {"python": "3.11", "tta_bench": "0.1.0", "torch": "2"},
         "git": {"commit": "0123456789abcdef", "dirty": False},
@@ -90,7 +96,7 @@ def make_run(
     mean_error = sum(errors.values()) / len(errors)
     before, after = clean if clean is not None else (None, None)
     summary = {
-        "method": method, "stream": stream, "model": model, "setting": "continual", "seed": seed, "severity": 5,
+        "method": method, "stream": stream, "model": model, "setting": setting, "seed": seed, "severity": 5,
         "rounds": 1, "batch_size": 4, "task": task, "mean_error": mean_error, "domain_errors": errors,
         "round_errors": [mean_error], "ece": 5.0 + seed, "n_samples": n, "clean_error_before": before,
         "clean_error_after": after, "forgetting": None if clean is None else after - before,
@@ -99,7 +105,7 @@ def make_run(
         "prepare_adapt_mb": None, "diverged": False, "first_diverged_batch": None, "window": 1000,
         "window_errors": [mean_error], "worst_window": 0, "worst_window_error": mean_error,
         "collapse_threshold": 85.0, "collapsed": False, "speed_ratio": None, "speed_ratio_measured": None,
-        "batches_adapted": len(domain_rows), **extra,
+        "batches_adapted": len(domain_rows) * batches_per_domain, **extra,
     }  # fmt: skip
     rundir.check_summary(summary)
     folder = root / rid
@@ -127,16 +133,16 @@ def make_run(
                 "batch": i,
                 "round": 0,
                 "segment": r["domain"],
-                "index": 0,
+                "index": k,
                 "severity": severity,
-                "n": r["n"],
+                "n": r["n"] // batches_per_domain,
                 "error": r["error"],
                 "nonfinite": 0,
                 "seconds": 0.1,
                 "adapt_mb": 1.0,
                 "peak_device_mb": None,
             }
-            for i, r in enumerate(domain_rows)
+            for i, (r, k) in enumerate((r, k) for r in domain_rows for k in range(batches_per_domain))
         ]  # fmt: skip
     )
     bat.to_csv(folder / rundir.BATCHES, index=False)
@@ -280,5 +286,5 @@ def test_real_data_reached_through_a_symlink_has_the_same_fingerprint(shared_dat
     prints = []
     for root in (shared_data / sub, link):
         opts = check_options("stream", stream, {"root": str(root)}, st.stream_options(stream))
-        prints.append(st.build_stream(stream, tmp_path, 0, opts).info["data_fingerprint"])
+        prints.append(st.build_stream(stream, tmp_path, 0, opts).data_fingerprint)
     assert prints[0] and prints[0] == prints[1]
