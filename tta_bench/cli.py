@@ -80,8 +80,10 @@ def check_names(methods: list[str], streams: list[str], models: list[str] | None
     """An unknown method / stream / model name, or an unknown `--set` option of one, is the registry's own UserError
     (the same message: close matches, known names), told without importing torch when the cached catalogue matches
     the code (`tta_bench.catalogue`); otherwise nothing is checked here and the run checks them when it resolves.
-    `models` None: each stream's default model; `opts`: `method_opts`, `stream_opts`, `model_opts` as given."""
+    `models` None: each stream's default model; `opts`: `method_opts`, `stream_opts`, `model_opts` as given.
+    Options that name paths are left to the run (it checks the path first, whether or not the option exists)."""
     from tta_bench import catalogue
+    from tta_bench.config import PATH_OPTIONS
     from tta_bench.kernel import check_options, unknown_name
 
     cat = catalogue.cached()
@@ -94,7 +96,7 @@ def check_names(methods: list[str], streams: list[str], models: list[str] | None
             if name not in known:
                 raise unknown_name(kind, name, known, f"python -m tta_bench list {kind}s")
     for kind, names in (("method", methods), ("stream", streams), ("model", models)):
-        given = opts.get(f"{kind}_opts") or {}
+        given = {k: v for k, v in (opts.get(f"{kind}_opts") or {}).items() if k not in PATH_OPTIONS}
         for name in names if given else ():
             check_options(kind, name, given, dict.fromkeys(cat["options"][kind][name]))  # unknown keys only
 
