@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from tta_bench.config import RunConfig, cache_dir_default, weights_dir_default
-from tta_bench.models import ModelContext, build_model, load_zoo
+from tta_bench.models import ModelContext, build_model
 from tta_bench.runner import run
 from tta_bench.streams import build_stream, stream_options
 
@@ -63,7 +63,6 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     device = torch.device(args.device)
-    load_zoo()
     spec = build_stream("digits-c", None, 0, stream_options("digits-c"))
     ctx = ModelContext(weights_dir_default(), cache_dir_default(), device)
     source = build_model("small-cnn", spec, ctx, {})

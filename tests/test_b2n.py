@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tta_bench import streams as st
 from tta_bench.data.b2n import b2n_summary, base_new, cifar100_b2n, digits_b2n, few_shot, folder_b2n, imagenet_ds
 from tta_bench.kernel import UserError
 
@@ -30,7 +31,7 @@ def test_split_and_shots():
 def test_digits_b2n_bookkeeping():
     spec = digits_b2n(seed=0)
     assert spec.class_names == ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-    assert spec.domain_names == ["base", "new"] and spec.default_model == "clip-tiny"
+    assert spec.domain_names == ["base", "new"] and st.default_model("digits-b2n") == "clip-tiny"
     assert spec.class_subsets == {"base": [0, 1, 2, 3, 4], "new": [5, 6, 7, 8, 9]}
     assert np.bincount(spec.source.targets, minlength=10).tolist() == [16] * 5 + [0] * 5
     base, new = spec.load("base", None, None), spec.load("new", None, None)

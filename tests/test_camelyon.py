@@ -9,10 +9,7 @@ import torch
 from PIL import Image
 
 from tta_bench.kernel import UserError
-from tta_bench.models import load_zoo
-from tta_bench.streams import build_stream, stream_options
-
-load_zoo()
+from tta_bench.streams import build_stream, default_model, stream_options
 
 
 def write_wilds(root, per_center=4, seed=0):
@@ -45,7 +42,7 @@ def test_hospital_split_and_pixels(tmp_path):
     assert (base / "metadata.csv").read_text().startswith(",patient,node,x_coord,y_coord,tumor,slide,center,split")
     spec = stream(tmp_path)
     assert spec.domain_names == ["hospital1", "hospital2"] and spec.severities is None
-    assert spec.num_classes == 2 and spec.default_model == "medical-resnet"
+    assert spec.num_classes == 2 and default_model("camelyon17") == "medical-resnet"
     assert len(spec.source) == 9 and len(spec.clean) == 3  # 3 hospitals x (3 train + 1 id-val)
     assert all("patient_004_" in p or "patient_034_" in p or "patient_044_" in p for p in spec.source.paths)
     h2 = spec.load("hospital2", None, None)

@@ -15,7 +15,7 @@ import torch
 from tta_bench.config import cache_dir_default, weights_dir_default
 from tta_bench.data.ccc import CCC, DIFFICULTY, CCCImages, Pool, Step, find_path, noises_for, plan_walks
 from tta_bench.data.digits import digits_c, split, subset
-from tta_bench.models import ModelContext, build_model, load_zoo
+from tta_bench.models import ModelContext, build_model
 
 
 def official_walk(arr: np.ndarray, target: float) -> list[tuple[int, int]]:
@@ -99,7 +99,6 @@ def test_same_seed_same_images_other_seed_other_images_any_batch_size():
 
 @pytest.fixture(scope="module")
 def digits_model():
-    load_zoo()
     torch.manual_seed(0)
     ctx = ModelContext(weights_dir_default(), cache_dir_default(), torch.device("cpu"), 0)
     return build_model("small-cnn", digits_c(), ctx, {}).eval()

@@ -25,12 +25,9 @@ from torch.utils.data import Dataset
 from tta_bench import RunConfig, run
 from tta_bench.data import ccc as ccc_data
 from tta_bench.data import digits, imagenet, medmnist
-from tta_bench.models import load_zoo
 from tta_bench.rundir import load_config
 from tta_bench.runner import clean_loader
 from tta_bench.streams import STREAMS, build_stream, clean_split, stream_options
-
-load_zoo()
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 BATCH = 8
 
@@ -257,7 +254,7 @@ def test_ccc_clean_size_zero_streams_the_whole_pool(tmp_path):
     whole = build_stream("ccc-cifar", tmp_path, 0, {**opts, "clean_size": 0})
     assert whole.clean is None and len(whole.source) == 200 and whole.info["clean_held_out"] == 0
     assert len(held.clean) == 20 and len(held.source) == 180  # at most a tenth of the pool
-    assert held.info["data_fingerprint"] == whole.info["data_fingerprint"]  # every image it may read
+    assert held.data_fingerprint == whole.data_fingerprint  # every image it may read
     other_seed = build_stream("ccc-cifar", tmp_path, 1, opts)
     assert clean_identities(other_seed.clean) == clean_identities(held.clean)  # the same held-out images
 

@@ -9,10 +9,7 @@ import torch
 from PIL import Image
 
 from tta_bench.kernel import UserError
-from tta_bench.models import load_zoo
 from tta_bench.streams import build_stream, stream_options
-
-load_zoo()
 
 
 def write_split(tmp_path, n=5, labels=("normal", "pneumonia"), groups=("hospA", "hospB")):

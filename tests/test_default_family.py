@@ -16,11 +16,9 @@ import torch
 from tta_bench import RunConfig, methods, presets, run
 from tta_bench.config import cache_dir_default, weights_dir_default
 from tta_bench.identity import open_stream, resolve
-from tta_bench.models import ModelContext, build_model, load_zoo
+from tta_bench.models import ModelContext, build_model
 from tta_bench.rundir import load_config
 from tta_bench.streams import STREAMS
-
-load_zoo()
 
 
 def test_every_stream_has_a_family():

@@ -13,11 +13,9 @@ import torch.nn as nn
 
 from tta_bench import methods
 from tta_bench.memory import measure
-from tta_bench.models import MODELS, ModelContext, load_zoo
+from tta_bench.models import MODELS, ModelContext
 from tta_bench.zoo.espnet import STATS, ESPNet, ESPNetInput
 from tta_bench.zoo.segmentation_zoo import DeepLabV2, DenseInference, _multi_level, deeplabv3
-
-load_zoo()
 CAMVID = SimpleNamespace(num_classes=11)
 CITY = SimpleNamespace(num_classes=19)
 

@@ -117,8 +117,8 @@ def stripes_c(*, data_dir=None, seed: int = 0) -> StreamSpec:
         return images(n, {"dim": 0.0, "bright": 0.2}[domain], 1)
 
     return StreamSpec(name="stripes-c", domain_names=["dim", "bright"], load=load, num_classes=10,
-                      default_model="small-cnn", source=images(200, 0.0, 2), clean=images(16, 0.0, 3),
-                      severities=None, info={"data_fingerprint": "stripes-v1", "source_fingerprint": "stripes-v1"})
+                      data_fingerprint="stripes-v1", source_fingerprint="stripes-v1",
+                      source=images(200, 0.0, 2), clean=images(16, 0.0, 3), severities=None)
 '''
 
 

@@ -64,13 +64,13 @@ def test_source_split_from_training_images(folders, tmp_path):
     assert sorted(set(spec.source.targets.tolist())) == sorted(imagenet_wnids().index(w) for w in WNIDS)
     assert all(imagenet_wnids()[t] == f.parent.name for f, t in zip(spec.source.files, spec.source.targets))
     # the source split enters the data fingerprint (so the run id); without it the fingerprint is as before
-    assert spec.info["data_fingerprint"] != plain.info["data_fingerprint"]
-    assert spec.info["source_fingerprint"].startswith("imagenet-train-")
+    assert spec.data_fingerprint != plain.data_fingerprint
+    assert spec.source_fingerprint.startswith("imagenet-train-")
     shown = {f"{f.parent.name}/{f.name}" for f in spec.load("fog", 5, None).files}
     assert not shown & {f"{f.parent.name}/{f.name}" for f in spec.source.files}
     # a folder that holds train/ is accepted as well
     up = imagenet_c(data_dir=tmp_path, seed=0, clean_dir=str(val), source_dir=str(train.parent))
-    assert up.source.files == spec.source.files and up.info["source_fingerprint"] == spec.info["source_fingerprint"]
+    assert up.source.files == spec.source.files and up.source_fingerprint == spec.source_fingerprint
 
 
 def test_source_size_is_a_seeded_subset(folders, tmp_path):
@@ -92,7 +92,7 @@ def test_source_fingerprint_follows_the_images(folders, tmp_path):
 
     def fp(size=None) -> str:
         spec = imagenet_c(data_dir=tmp_path, seed=0, clean_dir=str(val), source_dir=str(train), source_size=size)
-        return spec.info["data_fingerprint"]
+        return spec.data_fingerprint
 
     full, subset = fp(), fp(12)
     jpeg(train / WNIDS[0] / f"{WNIDS[0]}_0.JPEG", 99, size=(310, 260))  # replaced by another image (another size)
@@ -103,7 +103,7 @@ def test_source_fingerprint_follows_the_images(folders, tmp_path):
     # a copy of the same bytes elsewhere: the same fingerprint
     shutil.copytree(train, tmp_path / "copy")
     spec = imagenet_c(data_dir=tmp_path, seed=0, clean_dir=str(val), source_dir=str(tmp_path / "copy"), source_size=13)
-    assert spec.info["data_fingerprint"] == fp(13)
+    assert spec.data_fingerprint == fp(13)
 
 
 def test_source_dir_errors_name_the_option_and_layout(folders, tmp_path):
@@ -144,10 +144,7 @@ def test_published_files_and_natural_streams_take_the_source_split(tmp_path, mon
     for k, w in enumerate(WNIDS):
         jpeg(tmp_path / "imagenet-r" / w / f"art_{k}.jpg", 5 + k)
     r = imagenet_r(data_dir=tmp_path, seed=0, source_dir=str(train), source_size=2)
-    assert (
-        len(r.source) == 2
-        and r.info["data_fingerprint"] != imagenet_r(data_dir=tmp_path, seed=0).info["data_fingerprint"]
-    )
+    assert len(r.source) == 2 and r.data_fingerprint != imagenet_r(data_dir=tmp_path, seed=0).data_fingerprint
     assert imagenet_r(data_dir=tmp_path, seed=0).source is None
 
 

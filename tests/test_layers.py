@@ -226,7 +226,7 @@ def test_adapters_load_only_the_kernel_and_registries_load_their_modules() -> No
         "assert not bad, bad\n"
         "from tta_bench.models import MODELS\n"
         "from tta_bench.streams import STREAMS\n"
-        "assert 'digits-c' in STREAMS and STREAMS.get('cifar10-c').factory.default_model\n"
+        "assert 'digits-c' in STREAMS and STREAMS.get('cifar10-c').attrs['default_model']\n"
         "assert 'small-cnn' in MODELS and 'clip-tiny' in MODELS.names()\n"
         "assert 'tent' in methods.names() and 'fog' in corruptions.names()\n"
     )

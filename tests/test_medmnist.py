@@ -12,10 +12,7 @@ from tta_bench import RunConfig, run
 from tta_bench.corruptions.medical import MEDMNIST_C
 from tta_bench.kernel import UserError
 from tta_bench.metrics import METERS
-from tta_bench.models import load_zoo
 from tta_bench.streams import STREAMS, build_stream, stream_options
-
-load_zoo()
 
 
 def write_npz(path, n=(40, 10, 12), size=28, rgb=False, classes=2, seed=0, drop=None):

@@ -11,12 +11,11 @@ import pytest
 import torch
 
 from tta_bench.kernel import UserError
-from tta_bench.models import MODELS, ModelContext, load_zoo
+from tta_bench.models import MODELS, ModelContext
 from tta_bench.zoo import cifar_resnet, efficientnet_lite, torchvision_zoo
 from tta_bench.zoo.cifar_resnet import CifarResNet
 
 REPO = Path(__file__).resolve().parent.parent
-load_zoo()
 
 
 def ctx(tmp_path: Path) -> ModelContext:

@@ -26,7 +26,7 @@ import torch
 from tta_bench.config import RunConfig
 from tta_bench.data.segmentation import camvid
 from tta_bench.metrics import SegmentationMeter
-from tta_bench.models import MODELS, ModelContext, load_zoo
+from tta_bench.models import MODELS, ModelContext
 from tta_bench.runner import run
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
@@ -42,7 +42,6 @@ def one_thread():
 
 
 def espnet_camvid(shared: Path, **opts):
-    load_zoo()
     ctx = ModelContext(shared / "models", shared / "cache", torch.device("cpu"))
     return MODELS.get("espnet-camvid").factory(SimpleNamespace(num_classes=11), ctx, **opts).eval()
 

@@ -15,14 +15,13 @@ import torch
 
 from tta_bench import RunConfig, run
 from tta_bench.data.folders import read_u8
-from tta_bench.models import MODELS, ModelContext, load_zoo
+from tta_bench.models import MODELS, ModelContext
 
 pytestmark = pytest.mark.real
 LIMIT = 128  # images per domain in the slow check (CPU time); the stream holds all 1,000
 
 
 def test_efficientnet_lite0_classifies_imagenet_jpg20(shared_data, tmp_path):
-    load_zoo()
     model = MODELS.get("efficientnet-lite0").factory(None, ModelContext(tmp_path, tmp_path, torch.device("cpu")))
     files = sorted((shared_data / "imagenet-jpg20").glob("imagenet_*.jpg"))
     assert len(files) == 20
@@ -40,8 +39,6 @@ def test_efficientnet_lite0_clean_top1_on_imagenet_sample(shared_data, tmp_path)
 
     from tta_bench.data.folders import ImageFiles, list_image_folder
     from tta_bench.data.imagenet import wnid_label
-
-    load_zoo()
     model = MODELS.get("efficientnet-lite0").factory(None, ModelContext(tmp_path, tmp_path, torch.device("cpu")))
     files, labels, _ = list_image_folder(shared_data / "imagenet-sample" / "images", label_of=wnid_label)
     right = 0

@@ -7,10 +7,7 @@ import numpy as np
 import pytest
 
 from tta_bench import RunConfig, methods, run
-from tta_bench.models import load_zoo
 from tta_bench.streams import build_stream, stream_options
-
-load_zoo()
 METHODS = ("source", "norm", "tent", "alpha_bn", "ecotta")
 
 

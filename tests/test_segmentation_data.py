@@ -277,7 +277,7 @@ def test_camvid_c_holds_out_the_last_test_images_as_source(tmp_path):
     assert x.shape == (3, H, W) and torch.equal(y, seg.camvid(tmp_path / "camvid")[9][1])  # clean, not corrupted
     spec = build_stream("camvid-c", tmp_path, 0, {"holdout": 5})
     assert len(spec.source) == 5 and len(spec.load("fog", 3, None)) == 7
-    assert spec.info["source_fingerprint"] != build_stream("camvid-c", tmp_path, 0, {}).info["source_fingerprint"]
+    assert spec.source_fingerprint != build_stream("camvid-c", tmp_path, 0, {}).source_fingerprint
     spec = build_stream("camvid-c", tmp_path, 0, {"holdout": 0})
     assert spec.source is None and len(spec.load("fog", 3, None)) == 12 and spec.info["source_split"] is None
     for bad in (12, -1, 2.5):

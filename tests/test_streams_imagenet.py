@@ -61,13 +61,13 @@ def test_files_all_samples(tmp_path):
 
 def test_files_fingerprint_changes_when_images_are_replaced(tmp_path):
     ids = write_imagenet_c(tmp_path / "ImageNet-C")
-    fp = imagenet_c(data_dir=tmp_path, seed=0, samples="all").info["data_fingerprint"]
-    assert imagenet_c(data_dir=tmp_path, seed=0, samples="all").info["data_fingerprint"] == fp
+    fp = imagenet_c(data_dir=tmp_path, seed=0, samples="all").data_fingerprint
+    assert imagenet_c(data_dir=tmp_path, seed=0, samples="all").data_fingerprint == fp
     time.sleep(0.05)  # past the file system's timestamp granularity
     target = tmp_path / "ImageNet-C" / "snow" / "5" / ids[0]
     jpeg(target.with_name("new.JPEG"), 200)
     os.replace(target.with_name("new.JPEG"), target)  # as a re-extracted or regenerated image lands
-    assert imagenet_c(data_dir=tmp_path, seed=0, samples="all").info["data_fingerprint"] != fp
+    assert imagenet_c(data_dir=tmp_path, seed=0, samples="all").data_fingerprint != fp
 
 
 def test_files_default_subset_in_id_list_order(tmp_path, monkeypatch):

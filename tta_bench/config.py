@@ -19,25 +19,21 @@ from pathlib import Path
 from typing import Any
 
 from tta_bench.kernel.errors import UserError
-from tta_bench.kernel.options import (  # noqa: F401  (re-exported)
+from tta_bench.kernel.options import (
     MAX_BATCH,
     MAX_IMAGES,
     MAX_ROUNDS,
     MAX_SEED,
     MAX_SIDE,
     MAX_WORKERS,
-    SCOPES,
     check_float,
     check_int,
-    check_options,
     check_path,
-    coerce,
-    parse_sets,
-    parse_value,
 )
 from tta_bench.presets import CHOICES as PRESET_CHOICES
+from tta_bench.settings import SETTINGS as _SETTING_FNS
 
-SETTINGS = ("continual", "episodic", "gradual", "mixed", "non-iid", "realistic")
+SETTINGS = tuple(_SETTING_FNS)  # declared once, in tta_bench/settings.py
 PRECISIONS = ("fp32", "amp")
 CLEAN_EVAL = ("domain", "end", "off")
 # Fields that say where/how a run executes, not what it computes: excluded from the hash.

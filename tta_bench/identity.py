@@ -87,7 +87,7 @@ def check_data_dir(cfg: RunConfig) -> None:
 
 def default_model(stream: str) -> str:
     """The model a stream runs on when `--model` is not given (declared at registration)."""
-    return st.STREAMS.get(stream).factory.default_model
+    return st.default_model(stream)
 
 
 def open_stream(cfg: RunConfig) -> st.StreamSpec:
@@ -98,7 +98,7 @@ def open_stream(cfg: RunConfig) -> st.StreamSpec:
 def data_fingerprint(spec: st.StreamSpec) -> str | None:
     """What the stream read from disk (files' relative names, sizes and contents: `kernel.fingerprint_files`) or
     generated: a changed file, a new run id; the same bytes under another folder, the same fingerprint."""
-    return spec.info.get("data_fingerprint")
+    return spec.data_fingerprint
 
 
 def weights_fingerprint(model_opts: dict) -> str | None:

@@ -106,7 +106,7 @@ def needs_source(model: str, spec: Any) -> None:
     if getattr(spec, "source", None) is None:
         raise UserError(
             f"Model '{model}' is trained on the stream's source split, and stream '{spec.name}' has none; choose a "
-            f"pretrained model with --model (default for this stream: {getattr(spec, 'default_model', '?')})."
+            "pretrained model with --model (`python -m tta_bench list streams` shows each stream's default model)."
         )
 
 
@@ -243,7 +243,7 @@ def cached_training(
     key = {"tag": tag, "recipe": recipe}  # checked on every read: another recipe's file at this name is rebuilt
     model = build()
     state = load_cache(path, "cpu", "cached source model", key=key)
-    if state is None or not _loads(model, state):
+    if state is None or not try_load_state(model, state):
         with torch.random.fork_rng(devices=[]):  # initialised from the recipe's seed, not the caller's RNG state
             torch.manual_seed(int(recipe.get("seed", 0)))
             model = build()
@@ -254,18 +254,11 @@ def cached_training(
     return describe(model.eval(), weights=str(path), sha256=state_sha256(model), recipe=recipe)
 
 
-def _loads(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
+def try_load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    """Load `state` into `model`; False (model unchanged or partly loaded: rebuild it) when the keys or shapes do not
+    match (a cache file of another architecture or version)."""
     try:
         model.load_state_dict(state)
     except (RuntimeError, KeyError, TypeError):
         return False
     return True
-
-
-def load_zoo() -> None:
-    """Import every module of tta_bench.zoo and tta_bench.data now (optional: MODELS and STREAMS import them on
-    their first lookup or listing; this only moves the import cost, e.g. before timing something)."""
-    from tta_bench.streams import STREAMS
-
-    MODELS.load()
-    STREAMS.load()

@@ -39,9 +39,9 @@ CHOICES = ("auto", "none", *FAMILIES)
 
 def stream_family(stream: str) -> str | None:
     """The benchmark family stream `stream` declared at registration (None: no family)."""
-    from tta_bench.streams import STREAMS
+    from tta_bench.streams import family
 
-    return getattr(STREAMS.get(stream).factory, "family", None)
+    return family(stream)
 
 
 def chosen_family(preset: str, stream: str) -> str | None:

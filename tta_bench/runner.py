@@ -29,11 +29,11 @@ from tta_bench import methods, presets, protocols, rundir
 from tta_bench import streams as st
 from tta_bench.accel import compile_adapter
 from tta_bench.config import RunConfig, cache_dir_default, check_device, check_run_paths, weights_dir_default
-from tta_bench.identity import data_fingerprint, open_stream, resolve, run_id  # noqa: F401  (re-exported)
+from tta_bench.identity import data_fingerprint, open_stream, resolve, run_id
 from tta_bench.kernel import NoSpace, UserError, folder_bytes, hash_json
 from tta_bench.memory import StepMemory, measure
 from tta_bench.metrics import forgetting, make_meter
-from tta_bench.models import ModelContext, build_model, load_cache, model_info, save_cache
+from tta_bench.models import ModelContext, build_model, load_cache, model_info, save_cache, try_load_state
 from tta_bench.progress import progress, quiet_while
 from tta_bench.training import deterministic, zero_grads
 
@@ -183,7 +183,7 @@ def prepare_key(adapter: methods.Adapter, spec: st.StreamSpec, cfg: RunConfig, w
             "model": cfg.model,
             "weights": weights.get("sha256"),
             "stream": cfg.stream,
-            "source": spec.info.get("source_fingerprint"),
+            "source": spec.source_fingerprint,
             "data": data_fingerprint(spec),
             "batch_size": cfg.batch_size,  # prepare loops over source batches of the run's batch size
             "seed": cfg.seed,
@@ -213,7 +213,7 @@ def prepare(adapter, spec, cfg: RunConfig, ctx: ModelContext, weights: dict, qui
     path = ctx.cache_dir / "prepare" / f"{cfg.method}-{cfg.model}-{key}.pt"
     info: dict[str, Any] = {"cache": str(path), "key": key}
     state, facts = load_cache(path, ctx.device, "prepare-stage cache", quiet, key=key, with_record=True)
-    if state is not None and _load_state(adapter, state):
+    if state is not None and try_load_state(adapter, state):
         info.update({k: facts.get(k) for k in ("adapt_mb", "seconds")}, cached=True)  # measured when it was made
         took = f", made in {info['seconds']:.1f} s" if info.get("seconds") is not None else ""
         _say(quiet, f"prepare {cfg.method}: cached state loaded ({path.name}{took})")
@@ -224,14 +224,6 @@ def prepare(adapter, spec, cfg: RunConfig, ctx: ModelContext, weights: dict, qui
     zero_grads(adapter)
     adapter.snapshot()
     return info
-
-
-def _load_state(adapter: methods.Adapter, state: dict) -> bool:
-    try:
-        adapter.load_state_dict(state)
-    except (RuntimeError, KeyError, TypeError):
-        return False
-    return True
 
 
 def _run_prepare(adapter, spec, cfg: RunConfig, device: torch.device, quiet: bool = True) -> dict[str, Any]:
@@ -299,7 +291,7 @@ def config_record(cfg, rid: str, device, spec, weights: dict, segments, datasets
         "versions": versions(),
         "git": git_commit(),
         "model_info": weights,
-        "stream_info": spec.info,
+        "stream_info": {**spec.info, "source_fingerprint": spec.source_fingerprint},
         "data_fingerprint": data_fingerprint(spec),
         "task": spec.task,
         "num_classes": spec.num_classes,

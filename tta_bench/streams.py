@@ -13,8 +13,8 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import KW_ONLY, dataclass, field, replace
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -22,9 +22,9 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from tta_bench.kernel import Registry, UserError, close_matches, declared_options
 from tta_bench.rundir import DEFAULT_WINDOW
+from tta_bench.settings import GRADUAL_SEVERITIES, SETTINGS, Segment  # noqa: F401  (part of the streams API)
 
 STREAMS = Registry("stream", "python -m tta_bench list streams", packages=("tta_bench.data",))  # loaded on first use
-GRADUAL_SEVERITIES = (1, 2, 3, 4, 5, 4, 3, 2, 1)  # CoTTA's gradual schedule, per corruption
 # Options every stream accepts (--set stream.<key>=...), handled by the harness, not the factory.
 COMMON_OPTIONS: dict[str, Any] = {
     "gamma": 0.1,  # Dirichlet concentration of the non-iid setting
@@ -56,13 +56,24 @@ class StreamSpec:
     samples when `limit` is set, as RobustBench does). `source` is clean source-domain training data
     (for source models, warm-ups and prepare stages); `clean` a fixed held-out clean sample used to
     measure forgetting. `severities` is None for natural shifts that have no severity levels.
+
+    The two inputs of the run id a stream supplies are typed fields every factory must pass (keyword-only, no
+    default: leaving one out is a TypeError where the stream is built, not a run id that ignores changed data):
+    - `data_fingerprint`: what the stream reads from disk (`kernel.fingerprint_files` of its files: names, sizes,
+      contents) or generates (a hash of the generator's inputs); None only for data fully determined by the stream's
+      options and the code (then the options, already in the run id, identify it);
+    - `source_fingerprint`: the same for its source split (keys of cached source models and prepare stages); None
+      when the stream has no source split.
+    Datasets it returns may implement the fast data path (`FastDataset`).
     """
 
     name: str
     domain_names: list[str]
     load: Callable[[str, int | None, int | None], Dataset]
     num_classes: int
-    default_model: str
+    _: KW_ONLY
+    data_fingerprint: str | None
+    source_fingerprint: str | None
     task: str = "classification"
     source: Dataset | None = None
     clean: Dataset | None = None
@@ -112,66 +123,13 @@ CLEAN_ORDER = "shuffled, seeded by the run seed (the same batches before and aft
 NO_CLEAN = CleanSplit(None, reason="not declared")
 
 
-@dataclass(frozen=True)
-class Segment:
-    """A stretch of the stream adapted without interruption (one domain in the continual setting)."""
-
-    domain: str  # reported name: the domain, or "mixed"
-    severity: int | None
-    round: int
-    reset: bool  # reset the adapter to its source state before this segment
-    parts: tuple[tuple[str, int | None], ...]  # (domain, severity) datasets concatenated
-    order: str = "sequential"  # sequential | shuffle | dirichlet
-
-    @property
-    def key(self) -> str:
-        return self.domain
-
-
 def schedule(setting: str, spec: StreamSpec, severity: int, rounds: int = 1) -> list[Segment]:
     """The segments of a setting over `spec`'s domains, repeated `rounds` times."""
     sev = severity if spec.severities is not None else None
     out: list[Segment] = []
     for r in range(rounds):
-        out += SETTING_FNS[setting](spec.domain_names, sev, r, spec.severities is not None)
+        out += SETTINGS[setting](spec.domain_names, sev, r, spec.severities is not None)
     return out
-
-
-def continual(domains: Sequence[str], sev: int | None, r: int, graded: bool) -> list[Segment]:
-    """Domains one after another, never reset (the standard continual TTA protocol)."""
-    return [Segment(d, sev, r, False, ((d, sev),)) for d in domains]
-
-
-def episodic(domains: Sequence[str], sev: int | None, r: int, graded: bool) -> list[Segment]:
-    """Like continual, but the adapter is reset to the source state at every domain."""
-    return [Segment(d, sev, r, True, ((d, sev),)) for d in domains]
-
-
-def gradual(domains: Sequence[str], sev: int | None, r: int, graded: bool) -> list[Segment]:
-    """Severity 1→5→1 within each corruption (CoTTA's gradual setting); continual otherwise."""
-    if not graded:
-        return continual(domains, sev, r, graded)
-    return [Segment(f"{d}-{s}", s, r, False, ((d, s),)) for d in domains for s in GRADUAL_SEVERITIES]
-
-
-def mixed(domains: Sequence[str], sev: int | None, r: int, graded: bool) -> list[Segment]:
-    """All domains shuffled together into one segment (per-domain errors still reported)."""
-    return [Segment("mixed", sev, r, False, tuple((d, sev) for d in domains), "shuffle")]
-
-
-def non_iid(domains: Sequence[str], sev: int | None, r: int, graded: bool) -> list[Segment]:
-    """Continual, with a label-correlated order inside each domain (Dirichlet, `stream.gamma`)."""
-    return [Segment(d, sev, r, False, ((d, sev),), "dirichlet") for d in domains]
-
-
-SETTING_FNS: dict[str, Callable[..., list[Segment]]] = {
-    "continual": continual,
-    "episodic": episodic,
-    "gradual": gradual,
-    "mixed": mixed,
-    "non-iid": non_iid,
-    "realistic": continual,  # the continual order; tta_bench.protocols decides which batches are adapted
-}
 
 
 def dirichlet_order(labels: np.ndarray, gamma: float, rng: np.random.Generator, slots: int | None = None) -> np.ndarray:
@@ -196,6 +154,44 @@ def dirichlet_order(labels: np.ndarray, gamma: float, rng: np.random.Generator, 
     return np.concatenate([rng.permutation(np.asarray(b, dtype=np.int64)) for b in bins])
 
 
+@runtime_checkable
+class FastDataset(Protocol):
+    """The fast data path of a stream's dataset (optional; a plain `(x, y)` Dataset, or one with `.tensors` like
+    TensorDataset, works too, one sample at a time):
+
+    - `targets`: the labels, indexable by a numpy array of positions;
+    - `raw(idx)`: the images at positions `idx` before their last step (clean uint8 images of a generated stream, or
+      the encoded files), cheap to move;
+    - `finish(x, idx, device)`: `raw` images -> float [0,1] `(N,C,H,W)` on `device` (corruption, decoding);
+    - optionally `load_batch(idx)` = `finish(raw(idx), idx)` done faster in the loader.
+
+    A dataset that has some of `raw`/`finish`/`targets` but not all is a programming error (it would silently take
+    the slow path): `check_fast_dataset` raises TypeError naming what is missing, where the stream's datasets are
+    gathered (`_Tagged`, every run and every test that iterates a stream).
+    """
+
+    targets: Any
+
+    def raw(self, idx: np.ndarray) -> Any: ...
+
+    def finish(self, x: Any, idx: np.ndarray, device: torch.device | None = None) -> torch.Tensor: ...
+
+
+FAST_MEMBERS = ("targets", "raw", "finish")
+
+
+def check_fast_dataset(ds: Any) -> bool:
+    """True when `ds` implements `FastDataset`; False when it implements none of it; TypeError for a partial one."""
+    has = [m for m in FAST_MEMBERS if hasattr(ds, m)]
+    if has and len(has) < len(FAST_MEMBERS) and ("raw" in has or "finish" in has):
+        missing = [m for m in FAST_MEMBERS if m not in has]
+        raise TypeError(
+            f"{type(ds).__name__} implements {has} of the fast data path (tta_bench.streams.FastDataset) but not "
+            f"{missing}: implement all of {list(FAST_MEMBERS)} or none"
+        )
+    return isinstance(ds, FastDataset)
+
+
 class _Tagged(Dataset):
     """Concatenation of datasets whose items are tagged with their domain index.
 
@@ -209,7 +205,7 @@ class _Tagged(Dataset):
         # Datasets with `raw(idx)` (clean uint8 images, or encoded files) and `finish(x, idx, device)` (-> float
         # [0,1] on the device): finished here in the loader (`load_batch(idx)` when they have one), or (`defer`) by
         # `finish` on the run device; the images are the same either way on one device.
-        self.finishable = all(hasattr(d, "raw") and hasattr(d, "finish") for d, _ in parts)
+        self.finishable = all([check_fast_dataset(d) for d, _ in parts])  # every part checked
         self.defer = defer and self.finishable
 
     def __len__(self) -> int:
@@ -401,25 +397,33 @@ def register(
     """
 
     def deco(fn: Callable) -> Callable:
-        fn.default_model = default_model
-        fn.family = family
-        fn.clean_split = clean or NO_CLEAN
-        fn.source_option = source_option
-        STREAMS.add(name, fn, description)
+        meta = {"default_model": default_model, "family": family, "clean": clean or NO_CLEAN,
+                "source_option": source_option}  # fmt: skip
+        STREAMS.add(name, fn, description, **meta)  # the registry entry holds them (Entry.attrs), not the function
         return fn
 
     return deco
 
 
+def default_model(name: str) -> str:
+    """The model stream `name` runs on when `--model` is not given (declared at registration)."""
+    return STREAMS.get(name).attrs["default_model"]
+
+
+def family(name: str) -> str | None:
+    """The benchmark family whose presets apply to stream `name` (declared at registration; None: none)."""
+    return STREAMS.get(name).attrs["family"]
+
+
 def clean_split(name: str) -> CleanSplit:
     """The clean split stream `name` declared at registration."""
-    return getattr(STREAMS.get(name).factory, "clean_split", NO_CLEAN)
+    return STREAMS.get(name).attrs["clean"]
 
 
 def missing_source_option(name: str, opts: dict[str, Any]) -> str | None:
     """The option (`register(source_option=...)`) that stream `name` needs for a source split and `opts` leave unset;
     None when it is set or the stream declares none."""
-    option = getattr(STREAMS.get(name).factory, "source_option", None)
+    option = STREAMS.get(name).attrs["source_option"]
     return option if option and not opts.get(option) else None
 
 

@@ -135,7 +135,8 @@ def camelyon17(*, data_dir=None, seed: int = 0, root: str | None = None, source_
         domain_names=list(domains),
         load=load,
         num_classes=2,
-        default_model="medical-resnet",
+        data_fingerprint=None,
+        source_fingerprint=f"camelyon17-{fp}",
         task="binary",  # headline: balanced error and AUC (tumour = positive class), error kept
         source=source,
         clean=subset(base, src[src["split"] == 1], clean_size),
@@ -143,7 +144,6 @@ def camelyon17(*, data_dir=None, seed: int = 0, root: str | None = None, source_
         class_names=["normal", "tumor"],
         info={
             "source": "files",
-            "source_fingerprint": f"camelyon17-{fp}",
             "flag": "camelyon17",
             "root": str(base),
             "split": {"source": len(source), **{k: len(v) for k, v in domains.items()}},

@@ -439,7 +439,7 @@ def _clean_views(pool: Pool, size: int | None) -> Dataset:
     return U8Images(pool.x, torch.as_tensor(pool.labels))
 
 
-def _spec(name: str, ccc: CCC, held: Pool | None, num_classes: int, default_model: str, info: dict) -> StreamSpec:
+def _spec(name: str, ccc: CCC, held: Pool | None, num_classes: int, data_fingerprint: str, info: dict) -> StreamSpec:
     def load(domain: str, severity: int | None, limit: int | None) -> CCCImages:
         return ccc.dataset(limit)
 
@@ -451,7 +451,8 @@ def _spec(name: str, ccc: CCC, held: Pool | None, num_classes: int, default_mode
         domain_names=["ccc"],
         load=load,
         num_classes=num_classes,
-        default_model=default_model,
+        data_fingerprint=data_fingerprint,
+        source_fingerprint=None,  # the source split is the stream's own pool (clean): data_fingerprint covers it
         severities=None,
         info={"difficulty_target_accuracy": ccc.target, "length": ccc.length, "speed": ccc.speed, **info},
     )
@@ -504,7 +505,7 @@ def ccc_stream(
     full = Pool(labels, files=files)
     pool, held = full.held_out(clean_size)
     ccc = CCC(pool, target, length, speed, seed, size, calib_size)
-    return _spec("ccc", ccc, held, 1000, "resnet50", {"clean_dir": str(root), "data_fingerprint": full.fingerprint()})
+    return _spec("ccc", ccc, held, 1000, full.fingerprint(), {"clean_dir": str(root)})
 
 
 @register(
@@ -552,5 +553,5 @@ def ccc_cifar_stream(
     full = pool
     pool, held = full.held_out(clean_size)
     ccc = CCC(pool, target, length, speed, seed, None, calib_size)
-    info = {"clean_dir": str(root), "data_fingerprint": full.fingerprint()}  # every image it may read: the run id's
-    return _spec("ccc-cifar", ccc, held, 10, "wrn28-10-cifar10", info)
+    # every image it may read: the run id's data fingerprint
+    return _spec("ccc-cifar", ccc, held, 10, full.fingerprint(), {"clean_dir": str(root)})

@@ -305,7 +305,8 @@ def build(v: Variant, data_dir, seed: int, root, clean_dir, mode: str, holdout: 
         domain_names=domains,
         load=load,
         num_classes=v.num_classes,
-        default_model=DEFAULTS[v.name],
+        data_fingerprint=data_fingerprint(files_root if source_kind == "files" else None, domains, clean),
+        source_fingerprint=f"{v.name}-{fp}" if fp else None,
         source=src,
         clean=cln,
         info={
@@ -315,8 +316,6 @@ def build(v: Variant, data_dir, seed: int, root, clean_dir, mode: str, holdout: 
             "holdout": holdout,
             "stream_size": n_stream,
             "source_split": split_name,
-            "source_fingerprint": f"{v.name}-{fp}" if fp else None,
-            "data_fingerprint": data_fingerprint(files_root if source_kind == "files" else None, domains, clean),
         },
     )
 

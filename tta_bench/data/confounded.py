@@ -143,7 +143,8 @@ def confounded(*, data_dir=None, seed: int = 0, root: str | None = None, train_g
         domain_names=["reversed"],
         load=load,
         num_classes=len(names),
-        default_model="medical-resnet",
+        data_fingerprint=None,
+        source_fingerprint=f"confounded-{fp}",
         task="binary" if len(names) == 2 else "classification",
         source=source,
         clean=clean if len(clean) else None,
@@ -151,7 +152,6 @@ def confounded(*, data_dir=None, seed: int = 0, root: str | None = None, train_g
         class_names=names,
         info={
             "source": "files",
-            "source_fingerprint": f"confounded-{fp}",
             "csv": str(path),
             "train_groups": {names[k]: v for k, v in pairs.items()},
             "split": {"source": len(source), "clean": len(clean), "reversed": len(test)},

@@ -88,14 +88,13 @@ def digits_c(*, data_dir=None, seed: int = 0) -> StreamSpec:
         domain_names=list(corruptions.BENCHMARK),
         load=load,
         num_classes=10,
-        default_model="small-cnn",
+        data_fingerprint=f"sklearn-digits-{data_fp}",
+        source_fingerprint=f"sklearn-digits-{fp}",
         source=subset(parts["source"]),
         clean=subset(parts["clean"]),
         class_names=CLASS_NAMES,
         info={
             "source": "generated",
-            "source_fingerprint": f"sklearn-digits-{fp}",
-            "data_fingerprint": f"sklearn-digits-{data_fp}",
             "split": {k: len(v) for k, v in parts.items()},
         },
     )

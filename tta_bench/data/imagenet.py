@@ -180,7 +180,8 @@ def imagenet_c(
         domain_names=domains,
         load=load,
         num_classes=1000,
-        default_model="resnet50",
+        data_fingerprint=info.pop("data_fingerprint", None),  # set above (and extended by with_source)
+        source_fingerprint=info.pop("source_fingerprint", None),  # with_source's, when stream.source_dir is set
         source=source,
         clean=spec_clean,
         class_names=list(imagenet_wnids()),

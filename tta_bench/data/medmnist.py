@@ -218,12 +218,13 @@ def _spec(name: str, facts: dict, ds: dict, **kw: Any) -> StreamSpec:
     return StreamSpec(
         name=name,
         num_classes=facts["num_classes"],
-        default_model="medical-resnet",
+        data_fingerprint=facts["data_fingerprint"],
+        source_fingerprint=facts["fingerprint"],
         task="binary" if facts["binary"] else "classification",
         source=ds["train"],
         clean=ds["clean"],
         class_names=facts["class_names"],
-        info={"source": "files", "source_fingerprint": facts["fingerprint"], **facts},
+        info={"source": "files", **{k: v for k, v in facts.items() if k != "data_fingerprint"}},
         **kw,
     )
 

@@ -23,6 +23,7 @@ all 1,000 logits (the 200-class mask applies to the metrics only), so the source
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from tta_bench.data.decode import EncodedFiles
@@ -125,7 +126,8 @@ def folder_stream(
         domain_names=[name],
         load=load,
         num_classes=1000,
-        default_model="resnet50",
+        data_fingerprint=info.pop("data_fingerprint"),  # set above (and extended by with_source)
+        source_fingerprint=info.pop("source_fingerprint", None),  # with_source's, when stream.source_dir is set
         severities=None,
         class_names=list(imagenet_wnids()),
         class_subsets={name: sorted(wnid_index()[w] for w in subset)} if subset else {},
@@ -142,76 +144,65 @@ NATURAL_CLEAN = CleanSplit(
 )
 
 
-@register("imagenet-r", default_model="resnet50", family="imagenet-c", clean=NATURAL_CLEAN, source_option="source_dir")
-def imagenet_r(
-    *,
-    data_dir,
-    seed: int = 0,
-    root: str | None = None,
-    source_dir: str | None = None,
-    source_size: int | str | None = None,
-) -> StreamSpec:
-    """ImageNet-R: 30,000 renditions (art, cartoons, ...) of 200 classes; scored over those 200."""
-    where = "https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar"
-    lab = _wnid_label(set(IMAGENET_R), "imagenet-r")
-    return folder_stream(
-        "imagenet-r", data_dir, root, "imagenet-r", lab, where, IMAGENET_R, (source_dir, source_size, seed)
-    )
+@dataclass(frozen=True)
+class NaturalSet:
+    """One natural-shift test set: its folder under the data directory, where to get it, its label rule."""
+
+    folder: str
+    where: str
+    description: str
+    subset: list[str] | None = None  # the wnids it is scored over (None: all 1,000 classes)
+    index_labels: bool = False  # folders are class indices 0..999 (ImageNetV2), not wnids
 
 
-@register("imagenet-a", default_model="resnet50", family="imagenet-c", clean=NATURAL_CLEAN, source_option="source_dir")
-def imagenet_a(
-    *,
-    data_dir,
-    seed: int = 0,
-    root: str | None = None,
-    source_dir: str | None = None,
-    source_size: int | str | None = None,
-) -> StreamSpec:
-    """ImageNet-A: 7,500 natural adversarial examples of 200 classes; scored over those 200."""
-    where = "https://people.eecs.berkeley.edu/~hendrycks/imagenet-a.tar"
-    lab = _wnid_label(set(IMAGENET_A), "imagenet-a")
-    return folder_stream(
-        "imagenet-a", data_dir, root, "imagenet-a", lab, where, IMAGENET_A, (source_dir, source_size, seed)
-    )
-
-
-@register(
-    "imagenet-sketch", default_model="resnet50", family="imagenet-c", clean=NATURAL_CLEAN, source_option="source_dir"
-)
-def imagenet_sketch(
-    *,
-    data_dir,
-    seed: int = 0,
-    root: str | None = None,
-    source_dir: str | None = None,
-    source_size: int | str | None = None,
-) -> StreamSpec:
-    """ImageNet-Sketch: 50,889 black-and-white sketches of the 1,000 ImageNet classes."""
-    where = "https://github.com/HaohanWang/ImageNet-Sketch"
-    return folder_stream(
-        "imagenet-sketch",
-        data_dir,
-        root,
+NATURAL_SETS = {
+    "imagenet-r": NaturalSet(
+        "imagenet-r",
+        "https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar",
+        "ImageNet-R: 30,000 renditions (art, cartoons, ...) of 200 classes; scored over those 200.",
+        IMAGENET_R,
+    ),
+    "imagenet-a": NaturalSet(
+        "imagenet-a",
+        "https://people.eecs.berkeley.edu/~hendrycks/imagenet-a.tar",
+        "ImageNet-A: 7,500 natural adversarial examples of 200 classes; scored over those 200.",
+        IMAGENET_A,
+    ),
+    "imagenet-sketch": NaturalSet(
         "sketch",
-        _wnid_label(None, "imagenet-sketch"),
-        where,
-        source=(source_dir, source_size, seed),
-    )
+        "https://github.com/HaohanWang/ImageNet-Sketch",
+        "ImageNet-Sketch: 50,889 black-and-white sketches of the 1,000 ImageNet classes.",
+    ),
+    "imagenet-v2": NaturalSet(
+        "imagenetv2-matched-frequency-format-val",
+        "https://github.com/modestyachts/ImageNetV2 (imagenetv2-matched-frequency.tar.gz)",
+        "ImageNetV2 matched-frequency: 10,000 new test images; folders are class indices 0..999.",
+        index_labels=True,
+    ),
+}
 
 
-@register("imagenet-v2", default_model="resnet50", family="imagenet-c", clean=NATURAL_CLEAN, source_option="source_dir")
-def imagenet_v2(
-    *,
-    data_dir,
-    seed: int = 0,
-    root: str | None = None,
-    source_dir: str | None = None,
-    source_size: int | str | None = None,
-) -> StreamSpec:
-    """ImageNetV2 matched-frequency: 10,000 new test images; folders are class indices 0..999."""
-    where = "https://github.com/modestyachts/ImageNetV2 (imagenetv2-matched-frequency.tar.gz)"
-    folder = "imagenetv2-matched-frequency-format-val"
-    return folder_stream(
-        "imagenet-v2", data_dir, root, folder, _index_label, where, source=(source_dir, source_size, seed)
-    )
+def _register_natural(name: str, ns: NaturalSet) -> Callable[..., StreamSpec]:
+    """Register the stream of natural set `name` (every natural set takes the same options) and return its factory."""
+
+    @register(name, default_model="resnet50", family="imagenet-c", clean=NATURAL_CLEAN, source_option="source_dir",
+              description=ns.description)  # fmt: skip
+    def factory(
+        *,
+        data_dir,
+        seed: int = 0,
+        root: str | None = None,
+        source_dir: str | None = None,
+        source_size: int | str | None = None,
+    ) -> StreamSpec:
+        label_of = _index_label if ns.index_labels else _wnid_label(set(ns.subset) if ns.subset else None, name)
+        return folder_stream(
+            name, data_dir, root, ns.folder, label_of, ns.where, ns.subset, (source_dir, source_size, seed)
+        )
+
+    factory.__name__ = factory.__qualname__ = name.replace("-", "_")
+    factory.__doc__ = ns.description
+    return factory
+
+
+imagenet_r, imagenet_a, imagenet_sketch, imagenet_v2 = (_register_natural(n, ns) for n, ns in NATURAL_SETS.items())

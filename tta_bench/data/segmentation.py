@@ -219,12 +219,14 @@ def _optional(build: Callable[[], SegFiles]) -> SegFiles | None:
 
 
 def _info(target: SegFiles, source: SegFiles | None, **extra: Any) -> dict[str, Any]:
+    return {"source": "files", "target_fingerprint": target.fingerprint(), **extra}
+
+
+def _fingerprints(target: SegFiles, source: SegFiles | None) -> dict[str, str | None]:
+    """The StreamSpec's run-id inputs: every file read (target and source) and the source split's files."""
     return {
-        "source": "files",
-        "target_fingerprint": target.fingerprint(),
-        "source_fingerprint": source.fingerprint() if source is not None else None,
         "data_fingerprint": hash_text("|".join(_files_fingerprint(s) for s in (target, source) if s is not None)),
-        **extra,
+        "source_fingerprint": source.fingerprint() if source is not None else None,
     }
 
 
@@ -264,11 +266,11 @@ def gta5_cityscapes(
         domain_names=["cityscapes"],
         load=load,
         num_classes=19,
-        default_model="deeplabv2-resnet101",
         task="segmentation",
         source=source,
         severities=None,
         class_names=CITYSCAPES_CLASSES,
+        **_fingerprints(val, source),
         info=_info(val, source, root=str(target_root), source_root=str(src_root), size=size, n_target=len(val)),
     )
 
@@ -310,12 +312,12 @@ def cityscapes_acdc(
         domain_names=list(ACDC_CONDITIONS),
         load=load,
         num_classes=19,
-        default_model="espnet-cityscapes",
         task="segmentation",
         source=source,
         clean=clean,
         severities=None,
         class_names=CITYSCAPES_CLASSES,
+        **_fingerprints(first, source),
         info=_info(first, source, root=str(acdc_root), source_root=str(src_root), split=split, size=size),
     )
 
@@ -369,18 +371,19 @@ def camvid_c(
     def load(domain: str, severity: int | None, limit: int | None) -> Dataset:
         return Corrupted(SegFiles(_limit(shown, limit), CAMVID_LUT, size), domain, int(severity or 3), seed)
 
+    target = SegFiles(shown, CAMVID_LUT, size)
     return StreamSpec(
         name="camvid-c",
         domain_names=list(corruptions.BENCHMARK),
         load=load,
         num_classes=11,
-        default_model="espnet-camvid",
         task="segmentation",
         source=source,
         clean=clean,
         class_names=CAMVID_CLASSES,
+        **_fingerprints(target, source),
         info=_info(
-            SegFiles(shown, CAMVID_LUT, size),
+            target,
             source,
             root=str(cam_root),
             size=size,

@@ -106,18 +106,18 @@ def is_complete(folder: Path) -> bool:
     return (Path(folder) / DONE).is_file()
 
 
-def _matches(value: Any, hint: Any) -> bool:
+def matches(value: Any, hint: Any) -> bool:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:
         return True
     if origin in (Union, types.UnionType):
-        return any(_matches(value, a) for a in args)
+        return any(matches(value, a) for a in args)
     if hint is type(None):
         return value is None
     if origin is dict:
-        return isinstance(value, dict) and all(_matches(v, args[1]) for v in value.values())
+        return isinstance(value, dict) and all(matches(v, args[1]) for v in value.values())
     if origin is list:
-        return isinstance(value, list) and all(_matches(v, args[0]) for v in value)
+        return isinstance(value, list) and all(matches(v, args[0]) for v in value)
     if hint in (int, float):
         return isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
     return isinstance(value, hint)
@@ -129,7 +129,7 @@ def check_summary(obj: Any, where: str = "summary.json") -> Summary:
         raise UserError(f"{where} does not hold a JSON object; the run folder is damaged: delete it and run again.")
     hints = typing.get_type_hints(Summary)
     missing = [k for k in hints if k not in obj]
-    wrong = [f"{k}={obj[k]!r}"[:80] for k, h in hints.items() if k in obj and not _matches(obj[k], h)]
+    wrong = [f"{k}={obj[k]!r}"[:80] for k, h in hints.items() if k in obj and not matches(obj[k], h)]
     if missing or wrong:
         what = (f"missing {', '.join(missing)}" if missing else "") + ("; " if missing and wrong else "")
         raise UserError(

@@ -24,7 +24,7 @@ from tta_bench.rundir.schema import (
     SUMMARY,
     SUMMARY_KEYS,
     Summary,
-    _matches,
+    matches,
     is_run_id,
     load_config,
     load_summary,
@@ -129,7 +129,7 @@ def _mismatch(value: Any, hint: Any, where: str) -> str | None:
         return next((m for i, v in enumerate(value) if (m := _mismatch(v, args[0], f"{where}[{i}]"))), None)
     if origin in (Union, types.UnionType) and any(_mismatch(value, a, where) is None for a in args):
         return None
-    if origin in (dict, list, Union, types.UnionType) or not _matches(value, hint):
+    if origin in (dict, list, Union, types.UnionType) or not matches(value, hint):
         return f"{where}={json.dumps(value)[:40]} is not {_type_name(hint)}"
     if isinstance(value, str) and len(value) > MAX_NAME and where.startswith("config."):
         return f"{where} is {len(value)} characters long (at most {MAX_NAME})"

@@ -82,7 +82,7 @@ def medical_resnet(
         "lr": lr,
         "batch_size": batch_size,
         "seed": 0,
-        "data": spec.info.get("source_fingerprint", spec.name),
+        "data": spec.source_fingerprint or spec.name,
     }
 
     def build() -> nn.Module:

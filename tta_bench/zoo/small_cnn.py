@@ -56,7 +56,7 @@ def small_cnn(spec, ctx: ModelContext, *, width: int = 16, source_epochs: int = 
         "epochs": source_epochs,
         "lr": lr,
         "seed": 0,
-        "data": spec.info.get("source_fingerprint", spec.name),
+        "data": spec.source_fingerprint or spec.name,
     }
 
     def build() -> nn.Module:
