@@ -144,6 +144,7 @@ def test_the_real_roots_cover_methods_corruptions_and_streams():
 
 
 def test_cache_is_used_only_for_this_code_and_damage_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setattr(catalogue, "registries_loaded", lambda: False)  # as in a fresh `python -m tta_bench` process
     monkeypatch.setenv("TTA_BENCH_CACHE", str(tmp_path))
     rows = {
         "sections": {s: [(f"{s}-a", "one", "one more")] for s in catalogue.SECTIONS},
@@ -156,6 +157,7 @@ def test_cache_is_used_only_for_this_code_and_damage_is_rebuilt(tmp_path, monkey
     monkeypatch.setattr(catalogue, "fingerprint", lambda: "another-code-version")
     assert catalogue.cached() is None and catalogue.known("methods") is None  # changed code: not used
     monkeypatch.undo()
+    monkeypatch.setattr(catalogue, "registries_loaded", lambda: False)
     monkeypatch.setenv("TTA_BENCH_CACHE", str(tmp_path))
     good = path.read_bytes()
     for damage in (b'{"format": 2, "fingerp', b"[]", b'{"format": 2}', b"\xff\xfe", good.replace(b'"lr"', b"7")):
@@ -181,3 +183,25 @@ def test_live_catalogue_lists_every_registered_name():
     assert built["options"]["method"]["tent"] == sorted(methods.get("tent").defaults)
     assert "gamma" in built["options"]["stream"]["digits-c"] and "width" in built["options"]["model"]["small-cnn"]
     assert built["default_model"]["digits-c"] == "small-cnn"
+
+
+def test_entries_registered_in_this_process_are_listed_and_accepted(tmp_path, monkeypatch):
+    """A process that registered an entry of its own (library use, a test) lists and checks its live registries; the
+    cache stays the files' catalogue."""
+    from tta_bench import methods
+    from tta_bench.cli import check_names
+    from tta_bench.kernel import Entry
+    from tta_bench.report import list_entries
+
+    monkeypatch.setenv("TTA_BENCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(catalogue, "registries_loaded", lambda: False)
+    catalogue.load()  # the files' catalogue, cached
+    files = {p: p.read_bytes() for p in (tmp_path / "catalogue").iterdir()}
+    monkeypatch.undo()
+    monkeypatch.setenv("TTA_BENCH_CACHE", str(tmp_path))
+    tent = methods.METHODS.get("tent")
+    monkeypatch.setitem(methods.METHODS._entries, "zz_mine", Entry("zz_mine", tent.factory, "my own adapter"))
+    assert catalogue.registries_loaded()
+    assert "  zz_mine " in list_entries("methods")
+    check_names(["zz_mine"], ["digits-c"], None, {"method_opts": {"lr": 0.1}})  # known here: no error
+    assert {p: p.read_bytes() for p in (tmp_path / "catalogue").iterdir()} == files  # nothing written

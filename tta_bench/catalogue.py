@@ -11,6 +11,10 @@ Any edit, an added method or stream file included, changes the fingerprint, so a
 first `list` after a change builds it again from the registries (importing torch, once), the next ones read the
 file. A damaged or unreadable file is rebuilt; a cache folder that cannot be written only costs the speed.
 
+A process that has imported a registry already (a library user or a test that registered an entry of its own, or
+extended a package's `__path__`) holds entries no file shows: it lists and checks from its live registries, and
+writes no catalogue.
+
 Why a cache rather than reading the method files statically (ast): a method's listing is computed (options
 inherited from its base class and optimizer, presets resolved, defaults evaluated), so a static reader would be a
 second implementation that drifts; the cache is the live registries' own output, checked by its fingerprint.
@@ -33,6 +37,8 @@ FORMAT = 2  # bump when the layout changes
 SECTIONS = ("methods", "streams", "models", "corruptions")  # the registries' sections (settings are separate)
 KEEP = 8  # catalogue files kept in the cache folder (several checkouts may share it)
 _MAX_BYTES = 8 << 20
+# The modules that hold the registries: once one is imported, entries may have been registered in this process.
+REGISTRY_MODULES = ("tta_bench.methods", "tta_bench.streams", "tta_bench.models", "tta_bench.corruptions")
 
 Row = tuple[str, str, str]  # (name, description, what `-v` adds below it)
 OPTION_KINDS = ("method", "stream", "model")
@@ -63,6 +69,11 @@ def fingerprint() -> str:
             h.update(f"{rel}\0{len(data)}\0".encode())
             h.update(data)
     return h.hexdigest()[:24]
+
+
+def registries_loaded() -> bool:
+    """True when this process has imported a registry (its live entries are then the truth, not the cache)."""
+    return any(m in sys.modules for m in REGISTRY_MODULES)
 
 
 def _folder() -> Path | None:
@@ -106,7 +117,9 @@ def _valid(obj: Any, fp: str) -> bool:
 def cached() -> dict[str, Any] | None:
     """The catalogue of the code as it is now, when the cache holds it (no torch imported); else None. Keys:
     `sections` ({section: [Row]}), `options` ({"method"|"stream"|"model": {name: [option names]}}) and
-    `default_model` ({stream: model})."""
+    `default_model` ({stream: model}). None too when the registries are loaded in this process (`registries_loaded`)."""
+    if registries_loaded():
+        return None
     folder = _folder()
     if folder is None:
         return None
@@ -180,7 +193,10 @@ def save(cat: dict[str, Any]) -> Path | None:
 
 
 def load() -> dict[str, Any]:
-    """The catalogue: from the cache when it matches the code, else built from the registries and cached."""
+    """The catalogue: from the cache when it matches the code, else built from the registries and cached (unless the
+    registries were loaded in this process before: then built from them and not cached)."""
+    if registries_loaded():
+        return build()
     found = cached()
     if found is not None:
         return found
