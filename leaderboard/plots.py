@@ -178,13 +178,14 @@ def curves(
                 ax.axvline(b - 0.5, color="0.3", ls="--", lw=1.0)
             ax.text(b, 0.98, f" round {int(r) + 1}", transform=ax.get_xaxis_transform(), va="top", fontsize=8,
                     color="0.3")  # fmt: skip
-    if len(seg_start) <= 60:
+    one_domain = len(seg_start) == 1  # e.g. CCC: one continuously changing domain, batches on the axis
+    if 1 < len(seg_start) <= 60:
         ax.set_xticks(seg_start["batch"].to_numpy() - 0.5)
         ax.set_xticklabels(seg_start["segment"].tolist(), rotation=90, fontsize=7)
     ax.set_xlim(-0.5, n_batches - 0.5)
     ax.set_ylabel("error % per batch" if w == 1 else f"error %, mean of {w} consecutive batches")
     ax.set_xlabel(
-        "stream position (ticks: where each domain starts)"
+        ("batch" if one_domain else "stream position (ticks: where each domain starts)")
         + ("; pale steps: error per window, ▼ worst window" if show_windows else "")
     )
     ax.grid(axis="y", alpha=0.3)
@@ -310,11 +311,11 @@ def forgetting_bars(
     summary: pd.DataFrame, stem: Path, labels: dict[Key, str] | None = None, colors: dict[Key, str] | None = None
 ) -> Path | None:
     """Forgetting (clean error after − before, percentage points) per entry, horizontal bars (names read level),
-    error bars = std over seeds. None with fewer than two entries."""
+    error bars = std over seeds. None with fewer than two entries, or when every entry forgot the same."""
     if "forgetting_mean" not in summary:
         return None
     s = summary[summary["forgetting_mean"].notna()]
-    if len(s) < 2:
+    if len(s) < 2 or s["forgetting_mean"].nunique() < 2:  # equal bars compare nothing (the table shows the value)
         return None
     look = _look(list(zip(s["model"], s["entry"])), labels, colors)
     names = [look[k][0] for k in zip(s["model"], s["entry"])]

@@ -139,7 +139,10 @@ def test_plots_are_written_and_decode(site):
     pngs = sorted(site.out.glob("plots/*.png"))
     svgs = sorted(site.out.glob("plots/*.svg"))
     kinds = {p.stem.rsplit("-", 1)[1] for p in pngs}
-    assert kinds == {"curve", "heatmap", "memory", "forgetting"} and len(svgs) == len(pngs) == 4
+    # forgetting bars only where entries forgot differently (all 0.00 pp compares nothing; tent's depends on the CPU)
+    differ = site.summary["forgetting_mean"].nunique() > 1
+    expected = {"curve", "heatmap", "memory"} | ({"forgetting"} if differ else set())
+    assert kinds == expected and len(svgs) == len(pngs) == len(expected)
     for p in pngs:
         with Image.open(p) as im:
             im.verify()
