@@ -140,10 +140,9 @@ def cached() -> dict[str, Any] | None:
 def build() -> dict[str, Any]:
     """The catalogue from the live registries (imports every method, stream, model and corruption: torch)."""
     from tta_bench import corruptions, methods, presets
-    from tta_bench.identity import default_model
     from tta_bench.methods._doc import option_lines
     from tta_bench.models import MODELS, model_options
-    from tta_bench.streams import STREAMS, clean_split, stream_options
+    from tta_bench.streams import STREAMS, clean_split, default_model, family, stream_options
 
     def method_row(e) -> Row:
         preset_lines = "".join(f"\n      preset {line}" for line in presets.describe(e.factory))
@@ -151,9 +150,7 @@ def build() -> dict[str, Any]:
         return (e.name, e.description + preset_lines, e.description + options + preset_lines)
 
     def stream_row(e) -> Row:
-        text = (
-            f"{e.description} [default model: {default_model(e.name)}; family: {presets.stream_family(e.name) or '-'}]"
-        )
+        text = f"{e.description} [default model: {default_model(e.name)}; family: {family(e.name) or '-'}]"
         return (e.name, text, f"{text}\n      {clean_split(e.name).describe()}")
 
     sections = {
