@@ -120,6 +120,12 @@ def test_stream_pages_carry_registry_facts_and_hand_notes(generated):
             assert f"`{key}`" in page
 
 
+def test_every_common_stream_option_has_a_meaning():
+    from tta_bench.streams import COMMON_OPTIONS
+
+    assert sorted(set(COMMON_OPTIONS) - set(docs.COMMON_STREAM_OPTION_DOCS)) == []  # say what a new one means
+
+
 def test_every_summary_key_has_a_meaning(generated):
     from tta_bench import rundir
     from tta_bench.rundir import schema

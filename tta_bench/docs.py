@@ -15,6 +15,7 @@ text of the stream's group in `docs/_src/streams/<group>.md` (data layout on dis
 from __future__ import annotations
 
 import argparse
+import inspect
 import re
 import sys
 from pathlib import Path
@@ -44,6 +45,8 @@ GROUP_TITLES = {
     "medmnist": "Medical: MedMNIST",
     "camelyon": "Medical: Camelyon17",
     "confounded": "Medical: confounded splits",
+    "coloredmnist": "Spurious correlation",
+    "labelshift": "Label shift",
     "b2n": "CLIP base-to-new and domain shift",
 }
 # Meanings of the options every stream accepts (tta_bench.streams.COMMON_OPTIONS), handled by the harness.
@@ -52,6 +55,12 @@ COMMON_STREAM_OPTION_DOCS = {
     "window": "images per window of the long-horizon metrics (window errors, worst window, collapse)",
     "speed_ratio": "`realistic` setting: a fixed relative cost k instead of the one measured on the run's device",
     "domains": "a subset / custom order of the stream's domains, e.g. `fog,snow` (same as `--domains`)",
+    "markov": "`markov` setting: the chain's preset or UniTTA code (None: the setting's default)",
+    "domain_stay": "`markov` setting: probability of staying in the current domain (None: from the preset)",
+    "class_stay": "`markov` setting: probability of staying in the current class (None: from the preset)",
+    "domain_imbalance": "`markov` setting: imbalance of the domains (None: from the preset)",
+    "class_imbalance": "`markov` setting: imbalance of the classes (None: from the preset)",
+    "utility_tau": "`realistic` setting: time constant of the time-dependent utility (None: the protocol's default)",
 }
 
 
@@ -80,8 +89,6 @@ def source_link(source: str) -> str:
 
 
 def _module_doc(cls: type) -> str:
-    import inspect
-
     module = sys.modules.get(cls.__module__)
     return inspect.cleandoc(module.__doc__ or "") if module is not None else ""
 
@@ -286,8 +293,13 @@ def stream_page(name: str, entry: Any, hand: dict[str, str]) -> str:
         out.append(f"| `{key}` | {_code(default)} |")
     out += [
         "",
-        "Options of every stream: "
-        + "; ".join(f"`{k}` ({v}, default {_code(opts[k])})" for k, v in COMMON_STREAM_OPTION_DOCS.items())
+        "Options of every stream ([settings](../settings.md)): "
+        + "; ".join(
+            f"`{k}` ({COMMON_STREAM_OPTION_DOCS[k]}, default {_code(v)})"
+            if k in COMMON_STREAM_OPTION_DOCS
+            else f"`{k}` (default {_code(v)})"
+            for k, v in COMMON_OPTIONS.items()
+        )
         + ".",
         "",
         "## Data, layout on disk and how to get it",
@@ -295,6 +307,11 @@ def stream_page(name: str, entry: Any, hand: dict[str, str]) -> str:
         hand.get(group, f"(No hand-written text yet: write `docs/_src/streams/{group}.md`.)").strip(),
         "",
     ]
+    module = _origin(f)
+    doc = inspect.cleandoc(getattr(sys.modules.get(module), "__doc__", None) or "")
+    if doc:
+        path = "/".join(module.split(".")) + ".py"
+        out += [f"## Implementation notes (from `{path}`)", "", doc, ""]
     return "\n".join(out).rstrip() + "\n"
 
 
