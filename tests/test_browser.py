@@ -12,6 +12,7 @@ $TTA_BENCH_SCREENSHOTS set to a folder, full-page screenshots of both pages are 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -255,7 +256,10 @@ def researcher_page(tmp_path_factory):
             for text, handle in zip(lg.get_texts(), lg.legend_handles):
                 color = handle.get_color() if hasattr(handle, "get_color") else handle.get_facecolor()
                 pairs.append((text.get_text(), matplotlib_hex(color)))
-        figures.append({"stem": Path(stem).name, "clipped": plots.clipped(fig), "legend": pairs})
+        texts = [t.get_text() for t in fig.findobj(matplotlib_text()) if t.get_visible() and t.get_text().strip()]
+        ylabels = [ax.get_ylabel() for ax in fig.axes]
+        figures.append({"stem": Path(stem).name, "clipped": plots.clipped(fig), "legend": pairs, "texts": texts,
+                        "ylabels": ylabels})  # fmt: skip
         return save(fig, stem)
 
     plots.save = checked_save
@@ -269,6 +273,12 @@ def researcher_page(tmp_path_factory):
     driver.get((site.out / "index.html").resolve().as_uri())
     yield driver, site, figures
     driver.quit()
+
+
+def matplotlib_text():
+    import matplotlib.text
+
+    return matplotlib.text.Text
 
 
 def matplotlib_hex(color) -> str:
@@ -386,6 +396,11 @@ def test_every_plot_compares_two_entries_or_more(researcher_page):
         assert not f["legend"] or len(f["legend"]) >= 2, f
     curves = [f for f in figures if f["stem"].endswith("-curve")]
     assert len(curves) == 5  # cifar10-c, ccc, digits-c, realistic: batch error; pneumoniamnist-c: balanced error
+    ylabels = sorted(f["ylabels"][0] for f in curves)  # says what is plotted: the metric the table ranks by
+    assert ylabels == ["balanced error % per domain", "error % per batch", "error % per batch", "error % per batch",
+                       "error % per batch"], ylabels  # fmt: skip
+    marks = [t for f in figures for t in f["texts"] if re.match(r"\s*round \d", t) or "running mean" in t]
+    assert marks == []  # one round: no round marks
 
 
 def test_one_colour_per_method_across_plots(researcher_page):

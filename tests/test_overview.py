@@ -152,3 +152,37 @@ def test_applicable_stream_options():
     assert names.applicable_stream_opts("continual", opts) == {"window": 1000}
     assert names.applicable_stream_opts("non-iid", opts) == {"gamma": 0.1, "window": 1000}
     assert names.applicable_stream_opts("realistic", opts) == {"window": 1000, "speed_ratio": 2}
+
+
+def _batches(rounds: int, entries: list[str]) -> pd.DataFrame:
+    rows = []
+    for e_i, entry in enumerate(entries):
+        b = 0
+        for r in range(rounds):
+            for d in DOMAINS:
+                for _ in range(2):
+                    rows.append({"run_id": f"r{e_i}", "model": "m", "entry": entry, "batch": b, "round": r,
+                                 "segment": d, "n": 8, "error": 10.0 + e_i + b % 3})  # fmt: skip
+                    b += 1
+    return pd.DataFrame(rows)
+
+
+def test_curve_labels_rounds_only_with_two_and_keeps_long_names_inside(monkeypatch, tmp_path):
+    from tta_bench.leaderboard import plots
+
+    figs = []
+    monkeypatch.setattr(plots, "save", lambda fig, stem: figs.append(fig) or stem)
+    long = "eata (d_margin=0.4, fisher_alpha=1, lr=0.01, optimizer=adam, steps=3)"
+    colors = {("m", "source"): "#123456", ("m", long): "#abcdef"}
+    for rounds in (1, 2):
+        plots.curves(_batches(rounds, ["source", long]), tmp_path / f"c{rounds}", colors=colors)
+    texts = [[t.get_text() for t in f.findobj(plots.matplotlib.text.Text) if t.get_text().strip()] for f in figs]
+    assert not any(t.strip().startswith("round") for t in texts[0])
+    assert [t.strip() for t in texts[1] if t.strip().startswith("round")] == ["round 1", "round 2"]
+    for f in figs:
+        assert plots.clipped(f) == []
+        legend = f.axes[0].get_legend()
+        assert [plots.matplotlib.colors.to_hex(h.get_color()) for h in legend.legend_handles] == ["#123456", "#abcdef"]
+        assert all(len(line) <= 28 for t in legend.get_texts() for line in t.get_text().split("\n"))  # wrapped
+        assert f.axes[0].get_ylabel() == "error % per batch"
+    assert plots.curves(_batches(1, ["source"]), tmp_path / "one") is None  # one entry: nothing to compare
