@@ -157,7 +157,8 @@ def overview_tables(
             else math.nan
             for lbl, v in values.items()
         }
-        mean_any = {lbl: sum(x[0] for x in v.values()) / len(v) for lbl, v in values.items()}
+        known = {lbl: [x[0] for x in v.values() if not _nan(x[0])] for lbl, v in values.items()}
+        mean_any = {lbl: sum(k) / len(k) if k else math.nan for lbl, k in known.items()}
         labels = row_order(list(values), avgs if avg and any(not _nan(a) for a in avgs.values()) else mean_any,
                            metric.higher_is_better)  # fmt: skip
         best = [_best([values[lbl].get(j, (None,))[0] for lbl in labels], metric.higher_is_better)

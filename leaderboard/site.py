@@ -1,5 +1,10 @@
 """build(runs_dir, out) -> the leaderboard site: CSVs, plots and a static index.html (Jinja2 template).
 
+The page opens with one overview matrix per task family (`leaderboard.overview.overview_tables`: methods ×
+benchmarks, the headline metric), then the detail tables in family and stream order, titled in words, entries by
+their short names (`leaderboard.names`), the protocol collapsed; plots only where two entries or more compare, one
+colour per entry name across the page.
+
 Layout of `out/`:
   index.html, style.css          the page (works from the file system; a few lines of vanilla JS sort tables)
   csv/runs.csv                   one row per run (stream, setting, model, method, seed): metrics + err:<domain>
