@@ -130,6 +130,8 @@ def _digits(tmp: Path):
 
 STANDINS = {
     "digits-c": _digits,
+    "coloredmnist": _digits,  # the same fixed split, coloured (its datasets' `x` are the grey digits)
+    "digits-ls": _digits,
     "cifar10-c": _cifar("cifar10-c"),
     "cifar100-c": _cifar("cifar100-c"),
     "ccc-cifar": _ccc_cifar,

@@ -1,4 +1,4 @@
-"""Metrics accumulated on the device without host synchronisation: error, ECE, mIoU, forgetting.
+"""Metrics accumulated on the device without host synchronisation: error, ECE, mIoU, group accuracy, forgetting.
 
 A meter is created per segment (`METERS[task](num_domains, device)`), updated every batch with
 `update(logits, y, domain_ids)` (pure tensor ops, no `.item()`), and read once at the segment's end.
@@ -307,6 +307,72 @@ class SegmentationMeter:
         return {**res, "ece": ece_from_bins(self.conf_sum, self.acc_sum, self.bin_count), "n": sum(self.batch_count)}
 
 
+class GroupMeter(ClassificationMeter):
+    """ClassificationMeter plus group accuracies, for streams whose samples carry a group (class x attribute).
+
+    Group convention (`GROUP_INFO`): a stream that records groups declares their names in
+    `spec.info["groups"]` (C*A names for C classes and A attribute values) and hands labels that *are* the
+    group ids, `y = label + C * attribute` (`encode_groups`); the class label is `y % C`. Every other part of
+    the harness only sees the meter, so no batch field is needed. Accuracies in percent:
+    `worst_group_acc` = min over the groups present of their accuracy (Sagawa et al. 2020, as TTAB reports),
+    `avg_group_acc` = the unweighted mean of those accuracies; per domain also `group_acc_<name>`.
+    """
+
+    def __init__(self, num_domains: int, device: torch.device | str, num_classes: int, group_names: list[str],
+                 n_bins: int = 15) -> None:  # fmt: skip
+        super().__init__(num_domains, device, n_bins)
+        self.num_classes, self.group_names = num_classes, [str(g).replace(" ", "_") for g in group_names]
+        z = lambda: torch.zeros(num_domains, len(group_names), device=device, dtype=torch.float64)  # noqa: E731
+        self.grp_correct, self.grp_count = z(), z()
+
+    @classmethod
+    def for_spec(cls, spec: Any, num_domains: int, device: torch.device | str) -> GroupMeter:
+        return cls(num_domains, device, spec.num_classes, spec.info[GROUP_INFO])
+
+    def update(self, logits: torch.Tensor, y: torch.Tensor, domain_ids: torch.Tensor) -> None:
+        labels = y % self.num_classes
+        super().update(logits, labels, domain_ids)
+        _, _, correct, _ = scores(logits, labels)
+        idx = domain_ids * len(self.group_names) + y
+        self.grp_correct.view(-1).index_add_(0, idx, correct.double())
+        self.grp_count.view(-1).index_add_(0, idx, torch.ones_like(idx, dtype=torch.float64))
+
+    def _groups(self, correct: torch.Tensor, count: torch.Tensor) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(worst and average group accuracy, {group_acc_<name>: accuracy}) from per-group counts."""
+        seen = count > 0
+        acc = torch.where(seen, correct / count.clamp_min(1), torch.full_like(count, float("nan"))) * 100
+        head = {
+            "worst_group_acc": float(acc[seen].min()) if seen.any() else None,
+            "avg_group_acc": float(acc[seen].mean()) if seen.any() else None,
+        }
+        return head, {f"group_acc_{n}": (float(a) if s else None) for n, a, s in zip(self.group_names, acc, seen)}
+
+    def group_accuracies(self, domain: int | None = None) -> dict[str, float | None]:
+        """{group name: accuracy %} over the stream (or one domain id); None for a group not seen."""
+        correct, count = self.grp_correct.cpu(), self.grp_count.cpu()
+        c, n = (correct.sum(0), count.sum(0)) if domain is None else (correct[domain], count[domain])
+        return {k[len("group_acc_") :]: v for k, v in self._groups(c, n)[1].items()}
+
+    def domain_results(self) -> dict[int, dict[str, Any]]:
+        out = super().domain_results()
+        correct, count = self.grp_correct.cpu(), self.grp_count.cpu()
+        for d, res in out.items():
+            head, per = self._groups(correct[d], count[d])
+            res.update(**head, **per)
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        return {**super().summary(), **self._groups(self.grp_correct.sum(0).cpu(), self.grp_count.sum(0).cpu())[0]}
+
+
+GROUP_INFO = "groups"  # spec.info key: the group names, in group-id order (GroupMeter)
+
+
+def encode_groups(labels: torch.Tensor, attributes: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Group ids `label + num_classes * attribute` (the labels a grouped stream hands; `% num_classes` decodes)."""
+    return labels + num_classes * attributes
+
+
 METERS: dict[str, type] = {
     "classification": ClassificationMeter,
     "binary": BinaryClassificationMeter,
@@ -317,6 +383,8 @@ METERS: dict[str, type] = {
 def make_meter(spec: Any, num_domains: int, device: torch.device | str):
     """The meter of `spec.task`, told the stream's classes/ignore index when it accepts them (`for_spec`)."""
     cls = METERS[spec.task]
+    if cls is ClassificationMeter and GROUP_INFO in getattr(spec, "info", {}):
+        cls = GroupMeter  # a stream with group labels (class x attribute)
     return cls.for_spec(spec, num_domains, device) if hasattr(cls, "for_spec") else cls(num_domains, device)
 
 
