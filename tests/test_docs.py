@@ -139,6 +139,15 @@ def test_every_summary_key_has_a_meaning(generated):
     assert all(f"| `{m.key}` |" in page for m in rundir.METRICS)
 
 
+def test_models_page_lists_every_model(generated):
+    from tta_bench.models import MODELS
+
+    names = [e.name for e in MODELS.items() if docs._origin(e.factory).startswith("tta_bench.")]
+    assert len(names) >= 20 and "small-cnn" in names
+    assert [n for n in names if f"| `{n}` |" not in generated["models.md"]] == []
+    assert "## Which methods fit which model" in generated["models.md"]  # the hand-written part
+
+
 def test_check_finds_changed_and_orphan_pages(tmp_path, generated):
     copy = tmp_path / "docs"
     shutil.copytree(DOCS, copy)

@@ -1,9 +1,10 @@
 """Generate the reference pages of `docs/` from the live registries, so they cannot drift from the code.
 
-    python -m tta_bench.docs            # (re)write docs/run-options.md, docs/methods/*.md, docs/streams/*.md
+    python -m tta_bench.docs            # (re)write the generated pages (methods, streams, models, options, schema)
     python -m tta_bench.docs --check    # exit 1 and name the pages that differ from what the code gives
 
-`docs/run-options.md` comes from RunConfig's option declarations, `docs/run-folder-schema.md` from `tta_bench.rundir`.
+`docs/run-options.md` comes from RunConfig's option declarations, `docs/run-folder-schema.md` from `tta_bench.rundir`,
+`docs/models.md` from the model registry and `docs/_src/models.md`.
 Method pages come from each adapter class: its docstring (what it adapts), its module's docstring (paper, official
 code, what was matched, deviations), its declared options (`defaults`, meanings through `methods._doc.option_docs`,
 ranges) and its `presets` (per benchmark family, each with the file it cites). Stream pages come from the stream
@@ -481,6 +482,19 @@ def schema_page() -> str:
     return "\n".join(out) + "\n"
 
 
+def models_page(hand: str) -> str:
+    """docs/models.md: the hand-written text (docs/_src/models.md) and every model the package registers."""
+    from tta_bench.models import MODELS
+
+    out = [NOTICE, "", hand.strip(), "", "## Every registered model", ""]
+    out += ["| model | what it is | defined in |", "|---|---|---|"]
+    for e in MODELS.items():
+        module = _origin(e.factory)
+        if module.startswith("tta_bench."):
+            out.append(f"| `{e.name}` | {_text(e.description)} | `{'/'.join(module.split('.'))}.py` |")
+    return "\n".join(out) + "\n"
+
+
 def pages(docs: Path = DOCS) -> dict[str, str]:
     """{path relative to docs/: text} of every generated page."""
     classes = {e.name: e.factory for e in methods_entries()}
@@ -488,6 +502,7 @@ def pages(docs: Path = DOCS) -> dict[str, str]:
         "run-options.md": run_options_page(),
         "run-folder-schema.md": schema_page(),
         "methods/README.md": methods_index(classes),
+        "models.md": models_page((docs / "_src" / "models.md").read_text(encoding="utf-8")),
     }
     out.update({f"methods/{n}.md": method_page(n, c) for n, c in classes.items()})
     hand = {p.stem: p.read_text(encoding="utf-8") for p in sorted((docs / "_src" / "streams").glob("*.md"))}
