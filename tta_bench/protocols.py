@@ -16,6 +16,20 @@ of the device. A measured ratio makes a run device-dependent (summary.json recor
 batches; a given ratio is part of the run id). Every domain starts with the method free (the official loop
 restarts with ``delay = 0`` per corruption).
 
+Time-dependent utility (realistic setting; after Tempora, Sreeram, Kwon and Mascolo, "Tempora: Characterising the
+Time-Contingent Utility of Online Test-Time Adaptation", arXiv 2602.06136, ICML 2026; official code
+sudotensor/tempora at 6a4bc08, `tempora/scripts/evaluate/continuous.py`, its *continuous utility*): a prediction is
+worth less the later it comes. Time is counted in source-model forwards of a batch (the response budget: a prediction
+as fast as the source model is on time). A batch the method adapts on comes ``delay = k - 1`` late (``k`` its relative
+cost, fixed or measured on that batch); a batch predicted by the current model without adapting is on time
+(``delay = 0``; the realistic protocol predicts it while the adaptation runs). Its worth is Tempora's hyperbolic
+discount ``u(delay) = 1 / (1 + delay / tau)`` (``tau = T - rho`` there; here `stream.utility_tau` in source
+forwards, default ``DEFAULT_UTILITY_TAU`` = 1: a method twice as slow as the model halves the worth of the batches it
+adapts on). ``time_utility = mean_b(acc_b * u_b)`` over batches b (%), which is Tempora's
+``accuracy * timeliness + alignment`` with ``timeliness = mean_b(u_b)`` and alignment the covariance of per-batch
+accuracy and discount (Tempora's code takes the sample covariance, ddof 1; here the population one, so the three
+keys add up exactly; the two differ by a factor n/(n-1) on the alignment term).
+
 Long-horizon metrics (every run): the error of consecutive windows of ``window`` images (at batch granularity:
 a batch belongs to the window its first image falls in), the worst full window, and ``collapsed`` when a full
 window's error is within ``COLLAPSE_MARGIN`` percentage points of chance error ``100 (1 - 1/C)`` or above it
@@ -32,6 +46,7 @@ from typing import Any
 
 import torch
 
+from tta_bench import markov
 from tta_bench.kernel import UserError
 from tta_bench.kernel.options import MAX_IMAGES
 
@@ -39,6 +54,7 @@ from tta_bench.kernel.options import MAX_IMAGES
 from tta_bench.rundir import COLLAPSE_MARGIN, DEFAULT_WINDOW, window_errors
 
 MAX_SPEED_RATIO = 1e6  # a method a million times slower than the source forward adapts on the first batch only
+DEFAULT_UTILITY_TAU = 1.0  # time constant of the time-dependent utility, in source forwards (stream.utility_tau)
 
 
 def check_stream_options(setting: str, opts: dict[str, Any]) -> None:
@@ -56,12 +72,58 @@ def check_stream_options(setting: str, opts: dict[str, Any]) -> None:
             f"stream.speed_ratio={k!r} only applies to --setting realistic (the compute-aware protocol); "
             f"drop it or pass --setting realistic."
         )
+    check_setting_options(setting, opts)
     w = opts.get("window", DEFAULT_WINDOW)
     if isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= MAX_IMAGES:
         raise UserError(
             f"stream.window must be a positive number of images up to {MAX_IMAGES:,}, got {w!r} "
             "(e.g. stream.window=500)."
         )
+
+
+def check_setting_options(setting: str, opts: dict[str, Any]) -> None:
+    """UserError for a set `stream.utility_tau` that is not a positive finite number or is given outside the realistic
+    setting, or a set Markov-chain option (`tta_bench.markov.OPTIONS`) outside the markov setting or invalid."""
+    tau = opts.get("utility_tau")
+    if tau is not None:
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 < tau < math.inf:
+            raise UserError(
+                f"stream.utility_tau is the time constant of the time-dependent utility (in source-model forwards: a "
+                f"prediction delayed by tau is worth half), a positive finite number, got {tau!r} "
+                f"(e.g. --set stream.utility_tau=2)."
+            )
+        if setting != "realistic":
+            raise UserError(f"stream.utility_tau={tau!r} only applies to --setting realistic (the time-dependent "
+                            "utility of its predictions); drop it or pass --setting realistic.")  # fmt: skip
+    given = [k for k in markov.OPTIONS if opts.get(k) is not None]
+    if given and setting != "markov":
+        raise UserError(f"stream.{given[0]} only applies to --setting markov (a Markov-chain stream over domains and "
+                        "classes); drop it or pass --setting markov.")  # fmt: skip
+    if given:
+        markov.chain_from_options(opts)
+
+
+def time_discount(delay: float, tau: float = DEFAULT_UTILITY_TAU) -> float:
+    """Worth (0, 1] of a prediction `delay` source-model forwards late: ``1 / (1 + delay / tau)`` (Tempora)."""
+    return 1.0 / (1.0 + max(0.0, delay) / tau)
+
+
+def time_utility(errors: Sequence[float], delays: Sequence[float], tau: float | None = None) -> dict[str, Any]:
+    """summary.json keys of the time-dependent utility from per-batch errors (%) and delays (source forwards):
+    `time_utility` = mean(acc * u) (%), `timeliness` = mean(u) (%), `utility_alignment` = population covariance of
+    per-batch accuracy and discount (percentage points), `utility_tau`; None values for an empty stream."""
+    tau = DEFAULT_UTILITY_TAU if tau is None else float(tau)
+    if len(errors) != len(delays):
+        raise ValueError(f"{len(errors)} batch errors but {len(delays)} delays")
+    if not errors:
+        return {"time_utility": None, "timeliness": None, "utility_alignment": None, "utility_tau": tau}
+    acc = [1.0 - e / 100.0 for e in errors]
+    u = [time_discount(d, tau) for d in delays]
+    n = len(acc)
+    ma, mu = sum(acc) / n, sum(u) / n
+    cov = sum((a - ma) * (v - mu) for a, v in zip(acc, u)) / n
+    return {"time_utility": 100.0 * sum(a * v for a, v in zip(acc, u)) / n, "timeliness": 100.0 * mu,
+            "utility_alignment": 100.0 * cov, "utility_tau": tau}  # fmt: skip
 
 
 def clock_for(setting: str, opts: dict[str, Any], device: torch.device | None = None) -> RealisticClock | None:
@@ -72,11 +134,14 @@ def clock_for(setting: str, opts: dict[str, Any], device: torch.device | None = 
     return RealisticClock(None if k is None else float(k), device=device)
 
 
-def adapted_summary(clock: RealisticClock | None, n_batches: int) -> dict[str, Any]:
-    """summary.json keys every run has: batches adapted, and the ratio (None outside the realistic setting)."""
+def adapted_summary(
+    clock: RealisticClock | None, n_batches: int, errors: Sequence[float] | None = None, tau: float | None = None
+) -> dict[str, Any]:
+    """summary.json keys every run has: batches adapted, and the ratio (None outside the realistic setting); in the
+    realistic setting, given the per-batch errors (%) in stream order, also the time-dependent utility."""
     if clock is None:
         return {"speed_ratio": None, "speed_ratio_measured": None, "batches_adapted": n_batches}
-    return clock.summary()
+    return {**clock.summary(), **(time_utility(errors, clock.delays, tau) if errors is not None else {})}
 
 
 class RealisticClock:
@@ -95,6 +160,7 @@ class RealisticClock:
         self.adapted = 0
         self.skipped = 0
         self.ratios: list[float] = []  # measured k of every adapted batch
+        self.delays: list[float] = []  # per batch: source forwards its prediction came late (k - 1 adapted, else 0)
 
     def _sync(self) -> None:
         if self.cuda:
@@ -116,6 +182,7 @@ class RealisticClock:
         if self.delay > 0:  # the previous adaptation is still running: predict with the current model
             self.delay -= 1
             self.skipped += 1
+            self.delays.append(0.0)
             return adapter.predict(x)
         if self.speed_ratio is None:
             out, t_method = self._timed(adapter, x)
@@ -125,6 +192,7 @@ class RealisticClock:
         else:
             out, ratio = adapter(x), self.speed_ratio
         self.adapted += 1
+        self.delays.append(max(0.0, float(ratio) - 1.0))
         self.delay += skipped_after(ratio, self.eta)
         return out
 

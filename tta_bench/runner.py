@@ -420,7 +420,8 @@ def stream(adapter, spec, cfg: RunConfig, segments, datasets, device: torch.devi
     if cfg.clean_eval == "end":
         rec.clean_after = clean_error(adapter, spec, cfg, device, quiet)
     rec.overall = overall.summary()
-    rec.protocol = protocols.adapted_summary(clock, len(rec.batch_rows))
+    errors = [r["error"] for r in rec.batch_rows]  # the realistic setting's time-dependent utility reads them
+    rec.protocol = protocols.adapted_summary(clock, len(rec.batch_rows), errors, cfg.stream_opts.get("utility_tau"))
     rec.peak_device_mb = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
     return rec
 
@@ -440,7 +441,8 @@ def run_segment(adapter, spec, cfg: RunConfig, seg, ds, device, overall, bar, cl
     t0 = t_prev = time.perf_counter()
     times = []
     defer = st.defer_on(device)  # generated corruptions: on the run device in this loop (CUDA), else in the loader
-    batches = st.batches(ds, seg, cfg.batch_size, cfg.seed, cfg.stream_opts["gamma"], cfg.workers, cuda, defer)
+    opts = cfg.stream_opts
+    batches = st.batches(ds, seg, cfg.batch_size, cfg.seed, opts["gamma"], cfg.workers, cuda, defer, options=opts)
     for i, b in enumerate(batches):
         x = st.to_device(ds, b, device)
         y, dom = b.y.to(device, non_blocking=True), b.domain_ids.to(device, non_blocking=True)

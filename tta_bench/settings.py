@@ -24,7 +24,7 @@ class Segment:
     round: int
     reset: bool  # reset the adapter to its source state before this segment
     parts: tuple[tuple[str, int | None], ...]  # (domain, severity) datasets concatenated
-    order: str = "sequential"  # sequential | shuffle | dirichlet
+    order: str = "sequential"  # sequential | shuffle | dirichlet | markov
 
     @property
     def key(self) -> str:
@@ -58,6 +58,16 @@ def non_iid(domains: Sequence[str], sev: int | None, r: int, graded: bool) -> li
     return [Segment(d, sev, r, False, ((d, sev),), "dirichlet") for d in domains]
 
 
+def markov(domains: Sequence[str], sev: int | None, r: int, graded: bool) -> list[Segment]:
+    """All domains in one stream whose domain and class follow a Markov chain (UniTTA; `stream.markov` preset).
+
+    The chain's stay probabilities and imbalance come from `stream.markov` (unitta, continual, ptta, gli, random, or a
+    UniTTA code such as n1nu) and `stream.domain_stay`/`class_stay`/`domain_imbalance`/`class_imbalance`; the order is
+    drawn before batching (tta_bench.markov). Per-domain errors are still reported.
+    """
+    return [Segment("mixed", sev, r, False, tuple((d, sev) for d in domains), "markov")]
+
+
 def realistic(domains: Sequence[str], sev: int | None, r: int, graded: bool) -> list[Segment]:
     """Compute-aware (Alfarra et al., ICML'24): the continual order, but a method k times slower than the model
     adapts only every k-th batch (the others are predicted by its current state); k measured or `stream.speed_ratio`.
@@ -71,6 +81,7 @@ SETTINGS: dict[str, Callable[[Sequence[str], int | None, int, bool], list[Segmen
     "gradual": gradual,
     "mixed": mixed,
     "non-iid": non_iid,
+    "markov": markov,
     "realistic": realistic,
 }
 

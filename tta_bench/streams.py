@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
+from tta_bench import markov
 from tta_bench.kernel import Registry, UserError, close_matches, declared_options
 from tta_bench.rundir import DEFAULT_WINDOW
 from tta_bench.settings import GRADUAL_SEVERITIES, SETTINGS, Segment  # noqa: F401  (part of the streams API)
@@ -31,7 +32,17 @@ COMMON_OPTIONS: dict[str, Any] = {
     "window": DEFAULT_WINDOW,  # images per window of the long-horizon metrics (tta_bench.rundir.metrics)
     "speed_ratio": None,  # realistic setting: fixed relative cost k (None: measured on the run's device)
     "domains": None,  # a subset / custom order of the stream's domains, e.g. "fog,snow" (None: all, standard order)
+    # markov setting (tta_bench.markov): preset or UniTTA code, and overrides of its chain (None: from the preset)
+    "markov": None,
+    "domain_stay": None,
+    "class_stay": None,
+    "domain_imbalance": None,
+    "class_imbalance": None,
+    "utility_tau": None,  # realistic setting: time constant of the time-dependent utility (None: protocols default)
 }
+# Common options of one setting, left out of the resolved options (and so of the run id) while unset: run ids of runs
+# that do not use them stay what they were before the options existed.
+UNSET_NOT_HASHED = ("markov", "domain_stay", "class_stay", "domain_imbalance", "class_imbalance", "utility_tau")
 
 
 @dataclass
@@ -314,18 +325,14 @@ def batches(
     workers: int = 0,
     pin_memory: bool = False,
     defer: bool = False,
+    options: dict[str, Any] | None = None,
 ) -> Iterator[Batch]:
     """Yield the Batches of one segment's dataset (on the CPU; the runner moves them to the device with `to_device`).
 
     `defer`: datasets that can (generated corruptions) hand clean uint8 images and their positions instead, and
-    `to_device` corrupts them on the run device; the images are the same as without it on that device."""
-    rng = np.random.default_rng(segment_seed(seed, seg.domain, seg.severity, seg.round))
-    if seg.order == "shuffle":
-        order = rng.permutation(len(ds))
-    elif seg.order == "dirichlet":
-        order = dirichlet_order(ds.labels(), gamma, rng)
-    else:
-        order = np.arange(len(ds))
+    `to_device` corrupts them on the run device; the images are the same as without it on that device.
+    `options`: the resolved stream options (the `markov` order reads its chain from them)."""
+    order = segment_order(ds, seg, seed, gamma, options)
     if defer and ds.finishable:
         ds = _Tagged(ds.parts, defer=True)
     loader = DataLoader(  # each sampler element is a list of indices: the dataset returns the whole batch
@@ -338,6 +345,22 @@ def batches(
     source = prefetched(loader) if pin_memory and workers == 0 else loader  # workers > 0 prefetch by themselves
     for x, y, dom, *index in source:
         yield Batch(x, y, seg.domain, seg.severity, dom, index[0] if index else None)
+
+
+def segment_order(
+    ds: _Tagged, seg: Segment, seed: int = 0, gamma: float = 0.1, options: dict[str, Any] | None = None
+) -> np.ndarray:
+    """The positions of `ds`'s samples in the order the segment shows them, fixed before batching (so the sample
+    sequence does not depend on the batch size) and drawn from the run seed and the segment's names."""
+    rng = np.random.default_rng(segment_seed(seed, seg.domain, seg.severity, seg.round))
+    if seg.order == "shuffle":
+        return rng.permutation(len(ds))
+    if seg.order == "dirichlet":
+        return dirichlet_order(ds.labels(), gamma, rng)
+    if seg.order == "markov":
+        parts = np.repeat(np.arange(len(ds.parts)), np.diff(ds.offsets))  # position of each sample's domain
+        return markov.markov_order(ds.labels(), parts, markov.chain_from_options(options), rng)
+    return np.arange(len(ds))
 
 
 def prefetched(items: Iterable[Any], depth: int = 2) -> Iterator[Any]:
@@ -472,7 +495,9 @@ def normalize_domains(value: Any) -> list[str] | None:
 
 
 def check_domains(opts: dict[str, Any]) -> dict[str, Any]:
-    """Resolved stream options with `domains` in its normal form (so equal selections hash the same)."""
+    """Resolved stream options with `domains` in its normal form (so equal selections hash the same), and the
+    setting-specific options of `UNSET_NOT_HASHED` dropped while unset (None)."""
+    opts = {k: v for k, v in opts.items() if not (k in UNSET_NOT_HASHED and v is None)}
     return {**opts, "domains": normalize_domains(opts.get("domains"))} if "domains" in opts else opts
 
 
