@@ -51,7 +51,7 @@ STREAM_ORDER = (
                                 "retina", "tissue")),
     "camvid-c", "cityscapes-acdc", "gta5-cityscapes", "digits-b2n", "cifar100-b2n", "imagenet-b2n", "folder-b2n",
 )  # fmt: skip
-SETTING_ORDER = ("continual", "episodic", "gradual", "mixed", "non-iid", "realistic")
+SETTING_ORDER = ("continual", "episodic", "gradual", "mixed", "non-iid", "markov", "realistic")
 
 # Task families of the overview, by the headline metric that ranks their tables (tta_bench.rundir.METRICS).
 FAMILIES = {
@@ -63,7 +63,12 @@ FAMILIES = {
 }
 
 # Stream options that only apply to some settings (the rest apply to every run).
-SETTING_OPTIONS = {"gamma": ("non-iid",), "speed_ratio": ("realistic",)}
+SETTING_OPTIONS = {
+    "gamma": ("non-iid",),
+    "speed_ratio": ("realistic",),
+    "utility_tau": ("realistic",),
+    **{k: ("markov",) for k in ("markov", "domain_stay", "class_stay", "domain_imbalance", "class_imbalance")},
+}
 
 BASELINE_ORDER = ("source", "norm")
 

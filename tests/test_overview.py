@@ -152,6 +152,8 @@ def test_applicable_stream_options():
     assert names.applicable_stream_opts("continual", opts) == {"window": 1000}
     assert names.applicable_stream_opts("non-iid", opts) == {"gamma": 0.1, "window": 1000}
     assert names.applicable_stream_opts("realistic", opts) == {"window": 1000, "speed_ratio": 2}
+    markov = {"gamma": 0.1, "markov": "unitta", "class_stay": 0.9, "utility_tau": 2.0, "speed_ratio": 2}
+    assert names.applicable_stream_opts("markov", markov) == {"markov": "unitta", "class_stay": 0.9}
 
 
 def _batches(rounds: int, entries: list[str]) -> pd.DataFrame:
