@@ -21,7 +21,8 @@ STREAM_NAMES = {
     "digits-c": "Digits-C", "camelyon17": "Camelyon17", "pathmnist-site": "PathMNIST (site shift)",
     "confounded": "Confounded", "camvid-c": "CamVid-C", "cityscapes-acdc": "Cityscapes → ACDC",
     "gta5-cityscapes": "GTA5 → Cityscapes", "digits-b2n": "Digits base-to-new", "cifar100-b2n": "CIFAR-100 base-to-new",
-    "imagenet-b2n": "ImageNet base-to-new", "folder-b2n": "folder base-to-new",
+    "imagenet-b2n": "ImageNet base-to-new", "folder-b2n": "folder base-to-new", "coloredmnist": "ColoredMNIST",
+    "digits-ls": "Digits (label shift)",
 }  # fmt: skip
 for _flag in ("blood", "breast", "derma", "oct", "organa", "organc", "organs", "path", "pneumonia", "retina", "tissue"):
     STREAM_NAMES[f"{_flag}mnist-c"] = f"{_flag.capitalize()}MNIST-C"
@@ -46,7 +47,8 @@ MODEL_NAMES = {
 # long-horizon and natural shifts, small and medical streams), then the setting order below.
 STREAM_ORDER = (
     "cifar10-c", "cifar100-c", "imagenet-c", "imagenet-r", "imagenet-a", "imagenet-sketch", "imagenet-v2",
-    "imagenet-ds", "ccc-cifar", "ccc", "digits-c", "camelyon17", "pathmnist-site", "confounded",
+    "imagenet-ds", "ccc-cifar", "ccc", "digits-c", "digits-ls", "coloredmnist", "camelyon17", "pathmnist-site",
+    "confounded",
     *(f"{f}mnist-c" for f in ("pneumonia", "breast", "blood", "derma", "oct", "organa", "organc", "organs", "path",
                                 "retina", "tissue")),
     "camvid-c", "cityscapes-acdc", "gta5-cityscapes", "digits-b2n", "cifar100-b2n", "imagenet-b2n", "folder-b2n",
