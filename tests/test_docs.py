@@ -212,6 +212,18 @@ def test_readme_keeps_the_two_commands_ci_runs():
     assert len(readme.splitlines()) < 120  # short: the rest lives in docs/
 
 
+def test_every_python_block_compiles():
+    """Unmarked blocks (fragments that need data, a GPU or a long run) are at least valid Python."""
+    bad = []
+    for page in hand_pages():
+        for i, code in enumerate(re.findall(r"^```python\n(.*?)^```", page.read_text(encoding="utf-8"), re.S | re.M)):
+            try:
+                compile(code, f"{page.name} block {i + 1}", "exec")
+            except SyntaxError as e:
+                bad.append(f"{page.relative_to(ROOT)} block {i + 1}: {e}")
+    assert not bad, bad
+
+
 def test_guides_mark_their_code():
     for guide in GUIDES:
         blocks = marked_blocks((DOCS / "guides" / f"{guide}.md").read_text(encoding="utf-8"))
