@@ -212,6 +212,27 @@ def test_readme_keeps_the_two_commands_ci_runs():
     assert len(readme.splitlines()) < 120  # short: the rest lives in docs/
 
 
+def test_every_table_row_has_its_header_cells():
+    """A `|` in a cell (an option's meaning, a default) is escaped, so no row of a table gains or loses a column."""
+
+    def cells(line: str) -> int:
+        return len(re.split(r"(?<!\\)\|", line.strip().strip("|")))
+
+    bad, tables = [], 0
+    for page in hand_pages():
+        lines = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S).splitlines()
+        for i in range(len(lines) - 1):
+            if lines[i].startswith("|") and re.fullmatch(r"\|[-| :]+\|", lines[i + 1]):
+                tables += 1
+                n, j = cells(lines[i]), i + 2
+                while j < len(lines) and lines[j].startswith("|"):
+                    if cells(lines[j]) != n:
+                        bad.append(f"{page.relative_to(ROOT)}:{j + 1}: {cells(lines[j])} cells, header {n}")
+                    j += 1
+    assert tables > 100 and not bad, bad
+    assert cells("| `a \\| b` | c |") == 2 and cells("| a | b | c |") == 3
+
+
 def test_every_python_block_compiles():
     """Unmarked blocks (fragments that need data, a GPU or a long run) are at least valid Python."""
     bad = []
