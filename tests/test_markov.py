@@ -97,6 +97,8 @@ def test_unitta_codes_and_overrides():
         mk.chain_from_options({"domain_stay": 1.5})
     with pytest.raises(UserError, match="stream.class_imbalance"):
         mk.chain_from_options({"class_imbalance": 0.5})
+    with pytest.raises(UserError, match="one class id per sample"):  # e.g. segmentation label maps
+        mk.markov_order(np.zeros((4, 2, 2)), np.zeros(4, dtype=int), mk.Chain(0.5, 0.5), np.random.default_rng(0))
 
 
 @pytest.mark.parametrize("stay,imb,n", [(0.95, 10.0, 10), (0.85, 5.0, 15), (0.7, 2.0, 3)])

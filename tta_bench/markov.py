@@ -138,6 +138,11 @@ def markov_order(labels: np.ndarray, domains: np.ndarray, chain: Chain, rng: np.
     `labels` (N,) class ids, `domains` (N,) domain positions 0..D-1 in the stream's order (domain 0 is the head and
     where the walk starts). Returns (M,) int64 distinct positions, M = N without imbalance."""
     labels, domains = np.asarray(labels), np.asarray(domains)
+    if labels.ndim != 1 or len(labels) != len(domains):
+        raise UserError(
+            "--setting markov orders samples by their class, and this stream's labels are not one class id per sample "
+            f"(label array of shape {labels.shape}, e.g. segmentation maps): use --setting mixed or continual."
+        )
     classes, cls = np.unique(labels, return_inverse=True)
     n_dom, n_cls = int(domains.max()) + 1 if len(domains) else 0, len(classes)
     if n_dom == 0:
