@@ -47,6 +47,7 @@ GROUP_TITLES = {
     "camelyon": "Medical: Camelyon17",
     "confounded": "Medical: confounded splits",
     "coloredmnist": "Spurious correlation",
+    "waterbirds": "Spurious correlation: Waterbirds",
     "labelshift": "Label shift",
     "b2n": "CLIP base-to-new and domain shift",
 }
