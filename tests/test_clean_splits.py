@@ -20,6 +20,7 @@ from PIL import Image
 from test_camelyon import write_wilds
 from test_confounded import write_split
 from test_segmentation_data import make_acdc, make_camvid, make_cityscapes
+from test_waterbirds import write_waterbirds
 from torch.utils.data import Dataset
 
 from tta_bench import RunConfig, run
@@ -132,6 +133,7 @@ STANDINS = {
     "digits-c": _digits,
     "coloredmnist": _digits,  # the same fixed split, coloured (its datasets' `x` are the grey digits)
     "digits-ls": _digits,
+    "waterbirds": lambda tmp: {"opts": {"root": str(write_waterbirds(tmp))}},
     "cifar10-c": _cifar("cifar10-c"),
     "cifar100-c": _cifar("cifar100-c"),
     "ccc-cifar": _ccc_cifar,
