@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import MISSING, Field, fields
+from typing import Any
 
 from tta_bench.config import RunConfig
 from tta_bench.kernel import UserError, parse_sets
@@ -16,9 +17,10 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _help(f: Field) -> str:
-    """The flag's help from the field's declaration: its meaning, choices and default."""
-    meta, default = f.metadata, f.default
+def _help(f: Field, default: Any = MISSING) -> str:
+    """The flag's help from the field's declaration: its meaning, choices and default (the declared one unless
+    the command gives its own)."""
+    meta, default = f.metadata, f.default if default is MISSING else default
     choices = f" ({' | '.join(meta['choices'])})" if meta["choices"] and " | " not in meta["help"] else ""
     shown = "" if default is MISSING or default is None or isinstance(default, bool) else f"; default {default}"
     return f"{meta['help']}{choices}{shown}"
@@ -29,35 +31,50 @@ def declared() -> list[Field]:
     return [f for f in fields(RunConfig) if f.metadata.get("flag")]
 
 
+def _add_flag(p: argparse.ArgumentParser, f: Field, required: bool = True, default: Any = MISSING) -> None:
+    """The flag of declared run option `f` (its declared default unless `default` is given)."""
+    meta = f.metadata
+    default = f.default if default is MISSING else default
+    text = _help(f, default)
+    if f.type in ("bool", bool) or isinstance(f.default, bool):
+        p.add_argument(_flag(f.name), action="store_true", help=text)
+    elif default is MISSING:
+        p.add_argument(_flag(f.name), required=required, default=None, help=text)
+    else:
+        p.add_argument(_flag(f.name), type=meta["kind"] or str, default=default, help=text)
+
+
 def add_run_arguments(p: argparse.ArgumentParser, many: bool = False, required: bool = True) -> None:
     """The run options as flags, generated from RunConfig's declarations (`tta_bench.config.option`); `sweep`
     (`many=True`) declares its own list-valued flags for the options marked `many` (method, stream, model, seed).
     `required=False`: the options without a default (method, stream) may come from elsewhere (`run --config`,
     `run --from`); the caller checks they were given."""
     for f in declared():
-        meta = f.metadata
-        if many and meta["many"]:
-            continue
-        if f.type in ("bool", bool) or isinstance(f.default, bool):
-            p.add_argument(_flag(f.name), action="store_true", help=_help(f))
-        elif f.default is MISSING:
-            p.add_argument(_flag(f.name), required=required, default=None, help=_help(f))
-        else:
-            p.add_argument(_flag(f.name), type=meta["kind"] or str, default=f.default, help=_help(f))
-    p.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="SCOPE.KEY=VALUE",
-        help="override an option: method.<hp>, stream.<opt>, model.<opt> (repeatable)",
-    )
+        if not (many and f.metadata["many"]):
+            _add_flag(p, f, required)
+    add_set_argument(p, "override an option: method.<hp>, stream.<opt>, model.<opt> (repeatable)")
     p.add_argument(
         "--domains",
         default=None,
         metavar="A,B,C",
         help="run only these domains of the stream, in this order (same as --set stream.domains=A,B,C)",
     )
+    add_force_argument(p)
+
+
+def add_run_options(p: argparse.ArgumentParser, names: tuple[str, ...], defaults: dict[str, Any] | None = None) -> None:
+    """Flags for the declared run options `names` only, from the same declarations (`reproduce` takes the execution
+    options this way; `defaults` overrides a declared default, e.g. `clean_eval="off"` for published tables)."""
+    by_name = {f.name: f for f in declared()}
+    for name in names:
+        _add_flag(p, by_name[name], default=(defaults or {}).get(name, MISSING))
+
+
+def add_set_argument(p: argparse.ArgumentParser, help: str) -> None:  # noqa: A002 (argparse's word)
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="SCOPE.KEY=VALUE", help=help)
+
+
+def add_force_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="run again even if a completed run folder exists")
 
 

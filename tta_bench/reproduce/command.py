@@ -22,11 +22,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from tta_bench.cli_options import add_force_argument, add_run_options, add_set_argument
 from tta_bench.config import RunConfig, check_device, check_run_paths
 from tta_bench.kernel import UserError, parse_sets
 from tta_bench.reproduce import parity
 from tta_bench.reproduce.tables import Table, load, names
 from tta_bench.sweep import _names
+
+EXECUTION_OPTIONS = ("out", "data_dir", "device", "workers", "compile", "channels_last", "clean_eval")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,17 +41,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stand-in", action="store_true", help="the table's stand-in model and data (tests the "
                    "machinery on a CPU; not comparable)")  # fmt: skip
     p.add_argument("--plan", action="store_true", help="print the grid (runs, images) and exit without running")
-    p.add_argument("--out", default="runs", help="folder for run folders; the report goes to <out>/parity/")
-    p.add_argument("--data-dir", default=None, help="datasets root (default $TTA_BENCH_DATA)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the adapted model")
-    p.add_argument("--channels-last", default="auto", help="auto (CUDA only) | on | off")
-    p.add_argument("--clean-eval", default="off", help="forgetting: off (default; the tables do not report it) | "
-                   "end | domain")  # fmt: skip
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="SCOPE.KEY=VALUE",
-                   help="extra options for every run (e.g. stream.root=PATH, model.weights=PATH)")  # fmt: skip
-    p.add_argument("--force", action="store_true", help="run again even where a completed run folder exists")
+    # the run options it shares with `run`, from their one declaration (the report goes to <out>/parity/); the
+    # published tables report no forgetting, so clean evaluation is off unless asked for
+    add_run_options(p, EXECUTION_OPTIONS, defaults={"clean_eval": "off"})
+    add_set_argument(p, "extra options for every run (e.g. stream.root=PATH, model.weights=PATH)")
+    add_force_argument(p)
     p.add_argument("--executor", default="local", choices=["local", "ray"], help="local (default) or ray")
     p.add_argument("--processes", type=int, default=1, help="local executor: parallel worker processes")
     p.add_argument("--ray-address", default=None, help="existing Ray cluster address")
