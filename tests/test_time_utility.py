@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 
 import pytest
 import torch
@@ -62,6 +63,22 @@ def test_clock_records_each_batch_delay():
     assert s["time_utility"] == pytest.approx(100 * sum(0.9 * v for v in u) / 7)
     assert s["batches_adapted"] == 3 and s["speed_ratio"] == 3
     assert "time_utility" not in adapted_summary(None, 7, [10.0] * 7)  # only in the realistic setting
+
+
+class Slow(Adapter):
+    def adapt(self, x):
+        time.sleep(0.005)
+        return self.model(x)
+
+
+def test_measured_ratio_delays_every_adapted_batch_by_the_reported_k():
+    clock, adapter = RealisticClock(), Slow(nn.Linear(3, 2))
+    for _ in range(12):
+        clock.step(adapter, torch.ones(2, 3))
+    k = clock.summary()["speed_ratio"]
+    assert k > 2  # 5 ms of sleep against a microsecond forward
+    assert clock.delays == [k - 1 if a else 0.0 for a in clock.adapted_flags]
+    assert sum(clock.adapted_flags) == clock.adapted >= 1 and clock.delays[0] == k - 1  # the first batch adapts
 
 
 def cfg(tmp_path, method: str, setting: str = "realistic", **opts) -> RunConfig:

@@ -20,15 +20,15 @@ Time-dependent utility (realistic setting; after Tempora, Sreeram, Kwon and Masc
 Time-Contingent Utility of Online Test-Time Adaptation", arXiv 2602.06136, ICML 2026; official code
 sudotensor/tempora at 6a4bc08, `tempora/scripts/evaluate/continuous.py`, its *continuous utility*): a prediction is
 worth less the later it comes. Time is counted in source-model forwards of a batch (the response budget: a prediction
-as fast as the source model is on time). A batch the method adapts on comes ``delay = k - 1`` late (``k`` its relative
-cost, fixed or measured on that batch); a batch predicted by the current model without adapting is on time
-(``delay = 0``; the realistic protocol predicts it while the adaptation runs). Its worth is Tempora's hyperbolic
-discount ``u(delay) = 1 / (1 + delay / tau)`` (``tau = T - rho`` there; here `stream.utility_tau` in source
-forwards, default ``DEFAULT_UTILITY_TAU`` = 1: a method twice as slow as the model halves the worth of the batches it
-adapts on). ``time_utility = mean_b(acc_b * u_b)`` over batches b (%), which is Tempora's
-``accuracy * timeliness + alignment`` with ``timeliness = mean_b(u_b)`` and alignment the covariance of per-batch
-accuracy and discount (Tempora's code takes the sample covariance, ddof 1; here the population one, so the three
-keys add up exactly; the two differ by a factor n/(n-1) on the alignment term).
+as fast as the source model is on time). A batch the method adapts on comes ``delay = k - 1`` late (``k`` the run's
+relative cost: fixed, or the median measured one that summary.json reports); a batch predicted by the current
+model without adapting is on time (``delay = 0``; the realistic protocol predicts it while the adaptation runs). Its
+worth is Tempora's hyperbolic discount ``u(delay) = 1 / (1 + delay / tau)`` (``tau = T - rho`` there; here
+`stream.utility_tau` in source forwards, default ``DEFAULT_UTILITY_TAU`` = 1: a method twice as slow as the model
+halves the worth of the batches it adapts on). ``time_utility = mean_b(acc_b * u_b)`` over batches b (%), which is
+Tempora's ``accuracy * timeliness + alignment`` with ``timeliness = mean_b(u_b)`` and alignment the covariance of
+per-batch accuracy and discount (Tempora's code takes the sample covariance, ddof 1; here the population one, so the
+three keys add up exactly; the two differ by a factor n/(n-1) on the alignment term).
 
 Long-horizon metrics (every run): the error of consecutive windows of ``window`` images (at batch granularity:
 a batch belongs to the window its first image falls in), the worst full window, and ``collapsed`` when a full
@@ -160,7 +160,7 @@ class RealisticClock:
         self.adapted = 0
         self.skipped = 0
         self.ratios: list[float] = []  # measured k of every adapted batch
-        self.delays: list[float] = []  # per batch: source forwards its prediction came late (k - 1 adapted, else 0)
+        self.adapted_flags: list[bool] = []  # per batch: whether the method adapted on it
 
     def _sync(self) -> None:
         if self.cuda:
@@ -182,7 +182,7 @@ class RealisticClock:
         if self.delay > 0:  # the previous adaptation is still running: predict with the current model
             self.delay -= 1
             self.skipped += 1
-            self.delays.append(0.0)
+            self.adapted_flags.append(False)
             return adapter.predict(x)
         if self.speed_ratio is None:
             out, t_method = self._timed(adapter, x)
@@ -192,9 +192,18 @@ class RealisticClock:
         else:
             out, ratio = adapter(x), self.speed_ratio
         self.adapted += 1
-        self.delays.append(max(0.0, float(ratio) - 1.0))
+        self.adapted_flags.append(True)
         self.delay += skipped_after(ratio, self.eta)
         return out
+
+    @property
+    def delays(self) -> list[float]:
+        """Per batch, the source forwards its prediction came late: ``k - 1`` for a batch the method adapted on (k the
+        run's ratio: fixed, or the median measured one, as reported; per-batch timings are too noisy: a method with
+        k = 1 would come late on half its batches), 0 for one predicted without adapting."""
+        k = self.summary()["speed_ratio"]
+        late = max(0.0, float(k) - 1.0) if k is not None else 0.0
+        return [late if a else 0.0 for a in self.adapted_flags]
 
     def summary(self) -> dict[str, Any]:
         """summary.json keys of the realistic setting."""
