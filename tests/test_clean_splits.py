@@ -21,6 +21,7 @@ from test_camelyon import write_wilds
 from test_confounded import write_split
 from test_segmentation_data import make_acdc, make_camvid, make_cityscapes
 from test_waterbirds import write_waterbirds
+from test_yearbook import clean_split_standin as _yearbook
 from torch.utils.data import Dataset
 
 from tta_bench import RunConfig, run
@@ -134,6 +135,7 @@ STANDINS = {
     "coloredmnist": _digits,  # the same fixed split, coloured (its datasets' `x` are the grey digits)
     "digits-ls": _digits,
     "waterbirds": lambda tmp: {"opts": {"root": str(write_waterbirds(tmp))}},
+    "yearbook": _yearbook,
     "cifar10-c": _cifar("cifar10-c"),
     "cifar100-c": _cifar("cifar100-c"),
     "ccc-cifar": _ccc_cifar,
