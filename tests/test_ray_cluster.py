@@ -5,7 +5,9 @@ logged in `<out>/.sweep-log/`): seed 0 first (its 2 runs at once, one per node, 
 during which the worker node is killed (SIGKILL to its whole process group) while it holds a run: no completed result
 is lost or touched (the dead node's own included), and the sweep finishes on re-submission (running only what is
 missing). Teardown kills both nodes' process groups (this test's processes only, not every Ray
-on the machine as `ray stop --force` would).
+on the machine as `ray stop --force` would). Slow (minutes).
+
+Without a cluster (default suite): a task lost with its node (`ray.get` raising) is that run's failure, not a traceback.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
 RAY = Path(sys.executable).parent / "ray"
 SWEEP = ["--methods", "source,norm", "--streams", "digits-c", "--limit", "16", "--batch-size", "8",
          "--clean-eval", "end", "--executor", "ray"]  # fmt: skip
@@ -138,6 +140,7 @@ def _sweep(address: str, runs: Path, site: Path, seeds: str = "0,1") -> subproce
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
+@pytest.mark.slow
 def test_two_node_sweep_survives_a_killed_node(cluster, tmp_path):
     address, worker, worker_id, node_ids = cluster
     runs, site = tmp_path / "runs", tmp_path / "site"
@@ -191,3 +194,41 @@ def test_two_node_sweep_survives_a_killed_node(cluster, tmp_path):
     timings = f"seed 0 {seed0_s:.0f} s, grid {first_s:.0f} s (rc {first.returncode}), again {time.time() - t2:.0f} s"
     print(f"ray: worker {worker_id} killed at {killed_at:.0f} s holding {sorted(lost)}; {timings}; done: {on}",
           file=sys.stderr)  # fmt: skip
+
+
+class NodeDiedError(Exception):
+    """Stands for ray.exceptions.NodeDiedError (a RayError) in the stand-in below."""
+
+
+def test_a_task_lost_with_its_node_is_a_failed_run_not_a_traceback(tmp_path, capsys, monkeypatch):
+    """`ray.get` raising (the task's node died, retries spent) is reported as that run's failure; the sweep goes on,
+    exits 1 and says to run it again. A stand-in `ray` module: no cluster, nothing runs."""
+    from tta_bench.cli import main
+
+    def remote(fn):
+        task = types.SimpleNamespace(remote=lambda cfg, *a: (cfg["method"], cfg["seed"]))  # one ref per run
+        return types.SimpleNamespace(options=lambda **k: task)
+
+    def get(ref):
+        raise NodeDiedError(f"the node running {ref[0]} seed {ref[1]} died")
+
+    fake = types.SimpleNamespace(
+        is_initialized=lambda: True,
+        cluster_resources=lambda: {"CPU": 2.0},
+        remote=remote,
+        wait=lambda refs, num_returns: (refs[:1], refs[1:]),
+        get=get,
+        exceptions=types.SimpleNamespace(RayError=NodeDiedError),
+    )
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    runs = tmp_path / "runs"
+    argv = ["sweep", *SWEEP, "--seeds", "0,1", "--out", str(runs), "--site", str(tmp_path / "site"), "--no-leaderboard"]
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    for method in ("source", "norm"):
+        for seed in (0, 1):  # each failure under its own run's label
+            line = f"{method} on digits-c (small-cnn, continual, seed {seed}): FAILED NodeDiedError: the node running "
+            assert line + f"{method} seed {seed} died" in out
+    assert "Traceback" not in out
+    assert "4 of 4 run(s) failed" in out and "run the same sweep command again" in out
+    assert not list(runs.glob("*/done"))
