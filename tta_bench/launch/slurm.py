@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import pickle
 import re
 import shlex
 import subprocess
@@ -307,7 +306,7 @@ def wait(job: str, poll_s: float = 2.0) -> None:
 def outcome(job, cfg) -> dict[str, Any]:
     """What one task gave: the run folder decides (complete or not); the task's result pickle or log says why not."""
     from tta_bench.identity import folder
-    from tta_bench.kernel import read_json
+    from tta_bench.kernel import read_json, safe_unpickle
     from tta_bench.runner import is_complete
     from tta_bench.sweep import Outcome, label
 
@@ -316,7 +315,7 @@ def outcome(job, cfg) -> dict[str, Any]:
     result = Path(job.paths.result_pickle)
     if result.exists():
         try:
-            kind, value = pickle.loads(result.read_bytes())
+            kind, value = safe_unpickle(result, encoding="utf-8")  # plain data only: no code runs from the file
             if kind == "success" and isinstance(value, dict):
                 o.seconds, o.skipped = float(value.get("seconds", 0.0)), bool(value.get("skipped", False))
             elif kind == "error":
