@@ -89,6 +89,7 @@ def agreement(ds: Grouped) -> float:
 @register(
     "coloredmnist",
     default_model="small-cnn",
+    description="ColoredMNIST (TTAB): colour predicts the label in the source, reversed in the stream",
     family="cifar10-c",  # 32x32 images and a small BN CNN: the small-image settings (tta_bench/presets.py)
     clean=CleanSplit("200 digits of the fixed digits split, coloured as the source (train_flip)", disjoint=True),
 )

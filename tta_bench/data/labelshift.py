@@ -72,6 +72,7 @@ def draw(labels: np.ndarray, priors: np.ndarray, per_step: int, rng: np.random.G
 @register(
     "digits-ls",
     default_model="small-cnn",
+    description="label shift on the embedded digits: class priors per step (dirichlet | step | uniform)",
     family="cifar10-c",  # 32x32 images and a small BN CNN: the small-image settings (tta_bench/presets.py)
     clean=CleanSplit("200 digits of the fixed split (600 target, 200 clean, 997 source)", disjoint=True),
 )
