@@ -368,8 +368,9 @@ class GroupMeter(ClassificationMeter):
 GROUP_INFO = "groups"  # spec.info key: the group names, in group-id order (GroupMeter)
 
 
-def encode_groups(labels: torch.Tensor, attributes: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Group ids `label + num_classes * attribute` (the labels a grouped stream hands; `% num_classes` decodes)."""
+def encode_groups(labels: Any, attributes: Any, num_classes: int) -> Any:
+    """Group ids `label + num_classes * attribute` of tensors or arrays (the labels a grouped stream hands;
+    `% num_classes` decodes)."""
     return labels + num_classes * attributes
 
 
