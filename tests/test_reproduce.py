@@ -213,3 +213,25 @@ def test_page_lists_an_unreadable_report_and_orders_full_scale_first(tmp_path):
     assert [s.get("table") for s in got if "error" not in s] == ["b", "a"]
     assert any("broken.json" == s["file"] and "not valid JSON" in s["error"] for s in got)
     assert page_parity.sections(tmp_path / "nowhere") == []
+
+
+def test_reproduce_and_sweep_share_their_run_and_executor_options() -> None:
+    """One declaration: reproduce takes the execution options of `run` and the executors of `sweep` (Slurm too)."""
+    import argparse
+
+    from tta_bench import sweep
+    from tta_bench.reproduce import command
+
+    def flags(add) -> dict[str, argparse.Action]:
+        p = argparse.ArgumentParser()
+        add(p)
+        return {a.option_strings[0]: a for a in p._actions if a.option_strings}
+
+    rep, swp = flags(command.add_arguments), flags(sweep.add_arguments)
+    shared = {k for k in swp if k.startswith(("--slurm-", "--executor", "--processes", "--ray-", "--gpus-"))}
+    assert "--slurm-time" in shared and shared <= set(rep)
+    for k in ("--out", "--data-dir", "--device", "--workers", "--compile", "--channels-last", "--force"):
+        assert rep[k].default == swp[k].default and rep[k].help == swp[k].help, k
+    assert rep["--set"].dest == swp["--set"].dest == "sets" and rep["--set"].default == swp["--set"].default == []
+    assert rep["--clean-eval"].default == "off" and swp["--clean-eval"].default == "domain"
+    assert rep["--executor"].choices == swp["--executor"].choices == ["local", "ray", "slurm"]

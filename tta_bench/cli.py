@@ -111,7 +111,7 @@ def _add_leaderboard_arguments(p: argparse.ArgumentParser) -> None:
 # the leaderboard of --out, which also gets --site and --no-leaderboard).
 DELEGATED = {
     "leaderboard": ("tta_bench.leaderboard.cli", "aggregate run folders into CSVs, plots, HTML", None),
-    "sweep": ("tta_bench.sweep", "run a grid of configs (local or Ray), then the leaderboard", cmd_sweep),
+    "sweep": ("tta_bench.sweep", "run a grid of configs (local, Ray or Slurm), then the leaderboard", cmd_sweep),
     "make-c": ("tta_bench.corruptions.make_c", "write an ImageNet-C / CIFAR-C dataset to disk", None),
     "reproduce": ("tta_bench.reproduce.command", "rerun a published table and report parity with it", cmd_reproduce),
 }

@@ -49,11 +49,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", nargs="+", default=None, help="model names (default: each stream's default model)")
     p.add_argument("--seeds", nargs="+", default=["0"], help="random seeds (default 0)")
     add_run_arguments(p, many=True)
+    add_executor_arguments(p)
+    p.add_argument("--dry-run", action="store_true", help="print the runs (and Slurm's sbatch script); run nothing")
+
+
+def add_executor_arguments(p: argparse.ArgumentParser) -> None:
+    """The executor options of every command that runs a grid through `execute` (sweep, reproduce)."""
     p.add_argument("--executor", default="local", choices=["local", "ray", "slurm"], help="local (default), ray, slurm")
     p.add_argument("--processes", type=int, default=1, help="local executor: parallel worker processes (default 1)")
     p.add_argument("--ray-address", default=None, help="existing Ray cluster address (default: start a local one)")
     p.add_argument("--gpus-per-run", type=float, default=1.0, help="Ray: GPUs per run when GPUs exist (default 1)")
-    p.add_argument("--dry-run", action="store_true", help="print the runs (and Slurm's sbatch script); run nothing")
     from tta_bench.launch.slurm import add_arguments as slurm_arguments  # stdlib only: no submitit import
 
     slurm_arguments(p)

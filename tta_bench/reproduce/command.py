@@ -27,7 +27,7 @@ from tta_bench.config import RunConfig, check_device, check_run_paths
 from tta_bench.kernel import UserError, parse_sets
 from tta_bench.reproduce import parity
 from tta_bench.reproduce.tables import Table, load, names
-from tta_bench.sweep import _names
+from tta_bench.sweep import _names, add_executor_arguments
 
 EXECUTION_OPTIONS = ("out", "data_dir", "device", "workers", "compile", "channels_last", "clean_eval")
 
@@ -46,10 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_run_options(p, EXECUTION_OPTIONS, defaults={"clean_eval": "off"})
     add_set_argument(p, "extra options for every run (e.g. stream.root=PATH, model.weights=PATH)")
     add_force_argument(p)
-    p.add_argument("--executor", default="local", choices=["local", "ray"], help="local (default) or ray")
-    p.add_argument("--processes", type=int, default=1, help="local executor: parallel worker processes")
-    p.add_argument("--ray-address", default=None, help="existing Ray cluster address")
-    p.add_argument("--gpus-per-run", type=float, default=1.0, help="Ray: GPUs per run when GPUs exist (default 1)")
+    add_executor_arguments(p)  # the sweep's (local, ray, slurm); on Slurm it waits for the array (--slurm-wait)
 
 
 @dataclass(frozen=True)
@@ -292,6 +289,8 @@ def main(args: argparse.Namespace) -> int:
     if args.plan:
         print(plan_text(table, planned))
         return 0
+    if args.executor == "slurm":
+        args.slurm_wait = True  # the parity report needs the runs' results: wait for the array, then report
     failed = execute(planned, args)
     mode, seeds = ("stand-in" if args.stand_in else "full"), _seeds(args, table)
     errors = failures(planned, failed)
