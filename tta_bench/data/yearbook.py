@@ -18,14 +18,13 @@ stand-ins (tests/test_yearbook.py); no copy of the data ships with tta_bench.
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from tta_bench.data.digits import Labeled
-from tta_bench.kernel import UserError, fingerprint_files
+from tta_bench.kernel import UserError, fingerprint_files, safe_unpickle
 from tta_bench.metrics import GROUP_INFO
 from tta_bench.streams import CleanSplit, StreamSpec, register
 
@@ -37,9 +36,8 @@ def read_pickle(path: Path) -> dict[int, dict[int, dict[str, np.ndarray]]]:
     if not path.is_file():
         raise UserError(f"Yearbook: {path} not found. Point --set stream.root at Wild-Time's yearbook.pkl ({LAYOUT}).")
     try:
-        with open(path, "rb") as f:
-            data = pickle.load(f)  # noqa: S301 - the user's own dataset file
-    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError) as e:
+        data = safe_unpickle(path, encoding="latin1")  # plain data only (dicts, arrays): no code runs from the file
+    except OSError as e:
         raise UserError(f"Could not read {path} ({e}); expected {LAYOUT}.") from None
     if not isinstance(data, dict) or not data or not all(isinstance(v, dict) for v in data.values()):
         raise UserError(f"{path} is not a dict of years; expected {LAYOUT}.")
