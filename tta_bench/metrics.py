@@ -61,9 +61,14 @@ class ClassificationMeter:
         self.batch_correct: list[torch.Tensor] = []
         self.batch_bad: list[torch.Tensor] = []
         self.batch_count: list[int] = []
+        # label-free statistics (model selection, tta_bench/selection.py): summed prediction entropy (nats) and
+        # summed class probabilities (the marginal prediction); a non-finite prediction counts as uniform
+        self.ent_sum = z(())
+        self.prob_sum: torch.Tensor | None = None
 
     def update(self, logits: torch.Tensor, y: torch.Tensor, domain_ids: torch.Tensor) -> None:
-        _, conf, correct, bad = scores(logits, y)
+        probs, conf, correct, bad = scores(logits, y)
+        self._label_free(probs, bad)
         self.batch_bad.append(bad.sum())
         correct = correct.double()
         bins = (conf * self.n_bins).long().clamp_(0, self.n_bins - 1)
@@ -94,12 +99,30 @@ class ClassificationMeter:
         cnt, cor = self.dom_count.cpu().tolist(), self.dom_correct.cpu().tolist()
         return {d: {"error": 100.0 * (1 - c / n), "n": int(n)} for d, (c, n) in enumerate(zip(cor, cnt)) if n > 0}
 
+    def _label_free(self, probs: torch.Tensor, bad: torch.Tensor) -> None:
+        if probs.dim() != 2 or probs.shape[0] == 0:
+            return
+        p = probs.double().masked_fill(bad[:, None], 1.0 / probs.shape[1])
+        self.ent_sum += -(p * p.clamp_min(1e-300).log()).sum()
+        self.prob_sum = p.sum(0) if self.prob_sum is None else self.prob_sum + p.sum(0)
+
+    def label_free(self) -> dict[str, float | None]:
+        """`mean_entropy`: mean prediction entropy (nats); `marginal_entropy`: entropy (nats) of the mean prediction
+        (the label-free statistics of model selection; None before any prediction)."""
+        n = sum(self.batch_count)
+        if self.prob_sum is None or n == 0:
+            return {"mean_entropy": None, "marginal_entropy": None}
+        m = self.prob_sum / n
+        marginal = float(-(m * m.clamp_min(1e-300).log()).sum())
+        return {"mean_entropy": float(self.ent_sum) / n, "marginal_entropy": marginal}
+
     def summary(self) -> dict[str, Any]:
         n = sum(self.batch_count)
         return {
             "error": self.running_error(),
             "ece": ece_from_bins(self.conf_sum, self.acc_sum, self.bin_count),
             "n": n,
+            **self.label_free(),
         }
 
 

@@ -49,6 +49,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", nargs="+", default=None, help="model names (default: each stream's default model)")
     p.add_argument("--seeds", nargs="+", default=["0"], help="random seeds (default 0)")
     add_run_arguments(p, many=True)
+    p.add_argument("--grid", action="append", default=[], metavar="method.KEY=V1,V2",
+                   help="model selection: also run every point of this grid over a method option (repeatable: the "
+                   "product of the lists; the default point joins it); see --select")  # fmt: skip
+    p.add_argument("--select", nargs="+", default=None, metavar="CRITERION",
+                   help="model selection over the --grid points: oracle (uses test labels), last, entropy, im, source "
+                   "or all; writes <out>/selection/ (tta_bench/selection.py)")  # fmt: skip
     add_executor_arguments(p)
     p.add_argument("--dry-run", action="store_true", help="print the runs (and Slurm's sbatch script); run nothing")
 
@@ -98,7 +104,57 @@ def expand(args: argparse.Namespace) -> list[RunConfig]:
         check_device(configs[0].device)
         check_run_paths(configs[0])
     resolved = [resolve(c) for c in configs]
+    resolved += grid_configs(configs, getattr(args, "grid", []), kwargs["method_opts"])
     return list({run_id(c): c for c in resolved}.values())  # the same run listed twice runs once
+
+
+def grid_configs(base: list[RunConfig], items: list[str], given: dict[str, Any]) -> list[RunConfig]:
+    """The resolved runs of `--grid` (tta_bench.selection): every grid point of each base run's method options
+    (the base runs, with the default options, are the grid's default point)."""
+    from dataclasses import replace
+
+    from tta_bench.identity import resolve
+    from tta_bench.selection import parse_grid, points
+
+    grid = parse_grid(items)
+    both = sorted(set(grid) & set(given))
+    if both:
+        raise UserError(
+            f"--grid and --set both give method.{both[0]}: the grid lists the values the selection chooses among, "
+            "so drop the --set option (or drop the option from --grid)."
+        )
+    return [resolve(replace(cfg, method_opts={**given, **point})) for cfg in base for point in points(grid)]
+
+
+def selection_table(configs: list[RunConfig], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """`--select`: the selection table of the grid's complete runs, written to `<out>/selection/` and printed.
+    The default point of each (benchmark, method) is the run without grid options (its resolved values)."""
+    from tta_bench import selection
+    from tta_bench.identity import folder, resolve, run_id
+    from tta_bench.runner import is_complete
+
+    names = selection.criteria(args.select)
+    keys = list(selection.parse_grid(getattr(args, "grid", [])))
+    kwargs = config_kwargs(args)
+    kwargs["out"] = configs[0].out if configs else kwargs["out"]
+    kwargs["data_dir"] = configs[0].data_dir if configs else kwargs["data_dir"]
+    defaults: dict[tuple[str, str], dict[str, Any]] = {}
+    default_ids = set()
+    for cfg in configs:
+        base = resolve(RunConfig(**{**asdict(cfg), "method_opts": kwargs["method_opts"]}))
+        default_ids.add(run_id(base))
+        defaults[(f"{base.stream}/{base.model}/{base.setting}", base.method)] = {
+            k: base.method_opts.get(k) for k in keys
+        }
+    rows = [selection.run_row(folder(c), keys) for c in configs if is_complete(folder(c))]
+    table = selection.select(rows, defaults, names)
+    if table:
+        paths = selection.write(Path(configs[0].out), table)
+        print(f"model selection ({', '.join(names)}): {len(table)} row(s) -> {paths[-1].parent}")
+        print(selection.format_table(table))
+    else:
+        print("model selection: no complete run of the grid to select from")
+    return table
 
 
 @dataclass
@@ -303,4 +359,14 @@ def dry_run(todo: list[RunConfig], args: argparse.Namespace, name: str) -> list[
 
 
 def main(args: argparse.Namespace) -> int:
-    return 1 if execute(expand(args), args) else 0
+    if getattr(args, "select", None) and not getattr(args, "grid", None):
+        raise UserError("--select chooses among the points of a grid: give one, e.g. --grid method.lr=1e-3,1e-4.")
+    if getattr(args, "select", None):
+        from tta_bench.selection import criteria
+
+        criteria(args.select)  # a bad criterion fails before anything runs
+    configs = expand(args)
+    failed = execute(configs, args)
+    if getattr(args, "select", None) and not getattr(args, "dry_run", False):
+        selection_table(configs, args)
+    return 1 if failed else 0
