@@ -348,10 +348,18 @@ CITED: dict[tuple[str, str], dict] = {
         "entropy_threshold 0.2/0.5, mask_threshold 0.03/1.0; utils.py: ImageNet ('I') uses `preprocess` (no views), "
         "batch_entropy top 10 % (`* 0.1`); datasets/imagenet.py: the 7 imagenet_templates",
     ),
+    ("dmn", "imagenet-c"): authors(
+        "TomSheng21/tta-vlm", "bcc735f", "online_method/dmn.py",
+        dict(n_aug=63, augmix=False, selection_p=0.1, templates="model", memory_size=50, alpha=1.0, beta=5.5),
+        "self.beta = 5.5; self.alpha = 1.0; self.max_len = 50; online_tta.py: aug_bs = 64, AugMixAugmenter(..., "
+        "n_views=aug_bs-1, augmix=len(dset)>1) (ImageNet 'I': no AugMix), --selection_p 0.1; README: --ctx_init "
+        "a_photo_of_a -b 1",
+    ),
 }  # fmt: skip
 # The official batch sizes of the authors' scripts (shown by the presets, never applied)
 AUTHOR_BATCH = {("eata", "imagenet-c"): 64, ("eta", "imagenet-c"): 64, ("sar", "imagenet-c"): 64,
-                ("memo", "imagenet-c"): 1, ("tda", "imagenet-c"): 1}  # fmt: skip
+                ("memo", "imagenet-c"): 1, ("tda", "imagenet-c"): 1,
+                ("dmn", "imagenet-c"): 1}  # fmt: skip
 
 # Options our adapters have that the cited code has no value for (the reason), checked to be all there is.
 NOT_CITED: dict[str, dict[str, str]] = {
