@@ -355,11 +355,20 @@ CITED: dict[tuple[str, str], dict] = {
         "n_views=aug_bs-1, augmix=len(dset)>1) (ImageNet 'I': no AugMix), --selection_p 0.1; README: --ctx_init "
         "a_photo_of_a -b 1",
     ),
+    **{("actmad", fam): authors(
+        "jmiemirza/ActMAD", "401544d", "init.py",
+        dict(optimizer="sgd", lr=lr, momentum=0.9, nesterov=True, wd=5e-4, steps=1, loss_factor=0.5),
+        f"init.py: `args.lr = {lr}` ({d}), `args.batch_size = 128`; methods/actmad_cifar.py: optim.SGD(net.parameters("
+        "), lr=args.lr, momentum=0.9, weight_decay=5e-4, nesterov=True); `loss = (loss_mean + loss_var) * 0.5`, one "
+        "step per batch",
+    ) for fam, lr, d in (("cifar10-c", 1e-2, "cifar10"), ("cifar100-c", 1e-3, "cifar100"),
+                         ("imagenet-c", 25e-5, "imagenet"))},
 }  # fmt: skip
 # The official batch sizes of the authors' scripts (shown by the presets, never applied)
 AUTHOR_BATCH = {("eata", "imagenet-c"): 64, ("eta", "imagenet-c"): 64, ("sar", "imagenet-c"): 64,
                 ("memo", "imagenet-c"): 1, ("tda", "imagenet-c"): 1,
-                ("dmn", "imagenet-c"): 1}  # fmt: skip
+                ("dmn", "imagenet-c"): 1,
+                **{("actmad", fam): 128 for fam in ("cifar10-c", "cifar100-c", "imagenet-c")}}  # fmt: skip
 
 # Options our adapters have that the cited code has no value for (the reason), checked to be all there is.
 NOT_CITED: dict[str, dict[str, str]] = {
