@@ -124,10 +124,33 @@ def write_site(col: Collection, runs_dir: Path, out: Path) -> Site:
         baselines=BASELINES,
         collapse_margin=f"{rundir.COLLAPSE_MARGIN:g}",
         parity=parity.sections(runs_dir),  # `reproduce` reports under <runs>/parity/
+        selection=selection_tables(runs_dir),  # `sweep --select` tables under <runs>/selection/
     )
     (out / "index.html").write_text(html, encoding="utf-8")
     shutil.copyfile(TEMPLATES / "style.css", out / "style.css")
     return Site(out, len(col.runs), col.incomplete, col.unreadable, tables, summary, col.runs, written)
+
+
+def selection_tables(runs_dir: Path) -> list[dict[str, Any]]:
+    """The model-selection tables under `<runs_dir>/selection/` (`tta_bench.selection`), one per benchmark and
+    method: each criterion's chosen options, its test error and the gap to the oracle, formatted for the page."""
+    from tta_bench import selection
+
+    tables: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in selection.read(runs_dir):
+        t = tables.setdefault((r["benchmark"], r["method"]), {"benchmark": printable(r["benchmark"]),
+                              "method": printable(r["method"]), "points": r["points"], "rows": []})  # fmt: skip
+        t["rows"].append(
+            {
+                "criterion": r["criterion"],
+                "meaning": selection.CRITERIA[r["criterion"]].meaning,
+                "uses_labels": bool(r["uses_labels"]),
+                "chosen": printable(str(r["chosen"])) if r["chosen"] is not None else "none",
+                "error": _fmt(r["error"]),
+                "gap": "" if r["gap"] is None else f"{r['gap']:+.2f}",
+            }
+        )
+    return list(tables.values())
 
 
 def method_colors(short: dict[tuple[str, str, str], dict[str, str]]) -> dict[str, str]:

@@ -157,6 +157,19 @@ def test_tent_grid_on_digits_c(tmp_path, capsys):
     assert selection.read(out) == json.loads(files[0].read_text())["rows"]
     # entropy is a real statistic of the predictions: finite, within [0, log 10]
     assert all(0 <= s["mean_entropy"] <= math.log(10) + 1e-9 for s in runs.values())
+    # the page shows the table: each criterion, its choice and gap; the oracle marked as using the test labels
+    from tta_bench.leaderboard.site import build
+
+    build(out, tmp_path / "site")
+    html = (tmp_path / "site" / "index.html").read_text()
+    sec = html[html.index('id="selection"') :]
+    assert "tent on digits-c/small-cnn/continual" in sec and "oracle <small>(uses test labels)</small>" in sec
+    for name, lr in expect.items():
+        gap = runs[lr]["mean_error"] - oracle_error
+        assert (
+            f">{name}" in sec
+            and f"<td>lr={json.dumps(lr)}</td><td>{runs[lr]['mean_error']:.2f}</td><td>{gap:+.2f}" in sec
+        )
     # a damaged selection file is skipped by the reader, the valid one stays
     (out / "selection" / "bad.json").write_text("{not json")
     assert len(selection.read(out)) == 5
