@@ -63,6 +63,8 @@ COMMON_STREAM_OPTION_DOCS = {
     "domain_imbalance": "`markov` setting: imbalance of the domains (None: from the preset)",
     "class_imbalance": "`markov` setting: imbalance of the classes (None: from the preset)",
     "utility_tau": "`realistic` setting: time constant of the time-dependent utility (None: the protocol's default)",
+    "outliers": "open-world streams: outlier images mixed in (`noise`, `uniform` or another stream's name; None: none)",
+    "outlier_ratio": "open-world streams: fraction of outliers in the mixed stream (None: 0.2 once `outliers` is set)",
 }
 
 

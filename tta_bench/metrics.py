@@ -397,6 +397,81 @@ def encode_groups(labels: Any, attributes: Any, num_classes: int) -> Any:
     return labels + num_classes * attributes
 
 
+OUTLIER_LABEL = -1  # the label of an outlier image mixed into an open-world stream (tta_bench.outliers)
+
+
+def fpr_at_tpr(scores: np.ndarray, is_outlier: np.ndarray, tpr: float = 0.95) -> float | None:
+    """FPR (%) at `tpr` of outlier scores (higher = more likely an outlier), in-distribution samples positive (the
+    usual OOD convention): the fraction of outliers scored at most the threshold that accepts `tpr` of the
+    in-distribution samples (the ceil(tpr * n_id)-th lowest in-distribution score, ties accepted); None when one kind
+    is absent."""
+    ind, out = scores[~is_outlier], scores[is_outlier]
+    if len(ind) == 0 or len(out) == 0:
+        return None
+    k = int(np.ceil(tpr * len(ind) - 1e-9))
+    t = np.sort(ind)[max(k, 1) - 1]
+    return float((out <= t).mean() * 100)
+
+
+class OpenWorldMeter:
+    """The stream's meter with outliers (label OUTLIER_LABEL) decoded out, as `GroupMeter` decodes group labels.
+
+    `update(logits, y, domain_ids, ood_score=None)`: samples with `y == OUTLIER_LABEL` never reach the wrapped meter
+    (they count neither as errors nor as correct: every error, ECE, per-batch and per-domain figure is over the
+    in-distribution samples, `n` counts those); every sample's outlier score (higher = more likely an outlier;
+    default 1 - max softmax) is kept on the device, and `ood_auroc` (ROC AUC %, outliers positive; = AUROC of the
+    negated score with in-distribution positive, as STAMP reports it) and `ood_fpr95` (`fpr_at_tpr`) are computed
+    when a summary is read. Per domain also `n_outliers`. Selecting the samples costs one host sync per batch.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.ood_scores: list[torch.Tensor] = []
+        self.outlier: list[torch.Tensor] = []
+        self.domains: list[torch.Tensor] = []
+
+    def __getattr__(self, name: str) -> Any:  # batch_count, batch_nonfinite, running_error, ... of the inner meter
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def update(self, logits: torch.Tensor, y: torch.Tensor, domain_ids: torch.Tensor, ood_score=None) -> None:
+        out = y == OUTLIER_LABEL
+        keep = ~out
+        self.inner.update(logits[keep], y[keep], domain_ids[keep])
+        if ood_score is None:
+            ood_score = 1.0 - scores(logits, torch.zeros_like(y))[1]
+        self.ood_scores.append(ood_score.detach().double().reshape(-1))
+        self.outlier.append(out.detach())
+        self.domains.append(domain_ids.detach())
+
+    def batch_errors(self) -> list[float]:
+        """In-distribution error (%) of every batch; 0.0 for a batch of outliers only (weight n = 0 everywhere)."""
+        if not self.inner.batch_correct:
+            return []
+        c = torch.stack(self.inner.batch_correct).cpu().tolist()
+        return [100.0 * (1 - ci / n) if n else 0.0 for ci, n in zip(c, self.inner.batch_count)]
+
+    def _detection(self, domain: int | None) -> dict[str, Any]:
+        if not self.ood_scores:
+            return {"ood_auroc": None, "ood_fpr95": None, "n_outliers": 0}
+        s, o, d = (torch.cat(t).cpu().numpy() for t in (self.ood_scores, self.outlier, self.domains))
+        keep = np.ones(len(s), bool) if domain is None else d == domain
+        s, o = s[keep], o[keep]
+        return {"ood_auroc": roc_auc(s, o.astype(int)), "ood_fpr95": fpr_at_tpr(s, o), "n_outliers": int(o.sum())}
+
+    def domain_results(self) -> dict[int, dict[str, Any]]:
+        out = self.inner.domain_results()
+        for d, res in out.items():
+            res.update(self._detection(d))
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        det = self._detection(None)
+        det.pop("n_outliers")
+        return {**self.inner.summary(), **det}
+
+
 METERS: dict[str, type] = {
     "classification": ClassificationMeter,
     "binary": BinaryClassificationMeter,

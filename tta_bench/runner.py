@@ -25,14 +25,14 @@ import torch
 from torch.utils.data import DataLoader
 
 import tta_bench
-from tta_bench import methods, presets, protocols, rundir
+from tta_bench import methods, outliers, presets, protocols, rundir
 from tta_bench import streams as st
 from tta_bench.accel import compile_adapter
 from tta_bench.config import RunConfig, cache_dir_default, check_device, check_run_paths, weights_dir_default
 from tta_bench.identity import data_fingerprint, open_stream, resolve, run_id
 from tta_bench.kernel import NoSpace, UserError, folder_bytes, hash_json
 from tta_bench.memory import StepMemory, measure
-from tta_bench.metrics import forgetting, make_meter
+from tta_bench.metrics import OpenWorldMeter, forgetting, make_meter
 from tta_bench.models import ModelContext, build_model, load_cache, model_info, save_cache, try_load_state
 from tta_bench.progress import progress, quiet_while
 from tta_bench.training import deterministic, zero_grads
@@ -126,6 +126,7 @@ def execute(cfg: RunConfig, spec: st.StreamSpec, rid: str, folder: Path, quiet: 
     if cfg.compile:  # after prepare: the prepare stage and its cache stay eager
         compile_adapter(adapter)
     datasets = [st.segment_dataset(spec, s, cfg.limit) for s in segments]
+    datasets = outliers.mix(spec, segments, datasets, cfg)  # open-world streams only (stream.outliers)
     record = config_record(cfg, rid, device, spec, weights, segments, datasets, prep)
     rundir.write_json_file(folder / rundir.CONFIG, record)
     if record["preset"].get("defaults_note"):  # the run header: settings from another benchmark family
@@ -401,7 +402,7 @@ def stream(adapter, spec, cfg: RunConfig, segments, datasets, device: torch.devi
     rec.clean_before = rec.clean_after = clean_error(adapter, spec, cfg, device, quiet)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    overall = make_meter(spec, len(spec.domain_names), device)
+    overall = stream_meter(spec, cfg, device)
     total = sum((len(d) + cfg.batch_size - 1) // cfg.batch_size for d in datasets)
     clock = protocols.clock_for(cfg.setting, cfg.stream_opts, device)  # None: every batch adapted
     with progress(total=total, desc="stream", unit="batch", disable=quiet) as bar:
@@ -435,7 +436,8 @@ def run_segment(adapter, spec, cfg: RunConfig, seg, ds, device, overall, bar, cl
         clock.start_segment()
     cuda = device.type == "cuda"
     cl = use_channels_last(cfg, device)
-    meter = make_meter(spec, len(spec.domain_names), device)
+    meter = stream_meter(spec, cfg, device)
+    open_world = outliers.enabled(cfg.stream_opts)
     mask = class_mask(spec, seg, device)
     bar.set_description(f"r{seg.round} {seg.domain}")
     t0 = t_prev = time.perf_counter()
@@ -454,8 +456,9 @@ def run_segment(adapter, spec, cfg: RunConfig, seg, ds, device, overall, bar, cl
             memory.update(mem.result)
         if mask is not None:
             out = out.masked_fill(~mask, float("-inf"))
-        meter.update(out, y, dom)
-        overall.update(out, y, dom)
+        extra = {"ood_score": outliers.score(adapter, x, out)} if open_world else {}
+        meter.update(out, y, dom, **extra)
+        overall.update(out, y, dom, **extra)
         now = time.perf_counter()
         times.append(now - t_prev)
         t_prev = now
@@ -465,6 +468,12 @@ def run_segment(adapter, spec, cfg: RunConfig, seg, ds, device, overall, bar, cl
     if cuda:
         torch.cuda.synchronize(device)
     return meter, times, time.perf_counter() - t0
+
+
+def stream_meter(spec, cfg: RunConfig, device: torch.device):
+    """The stream task's meter, wrapped in `OpenWorldMeter` (outliers decoded out) when stream.outliers is set."""
+    meter = make_meter(spec, len(spec.domain_names), device)
+    return OpenWorldMeter(meter) if outliers.enabled(cfg.stream_opts) else meter
 
 
 def domain_line(seg, rows: list[dict[str, Any]], seconds: float, clean: float | None) -> str:

@@ -39,10 +39,14 @@ COMMON_OPTIONS: dict[str, Any] = {
     "domain_imbalance": None,
     "class_imbalance": None,
     "utility_tau": None,  # realistic setting: time constant of the time-dependent utility (None: protocols default)
+    # open-world streams (tta_bench.outliers): where outlier images come from, and their fraction of the stream
+    "outliers": None,
+    "outlier_ratio": None,
 }
 # Common options of one setting, left out of the resolved options (and so of the run id) while unset: run ids of runs
 # that do not use them stay what they were before the options existed.
-UNSET_NOT_HASHED = ("markov", "domain_stay", "class_stay", "domain_imbalance", "class_imbalance", "utility_tau")
+UNSET_NOT_HASHED = ("markov", "domain_stay", "class_stay", "domain_imbalance", "class_imbalance", "utility_tau",
+                    "outliers", "outlier_ratio")  # fmt: skip
 
 
 @dataclass
@@ -333,7 +337,7 @@ def batches(
     `to_device` corrupts them on the run device; the images are the same as without it on that device.
     `options`: the resolved stream options (the `markov` order reads its chain from them)."""
     order = segment_order(ds, seg, seed, gamma, options)
-    if defer and ds.finishable:
+    if defer and ds.finishable and not hasattr(ds, "mix_order"):  # outliers mixed in: finished in the loader
         ds = _Tagged(ds.parts, defer=True)
     loader = DataLoader(  # each sampler element is a list of indices: the dataset returns the whole batch
         ds,
@@ -352,6 +356,8 @@ def segment_order(
 ) -> np.ndarray:
     """The positions of `ds`'s samples in the order the segment shows them, fixed before batching (so the sample
     sequence does not depend on the batch size) and drawn from the run seed and the segment's names."""
+    if hasattr(ds, "mix_order"):  # outliers mixed in (tta_bench.outliers): the stream's own order, outliers slotted in
+        return ds.mix_order(segment_order(ds.inner, seg, seed, gamma, options))
     rng = np.random.default_rng(segment_seed(seed, seg.domain, seg.severity, seg.round))
     if seg.order == "shuffle":
         return rng.permutation(len(ds))
@@ -497,7 +503,9 @@ def normalize_domains(value: Any) -> list[str] | None:
 def check_domains(opts: dict[str, Any]) -> dict[str, Any]:
     """Resolved stream options with `domains` in its normal form (so equal selections hash the same), and the
     setting-specific options of `UNSET_NOT_HASHED` dropped while unset (None)."""
-    opts = {k: v for k, v in opts.items() if not (k in UNSET_NOT_HASHED and v is None)}
+    from tta_bench import outliers  # imports this module
+
+    opts = {k: v for k, v in outliers.check_options(opts).items() if not (k in UNSET_NOT_HASHED and v is None)}
     return {**opts, "domains": normalize_domains(opts.get("domains"))} if "domains" in opts else opts
 
 
