@@ -246,10 +246,41 @@ def authors(repo: str, commit: str, path: str, values: dict, quote: str) -> dict
 
 
 _C10, _C100, _IN = "cifar10_c", "cifar100_c", "imagenet_c"
+# >>> ViDA (vida)
+# Yangsenqiao/vida@c26b0db: cifar/cfgs/{cifar10,cifar100}/vida.yaml, imagenet/cfgs/vit/vida.yaml;
+# {cifar,imagenet}/conf.py (`--unc_thr` default 0.05 / 0.2, the bash scripts pass none; imagenet
+# OPTIM.MOMENTUM 0.9, NESTEROV True);
+# {cifar,imagenet}/vida.py: N = 10 views, rst_m=0.1 (cifar; imagenet: no restore), softmax_entropy (imagenet: symmetric)
+_VIDA = dict(steps=1, rank_low=1, rank_high=128, mt=0.999, n_aug=10)
+VIDA_CITED: dict[tuple[str, str], dict] = {
+    ("vida", "cifar10-c"): authors(
+        "Yangsenqiao/vida", "c26b0db", "cifar/cfgs/cifar10/vida.yaml",
+        {**_VIDA, "optimizer": "adam", "lr": 1e-4, "vida_lr": 1e-5, "betas": (0.9, 0.999), "wd": 0.0,
+         "mt_vida": 0.999, "unc_thr": 0.05, "rst": 0.1, "loss": "ce"},
+        "BATCH_SIZE: 40, vida_rank1: 1, vida_rank2: 128, METHOD: Adam, BETA: 0.9, LR: 1e-4, ViDALR: 1e-5, WD: 0., "
+        "MT: 0.999, MT_ViDA: 0.999",
+    ) | {"batch_size": 40},
+    ("vida", "cifar100-c"): authors(
+        "Yangsenqiao/vida", "c26b0db", "cifar/cfgs/cifar100/vida.yaml",
+        {**_VIDA, "optimizer": "adam", "lr": 3e-4, "vida_lr": 1e-6, "betas": (0.9, 0.999), "wd": 0.0,
+         "mt_vida": 0.999, "unc_thr": 0.05, "rst": 0.1, "loss": "ce"},
+        "BATCH_SIZE: 50, vida_rank1: 1, vida_rank2: 128, METHOD: Adam, BETA: 0.9, LR: 3e-4, ViDALR: 1e-6, WD: 0., "
+        "MT: 0.999, MT_ViDA: 0.999",
+    ) | {"batch_size": 50},
+    ("vida", "imagenet-c"): authors(
+        "Yangsenqiao/vida", "c26b0db", "imagenet/cfgs/vit/vida.yaml",
+        {**_VIDA, "optimizer": "sgd", "lr": 5e-7, "vida_lr": 2e-7, "momentum": 0.9, "nesterov": True, "wd": 0.0,
+         "mt_vida": 0.8, "unc_thr": 0.2, "rst": 0.0, "loss": "sce"},
+        "BATCH_SIZE: 50, METHOD: SGD, LR: 5e-07, ViDALR: 2e-07, WD: 0.0, MT: 0.999, MT_ViDA: 0.8; conf.py "
+        "vida_rank1 1, vida_rank2 128",
+    ) | {"batch_size": 50},
+}  # fmt: skip
+# <<< ViDA
 _EATA_IN = dict(optimizer="sgd", lr=0.00025, momentum=0.9, nesterov=False, wd=0.0, steps=1, e_margin_frac=0.4,
                 d_margin=0.05)  # fmt: skip
 CITED: dict[tuple[str, str], dict] = {
     # (method, family): the cited file and its values
+    **VIDA_CITED,
     **{(m, fam): suite(m, d, f"{m}.yaml") for m in ("adacontrast", "cmf", "deyo", "rmt", "roid", "rpl", "santa")
        for fam, d in (("cifar10-c", _C10), ("cifar100-c", _C100))},
     **{(m, "imagenet-c"): suite(m, _IN, f"{m}.yaml") for m in ("adacontrast", "cmf", "rmt", "roid", "rpl", "santa")},
@@ -380,6 +411,10 @@ NOT_CITED: dict[str, dict[str, str]] = {
     "cotta": {"scales": "ours: the multi-scale test-time augmentation of the segmentation code (not in a config)"},
     "tda": {"augmix": "ImageNet ('I'): no views, so AugMix is never used (n_aug 0)"},
     "tta_aug": {"crop": "our pre-augmentation choice; auto = the official per-resolution crop"},
+    "vida": {"target": "ours: where adapters go on models without attention (the official is ViT-only)",
+             "scale_high": "ours: the paper's allotment of both scales (the official code sets the low-rank one only)",
+             "warmup_epochs": "ours: the official starts from released source-ViDA checkpoints (no training code)",
+             "warmup_lr": "ours: the warm-up's learning rate (see warmup_epochs)"},
 }  # fmt: skip
 # Per (method, family): options the cited file does not fix for that family (so our class default stands).
 NOT_CITED_FAMILY: dict[tuple[str, str], dict[str, str]] = {
