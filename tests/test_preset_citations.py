@@ -18,7 +18,7 @@ cifar/cotta.py, imagenet/conf.py, imagenet/cfgs/10orders/cotta/cotta0.yaml, imag
 configs/adapter/rotta.yaml, core/configs/defaults.py; mr-eggplant/EATA f739b36 main.py; mr-eggplant/SAR 20f6e24
 main.py, sam.py, sar.py; Jhyun17/DeYO 3d7d289 exp_deyo.sh, config.py, main.py; oripress/CCC 656dec3 models/rdumb.py;
 zhangmarvin/memo 228b290 imagenet-exps/script_test_in.py, imagenet-exps/test_calls/test_adapt.py; kdiAAA/TDA e697fb0
-configs/imagenet.yaml, utils.py, datasets/imagenet.py.
+configs/imagenet.yaml, utils.py, datasets/imagenet.py; TaesikGong/NOTE a714a2a tta.sh, main.py, learner/dnn.py.
 """
 
 from __future__ import annotations
@@ -394,6 +394,14 @@ CITED: dict[tuple[str, str], dict] = {
         "step per batch",
     ) for fam, lr, d in (("cifar10-c", 1e-2, "cifar10"), ("cifar100-c", 1e-3, "cifar100"),
                          ("imagenet-c", 25e-5, "imagenet"))},
+    **{("note", fam): authors(
+        "TaesikGong/NOTE", "a714a2a", "tta.sh",
+        dict(optimizer="adam", lr=0.0001, betas=(0.9, 0.999), wd=0.0, steps=1, memory="pbrs", memory_size=64,
+             update_every=64, bn_momentum=0.01, iabn=True, iabn_k=4.0, skip_thres=1, temperature=1.0),
+        "METHOD=NOTE (every dataset): lr=0.0001 EPOCH=1 memory_type=PBRS memory_size=64 update_every_x=64 "
+        "bn_momentum=0.01 --iabn iabn_k=4 weight_decay=0; main.py: --temperature 1.0, --skip_thres 1; "
+        "learner/dnn.py: optim.Adam(params, lr, weight_decay) (default betas)",
+    ) for fam in ("cifar10-c", "cifar100-c", "imagenet-c")},
 }  # fmt: skip
 # The official batch sizes of the authors' scripts (shown by the presets, never applied)
 AUTHOR_BATCH = {("eata", "imagenet-c"): 64, ("eta", "imagenet-c"): 64, ("sar", "imagenet-c"): 64,
