@@ -246,6 +246,26 @@ def authors(repo: str, commit: str, path: str, values: dict, quote: str) -> dict
 
 
 _C10, _C100, _IN = "cifar10_c", "cifar100_c", "imagenet_c"
+# >>> TTA-VLM episodic (c_tpt ...)
+# TomSheng21/tta-vlm@bcc735f (TTA-VLM) episodic methods, ImageNet ('I'): instance_tta.py `-b 64 --ctx_init
+# a_photo_of_a` (README), `--lr 5e-3 --selection_p 0.1 --tta_steps 1`, AugMixAugmenter(n_views=batch_size-1,
+# augmix=len(dset)>1), batchsize = 1; torch.optim.AdamW(params, args.lr) (torch defaults betas (0.9, 0.999), wd 0.01)
+_TTAVLM_TPT = dict(optimizer="adamw", lr=5e-3, betas=(0.9, 0.999), wd=0.01, n_aug=63, selection_p=0.1, steps=1,
+                   ctx_init="a photo of a", augmix=False)  # fmt: skip
+TTAVLM_CITED: dict[tuple[str, str], dict] = {
+    ("c_tpt", "imagenet-c"): authors(
+        "TomSheng21/tta-vlm", "bcc735f", "instance_tta.py", {**_TTAVLM_TPT, "lambda_atfd": 20.0},
+        "instance_method/ctpt.py: `lambda_ = 50 if len(args.test_sets) > 1 else 20`; loss += -lambda_ * "
+        "l2_norm_mean_training; AdamW(trainable_param, args.lr)",
+    ) | {"batch_size": 1},
+    ("mta", "imagenet-c"): authors(
+        "TomSheng21/tta-vlm", "bcc735f", "instance_method/mta.py",
+        dict(n_aug=63, augmix=False, lambda_y=0.2, lambda_q=4.0, max_iter=5, ctx_init="a photo of a"),
+        "self.mta_lambda_q = 4; self.mta_lambda_y = 0.2; solve_mta: max_iter = 5; instance_tta.py: -b 64, "
+        "AugMixAugmenter(n_views=args.batch_size-1, augmix=len(dset)>1), get_coop(..., args.ctx_init)",
+    ) | {"batch_size": 1},
+}  # fmt: skip
+# <<< TTA-VLM episodic
 # >>> ViDA (vida)
 # Yangsenqiao/vida@c26b0db: cifar/cfgs/{cifar10,cifar100}/vida.yaml, imagenet/cfgs/vit/vida.yaml;
 # {cifar,imagenet}/conf.py (`--unc_thr` default 0.05 / 0.2, the bash scripts pass none; imagenet
@@ -280,6 +300,7 @@ _EATA_IN = dict(optimizer="sgd", lr=0.00025, momentum=0.9, nesterov=False, wd=0.
                 d_margin=0.05)  # fmt: skip
 CITED: dict[tuple[str, str], dict] = {
     # (method, family): the cited file and its values
+    **TTAVLM_CITED,
     **VIDA_CITED,
     **{(m, fam): suite(m, d, f"{m}.yaml") for m in ("adacontrast", "cmf", "deyo", "rmt", "roid", "rpl", "santa")
        for fam, d in (("cifar10-c", _C10), ("cifar100-c", _C100))},
