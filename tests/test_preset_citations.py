@@ -407,6 +407,16 @@ CITED: dict[tuple[str, str], dict] = {
         "n_views=aug_bs-1, augmix=len(dset)>1) (ImageNet 'I': no AugMix), --selection_p 0.1; README: --ctx_init "
         "a_photo_of_a -b 1",
     ),
+    ("dpe", "imagenet-c"): authors(
+        "TomSheng21/tta-vlm", "bcc735f", "online_method/dpe.py",
+        dict(n_aug=63, augmix=False, selection_p=0.1, templates="model", pos_shot_capacity=3, pos_alpha=6.0,
+             pos_beta=5.0, text_lr=0.0006, image_lr=0.0006, align=0.5, steps=1, eps=1e-3, wd=0.1,
+             evolve_threshold=0.1, predict_views=False),
+        "pos_params alpha 'I': 6.0, beta 'I': 5.0; lr_params text/image 'I': 0.0006, align 'I': 0.5; "
+        "pos_shot_capacity = 3; select_confident_samples(..., 0.1); steps = 1; AdamW(..., 'eps': 1e-3, "
+        "'weight_decay': 1e-1); `if loss/math.log2(num_classes) < 0.1`; `if args.test_sets == 'A'` (views); "
+        "online_tta.py: aug_bs = 64, augmix=len(dset)>1",
+    ),
     **{("actmad", fam): authors(
         "jmiemirza/ActMAD", "401544d", "init.py",
         dict(optimizer="sgd", lr=lr, momentum=0.9, nesterov=True, wd=5e-4, steps=1, loss_factor=0.5),
@@ -427,7 +437,7 @@ CITED: dict[tuple[str, str], dict] = {
 # The official batch sizes of the authors' scripts (shown by the presets, never applied)
 AUTHOR_BATCH = {("eata", "imagenet-c"): 64, ("eta", "imagenet-c"): 64, ("sar", "imagenet-c"): 64,
                 ("memo", "imagenet-c"): 1, ("tda", "imagenet-c"): 1,
-                ("dmn", "imagenet-c"): 1,
+                ("dmn", "imagenet-c"): 1, ("dpe", "imagenet-c"): 1,
                 **{("actmad", fam): 128 for fam in ("cifar10-c", "cifar100-c", "imagenet-c")}}  # fmt: skip
 
 # Options our adapters have that the cited code has no value for (the reason), checked to be all there is.
