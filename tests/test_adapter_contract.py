@@ -58,6 +58,13 @@ def build_model(cls) -> nn.Module:
             class_names=[f"class {i}" for i in range(N_CLASSES)], num_classes=N_CLASSES, name="contract"
         )
         return MODELS.get("clip-tiny").factory(spec, None)
+    if getattr(cls, "requires", None) == "vit":  # prompt-token methods (FOA): a tiny torchvision ViT
+        from torchvision.models import VisionTransformer
+
+        torch.manual_seed(0)
+        vit = VisionTransformer(32, 8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=N_CLASSES)
+        nn.init.normal_(vit.heads.head.weight, 0, 0.5)  # torchvision zero-initialises the head
+        return vit.eval()
     return tiny_cnn()
 
 

@@ -433,11 +433,18 @@ CITED: dict[tuple[str, str], dict] = {
         "bn_momentum=0.01 --iabn iabn_k=4 weight_decay=0; main.py: --temperature 1.0, --skip_thres 1; "
         "learner/dnn.py: optim.Adam(params, lr, weight_decay) (default betas)",
     ) for fam in ("cifar10-c", "cifar100-c", "imagenet-c")},
+    ("foa", "imagenet-c"): authors(  # FOA
+        "mr-eggplant/FOA", "004b02d", "main.py",
+        dict(num_prompts=3, fitness_lambda=0.4, popsize=27, cma_sigma=1.0, seed=2020, shift_alpha=1.0),
+        "--num_prompts 3 --fitness_lambda 0.4 --batch_size 64; tta_library/foa.py: popsize = 27, cma_opts seed 2020, "
+        "cma.CMAEvolutionStrategy(dim * [0], 1, ...); `cls_features + 1. * shift_vector`",
+    ),
 }  # fmt: skip
 # The official batch sizes of the authors' scripts (shown by the presets, never applied)
 AUTHOR_BATCH = {("eata", "imagenet-c"): 64, ("eta", "imagenet-c"): 64, ("sar", "imagenet-c"): 64,
                 ("memo", "imagenet-c"): 1, ("tda", "imagenet-c"): 1,
                 ("dmn", "imagenet-c"): 1, ("dpe", "imagenet-c"): 1,
+                ("foa", "imagenet-c"): 64,
                 **{("actmad", fam): 128 for fam in ("cifar10-c", "cifar100-c", "imagenet-c")}}  # fmt: skip
 
 # Options our adapters have that the cited code has no value for (the reason), checked to be all there is.
@@ -454,6 +461,7 @@ NOT_CITED: dict[str, dict[str, str]] = {
              "scale_high": "ours: the paper's allotment of both scales (the official code sets the low-rank one only)",
              "warmup_epochs": "ours: the official starts from released source-ViDA checkpoints (no training code)",
              "warmup_lr": "ours: the warm-up's learning rate (see warmup_epochs)"},
+    "foa": {"source_size": "the official computes the source statistics on a whole loader (ImageNet val), no value"},
 }  # fmt: skip
 # Per (method, family): options the cited file does not fix for that family (so our class default stands).
 NOT_CITED_FAMILY: dict[tuple[str, str], dict[str, str]] = {
