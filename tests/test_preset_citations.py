@@ -264,6 +264,12 @@ TTAVLM_CITED: dict[tuple[str, str], dict] = {
         "self.mta_lambda_q = 4; self.mta_lambda_y = 0.2; solve_mta: max_iter = 5; instance_tta.py: -b 64, "
         "AugMixAugmenter(n_views=args.batch_size-1, augmix=len(dset)>1), get_coop(..., args.ctx_init)",
     ) | {"batch_size": 1},
+    ("zero", "imagenet-c"): authors(
+        "TomSheng21/tta-vlm", "bcc735f", "instance_method/zero.py",
+        dict(n_aug=63, augmix=False, gamma=0.3, ctx_init="a photo of a"),
+        "self.gamma = 0.3; zero_temp = torch.finfo(l_filt.dtype).eps; instance_tta.py: -b 64, "
+        "AugMixAugmenter(n_views=args.batch_size-1, augmix=len(dset)>1), get_coop(..., args.ctx_init)",
+    ) | {"batch_size": 1},
 }  # fmt: skip
 # <<< TTA-VLM episodic
 # >>> ViDA (vida)
