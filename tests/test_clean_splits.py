@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 from test_camelyon import write_wilds
+from test_cifar101 import clean_split_standin as _cifar101
 from test_confounded import write_split
 from test_segmentation_data import make_acdc, make_camvid, make_cityscapes
 from test_waterbirds import write_waterbirds
@@ -137,6 +138,7 @@ STANDINS = {
     "waterbirds": lambda tmp: {"opts": {"root": str(write_waterbirds(tmp))}},
     "yearbook": _yearbook,
     "cifar10-c": _cifar("cifar10-c"),
+    "cifar10.1": _cifar101,
     "cifar100-c": _cifar("cifar100-c"),
     "ccc-cifar": _ccc_cifar,
     "ccc": _ccc_imagenet,
