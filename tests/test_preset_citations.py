@@ -18,7 +18,8 @@ cifar/cotta.py, imagenet/conf.py, imagenet/cfgs/10orders/cotta/cotta0.yaml, imag
 configs/adapter/rotta.yaml, core/configs/defaults.py; mr-eggplant/EATA f739b36 main.py; mr-eggplant/SAR 20f6e24
 main.py, sam.py, sar.py; Jhyun17/DeYO 3d7d289 exp_deyo.sh, config.py, main.py; oripress/CCC 656dec3 models/rdumb.py;
 zhangmarvin/memo 228b290 imagenet-exps/script_test_in.py, imagenet-exps/test_calls/test_adapt.py; kdiAAA/TDA e697fb0
-configs/imagenet.yaml, utils.py, datasets/imagenet.py; TaesikGong/NOTE a714a2a tta.sh, main.py, learner/dnn.py.
+configs/imagenet.yaml, utils.py, datasets/imagenet.py; TaesikGong/NOTE a714a2a tta.sh, main.py, learner/dnn.py;
+devavratTomar/unmixtns 8e12b9f tta_experiments/run.sh, conf.py, unmixtns.py, test_time.py.
 """
 
 from __future__ import annotations
@@ -439,6 +440,15 @@ CITED: dict[tuple[str, str], dict] = {
         "bn_momentum=0.01 --iabn iabn_k=4 weight_decay=0; main.py: --temperature 1.0, --skip_thres 1; "
         "learner/dnn.py: optim.Adam(params, lr, weight_decay) (default betas)",
     ) for fam in ("cifar10-c", "cifar100-c", "imagenet-c")},
+    **{("unmix_tns", fam): authors(
+        "devavratTomar/unmixtns", "8e12b9f", "tta_experiments/run.sh",
+        dict(num_components=16, batch_size_max=bmax, momentum=None, alpha=0.5, tau=0.07),
+        f"{d}: TEST.BATCH_SIZE {bs}{' UNMIXTNS.BATCH_SIZE_MAX 16' if bmax == 16 else ''}; UNMIXTNS.NUM_COMPONENTS 16 "
+        "(not mixed_domains); conf.py UNMIXTNS.BATCH_SIZE_MAX 64; unmixtns.py: coeff = 0.5, softmax(sim / 0.07), "
+        "M = 1 - bn_layer.momentum (then ** (bs / bs_max))",
+    ) | {"batch_size": bs} for fam, d, bs, bmax in (("cifar10-c", "cifar10_c", 64, 64),
+                                                    ("cifar100-c", "cifar100_c", 64, 64),
+                                                    ("imagenet-c", "imagenet_c", 16, 16))},
     ("foa", "imagenet-c"): authors(  # FOA
         "mr-eggplant/FOA", "004b02d", "main.py",
         dict(num_prompts=3, fitness_lambda=0.4, popsize=27, cma_sigma=1.0, seed=2020, shift_alpha=1.0),
