@@ -414,6 +414,15 @@ CITED: dict[tuple[str, str], dict] = {
         "n_views=aug_bs-1, augmix=len(dset)>1) (ImageNet 'I': no AugMix), --selection_p 0.1; README: --ctx_init "
         "a_photo_of_a -b 1",
     ),
+    ("boostadapter", "imagenet-c"): authors(
+        "TomSheng21/tta-vlm", "bcc735f", "online_method/boostadapter.py",
+        dict(n_aug=63, augmix=False, selection_p=0.1, templates="model", pos_shot_capacity=3, delta=1,
+             pos_alpha=2.0, pos_beta=5.0, neg_shot_capacity=2, neg_alpha=0.117, neg_beta=1.0,
+             neg_entropy_lower=0.2, neg_entropy_upper=0.5, neg_mask_lower=0.03, neg_mask_upper=1.0),
+        "pos_params alpha 'I': 2.0, beta 'I': 5.0; delta_params 'I': 1; pos_shot_capacity = 3; neg_alpha = 0.117; "
+        "neg_beta = 1.0; `0.2 < ent0/math.log2(num_classes) ... < 0.5`, update_cache(self.neg_cache, ..., 2, True); "
+        "(0.03, 1.0); select_confident_samples(..., 0.1); online_tta.py: aug_bs = 64, augmix=len(dset)>1",
+    ),
     ("dpe", "imagenet-c"): authors(
         "TomSheng21/tta-vlm", "bcc735f", "online_method/dpe.py",
         dict(n_aug=63, augmix=False, selection_p=0.1, templates="model", pos_shot_capacity=3, pos_alpha=6.0,
@@ -459,7 +468,7 @@ CITED: dict[tuple[str, str], dict] = {
 # The official batch sizes of the authors' scripts (shown by the presets, never applied)
 AUTHOR_BATCH = {("eata", "imagenet-c"): 64, ("eta", "imagenet-c"): 64, ("sar", "imagenet-c"): 64,
                 ("memo", "imagenet-c"): 1, ("tda", "imagenet-c"): 1,
-                ("dmn", "imagenet-c"): 1, ("dpe", "imagenet-c"): 1,
+                ("dmn", "imagenet-c"): 1, ("dpe", "imagenet-c"): 1, ("boostadapter", "imagenet-c"): 1,
                 ("foa", "imagenet-c"): 64,
                 **{("actmad", fam): 128 for fam in ("cifar10-c", "cifar100-c", "imagenet-c")}}  # fmt: skip
 
