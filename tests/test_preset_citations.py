@@ -464,6 +464,14 @@ CITED: dict[tuple[str, str], dict] = {
         "--num_prompts 3 --fitness_lambda 0.4 --batch_size 64; tta_library/foa.py: popsize = 27, cma_opts seed 2020, "
         "cma.CMAEvolutionStrategy(dim * [0], 1, ...); `cls_features + 1. * shift_vector`",
     ),
+    ("tea", "cifar10-c"): authors(
+        "yuanyige/tea", "66e7ffa", "cfgs/cifar10/energy.yaml",
+        dict(optimizer="adam", lr=0.001, betas=(0.9, 0.999), wd=0.0, steps=1, sgld_steps=20, sgld_lr=0.1,
+             sgld_std=0.01, buffer_size=10000, reinit_freq=0.05, sampling="uncond"),
+        "EBM: UNCOND uncond, STEPS 20, SGLD_LR 0.1, SGLD_STD 0.01, BUFFER_SIZE 10000, REINIT_FREQ 0.05; OPTIM: "
+        "BATCH_SIZE 200, METHOD Adam, STEPS 1, BETA 0.9, LR 0.001, WD 0.; core/optim.py: optim.Adam(params, "
+        "lr=cfg.OPTIM.LR, betas=(cfg.OPTIM.BETA, 0.999), weight_decay=cfg.OPTIM.WD)",
+    ) | {"batch_size": 200},
 }  # fmt: skip
 # The official batch sizes of the authors' scripts (shown by the presets, never applied)
 AUTHOR_BATCH = {("eata", "imagenet-c"): 64, ("eta", "imagenet-c"): 64, ("sar", "imagenet-c"): 64,
