@@ -86,13 +86,13 @@ class RefPBRS:  # utils/memory.py PBRS with torch's generator in place of Python
             self.data[cls].append(f)
 
 
-def official(model, xs, every, capacity, lr=1e-4, epochs=1):
+def official(model, xs, every, capacity, lr=1e-4, epochs=1, sgd=False):
     st = [{"rm": bn.running_mean.clone(), "rv": bn.running_var.clone(), "w": bn.weight.detach().clone(),
            "b": bn.bias.detach().clone()} for bn in (model[1], model[4])]  # fmt: skip
     params = [p for s in st for p in (s["w"], s["b"])]
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.Adam(params, lr=lr, weight_decay=0)
+    opt = torch.optim.SGD(params, lr=lr) if sgd else torch.optim.Adam(params, lr=lr, weight_decay=0)
     mem, preds = RefPBRS(capacity, 3), []
     for n, f in enumerate(xs, start=1):  # train_online, one sample at a time
         with torch.no_grad():
@@ -110,13 +110,15 @@ def official(model, xs, every, capacity, lr=1e-4, epochs=1):
     return torch.stack(preds), st
 
 
-def test_note_matches_official_sample_by_sample() -> None:
+@pytest.mark.parametrize("sgd", [False, True])  # SGD (TTAB's optimizer) also pins the loss scale (Adam ignores it)
+def test_note_matches_official_sample_by_sample(sgd: bool) -> None:
     model, xs = tiny(), stream(17, seed=1)
     torch.manual_seed(5)
-    adapter = NOTE(model, update_every=4, memory_size=6, lr=1e-2)
+    extra = {"optimizer": "sgd", "momentum": 0.0, "nesterov": False, "lr": 5.0} if sgd else {"lr": 1e-2}
+    adapter = NOTE(model, update_every=4, memory_size=6, **extra)
     outs = torch.cat([adapter(x) for x in (xs[:5], xs[5:12], xs[12:])])  # batches cut across the updates
     torch.manual_seed(5)
-    want, st = official(model, xs, every=4, capacity=6, lr=1e-2)
+    want, st = official(model, xs, every=4, capacity=6, lr=extra["lr"], sgd=sgd)
     torch.testing.assert_close(outs, want, atol=1e-5, rtol=1e-4)
     for i, name in enumerate(("1", "4")):
         bn = adapter.model.get_submodule(name)._bn
