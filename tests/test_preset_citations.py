@@ -271,6 +271,12 @@ TTAVLM_CITED: dict[tuple[str, str], dict] = {
         "self.gamma = 0.3; zero_temp = torch.finfo(l_filt.dtype).eps; instance_tta.py: -b 64, "
         "AugMixAugmenter(n_views=args.batch_size-1, augmix=len(dset)>1), get_coop(..., args.ctx_init)",
     ) | {"batch_size": 1},
+    ("tps", "imagenet-c"): authors(
+        "TomSheng21/tta-vlm", "bcc735f", "instance_method/tps.py",
+        {k: v for k, v in _TTAVLM_TPT.items()},
+        "`if args.test_sets in ['A', 'R', 'V', 'K', 'I']: args.lr = 5e-3 else: args.lr = 1e-3`; "
+        "torch.optim.AdamW(self.model.shifter.parameters(), args.lr); custom_clip.py Shifter: zeros (C, output_dim)",
+    ) | {"batch_size": 1},
 }  # fmt: skip
 # <<< TTA-VLM episodic
 # >>> ViDA (vida)
