@@ -167,7 +167,7 @@ def test_segmentation_streams_refuse_outliers():
     outliers.check_task(SimpleNamespace(task="segmentation", name="x"), {})
 
 
-@pytest.mark.parametrize("method", ["source", "tent"])
+@pytest.mark.parametrize("method", ["source", "tent", "stamp"])
 def test_cli_run_records_in_distribution_error_and_auroc(tmp_path, one_thread, method):
     out = tmp_path / "runs"
     args = ["run", "--method", method, "--stream", "digits-c", "--limit", "64", "--batch-size", "32",
