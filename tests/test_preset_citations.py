@@ -420,6 +420,13 @@ CITED: dict[tuple[str, str], dict] = {
         "n_views=aug_bs-1, augmix=len(dset)>1) (ImageNet 'I': no AugMix), --selection_p 0.1; README: --ctx_init "
         "a_photo_of_a -b 1",
     ),
+    ("onzeta", "imagenet-c"): authors(
+        "TomSheng21/tta-vlm", "bcc735f", "online_method/onzeta.py",
+        dict(templates="model", cw=0.5, cr=20.0, beta=0.8, alpha=1.0, tau_i=0.04, tau_t=0.01, stream_length=50000),
+        "self.cw = 0.5; self.cr = 20; self.beta = 0.8 (`if len(args.test_sets) <= 1`); self.alpha = 1; "
+        "self.tau_i = 0.04; self.tau_t = 0.01; beta * math.sqrt((self.ii + 1) / args.loader_len) (loader_len: "
+        "50,000 ImageNet validation images at -b 1); README: --ctx_init a_photo_of_a",
+    ),
     ("boostadapter", "imagenet-c"): authors(
         "TomSheng21/tta-vlm", "bcc735f", "online_method/boostadapter.py",
         dict(n_aug=63, augmix=False, selection_p=0.1, templates="model", pos_shot_capacity=3, delta=1,
@@ -482,7 +489,7 @@ CITED: dict[tuple[str, str], dict] = {
 # The official batch sizes of the authors' scripts (shown by the presets, never applied)
 AUTHOR_BATCH = {("eata", "imagenet-c"): 64, ("eta", "imagenet-c"): 64, ("sar", "imagenet-c"): 64,
                 ("memo", "imagenet-c"): 1, ("tda", "imagenet-c"): 1,
-                ("dmn", "imagenet-c"): 1, ("dpe", "imagenet-c"): 1, ("boostadapter", "imagenet-c"): 1,
+                ("dmn", "imagenet-c"): 1, ("dpe", "imagenet-c"): 1, ("onzeta", "imagenet-c"): 1, ("boostadapter", "imagenet-c"): 1,
                 ("foa", "imagenet-c"): 64,
                 **{("actmad", fam): 128 for fam in ("cifar10-c", "cifar100-c", "imagenet-c")}}  # fmt: skip
 
