@@ -277,6 +277,11 @@ TTAVLM_CITED: dict[tuple[str, str], dict] = {
         "`if args.test_sets in ['A', 'R', 'V', 'K', 'I']: args.lr = 5e-3 else: args.lr = 1e-3`; "
         "torch.optim.AdamW(self.model.shifter.parameters(), args.lr); custom_clip.py Shifter: zeros (C, output_dim)",
     ) | {"batch_size": 1},
+    ("r_tpt", "imagenet-c"): authors(
+        "TomSheng21/tta-vlm", "bcc735f", "instance_method/rtpt.py", {**_TTAVLM_TPT, "top_k": 20, "temperature": 0.01},
+        "get_top_sim: `k = 20`; `weight = torch.nn.functional.softmax(score/0.01, dim=-1)`; "
+        "AdamW(trainable_param, args.lr); loss = entropy_avg(output)",
+    ) | {"batch_size": 1},
 }  # fmt: skip
 # <<< TTA-VLM episodic
 # >>> ViDA (vida)
