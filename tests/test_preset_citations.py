@@ -314,10 +314,25 @@ VIDA_CITED: dict[tuple[str, str], dict] = {
     ) | {"batch_size": 50},
 }  # fmt: skip
 # <<< ViDA
+# >>> DPCore (dpcore)
+# zybeich/DPCore@79b143f imagenet/cfgs/dpcore.yaml (PROMPT_NUM 8, THR_RHO 0.8, EMA_ALPHA 0.999, TEMP_TAU 3.0, STEPS 50,
+# BATCH_SIZE 64), imagenet/conf.py SRC_NUM_SAMPLES 300; imagenet/dpcore.py: torch.optim.AdamW([prompts], lr=1e-1)
+# (torch default weight_decay 0.01; the yaml's LR is never read), `ent < math.log(1000)/2-1`
+DPCORE_CITED: dict[tuple[str, str], dict] = {
+    ("dpcore", "imagenet-c"): authors(
+        "zybeich/DPCore", "79b143f", "imagenet/cfgs/dpcore.yaml",
+        dict(lr=0.1, wd=0.01, num_prompts=8, ood_steps=50, thr_rho=0.8, temp_tau=3.0, ema_alpha=0.999,
+             src_samples=300, e_margin_frac=0.5, e_margin_offset=1.0),
+        "PROMPT_NUM: 8, THR_RHO: 0.8, EMA_ALPHA: 0.999, TEMP_TAU: 3.0, STEPS: 50 (E_OOD), BATCH_SIZE: 64; "
+        "dpcore.py AdamW([self.model.prompts], lr=1e-1); conf.py SRC_NUM_SAMPLES = 300",
+    ) | {"batch_size": 64},
+}  # fmt: skip
+# <<< DPCore
 _EATA_IN = dict(optimizer="sgd", lr=0.00025, momentum=0.9, nesterov=False, wd=0.0, steps=1, e_margin_frac=0.4,
                 d_margin=0.05)  # fmt: skip
 CITED: dict[tuple[str, str], dict] = {
     # (method, family): the cited file and its values
+    **DPCORE_CITED,
     **TTAVLM_CITED,
     **VIDA_CITED,
     **{(m, fam): suite(m, d, f"{m}.yaml") for m in ("adacontrast", "cmf", "deyo", "rmt", "roid", "rpl", "santa")
