@@ -505,6 +505,12 @@ CITED: dict[tuple[str, str], dict] = {
         "BATCH_SIZE 200, METHOD Adam, STEPS 1, BETA 0.9, LR 0.001, WD 0.; core/optim.py: optim.Adam(params, "
         "lr=cfg.OPTIM.LR, betas=(cfg.OPTIM.BETA, 0.999), weight_decay=cfg.OPTIM.WD)",
     ) | {"batch_size": 200},
+    **{("gtta", fam): authors(
+        SUITE, SUITE_AT, f"classification/cfgs/{d}/gtta.yaml",
+        dict(optimizer="adam", lr=1e-5, betas=(0.9, 0.999), wd=0.0, steps=1, lam=1 / 3),
+        "TEST.BATCH_SIZE 200; OPTIM: METHOD Adam, STEPS 1, BETA 0.9, LR 1e-5, WD 0.; conf.py: GTTA.LAMBDA_MIXUP 1/3, "
+        "GTTA.USE_STYLE_TRANSFER False (the mixup variant); methods/base.py setup_optimizer: Adam(betas=(BETA, 0.999))",
+    ) | {"batch_size": 200} for fam, d in (("cifar10-c", _C10), ("cifar100-c", _C100))},
 }  # fmt: skip
 # The official batch sizes of the authors' scripts (shown by the presets, never applied)
 AUTHOR_BATCH = {("eata", "imagenet-c"): 64, ("eta", "imagenet-c"): 64, ("sar", "imagenet-c"): 64,
@@ -523,6 +529,7 @@ NOT_CITED: dict[str, dict[str, str]] = {
     "cotta": {"scales": "ours: the multi-scale test-time augmentation of the segmentation code (not in a config)"},
     "tda": {"augmix": "ImageNet ('I'): no views, so AugMix is never used (n_aug 0)"},
     "tta_aug": {"crop": "our pre-augmentation choice; auto = the official per-resolution crop"},
+    "gtta": {"replay_size": "ours: source images kept for the source step (the official cycles an endless loader)"},
     "vida": {"target": "ours: where adapters go on models without attention (the official is ViT-only)",
              "scale_high": "ours: the paper's allotment of both scales (the official code sets the low-rank one only)",
              "warmup_epochs": "ours: the official starts from released source-ViDA checkpoints (no training code)",
