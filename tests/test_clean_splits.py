@@ -20,6 +20,7 @@ from PIL import Image
 from test_camelyon import write_wilds
 from test_cifar101 import clean_split_standin as _cifar101
 from test_confounded import write_split
+from test_domainnet126 import clean_split_standin as _domainnet126
 from test_segmentation_data import make_acdc, make_camvid, make_cityscapes
 from test_waterbirds import write_waterbirds
 from test_yearbook import clean_split_standin as _yearbook
@@ -139,6 +140,7 @@ STANDINS = {
     "yearbook": _yearbook,
     "cifar10-c": _cifar("cifar10-c"),
     "cifar10.1": _cifar101,
+    "domainnet126": _domainnet126,
     "cifar100-c": _cifar("cifar100-c"),
     "ccc-cifar": _ccc_cifar,
     "ccc": _ccc_imagenet,
