@@ -282,6 +282,13 @@ TTAVLM_CITED: dict[tuple[str, str], dict] = {
         "get_top_sim: `k = 20`; `weight = torch.nn.functional.softmax(score/0.01, dim=-1)`; "
         "AdamW(trainable_param, args.lr); loss = entropy_avg(output)",
     ) | {"batch_size": 1},
+    ("ttl", "imagenet-c"): authors(
+        "TomSheng21/tta-vlm", "bcc735f", "instance_method/ttl.py",
+        {**{k: v for k, v in _TTAVLM_TPT.items() if k != "selection_p"}, "lora_blocks": 3, "rank": 16,
+         "lora_alpha": 32.0, "entropy_margin": 0.4},
+        "coeff = 1 / (torch.exp(((entropys.clone().detach()) - 0.4))); AdamW(self.model.get_lora_params(), args.lr); "
+        "custom_clip.py add_lora(layer_indices=[9,10,11], r=16, lora_alpha=32, lora_dropout=0.05) (ViT-B/16)",
+    ) | {"batch_size": 1},
 }  # fmt: skip
 # <<< TTA-VLM episodic
 # >>> ViDA (vida)
