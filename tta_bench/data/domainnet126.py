@@ -14,7 +14,8 @@ Source split and clean sample: the source domain's list, its first `stream.clean
 the clean sample (never trained on by a prepare stage), the rest the source split; the stream never shows the source
 domain, so the clean images are never streamed. Images are resized (shorter side 256) and centre-cropped to 224.
 The suite's source model (a ResNet-50 trained on the source domain) is not a registered model here: the default
-model is the small BN CNN, trained on the source split (`--model`, `--set model.weights=` for others).
+model is the small BN CNN, trained on the source split (`--model`, `--set model.weights=` for others). Methods run
+their imagenet-c presets (the suite's domainnet126 Tent settings, SGD lr 2.5e-4, are its ImageNet-C ones).
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ def read_list(path: Path, root: Path, domain: str) -> tuple[list[Path], np.ndarr
     "domainnet126",
     default_model="small-cnn",  # trained on the source domain (the suite's ResNet-50 checkpoint is not registered)
     description="DomainNet-126: real -> clipart, painting, sketch (126 classes, the suite's image lists)",
+    family="imagenet-c",  # 224-px ResNet-50 settings: the suite's domainnet126 configs match its ImageNet-C ones (tent)
     clean=CleanSplit(
         "the first stream.clean_size (500) images of the source domain's list, never streamed", disjoint=True
     ),  # fmt: skip
