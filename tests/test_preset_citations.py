@@ -337,6 +337,26 @@ DPCORE_CITED: dict[tuple[str, str], dict] = {
 # <<< DPCore
 _EATA_IN = dict(optimizer="sgd", lr=0.00025, momentum=0.9, nesterov=False, wd=0.0, steps=1, e_margin_frac=0.4,
                 d_margin=0.05)  # fmt: skip
+# >>> STAMP (stamp)
+# yuyongcan/STAMP@dbdb2a9: cfgs/Online_TTA_os/{cifar10_c_noise,cifar100_c_noise,imagenet_c_places}/stamp.yaml
+# (TEST.BATCH_SIZE 64; OPTIM.LR 0.0001 / 0.01 / none: src/utils/conf.py _C.OPTIM.LR = 1e-3); conf.py _C.STAMP.ALPHA
+# = 0.5, _C.STAMP.NUM_AUG = 15; src/methods/setup.py setup_stamp: SAM(params, optim.SGD, lr=cfg.OPTIM.LR, rho=0.05);
+# src/methods/stamp.py: RBM(64, num_class), `if num_class == 1000: max_iter = 750 else 150`, the norm_model filter
+# only in the non-ImageNet branch; src/data/data.py get_stamp_transforms: get_tta_transforms for 'cifar10_c', else
+# RandomCrop(size, padding=4) + RandomHorizontalFlip.
+_STAMP = dict(optimizer="sgd", momentum=0.0, nesterov=False, wd=0.0, rho=0.05, alpha=0.5, num_aug=15, memory_size=64)
+STAMP_CITED: dict[tuple[str, str], dict] = {
+    ("stamp", fam): authors(
+        "yuyongcan/STAMP", "dbdb2a9", f"cfgs/Online_TTA_os/{d}/stamp.yaml",
+        {**_STAMP, "lr": lr, "augment": aug, "consistency_filter": fam != "imagenet-c",
+         "cosine_t_max": 750 if fam == "imagenet-c" else 150},
+        f"OPTIM: LR: {lr} (imagenet: conf.py default); SAM(params, optim.SGD, lr=cfg.OPTIM.LR, rho=0.05)",
+    ) | {"batch_size": 64}
+    for fam, d, lr, aug in (("cifar10-c", "cifar10_c_noise", 1e-4, "cotta"),
+                            ("cifar100-c", "cifar100_c_noise", 0.01, "crop_flip"),
+                            ("imagenet-c", "imagenet_c_places", 1e-3, "crop_flip"))
+}  # fmt: skip
+# <<< STAMP
 CITED: dict[tuple[str, str], dict] = {
     # (method, family): the cited file and its values
     **DPCORE_CITED,
@@ -520,6 +540,7 @@ CITED: dict[tuple[str, str], dict] = {
     ) | {"batch_size": 200} for fam, d in (("cifar10-c", _C10), ("cifar100-c", _C100))},
 }  # fmt: skip
 # The official batch sizes of the authors' scripts (shown by the presets, never applied)
+CITED.update(STAMP_CITED)  # stamp: open-world TTA (issue #28)
 AUTHOR_BATCH = {("eata", "imagenet-c"): 64, ("eta", "imagenet-c"): 64, ("sar", "imagenet-c"): 64,
                 ("memo", "imagenet-c"): 1, ("tda", "imagenet-c"): 1,
                 ("dmn", "imagenet-c"): 1, ("dpe", "imagenet-c"): 1, ("onzeta", "imagenet-c"): 1, ("boostadapter", "imagenet-c"): 1,
