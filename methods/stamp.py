@@ -26,11 +26,11 @@ Matches yuyongcan/STAMP at dbdb2a9 (`src/methods/stamp.py` STAMP/RBM, `src/metho
 
 Defaults: `src/utils/conf.py` (STAMP.ALPHA 0.5, STAMP.NUM_AUG 15) and `cfgs/Online_TTA_os/cifar10_c_noise/stamp.yaml`
 (OPTIM.LR 1e-4, batch 64, ResNet-18 CIFAR-10-C), with CIFAR-10-C's augmentation (the CoTTA transforms
-`get_tta_transforms`: `augment=cotta`) and the non-ImageNet branch. Official values of the other benchmarks, not
-shipped as presets in this first version (the preset-citation records are another change): CIFAR-100-C
-(`cifar100_c_noise/stamp.yaml`): lr 0.01, `augment=crop_flip` (RandomCrop(32, padding=4) + horizontal flip);
-ImageNet-C (`imagenet_c_*/stamp.yaml`, no OPTIM.LR: conf default 1e-3): lr 1e-3, `augment=crop_flip`,
-`consistency_filter=false`, `cosine_t_max=750`; batch size 64 everywhere. Use them with `--set method.<key>=...`.
+`get_tta_transforms`: `augment=cotta`) and the non-ImageNet branch. The official values of the other benchmarks are
+applied as presets per benchmark family: CIFAR-100-C (`cifar100_c_noise/stamp.yaml`): lr 0.01,
+`augment=crop_flip` (RandomCrop(32, padding=4) + horizontal flip); ImageNet-C (`imagenet_c_places/stamp.yaml`, no
+OPTIM.LR: conf default 1e-3): lr 1e-3, `augment=crop_flip`, `consistency_filter=false`, `cosine_t_max=750`; batch
+size 64 everywhere (shown, not applied).
 
 Deviations: (1) the augmented views are drawn per batch (one random transform per view for the whole batch, from
 torch's RNG), not per image in the data loader; (2) a tie between classes when the full bank drops a sample is drawn
@@ -59,6 +59,11 @@ from tta_bench.methods.base import (
 )
 from tta_bench.methods.sar import TORCHVISION_VIT_TOP, sar_params
 
+_REPO, _CFGS = "yuyongcan/STAMP", "cfgs/Online_TTA_os"
+# setup_stamp: SAM(params, optim.SGD, lr=cfg.OPTIM.LR, rho=0.05) (SGD defaults: no momentum, no weight decay);
+# conf.py STAMP.ALPHA 0.5, STAMP.NUM_AUG 15; stamp.py RBM(64, num_class), max_iter 150 (750 when num_class == 1000)
+_OFFICIAL = {"optimizer": "sgd", "momentum": 0.0, "nesterov": False, "wd": 0.0, "rho": 0.05, "alpha": 0.5,
+             "num_aug": 15, "memory_size": 64, "consistency_filter": True, "cosine_t_max": 150}  # fmt: skip
 STAMP_SKIP = ("layer4", "conv5_x", "blocks.9", "blocks.10", "blocks.11", "norm.")
 
 
@@ -138,6 +143,16 @@ class STAMP(Adapter):
         "rho": opt(0.05, "SAM neighbourhood radius", ">=0"),
         "cosine_t_max": opt(150, "T_max of the cosine learning-rate schedule, stepped once per update (750 for "
                             "ImageNet-C)", ">=1"),
+    }  # fmt: skip
+    presets = {
+        "cifar10-c": {"source": f"{_REPO}:{_CFGS}/cifar10_c_noise/stamp.yaml@dbdb2a9", "batch_size": 64,
+                      "options": {**_OFFICIAL, "lr": 1e-4, "augment": "cotta"}},
+        "cifar100-c": {"source": f"{_REPO}:{_CFGS}/cifar100_c_noise/stamp.yaml@dbdb2a9", "batch_size": 64,
+                       "options": {**_OFFICIAL, "lr": 0.01, "augment": "crop_flip"}},
+        "imagenet-c": {"source": f"{_REPO}:{_CFGS}/imagenet_c_places/stamp.yaml@dbdb2a9", "batch_size": 64,
+                       "options": {**_OFFICIAL, "lr": 1e-3, "augment": "crop_flip", "consistency_filter": False,
+                                   "cosine_t_max": 750},
+                       "note": "no OPTIM.LR in the yaml: src/utils/conf.py's default 1e-3"},
     }  # fmt: skip
 
     def configure(self) -> None:
