@@ -289,6 +289,14 @@ TTAVLM_CITED: dict[tuple[str, str], dict] = {
         "coeff = 1 / (torch.exp(((entropys.clone().detach()) - 0.4))); AdamW(self.model.get_lora_params(), args.lr); "
         "custom_clip.py add_lora(layer_indices=[9,10,11], r=16, lora_alpha=32, lora_dropout=0.05) (ViT-B/16)",
     ) | {"batch_size": 1},
+    ("rlcf", "imagenet-c"): authors(
+        "TomSheng21/tta-vlm", "bcc735f", "instance_method/rlcf.py",
+        {**_TTAVLM_TPT, "lr": 7e-3, "wd": 5e-4, "steps": 3, "sample_k": 3, "clipscore_weight": 2.5,
+         "standardize": False, "reward_model": "self"},
+        "self.sample_k = 3; self.amplify_rewards = 0; self.reward_process = 1; AdamW(trainable_param, lr=7e-3, "
+        "weight_decay=5e-4); CLIPRewards(self.device, arch=args.arch, ...) (clipscore_weight=2.5); "
+        "args.tta_steps = 3; args.selection_p = 0.1",
+    ) | {"batch_size": 1},
 }  # fmt: skip
 # <<< TTA-VLM episodic
 # >>> ViDA (vida)
