@@ -52,8 +52,8 @@ class PromptViT:
             self.dim, self.patch = vit.embed_dim, math.prod(vit.patch_embed.patch_size) ** 0.5
         else:
             raise UserError(
-                f"method '{method}' adapts input prompt tokens of a Vision Transformer (torchvision or timm "
-                f"VisionTransformer, optionally behind the zoo's input normalisation), but the model is "
+                f"method '{method}' needs a Vision Transformer (torchvision or timm VisionTransformer, optionally "
+                f"behind the zoo's input normalisation; it reads the class token), but the model is "
                 f"{type(vit).__name__}. Use a ViT model, e.g. --model vit-b-16 (python -m tta_bench list models)."
             )
 
