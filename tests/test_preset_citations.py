@@ -526,6 +526,14 @@ CITED: dict[tuple[str, str], dict] = {
     ) | {"batch_size": bs} for fam, d, bs, bmax in (("cifar10-c", "cifar10_c", 64, 64),
                                                     ("cifar100-c", "cifar100_c", 64, 64),
                                                     ("imagenet-c", "imagenet_c", 16, 16))},
+    ("spa", "imagenet-c"): authors(  # SPA
+        "mr-eggplant/SPA", "b4a66ea", "main.py",
+        dict(optimizer="sgd", lr=0.01, momentum=0.9, nesterov=False, wd=0.0, predictor_lr=0.05, freq_mask_ratio=0.2,
+             noise_ratio=0.4, aux="none", e_margin_frac=0.4, d_margin=0.05),
+        "vitbase_timm: SGD([{'params': params, 'lr':0.01, 'momentum':0.9}, {'params': net.predictor.parameters(), "
+        "'lr':0.05, 'momentum':0.9}]); mask_ratio, noise_ratio = 0.2, 0.4; --algorithm spa; --e_margin "
+        "math.log(1000)*0.40; --d_margin 0.05; --batch_size 64",
+    ),
     ("foa", "imagenet-c"): authors(  # FOA
         "mr-eggplant/FOA", "004b02d", "main.py",
         dict(num_prompts=3, fitness_lambda=0.4, popsize=27, cma_sigma=1.0, seed=2020, shift_alpha=1.0),
@@ -552,7 +560,7 @@ CITED.update(STAMP_CITED)  # stamp: open-world TTA (issue #28)
 AUTHOR_BATCH = {("eata", "imagenet-c"): 64, ("eta", "imagenet-c"): 64, ("sar", "imagenet-c"): 64,
                 ("memo", "imagenet-c"): 1, ("tda", "imagenet-c"): 1,
                 ("dmn", "imagenet-c"): 1, ("dpe", "imagenet-c"): 1, ("onzeta", "imagenet-c"): 1, ("boostadapter", "imagenet-c"): 1,
-                ("foa", "imagenet-c"): 64,
+                ("foa", "imagenet-c"): 64, ("spa", "imagenet-c"): 64,
                 **{("actmad", fam): 128 for fam in ("cifar10-c", "cifar100-c", "imagenet-c")}}  # fmt: skip
 
 # Options our adapters have that the cited code has no value for (the reason), checked to be all there is.
