@@ -84,7 +84,7 @@ def test_ctpt_matches_official(tiny) -> None:
 
 
 def test_ctpt_dispersion_term(tiny) -> None:
-    xs = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(22))
+    xs = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(22))
     plain = TPT(tiny, steps=2, lr=5e-2)
     no_term = CTPT(tiny, steps=2, lr=5e-2, lambda_atfd=0.0)
     plain.views = no_term.views = test_views

@@ -74,7 +74,7 @@ def test_rtpt_matches_official(tiny) -> None:
         reset()
 
     adapter.reset = recording_reset
-    xs = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(61))
+    xs = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(61))
     want, ctxs = reference_rtpt(tiny, xs, lr=5e-2, steps=2)
     got = adapter(xs)
     torch.testing.assert_close(got, want)

@@ -81,7 +81,7 @@ def run(adapter, xs):
 
 
 def test_rlcf_matches_official(tiny) -> None:
-    xs = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(81))
+    xs = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(81))
     adapter = RLCF(tiny, lr=5e-2)
     got, tuned = run(adapter, xs)
     want, ctxs = reference_rlcf(tiny, tiny, xs, lr=5e-2)
@@ -100,7 +100,7 @@ def test_rlcf_separate_reward_model(tiny, monkeypatch, tmp_path) -> None:
 
     other = clip_tiny(type("S", (), {"name": "r", "class_names": tiny.class_names})(), None, init_seed=1)
     monkeypatch.setattr(rlcf, "build_reward_model", lambda name, policy: other.eval().requires_grad_(False))
-    xs = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(82))
+    xs = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(82))
     adapter = RLCF(tiny, lr=5e-2, reward_model="clip-tiny")
     assert adapter._reward[0] is other
     got, _ = run(adapter, xs)
