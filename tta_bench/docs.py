@@ -48,6 +48,7 @@ GROUP_TITLES = {
     "confounded": "Medical: confounded splits",
     "coloredmnist": "Spurious correlation",
     "waterbirds": "Spurious correlation: Waterbirds",
+    "yearbook": "Temporal shift: Yearbook",
     "labelshift": "Label shift",
     "b2n": "CLIP base-to-new and domain shift",
 }
