@@ -87,9 +87,13 @@ def _kill(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture
-def cluster():
+def cluster(monkeypatch):
     """(address, worker node's process, worker node manager port) of a head + worker cluster with 1 CPU each."""
     ray = pytest.importorskip("ray", reason='Ray not installed: pip install "tta_bench[ray]"')
+    # Ray (2.5x+) turns token authentication on by itself when ~/.ray/auth_token exists (any earlier local Ray
+    # writes one), and another Ray on the machine may rewrite that file between our nodes' start and the driver's
+    # connect. This private test cluster runs without it: nodes, driver and sweep all inherit the setting.
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     if not RAY.exists():
         pytest.skip(f"the `ray` command is not beside {sys.executable}: pip install 'ray[default]'")
     port, worker_port = _free_port(), _free_port()
