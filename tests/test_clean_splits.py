@@ -32,6 +32,7 @@ from tta_bench.data import digits, imagenet, medmnist
 from tta_bench.rundir import load_config
 from tta_bench.runner import clean_loader
 from tta_bench.streams import STREAMS, build_stream, clean_split, stream_options
+
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 BATCH = 8
 

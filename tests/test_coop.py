@@ -112,6 +112,7 @@ def test_pretrained_clip_from_a_local_checkpoint(tmp_path):
     import open_clip
 
     from tta_bench.models import MODELS
+
     ref = open_clip.create_model("ViT-B-32", force_quick_gelu=True)
     (tmp_path / "open_clip").mkdir()
     torch.save(ref.state_dict(), tmp_path / "open_clip" / "ViT-B-32-openai.bin")

@@ -16,6 +16,7 @@ from tta_bench.memory import measure
 from tta_bench.models import MODELS, ModelContext
 from tta_bench.zoo.espnet import STATS, ESPNet, ESPNetInput
 from tta_bench.zoo.segmentation_zoo import DeepLabV2, DenseInference, _multi_level, deeplabv3
+
 CAMVID = SimpleNamespace(num_classes=11)
 CITY = SimpleNamespace(num_classes=19)
 

@@ -368,8 +368,8 @@ STAMP_CITED: dict[tuple[str, str], dict] = {
 CITED: dict[tuple[str, str], dict] = {
     # (method, family): the cited file and its values
     **DPCORE_CITED,
-    **TTAVLM_CITED,
     **VIDA_CITED,
+    **TTAVLM_CITED,
     **{(m, fam): suite(m, d, f"{m}.yaml") for m in ("adacontrast", "cmf", "deyo", "rmt", "roid", "rpl", "santa")
        for fam, d in (("cifar10-c", _C10), ("cifar100-c", _C100))},
     **{(m, "imagenet-c"): suite(m, _IN, f"{m}.yaml") for m in ("adacontrast", "cmf", "rmt", "roid", "rpl", "santa")},
@@ -559,7 +559,8 @@ CITED: dict[tuple[str, str], dict] = {
 CITED.update(STAMP_CITED)  # stamp: open-world TTA (issue #28)
 AUTHOR_BATCH = {("eata", "imagenet-c"): 64, ("eta", "imagenet-c"): 64, ("sar", "imagenet-c"): 64,
                 ("memo", "imagenet-c"): 1, ("tda", "imagenet-c"): 1,
-                ("dmn", "imagenet-c"): 1, ("dpe", "imagenet-c"): 1, ("onzeta", "imagenet-c"): 1, ("boostadapter", "imagenet-c"): 1,
+                ("dmn", "imagenet-c"): 1, ("dpe", "imagenet-c"): 1, ("onzeta", "imagenet-c"): 1,
+                ("boostadapter", "imagenet-c"): 1,
                 ("foa", "imagenet-c"): 64, ("spa", "imagenet-c"): 64,
                 **{("actmad", fam): 128 for fam in ("cifar10-c", "cifar100-c", "imagenet-c")}}  # fmt: skip
 

@@ -39,6 +39,7 @@ def test_efficientnet_lite0_clean_top1_on_imagenet_sample(shared_data, tmp_path)
 
     from tta_bench.data.folders import ImageFiles, list_image_folder
     from tta_bench.data.imagenet import wnid_label
+
     model = MODELS.get("efficientnet-lite0").factory(None, ModelContext(tmp_path, tmp_path, torch.device("cpu")))
     files, labels, _ = list_image_folder(shared_data / "imagenet-sample" / "images", label_of=wnid_label)
     right = 0

@@ -8,6 +8,7 @@ import pytest
 
 from tta_bench import RunConfig, methods, run
 from tta_bench.streams import build_stream, stream_options
+
 METHODS = ("source", "norm", "tent", "alpha_bn", "ecotta")
 
 

@@ -110,8 +110,9 @@ def _tiny_spec(*, data_dir, seed: int = 0) -> st.StreamSpec:
         x = ((k / 3 + 0.2 * torch.rand(32, 3, 8, 8, generator=torch.Generator().manual_seed(k))) * 255).to(torch.uint8)
         return U8Images(x[:limit], (torch.arange(32) % 4)[:limit])
 
-    return st.StreamSpec("realistic-tiny", ["d0", "d1", "d2"], load, 4, data_fingerprint=None, source_fingerprint=None,
-                         severities=None)
+    return st.StreamSpec(
+        "realistic-tiny", ["d0", "d1", "d2"], load, 4, data_fingerprint=None, source_fingerprint=None, severities=None
+    )
 
 
 def _tiny_net(spec, ctx) -> nn.Module:

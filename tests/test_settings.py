@@ -27,8 +27,15 @@ def tiny_spec(n: int = 40, graded: bool = True) -> st.StreamSpec:
         y = torch.arange(n) % 4
         return U8Images(x[:limit], y[:limit])
 
-    return st.StreamSpec("tiny", DOMAINS, load, 4, data_fingerprint=None, source_fingerprint=None,
-                         severities=(1, 2, 3, 4, 5) if graded else None)
+    return st.StreamSpec(
+        "tiny",
+        DOMAINS,
+        load,
+        4,
+        data_fingerprint=None,
+        source_fingerprint=None,
+        severities=(1, 2, 3, 4, 5) if graded else None,
+    )
 
 
 def _tiny_stream(*, data_dir, seed: int = 0) -> st.StreamSpec:

@@ -165,6 +165,7 @@ def test_torchvision_vit_uses_its_weights_normalisation_and_size(monkeypatch, tm
     spec = types.SimpleNamespace(num_classes=1000, name="imagenet-c")
     ctx = ModelContext(tmp_path, tmp_path, torch.device("cpu"))
     from tta_bench.models import MODELS
+
     factory = MODELS.get("vit-b-16").factory
     for tag, size in (("IMAGENET1K_V1", 224), ("IMAGENET1K_SWAG_E2E_V1", 384)):
         model = factory(spec, ctx, weights_tag=tag)
@@ -179,6 +180,7 @@ def test_torchvision_vit_uses_its_weights_normalisation_and_size(monkeypatch, tm
 def test_timm_vit_reads_mean_std_from_timm(tmp_path):
     timm = pytest.importorskip("timm")
     from tta_bench.models import MODELS
+
     name = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
     net = timm.create_model(name, pretrained=False)
     torch.save(net.state_dict(), tmp_path / "vit_tiny.pth")
@@ -195,6 +197,7 @@ def test_timm_vit_reads_mean_std_from_timm(tmp_path):
 def test_timm_offline_error_names_the_file(tmp_path, monkeypatch):
     timm = pytest.importorskip("timm")
     from tta_bench.models import MODELS
+
     real = timm.create_model
 
     def offline(name, pretrained=False, **kw):

@@ -24,10 +24,10 @@ from tta_bench.rundir.schema import (
     SUMMARY,
     SUMMARY_KEYS,
     Summary,
-    matches,
     is_run_id,
     load_config,
     load_summary,
+    matches,
 )
 
 
