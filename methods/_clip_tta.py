@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tta_bench.kernel import UserError
-from tta_bench.methods._augmix import augmix_views, seeded_rng
+from tta_bench.methods._augmix import augmix_views, seeded_rng, select_confident
 from tta_bench.methods._vlm import FrozenCLIPAdapter
 
 CLIP80 = (
@@ -89,6 +89,20 @@ class CLIPTestTime(FrozenCLIPAdapter):
     def per_image(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (1,C) for one image; subclasses implement the method here."""
         raise NotImplementedError
+
+    def tune_on_views(self, feats: torch.Tensor, loss_fn) -> None:
+        """TPT's per-image loop (azshue/TPT `test_time_tuning`): `steps` optimizer steps on `loss_fn` of the
+        confident views' logits (`self.logits(feats)`), the views selected once, on the first step's logits (the
+        official selects on the first output and reuses the indices). Used by TPT, TPS and R-TPT."""
+        selected = None
+        for _ in range(self.hp.steps):
+            logits = self.logits(feats)
+            if selected is None:
+                selected = select_confident(logits.detach(), self.hp.selection_p)
+            loss = loss_fn(logits[selected])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
 
     def adapt(self, x: torch.Tensor) -> torch.Tensor:
         self._rng = seeded_rng()

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from tta_bench.methods import register
-from tta_bench.methods._augmix import PER_POINT, select_confident
+from tta_bench.methods._augmix import PER_POINT
 from tta_bench.methods.base import opt
 from tta_bench.methods.tpt import TPT
 
@@ -69,15 +69,7 @@ class RTPT(TPT):
         self.reset()
         with torch.no_grad():
             feats = self.model.encode_image(self.views(x))
-        selected = None
-        for _ in range(self.hp.steps):
-            logits = self.logits(feats)
-            if selected is None:
-                selected = select_confident(logits.detach(), self.hp.selection_p)
-            loss = mean_entropy(logits[selected])
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+        self.tune_on_views(feats, mean_entropy)
         with torch.no_grad():
             w = reliability_weights(feats, self.hp.top_k, self.hp.temperature)
             out = w[None] @ self.logits(feats)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from tta_bench.methods import register
-from tta_bench.methods._augmix import PER_POINT, marginal_entropy, select_confident
+from tta_bench.methods._augmix import PER_POINT, marginal_entropy
 from tta_bench.methods._clip_tta import CLIPTestTime
 from tta_bench.methods._vlm import PromptLearner
 from tta_bench.methods.base import make_optimizer, opt, optimizer_options
@@ -69,15 +69,7 @@ class TPT(CLIPTestTime):
         self.reset()
         with torch.no_grad():
             feats = self.model.encode_image(self.views(x))
-        selected = None
-        for _ in range(self.hp.steps):
-            logits = self.logits(feats)
-            if selected is None:
-                selected = select_confident(logits.detach(), self.hp.selection_p)
-            loss = marginal_entropy(logits[selected])
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+        self.tune_on_views(feats, marginal_entropy)
         with torch.no_grad():
             out = self.logits(feats[:1])
         self.reset()
