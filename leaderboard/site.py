@@ -134,7 +134,7 @@ def write_site(col: Collection, runs_dir: Path, out: Path) -> Site:
 def selection_tables(runs_dir: Path) -> list[dict[str, Any]]:
     """The model-selection tables under `<runs_dir>/selection/` (`tta_bench.selection`), one per benchmark and
     method: each criterion's chosen options, its test error and the gap to the oracle, formatted for the page."""
-    from tta_bench import selection
+    from tta_bench.rundir import selection
 
     tables: dict[tuple[str, str], dict[str, Any]] = {}
     for r in selection.read(runs_dir):
@@ -143,7 +143,7 @@ def selection_tables(runs_dir: Path) -> list[dict[str, Any]]:
         t["rows"].append(
             {
                 "criterion": r["criterion"],
-                "meaning": selection.CRITERIA[r["criterion"]].meaning,
+                "meaning": selection.MEANINGS[r["criterion"]],
                 "uses_labels": bool(r["uses_labels"]),
                 "chosen": printable(str(r["chosen"])) if r["chosen"] is not None else "none",
                 "error": _fmt(r["error"]),

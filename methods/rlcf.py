@@ -15,23 +15,21 @@ selection_p 0.1; `CLIPRewards`: clipscore_weight 2.5, `CLIPScore(pairwise=False)
      mean_nj r_nj · CE(logits_n, c_nj); one AdamW step (lr 7e-3, betas (0.9, 0.999), wd 5e-4) on the context;
   5. prediction = logits of x_i with the tuned context; the context is reset afterwards.
 The reward model (`reward_model`): "self" = the adapted CLIP's own frozen towers (TTA-VLM builds the reward CLIP
-with the main model's architecture, `arch=args.arch`); or the name of a zoo CLIP (e.g. a larger `clip-vit-l14`, as
-the RLCF paper's ViT-L/14 reward for a ViT-B/16 policy), built for the same class names from the weights folder
-($TTA_BENCH_WEIGHTS) and kept out of the adapter's state. Deviations: float32 instead of autocast fp16 +
-GradScaler (CUDA); at least one view is kept; views from our AugMix/crop port. `predict` (no adaptation) is
+with the main model's architecture, `arch=args.arch`). A larger reward CLIP (the RLCF paper's ViT-L/14 for a ViT-B/16
+policy) is given in library use with `adapter.use_reward_model(clip)`; the harness does not build a second model
+for a method (methods import only the kernel), so the CLI offers "self" only.
+Deviations: float32 instead of autocast fp16 + GradScaler (CUDA); at least one view is kept; views from our
+AugMix/crop port. `predict` (no adaptation) is
 zero-shot CLIP with the initial context. Cost per image: 1 + n_aug image-encoder forwards (+ the kept views through
 the reward CLIP), `steps` text-encoder forward/backward passes over all class prompts.
 """
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tta_bench.kernel import UserError
 from tta_bench.methods import register
 from tta_bench.methods._augmix import PER_POINT, select_confident
 from tta_bench.methods._vlm import require_clip
@@ -39,24 +37,6 @@ from tta_bench.methods.base import opt, optimizer_options
 from tta_bench.methods.tpt import TPT
 
 _TTAVLM = "TomSheng21/tta-vlm:instance_method/rlcf.py@bcc735f"
-
-
-def build_reward_model(name: str, policy: nn.Module) -> nn.Module:
-    """The zoo CLIP `name` for the policy's class names, frozen, on the policy's device."""
-    from tta_bench.config import cache_dir_default, weights_dir_default
-    from tta_bench.models import MODELS, ModelContext, build_model
-
-    if name not in MODELS.names():
-        raise UserError(
-            f"method 'rlcf' option reward_model={name!r} is not a registered model. Use 'self' (the adapted CLIP) "
-            "or a CLIP model name from `python -m tta_bench list models` (e.g. clip-vit-l14; clip-tiny offline)."
-        )
-    device = next(policy.parameters()).device
-    spec = SimpleNamespace(name="rlcf-reward", class_names=list(policy.class_names))
-    ctx = ModelContext(weights_dir_default(), cache_dir_default(), device)
-    reward = build_model(name, spec, ctx, {})
-    require_clip(reward, "rlcf (reward_model)")
-    return reward.eval().requires_grad_(False)
 
 
 def clip_rewards(
@@ -88,8 +68,8 @@ class RLCF(TPT):
         "sample_k": opt(3, "classes sampled per view (its top-k) and rewarded", ">=1"),
         "clipscore_weight": opt(2.5, "CLIPScore weight w of the reward max(0, w · cos)", ">0"),
         "standardize": opt(False, "divide the mean-subtracted rewards by their std (RLCF's amplify_rewards)"),
-        "reward_model": opt("self", "the reward CLIP: self (the adapted CLIP's frozen towers, as TTA-VLM) or a zoo "
-                                    "CLIP model name, e.g. clip-vit-l14 (RLCF's larger reward; clip-tiny offline)"),
+        "reward_model": opt("self", "the reward CLIP: self (the adapted CLIP's frozen towers, as TTA-VLM); a larger "
+                                    "one in library use: adapter.use_reward_model(clip)", ("self",)),
     }  # fmt: skip
     presets = {
         "imagenet-c": {
@@ -104,14 +84,25 @@ class RLCF(TPT):
 
     def configure(self) -> None:
         super().configure()
-        reward = self.model if self.hp.reward_model == "self" else build_reward_model(self.hp.reward_model, self.model)
+        self.use_reward_model(self.model)
+
+    def use_reward_model(self, reward: nn.Module) -> None:
+        """Score with `reward` (a CLIP classifier for the same class names, e.g. a larger one: the RLCF paper's
+        ViT-L/14 for a ViT-B/16 policy), frozen and kept out of the adapter's state. The harness uses the adapted
+        CLIP itself (`reward_model=self`, TTA-VLM's choice); a second model is the library user's to build."""
+        if reward is not self.model:
+            require_clip(reward, "rlcf (reward model)")
+            reward = reward.eval().requires_grad_(False)
         self._reward = (reward,)  # a tuple: not a submodule, so not adapter state
         with torch.no_grad():  # the reward tower's features of the prompts' tokens ("<ctx_init> <name>.")
             tokens = self.prompt.tokens
             if reward is not self.model:
                 tokens = reward.tokenize([f"{self.hp.ctx_init} {n}." for n in self.model.class_names])
             text = F.normalize(reward.clip.encode_text(tokens.to(self.prompt.ctx.device)).float(), dim=-1)
-        self.register_buffer("reward_text", text, persistent=False)
+        if "reward_text" in self._buffers:
+            self.reward_text = text
+        else:
+            self.register_buffer("reward_text", text, persistent=False)
 
     def per_image(self, x: torch.Tensor) -> torch.Tensor:
         self.reset()

@@ -146,8 +146,12 @@ def _tiny_cifar_net(spec, ctx) -> torch.nn.Module:
                          nn.Linear(8, 10))  # fmt: skip
 
 
-def test_ccc_cifar_through_the_runner(tmp_path, runs_dir):
+def test_ccc_cifar_through_the_runner(tmp_path, runs_dir, monkeypatch):
     from PIL import Image
+
+    # a cache of its own: the page test (tests/page_runs.py) calibrates the same tiny pool into the session cache,
+    # and this test checks that the first run measures and the second reuses
+    monkeypatch.setenv("TTA_BENCH_CACHE", str(tmp_path / "cache"))
 
     from tta_bench import RunConfig, run
     from tta_bench.models import MODELS

@@ -36,9 +36,9 @@ from typing import Any
 
 from tta_bench.kernel import UserError
 from tta_bench.kernel.options import check_set_value, parse_value
+from tta_bench.rundir.selection import COLUMNS, CSV_NAME, FOLDER, MEANINGS, read
+from tta_bench.rundir.selection import num as _num
 
-FOLDER = "selection"
-CSV_NAME = "selection.csv"
 MAX_POINTS = 256  # grid points per method: a larger grid is refused before anything runs
 
 
@@ -62,18 +62,14 @@ def _im(s: dict[str, Any]) -> float | None:
     return None if ent is None or marg is None else marg - ent
 
 
-def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
-
-
 CRITERIA: dict[str, Criterion] = {
     c.name: c
     for c in (
-        Criterion("oracle", "lowest test error (uses the test labels)", _key("mean_error"), uses_labels=True),
-        Criterion("last", "no selection: the method's default options (TTAB's last iterate)", lambda s: None),
-        Criterion("entropy", "lowest mean prediction entropy", _key("mean_entropy")),
-        Criterion("im", "highest marginal entropy minus mean entropy (information maximisation)", _im, higher=True),
-        Criterion("source", "lowest clean (source-distribution) error after adaptation", _key("clean_error_after")),
+        Criterion("oracle", MEANINGS["oracle"], _key("mean_error"), uses_labels=True),
+        Criterion("last", MEANINGS["last"], lambda s: None),
+        Criterion("entropy", MEANINGS["entropy"], _key("mean_entropy")),
+        Criterion("im", MEANINGS["im"], _im, higher=True),
+        Criterion("source", MEANINGS["source"], _key("clean_error_after")),
     )
 }
 
@@ -213,10 +209,6 @@ def select(
     return table
 
 
-COLUMNS = ("benchmark", "method", "criterion", "uses_labels", "chosen", "score", "error", "oracle_error", "gap",
-           "points", "seeds")  # fmt: skip
-
-
 def _file_name(bench: str, method: str) -> str:
     text = f"{bench}__{method}"
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", text)[:100]
@@ -245,36 +237,6 @@ def write(out: Path, table: list[dict[str, Any]]) -> list[Path]:
         w.writerow({k: row.get(k) for k in COLUMNS})
     rundir.write_file(folder / CSV_NAME, buf.getvalue())
     return [*written, folder / CSV_NAME]
-
-
-def read(out: Path) -> list[dict[str, Any]]:
-    """Every selection row under `<out>/selection/*.json` (sorted by benchmark, method, criterion order); a file
-    that is not a selection table is skipped (the page shows what is valid)."""
-    from tta_bench.kernel import untrusted
-
-    folder = Path(out) / FOLDER
-    if not folder.is_dir():
-        return []
-    rows = []
-    for path in sorted(folder.glob("*.json")):
-        try:
-            obj = untrusted.read_json(path, 1 << 20, "selection table", "Delete it and run the selection again.")
-        except UserError:
-            continue
-        if isinstance(obj, dict) and isinstance(obj.get("rows"), list):
-            rows += [r for r in obj["rows"] if isinstance(r, dict) and _valid(r)]
-    order = list(CRITERIA)
-    return sorted(rows, key=lambda r: (r["benchmark"], r["method"], order.index(r["criterion"])))
-
-
-def _valid(r: dict[str, Any]) -> bool:
-    return (
-        all(k in r for k in COLUMNS)
-        and r["criterion"] in CRITERIA
-        and isinstance(r["benchmark"], str)
-        and isinstance(r["method"], str)
-        and all(r[k] is None or _num(r[k]) is not None for k in ("score", "error", "oracle_error", "gap"))
-    )
 
 
 def format_table(table: list[dict[str, Any]]) -> str:
